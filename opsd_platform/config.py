@@ -1,0 +1,240 @@
+"""Typed configuration: one dataclass per section, validated on construction.
+
+The YAML files in ``conf/`` are composed by Hydra, merged onto these dataclasses (so unknown keys
+and wrong types are refused by OmegaConf) and turned into objects whose ``__post_init__`` checks
+ranges and names. Every error names the field and the offending value.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from opsd_platform.contexts import CONTEXTS
+from opsd_platform.losses import DIVERGENCES, SUPPORTS
+
+MODEL_SOURCES = ("smollm2", "tiny", "hf", "gguf")
+WORLD_NAMES = ("arithmetic", "hidden_rule", "pyfunc", "code")
+TEACHER_KINDS = ("ema", "fixed", "live")
+
+
+class ConfigError(ValueError):
+    """A configuration value is wrong; the message names the field and the value."""
+
+
+def _check(ok: bool, where: str, message: str) -> None:
+    if not ok:
+        raise ConfigError(f"{where}: {message}")
+
+
+def _one_of(value: str, valid: tuple[str, ...] | list[str], where: str) -> None:
+    _check(value in valid, where, f"unknown value {value!r}; valid: {', '.join(valid)}")
+
+
+def default_home() -> Path:
+    """Where local stores and caches live unless configured: $OPSD_HOME or ./.opsd (absolute)."""
+    return Path(os.environ.get("OPSD_HOME", ".opsd")).expanduser().resolve()
+
+
+@dataclass
+class LoraConfig:
+    enabled: bool = field(default=False, metadata={"help": "train a LoRA adapter instead of all weights"})
+    r: int = field(default=16, metadata={"help": "adapter rank"})
+    alpha: int = field(default=32, metadata={"help": "LoRA scaling numerator"})
+    dropout: float = field(default=0.0, metadata={"help": "dropout on the adapter input"})
+    target_modules: list[str] = field(
+        default_factory=lambda: ["q_proj", "k_proj", "v_proj", "o_proj"],
+        metadata={"help": "module names that get adapters"},
+    )
+
+    def __post_init__(self) -> None:
+        _check(self.r >= 1, "model.lora.r", f"must be >= 1, got {self.r}")
+        _check(self.alpha >= 1, "model.lora.alpha", f"must be >= 1, got {self.alpha}")
+        _check(0.0 <= self.dropout < 1.0, "model.lora.dropout", f"must be in [0, 1), got {self.dropout}")
+        _check(len(self.target_modules) > 0, "model.lora.target_modules", "must not be empty")
+
+
+@dataclass
+class TinyModelConfig:
+    hidden_size: int = field(default=64, metadata={"help": "width of the tiny Llama built for tests"})
+    num_layers: int = field(default=2, metadata={"help": "decoder layers"})
+    num_heads: int = field(default=4, metadata={"help": "attention heads (must divide hidden_size)"})
+    init_std: float = field(default=0.02, metadata={"help": "weight init std; larger makes outputs depend more on the prompt"})
+
+    def __post_init__(self) -> None:
+        _check(self.hidden_size >= 8, "model.tiny.hidden_size", f"must be >= 8, got {self.hidden_size}")
+        _check(self.init_std > 0, "model.tiny.init_std", f"must be > 0, got {self.init_std}")
+        _check(self.num_layers >= 1, "model.tiny.num_layers", f"must be >= 1, got {self.num_layers}")
+        _check(
+            self.num_heads >= 1 and self.hidden_size % self.num_heads == 0,
+            "model.tiny.num_heads",
+            f"must be >= 1 and divide hidden_size={self.hidden_size}, got {self.num_heads}",
+        )
+
+
+@dataclass
+class ModelConfig:
+    source: str = field(
+        default="smollm2",
+        metadata={"help": "smollm2 (embedded default), tiny (built locally), hf (local dir), gguf (file)"},
+    )
+    path: str | None = field(default=None, metadata={"help": "local HF directory or .gguf file"})
+    name: str = field(default="SmolLM2-135M-Instruct", metadata={"help": "display name, logged as a tag"})
+    family: str = field(default="smollm2", metadata={"help": "model family, for the law's grouped fits"})
+    dtype: str = field(default="float32", metadata={"help": "float32 or bfloat16"})
+    cache_dir: str | None = field(default=None, metadata={"help": "converted-model cache (default $OPSD_HOME/models)"})
+    lora: LoraConfig = field(default_factory=LoraConfig)
+    tiny: TinyModelConfig = field(default_factory=TinyModelConfig)
+
+    def __post_init__(self) -> None:
+        _one_of(self.source, MODEL_SOURCES, "model.source")
+        _one_of(self.dtype, ("float32", "bfloat16"), "model.dtype")
+        if self.source in ("hf", "gguf"):
+            _check(bool(self.path), "model.path", f"required when model.source={self.source}")
+
+
+@dataclass
+class WorldConfig:
+    name: str = field(default="arithmetic", metadata={"help": f"one of {', '.join(WORLD_NAMES)}"})
+    difficulty: int = field(default=1, metadata={"help": "world-specific grade, 1 = easiest"})
+    n_train: int = field(default=64, metadata={"help": "training problems"})
+    n_val: int = field(default=16, metadata={"help": "held-out validation problems"})
+    path: str | None = field(default=None, metadata={"help": "JSONL dataset (world=code)"})
+    val_fraction: float = field(default=0.2, metadata={"help": "share of a JSONL dataset held out"})
+    timeout_s: float = field(default=5.0, metadata={"help": "sandbox wall timeout per response"})
+    reveal_hidden: bool = field(default=False, metadata={"help": "show private tests' content in feedback"})
+
+    def __post_init__(self) -> None:
+        _one_of(self.name, WORLD_NAMES, "world.name")
+        _check(self.difficulty >= 1, "world.difficulty", f"must be >= 1, got {self.difficulty}")
+        _check(self.n_train >= 1, "world.n_train", f"must be >= 1, got {self.n_train}")
+        _check(self.n_val >= 1, "world.n_val", f"must be >= 1, got {self.n_val}")
+        _check(0.0 < self.val_fraction < 1.0, "world.val_fraction", f"must be in (0, 1), got {self.val_fraction}")
+        _check(self.timeout_s > 0, "world.timeout_s", f"must be > 0, got {self.timeout_s}")
+        if self.name == "code":
+            _check(bool(self.path), "world.path", "required for world=code (a LiveCodeBench-style JSONL file)")
+
+
+@dataclass
+class RolloutConfig:
+    prompts_per_step: int = field(default=4, metadata={"help": "problems per OPSD step"})
+    samples_per_prompt: int = field(default=4, metadata={"help": "student samples per problem (n)"})
+    max_new_tokens: int = field(default=64, metadata={"help": "response length cap"})
+    temperature: float = field(default=1.0, metadata={"help": "rollout sampling temperature"})
+    top_p: float = field(default=1.0, metadata={"help": "rollout nucleus sampling"})
+    val_samples: int = field(default=2, metadata={"help": "samples per validation problem (mean@k)"})
+    val_temperature: float = field(default=0.6, metadata={"help": "validation temperature (0 = greedy)"})
+    val_top_p: float = field(default=0.95, metadata={"help": "validation nucleus sampling"})
+    batch_size: int = field(default=16, metadata={"help": "sequences per generate/forward micro-batch"})
+
+    def __post_init__(self) -> None:
+        for name in ("prompts_per_step", "samples_per_prompt", "max_new_tokens", "val_samples", "batch_size"):
+            value = getattr(self, name)
+            _check(value >= 1, f"rollout.{name}", f"must be >= 1, got {value}")
+        _check(self.temperature > 0, "rollout.temperature", f"must be > 0, got {self.temperature}")
+        _check(self.val_temperature >= 0, "rollout.val_temperature", f"must be >= 0, got {self.val_temperature}")
+        for name in ("top_p", "val_top_p"):
+            value = getattr(self, name)
+            _check(0 < value <= 1, f"rollout.{name}", f"must be in (0, 1], got {value}")
+
+
+@dataclass
+class LossConfig:
+    divergence: str = field(default="reverse", metadata={"help": "reverse KL(s||t), forward KL(t||s), or jsd"})
+    alpha: float = field(default=0.5, metadata={"help": "JSD mixing weight (0 = forward, 1 = reverse)"})
+    support: str = field(default="topk", metadata={"help": "full vocabulary, student top-K + tail, or sampled token"})
+    top_k: int = field(default=20, metadata={"help": "K for support=topk"})
+    token_clip: float | None = field(default=None, metadata={"help": "per-entry clip of the divergence (OPSD: 0.05)"})
+    is_clip: float = field(default=2.0, metadata={"help": "importance-ratio clip when a batch is reused"})
+
+    def __post_init__(self) -> None:
+        _one_of(self.divergence, DIVERGENCES, "loss.divergence")
+        _one_of(self.support, SUPPORTS, "loss.support")
+        _check(0.0 <= self.alpha <= 1.0, "loss.alpha", f"must be in [0, 1], got {self.alpha}")
+        _check(self.top_k >= 1, "loss.top_k", f"must be >= 1, got {self.top_k}")
+        _check(self.token_clip is None or self.token_clip > 0, "loss.token_clip", f"must be > 0 or null, got {self.token_clip}")
+        _check(self.is_clip > 0, "loss.is_clip", f"must be > 0, got {self.is_clip}")
+        if self.support == "sampled":
+            _check(self.divergence == "reverse", "loss.support", "'sampled' needs loss.divergence=reverse")
+
+
+@dataclass
+class TeacherConfig:
+    kind: str = field(default="ema", metadata={"help": "ema of the student, fixed initial weights, or the live student"})
+    ema_rate: float = field(default=0.05, metadata={"help": "teacher <- (1-rate) teacher + rate student, per step"})
+
+    def __post_init__(self) -> None:
+        _one_of(self.kind, TEACHER_KINDS, "teacher.kind")
+        _check(0.0 < self.ema_rate <= 1.0, "teacher.ema_rate", f"must be in (0, 1], got {self.ema_rate}")
+
+
+@dataclass
+class OptimConfig:
+    lr: float = field(default=1e-5, metadata={"help": "AdamW learning rate (constant)"})
+    weight_decay: float = field(default=0.01, metadata={"help": "AdamW weight decay"})
+    grad_clip: float = field(default=1.0, metadata={"help": "max gradient norm (0 = off)"})
+
+    def __post_init__(self) -> None:
+        _check(self.lr > 0, "optim.lr", f"must be > 0, got {self.lr}")
+        _check(self.weight_decay >= 0, "optim.weight_decay", f"must be >= 0, got {self.weight_decay}")
+        _check(self.grad_clip >= 0, "optim.grad_clip", f"must be >= 0, got {self.grad_clip}")
+
+
+@dataclass
+class TrainerConfig:
+    max_steps: int = field(default=30, metadata={"help": "OPSD steps (rollout batches)"})
+    updates_per_batch: int = field(default=1, metadata={"help": "optimizer steps per rollout batch (>1 uses the IS clip)"})
+    num_threads: int = field(default=0, metadata={"help": "torch CPU threads (0 = leave as is)"})
+    progress_bar: bool = field(default=True, metadata={"help": "show a progress bar"})
+    validate: bool = field(default=True, metadata={"help": "validation pass rate before and after training"})
+
+    def __post_init__(self) -> None:
+        _check(self.max_steps >= 1, "trainer.max_steps", f"must be >= 1, got {self.max_steps}")
+        _check(self.updates_per_batch >= 1, "trainer.updates_per_batch", f"must be >= 1, got {self.updates_per_batch}")
+        _check(self.num_threads >= 0, "trainer.num_threads", f"must be >= 0, got {self.num_threads}")
+
+
+@dataclass
+class TrackingConfig:
+    uri: str | None = field(default=None, metadata={"help": "MLflow tracking URI (default sqlite:///$OPSD_HOME/mlflow.db)"})
+    experiment: str = field(default="opsd", metadata={"help": "MLflow experiment name"})
+    run_name: str | None = field(default=None, metadata={"help": "MLflow run name (default: generated)"})
+
+    def resolved_uri(self) -> str:
+        return self.uri or f"sqlite:///{default_home() / 'mlflow.db'}"
+
+
+@dataclass
+class TrainConfig:
+    """Everything one OPSD training run needs (the `opsd train` config)."""
+
+    seed: int = field(default=0, metadata={"help": "seed for problems, sampling and init"})
+    context: str = field(default="feedback", metadata={"help": f"privileged context: {', '.join(CONTEXTS)}"})
+    model: ModelConfig = field(default_factory=ModelConfig)
+    world: WorldConfig = field(default_factory=WorldConfig)
+    rollout: RolloutConfig = field(default_factory=RolloutConfig)
+    loss: LossConfig = field(default_factory=LossConfig)
+    teacher: TeacherConfig = field(default_factory=TeacherConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    trainer: TrainerConfig = field(default_factory=TrainerConfig)
+    tracking: TrackingConfig = field(default_factory=TrackingConfig)
+
+    def __post_init__(self) -> None:
+        _one_of(self.context, list(CONTEXTS), "context")
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def flatten(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    """{'a': {'b': 1}} -> {'a.b': 1}; lists are kept as values."""
+    out: dict[str, Any] = {}
+    for key, value in d.items():
+        name = f"{prefix}{key}"
+        if isinstance(value, dict):
+            out.update(flatten(value, name + "."))
+        else:
+            out[name] = value
+    return out

@@ -1,0 +1,160 @@
+"""Privileged-context builders: what the self-teacher sees besides the student's prompt.
+
+Each builder is a pure function from one sample (its problem, its own attempt and the other
+attempts at the same problem) to the privileged text appended to the student's prompt, or
+``None`` when the context is unavailable for that sample; such a sample gets no teacher and no
+loss. The table is a plain dict: ``CONTEXTS[name](sample)``.
+
+Choices where the sources leave room (algorithm.md, section 2):
+- ``feedback`` is available only for *failed* attempts: the feedback on a success ("Correct.")
+  carries nothing to learn from, so successes get no teacher under this context.
+- ``peer_solution`` / ``peer_hints`` use the best-rewarded *other* successful attempt at the same
+  problem (ties: the earliest), never the sample itself.
+- ``peer_hints`` is world-agnostic: the opening of a correct peer answer (about a third, at most
+  a few lines), labelled as a hint, so the teacher sees the approach but not the whole answer.
+- Long texts are cut (``MAX_CHARS``) so a runaway attempt cannot blow up the teacher's prompt.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable, Sequence
+
+from opsd_platform.worlds.base import Judgement, Problem
+
+MAX_CHARS = 1200  # cap on any quoted attempt, feedback or reference inside a teacher prompt
+
+STATIC_PREAMBLE = (
+    "You are an expert problem solver. Read the task carefully, work through it step by step, "
+    "check your result before you commit to it, and give the final answer exactly in the format "
+    "the task asks for."
+)
+
+
+@dataclass(frozen=True)
+class Attempt:
+    """One sampled answer and the world's verdict on it."""
+
+    response: str
+    judgement: Judgement
+
+
+@dataclass(frozen=True)
+class Sample:
+    """What a context builder may look at for one student sample."""
+
+    problem: Problem
+    attempt: Attempt  # this sample's own attempt
+    peers: Sequence[Attempt]  # the other samples of the same problem (never this one)
+
+
+def _cut(text: str, limit: int = MAX_CHARS) -> str:
+    text = text.strip()
+    return text if len(text) <= limit else text[: limit - 3].rstrip() + "..."
+
+
+def _best_peer(sample: Sample) -> Attempt | None:
+    passed = [p for p in sample.peers if p.judgement.passed]
+    if not passed:
+        return None
+    return max(passed, key=lambda p: p.judgement.reward)  # max() keeps the earliest on ties
+
+
+def none_context(sample: Sample) -> str | None:
+    return ""
+
+
+def static_context(sample: Sample) -> str | None:
+    return STATIC_PREAMBLE
+
+
+def feedback_context(sample: Sample) -> str | None:
+    if sample.attempt.judgement.passed:
+        return None
+    return (
+        "An earlier attempt at this task:\n"
+        f"{_cut(sample.attempt.response)}\n\n"
+        "Feedback on that attempt:\n"
+        f"{_cut(sample.attempt.judgement.feedback)}\n\n"
+        "Use the feedback to give a correct answer."
+    )
+
+
+def peer_solution_context(sample: Sample) -> str | None:
+    peer = _best_peer(sample)
+    if peer is None:
+        return None
+    return (
+        "A correct solution to this task, written by someone else:\n"
+        f"{_cut(peer.response)}\n\n"
+        "Give your own correct answer."
+    )
+
+
+def hint_from(response: str, max_lines: int = 3, max_chars: int = 240) -> str:
+    """The opening of a correct answer: about a third of it, at most a few lines."""
+    text = response.strip()
+    lines = [ln for ln in text.splitlines() if ln.strip()][:max_lines]
+    opening = "\n".join(lines)
+    return _cut(opening[: max(1, min(len(text) // 3, max_chars))], max_chars)
+
+
+def peer_hints_context(sample: Sample) -> str | None:
+    peer = _best_peer(sample)
+    if peer is None:
+        return None
+    return f"Hint: a correct answer to this task starts like this:\n{hint_from(peer.response)}"
+
+
+def peer_or_feedback_context(sample: Sample) -> str | None:
+    """SDPO's default: a peer's solution when one exists, else the sample's own feedback."""
+    return peer_solution_context(sample) or feedback_context(sample)
+
+
+def reference_context(sample: Sample) -> str | None:
+    if not sample.problem.reference.strip():
+        return None
+    return (
+        "A reference solution (do not copy it; answer in your own words):\n"
+        f"{_cut(sample.problem.reference)}"
+    )
+
+
+ContextBuilder = Callable[[Sample], "str | None"]
+
+CONTEXTS: dict[str, ContextBuilder] = {
+    "none": none_context,
+    "static": static_context,
+    "feedback": feedback_context,
+    "peer_hints": peer_hints_context,
+    "peer_solution": peer_solution_context,
+    "peer_or_feedback": peer_or_feedback_context,
+    "reference": reference_context,
+}
+
+
+def get_builder(name: str) -> ContextBuilder:
+    try:
+        return CONTEXTS[name]
+    except KeyError:
+        raise ValueError(f"unknown context {name!r}; valid: {', '.join(CONTEXTS)}") from None
+
+
+def teacher_message(problem_prompt: str, privileged: str) -> str:
+    """The teacher's user message: the student's prompt, then the privileged context."""
+    return problem_prompt if not privileged else f"{problem_prompt}\n\n{privileged}"
+
+
+def build_group(
+    name: str,
+    problem: Problem,
+    attempts: Sequence[Attempt],
+) -> list[str | None]:
+    """Teacher user messages for all n samples of one problem (None = no teacher for it)."""
+    builder = get_builder(name)
+    out: list[str | None] = []
+    for i, attempt in enumerate(attempts):
+        peers = [a for j, a in enumerate(attempts) if j != i]
+        privileged = builder(Sample(problem, attempt, peers))
+        out.append(None if privileged is None else teacher_message(problem.prompt, privileged))
+    return out

@@ -1,0 +1,143 @@
+"""Per-token distillation losses for OPSD: pure tensor functions, no model, no state.
+
+Shapes: N = sequences (samples), T = response positions, V = vocabulary, K = top-K support.
+Every divergence is computed *per response token* over a support of next-token outcomes; the
+trainer then averages over the tokens that have a teacher (``masked_mean``).
+
+Names. We call ``KL(student || teacher)`` the *reverse* KL (mode seeking: SDPO's rich-feedback
+setting and the one the paper's authors use) and ``KL(teacher || student)`` the *forward* KL.
+Some write-ups swap the two names.
+
+Supports (where the divergence's sum over outcomes runs):
+- ``full``: the whole vocabulary.
+- ``topk``: the student's top-K tokens at that position plus one "rest" bucket holding the
+  remaining probability mass, for both distributions (SDPO; K=20 in its rich-feedback runs).
+  The support indices come from the *detached* student, so no gradient flows through the choice.
+- ``sampled``: only the token the student actually sampled, with the classic score-function
+  estimator of the reverse KL, ``(logp_s - logp_t).detach() * logp_s``. Its *value* is a
+  surrogate for gradients, not a divergence; only ``reverse`` is defined for it.
+
+Departures from the sources, on purpose:
+- ``jsd`` is the generalised Jensen-Shannon divergence of GKD (Agarwal et al.) with mixture
+  ``M = alpha * P_teacher + (1 - alpha) * P_student`` and
+  ``JSD = alpha * KL(P_teacher || M) + (1 - alpha) * KL(P_student || M)``. Its value tends to 0 at
+  both ends of alpha, so (as in TRL's GKD) ``alpha == 0`` means forward KL and ``alpha == 1``
+  reverse KL exactly.
+- The per-entry token clip bounds each outcome's contribution to the divergence to
+  ``[-token_clip, token_clip]`` before summing, so a few "pivot" tokens cannot dominate (OPSD).
+  Clipping both signs keeps the clipped sum symmetric around the unclipped one.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+
+DIVERGENCES = ("reverse", "forward", "jsd")
+SUPPORTS = ("full", "topk", "sampled")
+
+
+def _kl_terms(log_p: torch.Tensor, log_q: torch.Tensor) -> torch.Tensor:
+    """Per-outcome terms of KL(p || q): ``p * (log p - log q)``, with 0 where p == 0. [..., S]"""
+    return torch.where(log_p.isneginf(), torch.zeros_like(log_p), log_p.exp() * (log_p - log_q))
+
+
+def divergence_terms(
+    log_s: torch.Tensor,  # [..., S] student log-probs over the support (sums to 1 in prob)
+    log_t: torch.Tensor,  # [..., S] teacher log-probs over the same support
+    divergence: str = "reverse",
+    alpha: float = 0.5,
+) -> torch.Tensor:  # [..., S] per-outcome contributions; their sum is the divergence
+    """Per-outcome contributions of the chosen divergence between two distributions."""
+    if divergence not in DIVERGENCES:
+        raise ValueError(f"unknown divergence {divergence!r}; valid: {', '.join(DIVERGENCES)}")
+    if not 0.0 <= alpha <= 1.0:
+        raise ValueError(f"alpha must be in [0, 1], got {alpha}")
+    if divergence == "reverse" or (divergence == "jsd" and alpha == 1.0):
+        return _kl_terms(log_s, log_t)
+    if divergence == "forward" or (divergence == "jsd" and alpha == 0.0):
+        return _kl_terms(log_t, log_s)
+    # log M = log(alpha * P_t + (1 - alpha) * P_s), computed in log space for stability.
+    log_m = torch.logaddexp(log_t + math.log(alpha), log_s + math.log1p(-alpha))
+    return alpha * _kl_terms(log_t, log_m) + (1.0 - alpha) * _kl_terms(log_s, log_m)
+
+
+def topk_with_tail(
+    log_probs: torch.Tensor,  # [N, T, V] log-softmax over the vocabulary
+    index: torch.Tensor,  # [N, T, K] token ids of the support
+) -> torch.Tensor:  # [N, T, K+1] log-probs of the K tokens and of the "rest" bucket
+    """Restrict a distribution to K tokens plus one bucket holding the rest of the mass."""
+    top = log_probs.gather(-1, index)
+    # log(1 - sum p_top), clamped so a support holding ~all the mass gives a tiny, finite tail.
+    mass = torch.logsumexp(top, dim=-1, keepdim=True).clamp(max=-1e-7)
+    tail = torch.log(-torch.expm1(mass))
+    return torch.cat([top, tail], dim=-1)
+
+
+def token_divergence(
+    student_logits: torch.Tensor,  # [N, T, V] (with grad)
+    teacher_logits: torch.Tensor,  # [N, T, V] (no grad needed)
+    tokens: torch.Tensor,  # [N, T] sampled response token ids (used by the `sampled` support)
+    *,
+    divergence: str = "reverse",
+    alpha: float = 0.5,
+    support: str = "full",
+    top_k: int = 20,
+    token_clip: float | None = None,
+) -> torch.Tensor:  # [N, T] per-token loss
+    """The per-token OPSD loss between student and teacher next-token distributions."""
+    if support not in SUPPORTS:
+        raise ValueError(f"unknown support {support!r}; valid: {', '.join(SUPPORTS)}")
+    if student_logits.shape != teacher_logits.shape:
+        raise ValueError(
+            f"student logits {tuple(student_logits.shape)} and teacher logits "
+            f"{tuple(teacher_logits.shape)} must have the same shape"
+        )
+    log_s = F.log_softmax(student_logits.float(), dim=-1)
+    log_t = F.log_softmax(teacher_logits.float(), dim=-1)
+
+    if support == "sampled":
+        if divergence != "reverse":
+            raise ValueError("support='sampled' is only defined for divergence='reverse'")
+        idx = tokens.unsqueeze(-1)
+        lp_s = log_s.gather(-1, idx).squeeze(-1)
+        lp_t = log_t.gather(-1, idx).squeeze(-1)
+        return (lp_s - lp_t).detach() * lp_s
+
+    if support == "topk":
+        if top_k < 1:
+            raise ValueError(f"top_k must be >= 1, got {top_k}")
+        k = min(top_k, log_s.shape[-1])
+        index = log_s.detach().topk(k, dim=-1).indices
+        log_s, log_t = topk_with_tail(log_s, index), topk_with_tail(log_t, index)
+
+    terms = divergence_terms(log_s, log_t, divergence, alpha)
+    if token_clip is not None:
+        if token_clip <= 0:
+            raise ValueError(f"token_clip must be > 0 or None, got {token_clip}")
+        terms = terms.clamp(-token_clip, token_clip)
+    return terms.sum(-1)
+
+
+def importance_weights(
+    logp_new: torch.Tensor,  # [N, T] log-prob of the sampled tokens under the current policy
+    logp_old: torch.Tensor,  # [N, T] log-prob under the policy that sampled them
+    clip: float = 2.0,
+) -> torch.Tensor:  # [N, T] detached weights in (0, clip]
+    """Clipped importance ratios for reusing a rollout batch over several optimizer steps."""
+    if clip <= 0:
+        raise ValueError(f"importance-ratio clip must be > 0, got {clip}")
+    return (logp_new - logp_old).detach().exp().clamp(max=clip)
+
+
+def masked_mean(values: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """Mean of `values` [N, T] over positions where `mask` [N, T] is true; 0 (with grad) if none."""
+    mask = mask.to(values.dtype)
+    return (values * mask).sum() / mask.sum().clamp(min=1.0)
+
+
+def sequence_logprobs(logits: torch.Tensor, tokens: torch.Tensor) -> torch.Tensor:
+    """Log-prob of each sampled token: logits [N, T, V], tokens [N, T] -> [N, T]."""
+    return F.log_softmax(logits.float(), dim=-1).gather(-1, tokens.unsqueeze(-1)).squeeze(-1)

@@ -1,0 +1,646 @@
+"""Run untrusted, model-generated Python in a throw-away sandbox.
+
+Every run gets a fresh temporary work directory (removed afterwards), a clean environment (only
+PATH, HOME, LANG, TMPDIR, PYTHON* knobs: nothing of the parent, so no secrets), its own session
+and process group, resource limits (wall clock, CPU, address space, file size, processes, open
+files, no core dumps) and bounded output capture. How much more isolation is possible depends on
+the machine; :func:`isolation` reports what is actually in force. The strongest mode, used when
+we are root and util-linux ``unshare`` works (as here and in CI)::
+
+    unshare --net --pid --mount --fork --kill-child --mount-proc -- python -I -S -c INIT
+        INIT (root, PID 1 of the new PID namespace):
+          - bind-mounts the work dir on /tmp, makes every other mount read-only (mount_setattr
+            AT_RECURSIVE), covers non-traversable ancestors of the interpreter (e.g. /root when
+            the interpreter lives under /root/.pyenv) with a tmpfs that exposes only the
+            interpreter's prefix;
+          - forks the program: rlimits, no supplementary groups, a fresh unprivileged uid/gid
+            (random, >= 2_000_000, so concurrent sandboxes never share an RLIMIT_NPROC count),
+            no_new_privs, exec python;
+          - reaps orphans, reports exit status + CPU time on a pipe the program never gets.
+
+No network (empty net namespace: even 127.0.0.1 is unreachable), a fork bomb is capped by
+RLIMIT_NPROC of its private uid, and when INIT exits (or is killed on timeout/output flood) the
+kernel kills every process left in the PID namespace, double-forked or setsid'ed ones included.
+
+Not root (e.g. a non-root Docker user): the same with ``unshare --user --map-root-user`` if the
+kernel allows unprivileged user namespaces (no uid drop possible then; RLIMIT_NPROC is set
+relative to the caller's own task count), else rlimits only. Each candidate mode is probed once
+with a trivial program and the strongest one that works is used.
+
+The interpreter is ``sys.executable`` run as ``python -s -P -B``: that is ``-I`` (= ``-E -s -P``)
+minus ``-E``, because the environment is entirely ours anyway and ``-E`` would make the
+requested ``PYTHONHASHSEED=0`` (deterministic set/dict-of-str order, hence reproducible rewards)
+ineffective.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import secrets
+import selectors
+import shutil
+import signal
+import stat
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from dataclasses import dataclass, field
+from typing import Sequence
+
+__all__ = ["SandboxLimits", "SandboxResult", "SandboxError", "run_python", "isolation"]
+
+STATUSES = ("ok", "error", "timeout", "memory", "output_limit", "killed")
+OPEN_FILES_LIMIT = 256
+UID_BASE = 2_000_000
+UID_SPAN = 1_000_000_000  # uids in [2e6, 1.002e9): no real user, collisions between runs negligible
+_MAX_COLLECT_BYTES = 64 * 1024 * 1024
+_PATH = "/usr/local/bin:/usr/bin:/bin"
+
+
+class SandboxError(RuntimeError):
+    """The sandbox itself failed (setup, launch): an infrastructure error, not the program's."""
+
+
+@dataclass(frozen=True)
+class SandboxLimits:
+    wall_s: float = 10.0  # wall-clock timeout for the whole run
+    cpu_s: int = 10  # RLIMIT_CPU
+    memory_mb: int = 512  # RLIMIT_AS
+    file_size_mb: int = 8  # RLIMIT_FSIZE
+    max_processes: int = 32  # RLIMIT_NPROC (meaningful only for a non-root uid!)
+    max_output_bytes: int = 64_000  # stdout/stderr each truncated beyond this; flooding kills
+
+    def __post_init__(self) -> None:
+        def check_int(name: str, minimum: int) -> None:
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int):
+                raise ValueError(f"SandboxLimits.{name} must be an int, got {value!r}")
+            if value < minimum:
+                raise ValueError(f"SandboxLimits.{name} must be >= {minimum}, got {value}")
+
+        w = self.wall_s
+        if isinstance(w, bool) or not isinstance(w, (int, float)) or not math.isfinite(w) or w <= 0:
+            raise ValueError(f"SandboxLimits.wall_s must be a finite number > 0, got {w!r}")
+        check_int("cpu_s", 1)
+        check_int("memory_mb", 64)
+        check_int("file_size_mb", 1)
+        check_int("max_processes", 1)
+        check_int("max_output_bytes", 1)
+
+
+@dataclass(frozen=True)
+class SandboxResult:
+    status: str  # one of STATUSES
+    returncode: int | None  # exit code, -signal if killed by a signal, None if we killed it
+    stdout: str
+    stderr: str
+    wall_s: float
+    truncated: bool  # stdout or stderr was cut at max_output_bytes
+    files: dict[str, bytes] = field(default_factory=dict)  # files named in `collect`, if present
+
+    @property
+    def ok(self) -> bool:
+        return self.status == "ok"
+
+
+# --------------------------------------------------------------------------------------------
+# INIT: runs as `python -I -S -c _INIT_SRC CONFIG_JSON`, inside the namespaces when there are any.
+# It is trusted code; it never runs anything of the user before the fork + privilege drop.
+_INIT_SRC = r"""
+import ctypes, json, os, resource, signal, sys
+cfg = json.loads(sys.argv[1])
+st = cfg["status_fd"]  # a pipe to the parent: the program never gets it (close-on-exec)
+os.set_inheritable(st, False)
+def report(obj):
+    os.write(st, json.dumps(obj).encode())
+def fail(msg):
+    report({"setup_error": msg})
+    os._exit(125)
+libc = ctypes.CDLL(None, use_errno=True)
+libc.prctl(4, 0, 0, 0, 0)  # PR_SET_DUMPABLE 0: same-uid programs cannot open /proc/<init>/fd
+def check(rc, what):
+    if rc != 0:
+        e = ctypes.get_errno()
+        fail(what + ": " + os.strerror(e))
+class MountAttr(ctypes.Structure):
+    _fields_ = [("attr_set", ctypes.c_uint64), ("attr_clr", ctypes.c_uint64),
+                ("propagation", ctypes.c_uint64), ("userns_fd", ctypes.c_uint64)]
+def setattr_ro(path, ro, recursive):
+    a = MountAttr(1 if ro else 0, 0 if ro else 1, 0, 0)
+    rc = libc.syscall(442, -100, path.encode(), 0x8000 if recursive else 0,
+                      ctypes.byref(a), ctypes.c_size_t(ctypes.sizeof(a)))
+    check(rc, "mount_setattr " + path)
+MS_BIND, MS_REC = 4096, 16384
+cwd = cfg["work"]
+if cfg["mount"]:
+    for hide, paths in cfg["expose"]:
+        fds = [(p, os.open(p, os.O_PATH | os.O_CLOEXEC)) for p in paths]
+        check(libc.mount(b"tmpfs", hide.encode(), b"tmpfs", 0, b"mode=0755,size=1m"), "tmpfs " + hide)
+        for p, fd in fds:
+            target = hide + "/" + os.path.relpath(p, hide)
+            os.makedirs(target, 0o755, exist_ok=True)
+            check(libc.mount(("/proc/self/fd/%d" % fd).encode(), target.encode(), None,
+                             MS_BIND | MS_REC, None), "bind " + p)
+            os.close(fd)
+    check(libc.mount(cfg["work"].encode(), b"/tmp", None, MS_BIND, None), "bind work dir")
+    setattr_ro("/", True, True)
+    setattr_ro("/tmp", False, False)
+    cwd = "/tmp"
+uid = cfg["uid"]
+pid = os.fork()
+if pid == 0:
+    try:
+        os.chdir(cwd)
+        for name, soft, hard in cfg["rlimits"]:
+            resource.setrlimit(getattr(resource, name), (soft, hard))
+        if uid is not None:
+            os.setgroups([])
+            os.setresgid(uid, uid, uid)
+            os.setresuid(uid, uid, uid)
+        if libc.prctl(38, 1, 0, 0, 0) != 0:  # PR_SET_NO_NEW_PRIVS: setuid binaries stay powerless
+            raise OSError(ctypes.get_errno(), "prctl(PR_SET_NO_NEW_PRIVS)")
+        signal.signal(signal.SIGPIPE, signal.SIG_DFL)
+        os.execve(cfg["argv"][0], cfg["argv"], cfg["env"])
+    except BaseException as e:
+        os.write(2, ("sandbox: cannot start the program: %r\n" % (e,)).encode())
+    os._exit(126)
+while True:
+    try:
+        p, status, ru = os.wait4(-1, 0)
+    except InterruptedError:
+        continue
+    except ChildProcessError:
+        fail("lost the child")
+    if p == pid:
+        break
+out = {"cpu_s": ru.ru_utime + ru.ru_stime}
+if os.WIFSIGNALED(status):
+    out["signal"] = os.WTERMSIG(status)
+    code = 128 + out["signal"]
+else:
+    out["exit"] = code = os.WEXITSTATUS(status)
+report(out)
+os._exit(code)
+"""
+
+# Kills every process of one uid: kill(-1) as that uid signals exactly its own processes.
+_KILL_UID_SRC = (
+    "import os,signal,sys\nu=int(sys.argv[1])\nos.setgroups([])\nos.setresgid(u,u,u)\n"
+    "os.setresuid(u,u,u)\ntry:\n os.kill(-1,signal.SIGKILL)\nexcept ProcessLookupError:\n pass\n"
+)
+
+
+@dataclass(frozen=True)
+class _Mode:
+    name: str
+    unshare: tuple[str, ...]  # unshare flags, () = no namespaces
+    mount: bool  # private read-only view of the file system
+    drop_uid: bool  # switch to a fresh unprivileged uid (needs root)
+
+    @property
+    def pid_ns(self) -> bool:
+        return "--pid" in self.unshare
+
+
+_NS = ("--net", "--pid", "--mount", "--fork", "--kill-child", "--mount-proc")
+
+
+def _candidate_modes() -> list[_Mode]:
+    if os.geteuid() == 0:
+        return [
+            _Mode("root-ns-ro", _NS, True, True),
+            _Mode("root-ns", _NS, False, True),
+            _Mode("root-uid", (), False, True),
+            _Mode("root-rlimits", (), False, False),
+        ]
+    user = ("--user", "--map-root-user")
+    return [
+        _Mode("userns-ro", user + _NS, True, False),
+        _Mode("userns", user + _NS, False, False),
+        _Mode("rlimits", (), False, False),
+    ]
+
+
+_mode_lock = threading.Lock()
+_mode: _Mode | None = None
+_mode_notes: list[str] = []
+
+
+def _get_mode() -> _Mode:
+    global _mode
+    with _mode_lock:
+        if _mode is None:
+            unshare = shutil.which("unshare", path=_PATH)
+            for mode in _candidate_modes():
+                if mode.unshare and unshare is None:
+                    _mode_notes.append(f"{mode.name}: no unshare binary")
+                    continue
+                try:
+                    res = _run(mode, "import os\nprint(os.getuid())", "", SandboxLimits(wall_s=20.0), None, ())
+                except SandboxError as e:
+                    _mode_notes.append(f"{mode.name}: {e}")
+                    continue
+                if res.status == "ok" and res.stdout.strip().isdigit():
+                    uid = int(res.stdout.strip())
+                    if not mode.drop_uid or uid >= UID_BASE:
+                        _mode = mode
+                        break
+                _mode_notes.append(f"{mode.name}: probe gave {res.status}: {res.stderr.strip()[-300:]}")
+            else:  # pragma: no cover - even plain rlimits failed
+                raise SandboxError("no sandbox mode works on this machine: " + "; ".join(_mode_notes))
+        return _mode
+
+
+def isolation() -> dict[str, bool]:
+    """What is in force on this machine (probes once, then cached)."""
+    mode = _get_mode()
+    return {
+        "unprivileged_uid": mode.drop_uid,
+        "net_namespace": "--net" in mode.unshare,
+        "pid_namespace": mode.pid_ns,
+        # A private uid makes RLIMIT_NPROC count only the sandbox's own processes. Without root
+        # the limit is set relative to the caller's own task count (shared uid: approximate).
+        "nproc_limit_effective": mode.drop_uid or os.geteuid() != 0,
+        "readonly_filesystem": mode.mount,  # everything but the work dir is read-only
+    }
+
+
+def run_python(
+    code: str,
+    *,
+    stdin: str = "",
+    limits: SandboxLimits = SandboxLimits(),
+    files: dict[str, str] | None = None,
+    collect: Sequence[str] = (),
+) -> SandboxResult:
+    """Run `code` as a Python program in a fresh sandbox; never raises for anything the program
+    does (only SandboxError for a broken sandbox, ValueError for bad arguments).
+
+    `files`: extra text files (relative paths) written into the work dir before the run.
+    `collect`: names of regular files in the work dir to read back after the run (into
+    ``SandboxResult.files``; symlinks and special files are ignored).
+    """
+    if not isinstance(limits, SandboxLimits):
+        raise TypeError("limits must be a SandboxLimits")
+    return _run(_get_mode(), code, stdin, limits, files, tuple(collect))
+
+
+# --------------------------------------------------------------------------------------------
+
+
+def _safe_relpath(name: str) -> str:
+    norm = os.path.normpath(name)
+    if not name or os.path.isabs(name) or norm.startswith("..") or norm in (".", ""):
+        raise ValueError(f"sandbox file name must be a relative path inside the work dir: {name!r}")
+    return norm
+
+
+def _interpreter_exposures() -> list[tuple[str, list[str]]]:
+    """Directories needed by the interpreter that the unprivileged uid cannot reach, as
+    (topmost non-traversable ancestor, [paths to expose under it])."""
+    needed = {
+        os.path.dirname(os.path.realpath(sys.executable)),
+        os.path.realpath(sys.base_prefix),
+        os.path.realpath(sys.prefix),
+        os.path.realpath(sys.base_exec_prefix),
+        os.path.realpath(sys.exec_prefix),
+    }
+    groups: dict[str, set[str]] = {}
+    for path in needed:
+        parts = path.strip("/").split("/")
+        for i in range(1, len(parts)):
+            anc = "/" + "/".join(parts[:i])
+            try:
+                mode = os.stat(anc).st_mode
+            except OSError:
+                break
+            if not mode & stat.S_IXOTH:
+                groups.setdefault(anc, set()).add(path)
+                break
+    out = []
+    for hide in sorted(groups):
+        paths = sorted(groups[hide])
+        keep = [p for p in paths if not any(p != q and p.startswith(q + "/") for q in paths)]
+        out.append((hide, keep))
+    return out
+
+
+def _count_own_tasks(uid: int) -> int:
+    n = 0
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/status") as f:
+                text = f.read()
+        except OSError:
+            continue
+        fields = dict(line.split(":", 1) for line in text.splitlines() if ":" in line)
+        try:
+            if int(fields["Uid"].split()[0]) == uid:
+                n += int(fields.get("Threads", "1"))
+        except (KeyError, ValueError, IndexError):
+            continue
+    return n
+
+
+def _rlimits(limits: SandboxLimits, mode: _Mode) -> list[tuple[str, int, int]]:
+    import resource
+
+    mb = 1024 * 1024
+    nproc = limits.max_processes
+    if not mode.drop_uid and os.geteuid() != 0:
+        # Shared uid: the count includes the caller's own tasks; allow that many more.
+        nproc = _count_own_tasks(os.getuid()) + limits.max_processes
+        hard = resource.getrlimit(resource.RLIMIT_NPROC)[1]
+        if hard != resource.RLIM_INFINITY:
+            nproc = min(nproc, hard)
+    nofile = OPEN_FILES_LIMIT
+    nofile_hard = resource.getrlimit(resource.RLIMIT_NOFILE)[1]
+    if nofile_hard != resource.RLIM_INFINITY:
+        nofile = min(nofile, nofile_hard)
+    return [
+        ("RLIMIT_CPU", limits.cpu_s, limits.cpu_s + 1),
+        ("RLIMIT_AS", limits.memory_mb * mb, limits.memory_mb * mb),
+        ("RLIMIT_FSIZE", limits.file_size_mb * mb, limits.file_size_mb * mb),
+        ("RLIMIT_NPROC", nproc, nproc),
+        ("RLIMIT_NOFILE", nofile, nofile),
+        ("RLIMIT_CORE", 0, 0),
+    ]
+
+
+def _children(pid: int) -> list[int]:
+    try:
+        with open(f"/proc/{pid}/task/{pid}/children") as f:
+            return [int(x) for x in f.read().split()]
+    except (OSError, ValueError):
+        return []
+
+
+def _read_collected(work: str, names: Sequence[str]) -> dict[str, bytes]:
+    out: dict[str, bytes] = {}
+    for name in names:
+        path = os.path.join(work, _safe_relpath(name))
+        try:
+            fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
+        except OSError:
+            continue
+        try:
+            st = os.fstat(fd)
+            if not stat.S_ISREG(st.st_mode) or st.st_nlink != 1:
+                continue
+            chunks, size = [], 0
+            while size < _MAX_COLLECT_BYTES:
+                chunk = os.read(fd, min(1 << 20, _MAX_COLLECT_BYTES - size))
+                if not chunk:
+                    break
+                chunks.append(chunk)
+                size += len(chunk)
+            out[name] = b"".join(chunks)
+        finally:
+            os.close(fd)
+    return out
+
+
+def _rmtree(path: str) -> None:
+    def onerror(func, p, exc):  # the program may have chmod'ed things (non-root modes)
+        try:
+            os.chmod(os.path.dirname(p), 0o700)
+            os.chmod(p, 0o700)
+            func(p)
+        except OSError:
+            pass
+
+    shutil.rmtree(path, onerror=onerror)
+
+
+def _run(
+    mode: _Mode,
+    code: str,
+    stdin: str,
+    limits: SandboxLimits,
+    files: dict[str, str] | None,
+    collect: tuple[str, ...],
+) -> SandboxResult:
+    root = tempfile.mkdtemp(prefix="opsd-sbx-")
+    try:
+        os.chmod(root, 0o711)
+        work = os.path.join(root, "work")
+        os.mkdir(work, 0o700)
+        uid = UID_BASE + secrets.randbelow(UID_SPAN) if mode.drop_uid else None
+        to_write = {"main.py": code}
+        for name, text in (files or {}).items():
+            to_write[_safe_relpath(name)] = text
+        for name, text in to_write.items():
+            path = os.path.join(work, name)
+            os.makedirs(os.path.dirname(path), exist_ok=True)
+            with open(path, "w", encoding="utf-8") as f:
+                f.write(text)
+        if uid is not None:
+            for dirpath, dirnames, filenames in os.walk(work):
+                os.chown(dirpath, uid, uid)
+                for n in filenames:
+                    os.chown(os.path.join(dirpath, n), uid, uid)
+        stdin_path = os.path.join(root, "stdin")
+        with open(stdin_path, "w", encoding="utf-8") as f:
+            f.write(stdin)
+        inner_work = "/tmp" if mode.mount else work
+        env = {
+            "PATH": _PATH,
+            "HOME": inner_work,
+            "TMPDIR": inner_work,
+            "LANG": "C.UTF-8",
+            "LC_ALL": "C.UTF-8",
+            "PYTHONDONTWRITEBYTECODE": "1",
+            "PYTHONHASHSEED": "0",
+            "PYTHONIOENCODING": "utf-8",
+            "OMP_NUM_THREADS": "1",
+            "OPENBLAS_NUM_THREADS": "1",
+            "MKL_NUM_THREADS": "1",
+        }
+        cfg = {
+            "status_fd": -1,  # filled in by _execute
+            "work": work,
+            "mount": mode.mount,
+            "expose": _interpreter_exposures() if mode.mount and mode.drop_uid else [],
+            "uid": uid,
+            "rlimits": _rlimits(limits, mode),
+            "argv": [sys.executable, "-s", "-P", "-B", "main.py"],
+            "env": env,
+        }
+        prefix = [shutil.which("unshare", path=_PATH) or "unshare", *mode.unshare, "--"] if mode.unshare else []
+        return _execute(prefix, cfg, mode, uid, root, work, stdin_path, limits, collect)
+    finally:
+        _rmtree(root)
+
+
+def _execute(
+    prefix: list[str],
+    cfg: dict,
+    mode: _Mode,
+    uid: int | None,
+    root: str,
+    work: str,
+    stdin_path: str,
+    limits: SandboxLimits,
+    collect: tuple[str, ...],
+) -> SandboxResult:
+    status_r, status_w = os.pipe()
+    cfg = dict(cfg, status_fd=status_w)
+    argv = [*prefix, sys.executable, "-I", "-S", "-c", _INIT_SRC, json.dumps(cfg)]
+    start = time.monotonic()
+    deadline = start + limits.wall_s
+    with open(stdin_path, "rb") as stdin_f:
+        try:
+            proc = subprocess.Popen(
+                argv,
+                pass_fds=(status_w,),
+                stdin=stdin_f,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.PIPE,
+                env={"PATH": _PATH, "LANG": "C.UTF-8"},
+                cwd=root,
+                start_new_session=True,
+                close_fds=True,
+            )
+        except OSError as e:
+            os.close(status_r)
+            raise SandboxError(f"cannot launch the sandbox: {e}") from e
+        finally:
+            os.close(status_w)
+    cap = limits.max_output_bytes
+    out_fd, err_fd = proc.stdout.fileno(), proc.stderr.fileno()
+    bufs = {out_fd: bytearray(), err_fd: bytearray()}
+    truncated = flooded = timed_out = False
+    sel = selectors.DefaultSelector()
+    try:
+        for fd in bufs:
+            os.set_blocking(fd, False)
+            sel.register(fd, selectors.EVENT_READ)
+        exited_at: float | None = None
+        while sel.get_map():
+            now = time.monotonic()
+            if now >= deadline:
+                timed_out = True
+                break
+            if exited_at is None and proc.poll() is not None:
+                exited_at = now
+            if exited_at is not None and now - exited_at > 0.5:
+                break  # the launcher is gone but something still holds the pipes (no PID ns)
+            for key, _ in sel.select(min(deadline - now, 0.25)):
+                fd = key.fd
+                try:
+                    data = os.read(fd, 65536)
+                except BlockingIOError:
+                    continue
+                if not data:
+                    sel.unregister(fd)
+                    continue
+                buf = bufs[fd]
+                room = cap - len(buf)
+                if len(data) > room:
+                    buf += data[:room]
+                    truncated = flooded = True
+                else:
+                    buf += data
+            if flooded:
+                break
+        if not (flooded or timed_out):
+            try:
+                proc.wait(timeout=max(0.0, deadline - time.monotonic()))
+            except subprocess.TimeoutExpired:
+                timed_out = True
+    finally:
+        sel.close()
+        killed_by_us = flooded or timed_out or proc.poll() is None
+        if killed_by_us:
+            _kill(proc)
+        proc.wait()
+        if mode.drop_uid and not mode.pid_ns and uid is not None:
+            subprocess.run(
+                [sys.executable, "-I", "-S", "-c", _KILL_UID_SRC, str(uid)],
+                env={"PATH": _PATH}, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+                stderr=subprocess.DEVNULL, check=False, timeout=30,
+            )
+        proc.stdout.close()
+        proc.stderr.close()
+    wall = time.monotonic() - start
+    stdout = bufs[out_fd].decode("utf-8", errors="replace")
+    stderr = bufs[err_fd].decode("utf-8", errors="replace")
+    st = _read_status(status_r)
+    if st.get("setup_error"):
+        raise SandboxError(f"sandbox setup failed ({mode.name}): {st['setup_error']}")
+    if st.get("exit") == 126 and "sandbox: cannot start the program" in stderr:
+        raise SandboxError(f"sandbox could not start python ({mode.name}): {stderr.strip()[-500:]}")
+    files_out = _read_collected(work, collect) if collect else {}
+    returncode: int | None
+    if flooded:
+        status, returncode = "output_limit", None
+    elif timed_out:
+        status, returncode = "timeout", None
+    elif "signal" in st:
+        sig = int(st["signal"])
+        returncode = -sig
+        cpu = float(st.get("cpu_s", 0.0))
+        if sig == signal.SIGXCPU or (sig == signal.SIGKILL and cpu >= limits.cpu_s):
+            status = "timeout"
+        else:
+            status = "killed"
+    elif "exit" in st:
+        returncode = int(st["exit"])
+        status = "ok" if returncode == 0 else "error"
+    else:  # no status file: the launcher died before INIT wrote it
+        rc = proc.returncode
+        returncode = rc
+        status = "killed" if rc is None or rc < 0 else ("ok" if rc == 0 else "error")
+    if status == "error" and _is_memory_error(stderr):
+        status = "memory"
+    return SandboxResult(status, returncode, stdout, stderr, wall, truncated, files_out)
+
+
+def _read_status(fd: int) -> dict:
+    """INIT's report; everything holding the write end is dead by now, so this never blocks."""
+    os.set_blocking(fd, False)
+    data = b""
+    try:
+        while len(data) < 65536:
+            chunk = os.read(fd, 4096)
+            if not chunk:
+                break
+            data += chunk
+    except BlockingIOError:
+        pass
+    finally:
+        os.close(fd)
+    try:
+        obj = json.loads(data.decode() or "{}")
+    except ValueError:
+        return {}
+    return obj if isinstance(obj, dict) else {}
+
+
+def _is_memory_error(stderr: str) -> bool:
+    lines = [ln for ln in stderr.strip().splitlines() if ln.strip()]
+    return bool(lines) and lines[-1].strip().startswith("MemoryError")
+
+
+def _kill(proc: subprocess.Popen) -> None:
+    """Kill the sandbox: INIT first (its death tears down the whole PID namespace, and the
+    launcher's wait() returns only after that), then the whole process group."""
+    for child in _children(proc.pid):
+        try:
+            os.kill(child, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+    try:
+        proc.wait(timeout=5)
+    except subprocess.TimeoutExpired:
+        pass
+    try:
+        os.killpg(proc.pid, signal.SIGKILL)
+    except (ProcessLookupError, PermissionError):
+        pass

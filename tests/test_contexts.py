@@ -1,0 +1,91 @@
+"""Every context type's teacher prompt, decoded through a real chat template."""
+
+import pytest
+
+from opsd_platform.contexts import CONTEXTS, STATIC_PREAMBLE, Attempt, build_group, get_builder
+from opsd_platform.models import build_char_tokenizer
+from opsd_platform.rollout import chat_ids
+from opsd_platform.worlds.base import Judgement, Problem
+
+PROBLEM = Problem(id="p1", prompt="What is 7 + 5?", reference="7 + 5 = 12. The answer is 12.", data={"answer": 12})
+WRONG_1 = Attempt("7 + 5 = 13", Judgement(0.0, "Your final answer 13 is incorrect: it is too high.", False))
+RIGHT = Attempt("Adding the ones: 7 + 5 = 12.\nThe answer is 12.", Judgement(1.0, "Correct.", True))
+WRONG_2 = Attempt("I think 11", Judgement(0.0, "Your final answer 11 is incorrect: it is too low.", False))
+ATTEMPTS = [WRONG_1, RIGHT, WRONG_2]
+
+
+def decoded(message):
+    tok = build_char_tokenizer()
+    return tok.decode(chat_ids(tok, message))
+
+
+def test_table_is_complete():
+    assert list(CONTEXTS) == ["none", "static", "feedback", "peer_hints", "peer_solution", "peer_or_feedback", "reference"]
+    with pytest.raises(ValueError, match="valid: none, static"):
+        get_builder("oracle")
+
+
+def test_none_gives_every_sample_the_plain_student_prompt():
+    out = build_group("none", PROBLEM, ATTEMPTS)
+    assert out == [PROBLEM.prompt] * 3
+    assert decoded(out[0]) == "<|im_start|>user\nWhat is 7 + 5?<|im_end|>\n<|im_start|>assistant\n"
+
+
+def test_static_adds_the_same_preamble_to_all():
+    out = build_group("static", PROBLEM, ATTEMPTS)
+    assert all(m == f"{PROBLEM.prompt}\n\n{STATIC_PREAMBLE}" for m in out)
+    assert STATIC_PREAMBLE in decoded(out[1])
+
+
+def test_feedback_only_for_failed_samples_with_their_own_feedback():
+    out = build_group("feedback", PROBLEM, ATTEMPTS)
+    assert out[1] is None  # a success has nothing to learn from its "Correct."
+    assert "too high" in out[0] and "7 + 5 = 13" in out[0] and "too low" not in out[0]
+    assert "too low" in out[2] and "I think 11" in out[2]
+    text = decoded(out[0])
+    assert text.startswith("<|im_start|>user\nWhat is 7 + 5?\n\nAn earlier attempt")
+    assert text.endswith("<|im_end|>\n<|im_start|>assistant\n")
+
+
+def test_peer_solution_uses_another_correct_sample_never_itself():
+    out = build_group("peer_solution", PROBLEM, ATTEMPTS)
+    assert RIGHT.response in out[0] and RIGHT.response in out[2]
+    assert out[1] is None  # the only correct sample has no *other* correct peer
+    two_right = [RIGHT, Attempt("12", Judgement(1.0, "Correct.", True))]
+    out2 = build_group("peer_solution", PROBLEM, two_right)
+    assert "\n12\n" in out2[0] and RIGHT.response in out2[1]
+
+
+def test_no_peer_succeeded_means_no_teacher():
+    assert build_group("peer_solution", PROBLEM, [WRONG_1, WRONG_2]) == [None, None]
+    assert build_group("peer_hints", PROBLEM, [WRONG_1, WRONG_2]) == [None, None]
+
+
+def test_peer_hints_show_only_the_opening_of_a_correct_peer():
+    out = build_group("peer_hints", PROBLEM, ATTEMPTS)
+    assert out[0].startswith(PROBLEM.prompt + "\n\nHint:")
+    assert "Adding the ones" in out[0]
+    assert "The answer is 12" not in out[0]
+    assert out[1] is None
+
+
+def test_peer_or_feedback_prefers_peer_then_feedback():
+    out = build_group("peer_or_feedback", PROBLEM, ATTEMPTS)
+    assert RIGHT.response in out[0]
+    assert out[1] is None  # correct, no other correct peer, and no failure to explain
+    only_wrong = build_group("peer_or_feedback", PROBLEM, [WRONG_1, WRONG_2])
+    assert "too high" in only_wrong[0] and "too low" in only_wrong[1]
+
+
+def test_reference_for_everyone_with_instruction_not_to_copy():
+    out = build_group("reference", PROBLEM, ATTEMPTS)
+    for m in out:
+        assert PROBLEM.reference in m and "do not copy" in m
+    blank = Problem(id="p2", prompt="x", reference="   ")
+    assert build_group("reference", blank, [WRONG_1]) == [None]
+
+
+def test_long_attempts_are_cut():
+    huge = Attempt("x" * 10_000, Judgement(0.0, "y" * 10_000, False))
+    out = build_group("feedback", PROBLEM, [huge])[0]
+    assert len(out) < 3000 and "..." in out
