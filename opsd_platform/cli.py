@@ -11,6 +11,7 @@ location), merged onto the dataclasses of ``opsd_platform.config`` and validated
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import os
 import subprocess
@@ -48,6 +49,8 @@ def compose(config_name: str, overrides: Sequence[str]):
             return hydra_compose(config_name=config_name, overrides=list(overrides))
     except (HydraException, OmegaConfBaseException) as exc:
         message = str(exc).split("Config search path")[0]  # Hydra appends its search path: noise here
+        if exc.__cause__ is not None:  # e.g. "Error merging override x=y" hides the why in its cause
+            message += f": {str(exc.__cause__).splitlines()[0]}"
         raise CLIError(f"bad config override: {' '.join(message.split())}") from None
 
 
@@ -70,11 +73,23 @@ def to_train_config(cfg) -> "Any":
 
     try:
         merged = OmegaConf.merge(OmegaConf.structured(TrainConfig), cfg)
+        _reject_unknown_keys(OmegaConf.to_container(merged), TrainConfig)
         return OmegaConf.to_object(merged)
     except ConfigError as exc:
         raise CLIError(f"config error: {exc}") from None
     except OmegaConfBaseException as exc:
         raise CLIError(f"config error: {str(exc).splitlines()[0]} ({_where(exc)})") from None
+
+
+def _reject_unknown_keys(values: dict, schema: type, prefix: str = "") -> None:
+    """OmegaConf quietly keeps keys added with `+key=...`; a typo must not be silently ignored."""
+    fields = {f.name: f for f in dataclasses.fields(schema)}
+    for key, value in values.items():
+        if key not in fields:
+            raise CLIError(f"config error: unknown key {prefix}{key}; valid keys here: {', '.join(fields)}")
+        sub = fields[key].default_factory if fields[key].default_factory is not dataclasses.MISSING else None
+        if isinstance(value, dict) and sub is not None and dataclasses.is_dataclass(sub):
+            _reject_unknown_keys(value, sub, f"{prefix}{key}.")
 
 
 def _where(exc) -> str:
@@ -171,7 +186,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"opsd: unknown command {command!r}; valid: {', '.join(COMMANDS)}", file=sys.stderr)
         return 2
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
-    for noisy in ("lightning.pytorch", "lightning.fabric", "alembic", "mlflow", "httpx", "urllib3"):
+    for noisy in ("alembic", "mlflow", "httpx", "urllib3"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
     try:
         return COMMANDS[command](overrides)

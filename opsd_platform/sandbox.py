@@ -35,6 +35,7 @@ ineffective.
 
 from __future__ import annotations
 
+import functools
 import json
 import math
 import os
@@ -116,7 +117,7 @@ cfg = json.loads(sys.argv[1])
 st = cfg["status_fd"]  # a pipe to the parent: the program never gets it (close-on-exec)
 os.set_inheritable(st, False)
 def report(obj):
-    os.write(st, json.dumps(obj).encode())
+    os.write(st, (json.dumps(obj) + "\n").encode())
 def fail(msg):
     report({"setup_error": msg})
     os._exit(125)
@@ -166,7 +167,7 @@ if pid == 0:
         signal.signal(signal.SIGPIPE, signal.SIG_DFL)
         os.execve(cfg["argv"][0], cfg["argv"], cfg["env"])
     except BaseException as e:
-        os.write(2, ("sandbox: cannot start the program: %r\n" % (e,)).encode())
+        report({"exec_error": repr(e)})  # the status pipe is closed only by a successful exec
     os._exit(126)
 while True:
     try:
@@ -299,6 +300,7 @@ def _safe_relpath(name: str) -> str:
     return norm
 
 
+@functools.lru_cache(maxsize=1)
 def _interpreter_exposures() -> list[tuple[str, list[str]]]:
     """Directories needed by the interpreter that the unprivileged uid cannot reach, as
     (topmost non-traversable ancestor, [paths to expose under it])."""
@@ -560,6 +562,11 @@ def _execute(
         if killed_by_us:
             _kill(proc)
         proc.wait()
+        if not mode.pid_ns and not killed_by_us:
+            try:  # best effort without a PID namespace: whatever stayed in the process group
+                os.killpg(proc.pid, signal.SIGKILL)
+            except (ProcessLookupError, PermissionError):
+                pass
         if mode.drop_uid and not mode.pid_ns and uid is not None:
             subprocess.run(
                 [sys.executable, "-I", "-S", "-c", _KILL_UID_SRC, str(uid)],
@@ -568,14 +575,14 @@ def _execute(
             )
         proc.stdout.close()
         proc.stderr.close()
+        st = _read_status(status_r)
     wall = time.monotonic() - start
     stdout = bufs[out_fd].decode("utf-8", errors="replace")
     stderr = bufs[err_fd].decode("utf-8", errors="replace")
-    st = _read_status(status_r)
     if st.get("setup_error"):
         raise SandboxError(f"sandbox setup failed ({mode.name}): {st['setup_error']}")
-    if st.get("exit") == 126 and "sandbox: cannot start the program" in stderr:
-        raise SandboxError(f"sandbox could not start python ({mode.name}): {stderr.strip()[-500:]}")
+    if st.get("exec_error"):
+        raise SandboxError(f"sandbox could not start python ({mode.name}): {st['exec_error']}")
     files_out = _read_collected(work, collect) if collect else {}
     returncode: int | None
     if flooded:
@@ -616,11 +623,15 @@ def _read_status(fd: int) -> dict:
         pass
     finally:
         os.close(fd)
-    try:
-        obj = json.loads(data.decode() or "{}")
-    except ValueError:
-        return {}
-    return obj if isinstance(obj, dict) else {}
+    out: dict = {}
+    for line in data.decode(errors="replace").splitlines():
+        try:
+            obj = json.loads(line)
+        except ValueError:
+            continue
+        if isinstance(obj, dict):
+            out.update(obj)
+    return out
 
 
 def _is_memory_error(stderr: str) -> bool:

@@ -30,6 +30,9 @@ from opsd_platform.module import OPSDModule
 from opsd_platform.worlds import make_world
 
 log = logging.getLogger(__name__)
+# Lightning sets its loggers to INFO on import ("GPU available: False", tips): keep warnings only.
+for _name in ("lightning.pytorch", "lightning.fabric", "pytorch_lightning"):
+    logging.getLogger(_name).setLevel(logging.WARNING)
 
 
 class RunInterrupted(RuntimeError):

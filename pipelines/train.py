@@ -1,0 +1,9 @@
+"""One OPSD training run from Hydra overrides: `python pipelines/train.py context=feedback ...`
+(the same as `opsd train ...`; the MLproject's `train` entry point calls it)."""
+
+import sys
+
+from opsd_platform.cli import main
+
+if __name__ == "__main__":
+    sys.exit(main(["train", *sys.argv[1:]]))

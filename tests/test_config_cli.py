@@ -1,0 +1,60 @@
+"""Config composition and validation through the real `conf/`, and the CLI's error contract."""
+
+import pytest
+
+from opsd_platform.cli import CLIError, main, train_config
+from opsd_platform.config import ConfigError, LossConfig, TrainConfig, WorldConfig
+
+
+def test_defaults_compose_to_the_embedded_model():
+    cfg = train_config([])
+    assert isinstance(cfg, TrainConfig)
+    assert cfg.model.source == "smollm2" and cfg.world.name == "arithmetic" and cfg.context == "feedback"
+    assert cfg.loss.divergence == "reverse" and cfg.loss.support == "topk" and cfg.loss.top_k == 20
+
+
+def test_issue_style_overrides():
+    cfg = train_config(["context=feedback", "world=hidden_rule", "trainer.max_steps=30", "seed=1", "model=tiny",
+                        "model.lora.enabled=true", "loss.token_clip=0.05"])
+    assert (cfg.world.name, cfg.trainer.max_steps, cfg.seed, cfg.model.source) == ("hidden_rule", 30, 1, "tiny")
+    assert cfg.model.lora.enabled and cfg.loss.token_clip == 0.05
+
+
+@pytest.mark.parametrize(
+    "override,message",
+    [
+        ("context=oracle", "valid: none, static, feedback, peer_hints, peer_solution, peer_or_feedback, reference"),
+        ("world=chess", "Available options in 'world': arithmetic code hidden_rule pyfunc"),
+        ("loss.divergence=kl", "loss.divergence: unknown value 'kl'; valid: reverse, forward, jsd"),
+        ("loss.support=beam", "valid: full, topk, sampled"),
+        ("teacher.kind=oracle", "valid: ema, fixed, live"),
+        ("optim.lr=-1", "optim.lr: must be > 0"),
+        ("optim.lr=fast", "optim.lr=fast: Value 'fast' of type 'str' could not be converted to Float"),
+        ("loss.top_k=0", "loss.top_k: must be >= 1"),
+        ("loss.alpha=2", "loss.alpha: must be in [0, 1]"),
+        ("rollout.samples_per_prompt=0", "rollout.samples_per_prompt: must be >= 1"),
+        ("not_a_key=1", "Could not override 'not_a_key'"),
+        ("+not_a_key=1", "not_a_key"),
+        ("world=code", "world.path: required for world=code"),
+        ("model=hf", "model.path"),
+    ],
+)
+def test_bad_config_is_named(override, message):
+    with pytest.raises(CLIError) as err:
+        train_config([override])
+    assert message in str(err.value)
+
+
+def test_dataclasses_validate_directly():
+    with pytest.raises(ConfigError, match="loss.support: 'sampled' needs loss.divergence=reverse"):
+        LossConfig(support="sampled", divergence="forward")
+    with pytest.raises(ConfigError, match="world.val_fraction"):
+        WorldConfig(val_fraction=1.5)
+
+
+def test_cli_exit_codes(capsys):
+    assert main(["train", "context=oracle"]) == 2
+    assert "opsd train: config error: context: unknown value 'oracle'" in capsys.readouterr().err
+    assert main(["frobnicate"]) == 2
+    assert "unknown command 'frobnicate'; valid: train, judge, ui, setup" in capsys.readouterr().err
+    assert main(["--help"]) == 0
