@@ -511,6 +511,10 @@ def judge_code(
         if t.testtype == "functional":
             if not func_name:
                 raise WorldError("functional tests need a func_name")
+            try:
+                json.loads(t.output)
+            except json.JSONDecodeError as e:
+                raise WorldError(f"functional test {i + 1}: expected output is not JSON: {e.msg}") from None
             cases.append({"type": "functional", "args": parse_args(t.input)})
         elif t.testtype == "stdin":
             cases.append({"type": "stdin"})
