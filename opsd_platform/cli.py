@@ -1,6 +1,7 @@
 """The ``opsd`` command: thin shells over the library, configured with Hydra overrides.
 
     opsd train [key=value ...]        one OPSD training run, recorded in MLflow
+    opsd gap [key=value ...]          the initial student vs self-teacher gap of one configuration
     opsd judge world=code problems=FILE.jsonl responses=FILE.jsonl
     opsd ui [tracking.uri=...] [port=5000]
     opsd setup                        fetch and convert the embedded default model once
@@ -123,6 +124,26 @@ def cmd_train(overrides: Sequence[str]) -> int:
     return 0
 
 
+def cmd_gap(overrides: Sequence[str]) -> int:
+    from opsd_platform.train import estimated_training_tokens, run_gap
+
+    cfg = train_config(overrides)
+    run_id, gap = run_gap(cfg)
+    pct = lambda ci: f"[{ci[0]:+.3f}, {ci[1]:+.3f}]"  # noqa: E731
+    mean_len = gap.tokens_generated / (2 * gap.n_problems * gap.samples_per_problem)
+    ratio = gap.tokens_generated / estimated_training_tokens(cfg, mean_len)
+    print()
+    print(f"context={gap.context}  {gap.n_problems} problems x {gap.samples_per_problem} samples "
+          f"(teacher context for {gap.teacher_coverage:.0%} of samples)")
+    print(f"student pass rate {gap.student_pass_rate:.3f} {pct(gap.student_ci)}")
+    print(f"teacher pass rate {gap.teacher_pass_rate:.3f} {pct(gap.teacher_ci)}")
+    print(f"gap               {gap.gap:+.3f} {pct(gap.gap_ci)}  ({gap.level:.0%} bootstrap over problems)")
+    print(f"cost: {gap.tokens_generated} tokens, {gap.seconds:.1f} s; {ratio:.1%} of the rollout tokens of a "
+          f"{cfg.trainer.max_steps}-step training (which also runs 2 forwards + 1 backward per token)")
+    print(f"MLflow run {run_id} in {cfg.tracking.resolved_uri()}")
+    return 0
+
+
 def cmd_judge(overrides: Sequence[str]) -> int:
     from omegaconf import OmegaConf
 
@@ -173,7 +194,7 @@ def cmd_setup(overrides: Sequence[str]) -> int:
     return 0
 
 
-COMMANDS = {"train": cmd_train, "judge": cmd_judge, "ui": cmd_ui, "setup": cmd_setup}
+COMMANDS = {"train": cmd_train, "gap": cmd_gap, "judge": cmd_judge, "ui": cmd_ui, "setup": cmd_setup}
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -197,6 +197,23 @@ class TrainerConfig:
 
 
 @dataclass
+class GapConfig:
+    enabled: bool = field(default=False, metadata={"help": "measure the initial gap before training (calibrate sets it)"})
+    split: str = field(default="train", metadata={"help": "problems the gap is measured on: train or val"})
+    n_problems: int = field(default=16, metadata={"help": "problems (first n of the split)"})
+    samples: int = field(default=0, metadata={"help": "student samples per problem (0 = rollout.samples_per_prompt)"})
+    bootstrap: int = field(default=2000, metadata={"help": "bootstrap resamples over problems"})
+    level: float = field(default=0.95, metadata={"help": "confidence level of the intervals"})
+
+    def __post_init__(self) -> None:
+        _one_of(self.split, ("train", "val"), "gap.split")
+        _check(self.n_problems >= 1, "gap.n_problems", f"must be >= 1, got {self.n_problems}")
+        _check(self.samples >= 0, "gap.samples", f"must be >= 0, got {self.samples}")
+        _check(self.bootstrap >= 100, "gap.bootstrap", f"must be >= 100, got {self.bootstrap}")
+        _check(0.5 <= self.level < 1.0, "gap.level", f"must be in [0.5, 1), got {self.level}")
+
+
+@dataclass
 class TrackingConfig:
     uri: str | None = field(default=None, metadata={"help": "MLflow tracking URI (default sqlite:///$OPSD_HOME/mlflow.db)"})
     experiment: str = field(default="opsd", metadata={"help": "MLflow experiment name"})
@@ -219,6 +236,7 @@ class TrainConfig:
     teacher: TeacherConfig = field(default_factory=TeacherConfig)
     optim: OptimConfig = field(default_factory=OptimConfig)
     trainer: TrainerConfig = field(default_factory=TrainerConfig)
+    gap: GapConfig = field(default_factory=GapConfig)
     tracking: TrackingConfig = field(default_factory=TrackingConfig)
 
     def __post_init__(self) -> None:

@@ -56,5 +56,5 @@ def test_cli_exit_codes(capsys):
     assert main(["train", "context=oracle"]) == 2
     assert "opsd train: config error: context: unknown value 'oracle'" in capsys.readouterr().err
     assert main(["frobnicate"]) == 2
-    assert "unknown command 'frobnicate'; valid: train, judge, ui, setup" in capsys.readouterr().err
+    assert "unknown command 'frobnicate'; valid: train, gap, judge, ui, setup" in capsys.readouterr().err
     assert main(["--help"]) == 0
