@@ -2,23 +2,29 @@
 
     opsd train [key=value ...]        one OPSD training run, recorded in MLflow
     opsd gap [key=value ...]          the initial student vs self-teacher gap of one configuration
+    opsd calibrate [calibrate.contexts=[..]] [calibrate.seeds=[..]] [key=value ...]
+                                      gap + training per grid point (resumable), for the law
+    opsd fit-law [law.method=ols|wls|hc3] [law.calibration=NAME] [law.promote=true] [tracking.uri=...]
+                                      fit the law on the store's points, validate, plot, register
+    opsd law show|promote [name=opsd-gap-law] [version=N] [force=true]
     opsd judge world=code problems=FILE.jsonl responses=FILE.jsonl
     opsd ui [tracking.uri=...] [port=5000]
     opsd setup                        fetch and convert the embedded default model once
 
-Configs are composed with Hydra's compose API from ``conf/`` (``$OPSD_CONF_DIR`` overrides the
-location), merged onto the dataclasses of ``opsd_platform.config`` and validated there.
+Configs are composed from ``conf/`` by ``opsd_platform.compose`` and validated by the dataclasses
+of ``opsd_platform.config``; a bad value exits with code 2 and one line naming it.
 """
 
 from __future__ import annotations
 
-import dataclasses
 import logging
 import os
 import subprocess
 import sys
-from pathlib import Path
-from typing import Any, Sequence
+from typing import Sequence
+
+from opsd_platform.compose import compose, train_config
+from opsd_platform.config import ConfigError
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
@@ -27,79 +33,6 @@ USAGE = __doc__
 
 class CLIError(Exception):
     """A user-facing error: printed as one line, exit code 2."""
-
-
-def conf_dir() -> Path:
-    here = Path(os.environ.get("OPSD_CONF_DIR") or Path(__file__).resolve().parents[1] / "conf")
-    if not (here / "train.yaml").exists():
-        raise CLIError(f"config directory {here} has no train.yaml; set OPSD_CONF_DIR to the project's conf/")
-    return here
-
-
-def compose(config_name: str, overrides: Sequence[str]):
-    """Compose `conf/<config_name>.yaml` with command-line overrides into an OmegaConf object."""
-    from hydra import compose as hydra_compose, initialize_config_dir
-    from hydra.core.global_hydra import GlobalHydra
-    from hydra.errors import HydraException
-    from omegaconf.errors import OmegaConfBaseException
-
-    _register_schemas()
-    GlobalHydra.instance().clear()
-    try:
-        with initialize_config_dir(config_dir=str(conf_dir()), version_base="1.3"):
-            return hydra_compose(config_name=config_name, overrides=list(overrides))
-    except (HydraException, OmegaConfBaseException) as exc:
-        message = str(exc).split("Config search path")[0]  # Hydra appends its search path: noise here
-        if exc.__cause__ is not None:  # e.g. "Error merging override x=y" hides the why in its cause
-            message += f": {str(exc.__cause__).splitlines()[0]}"
-        raise CLIError(f"bad config override: {' '.join(message.split())}") from None
-
-
-def _register_schemas() -> None:
-    """Bind the dataclasses to Hydra's ConfigStore, so every field can be overridden by name
-    (not only those the YAML files spell out) and types are checked while composing."""
-    from hydra.core.config_store import ConfigStore
-
-    from opsd_platform.config import TrainConfig
-
-    ConfigStore.instance().store(name="train_schema", node=TrainConfig)
-
-
-def to_train_config(cfg) -> "Any":
-    """Merge a composed config onto TrainConfig; unknown keys / wrong types / bad values -> CLIError."""
-    from omegaconf import OmegaConf
-    from omegaconf.errors import OmegaConfBaseException
-
-    from opsd_platform.config import ConfigError, TrainConfig
-
-    try:
-        merged = OmegaConf.merge(OmegaConf.structured(TrainConfig), cfg)
-        _reject_unknown_keys(OmegaConf.to_container(merged), TrainConfig)
-        return OmegaConf.to_object(merged)
-    except ConfigError as exc:
-        raise CLIError(f"config error: {exc}") from None
-    except OmegaConfBaseException as exc:
-        raise CLIError(f"config error: {str(exc).splitlines()[0]} ({_where(exc)})") from None
-
-
-def _reject_unknown_keys(values: dict, schema: type, prefix: str = "") -> None:
-    """OmegaConf quietly keeps keys added with `+key=...`; a typo must not be silently ignored."""
-    fields = {f.name: f for f in dataclasses.fields(schema)}
-    for key, value in values.items():
-        if key not in fields:
-            raise CLIError(f"config error: unknown key {prefix}{key}; valid keys here: {', '.join(fields)}")
-        sub = fields[key].default_factory if fields[key].default_factory is not dataclasses.MISSING else None
-        if isinstance(value, dict) and sub is not None and dataclasses.is_dataclass(sub):
-            _reject_unknown_keys(value, sub, f"{prefix}{key}.")
-
-
-def _where(exc) -> str:
-    key = getattr(exc, "full_key", None)
-    return f"key {key}" if key else "see conf/ and opsd_platform/config.py"
-
-
-def train_config(overrides: Sequence[str]):
-    return to_train_config(compose("train", overrides))
 
 
 # --------------------------------------------------------------------------- commands
@@ -144,10 +77,106 @@ def cmd_gap(overrides: Sequence[str]) -> int:
     return 0
 
 
+def split_section(overrides: Sequence[str], section: str) -> tuple[list[str], list[str]]:
+    """(overrides of `section.` keys, the rest): sections that are not part of the train config."""
+    mine = [o for o in overrides if o.lstrip("+").startswith(section + ".")]
+    return mine, [o for o in overrides if o not in mine]
+
+
+def section_config(schema: type, section: str, overrides: Sequence[str]):
+    """A dataclass for `section` from `section.key=value` overrides (YAML values, e.g. lists)."""
+    from omegaconf import OmegaConf
+    from omegaconf.errors import OmegaConfBaseException
+
+    try:
+        values = OmegaConf.from_dotlist([o.lstrip("+") for o in overrides]).get(section, {})
+        return OmegaConf.to_object(OmegaConf.merge(OmegaConf.structured(schema), values))
+    except OmegaConfBaseException as exc:
+        raise ConfigError(f"config error: {str(exc).splitlines()[0]} (section {section})") from None
+
+
+def cmd_calibrate(overrides: Sequence[str]) -> int:
+    from opsd_platform.calibrate import CalibrateConfig, calibrate
+
+    mine, base = split_section(overrides, "calibrate")
+    cal = section_config(CalibrateConfig, "calibrate", mine)
+    result = calibrate(base, cal)
+    print(
+        f"\ncalibration {cal.name!r}: {len(result.done)} trained, {len(result.skipped)} already in the store, "
+        f"{len(result.failed)} failed ({result.seconds:.0f} s); parent MLflow run {result.parent_run_id}"
+    )
+    print("next: opsd fit-law" + "".join(f" {o}" for o in base if o.startswith("tracking.")))
+    return 1 if result.failed else 0
+
+
+def cmd_fit_law(overrides: Sequence[str]) -> int:
+    from opsd_platform.config import TrackingConfig
+    from opsd_platform.law import LawError
+    from opsd_platform.law_pipeline import FitLawConfig, fit_and_register
+
+    mine, rest = split_section(overrides, "law")
+    tracking_cfg = section_config(TrackingConfig, "tracking", rest)
+    unknown = [o for o in rest if not o.lstrip("+").startswith("tracking.")]
+    if unknown:
+        raise CLIError(f"unknown override(s) {', '.join(unknown)}; fit-law takes law.* and tracking.* keys")
+    cfg = section_config(FitLawConfig, "law", mine)
+    if cfg.experiment == "opsd" and tracking_cfg.experiment != "opsd":
+        cfg.experiment = tracking_cfg.experiment
+    uri = tracking_cfg.resolved_uri()
+    try:
+        report = fit_and_register(uri, cfg)
+    except LawError as exc:
+        raise CLIError(f"{exc} (nothing was registered)") from None
+    fit, loo = report.fit, report.loo
+    print(fit.summary())
+    print(f"\nleave-one-configuration-out: MAE {loo['mae']:.4f}, RMSE {loo['rmse']:.4f}, "
+          f"coverage of {fit.level:.0%} intervals {loo['coverage']:.0%} ({loo['n']} configurations)")
+    for group, res in report.grouped.items():
+        if res.get("rmse") is not None:
+            print(f"leave-one-{group}-out: MAE {res['mae']:.4f}, RMSE {res['rmse']:.4f}, coverage {res['coverage']:.0%}")
+        for skip in res.get("skipped", []):
+            print(f"leave-one-{group}-out skipped {skip['group']}: {skip['reason']}")
+    eq = report.families.get("equal_slopes", {})
+    print(f"equal slopes across families: " + (f"F={eq['F']:.3f}, p={eq['p']:.3g}" if "p" in eq else eq.get("note", "n/a")))
+    print(f"plot: {report.plot}")
+    print(f"law run {report.law_run_id}")
+    if report.registration:
+        r = report.registration
+        print(f"registered {r['name']} version {r['version']} aliases {r['aliases']}: {r['decision']} ({r['reason']})")
+    return 0
+
+
+def cmd_law(overrides: Sequence[str]) -> int:
+    from opsd_platform.config import TrackingConfig
+    from opsd_platform.registry import DEFAULT_NAME, RegistryError, describe, format_table, promote
+
+    if not overrides or overrides[0] not in ("show", "promote"):
+        raise CLIError("usage: opsd law show|promote [name=...] [version=N] [force=true] [tracking.uri=...]")
+    action, rest = overrides[0], overrides[1:]
+    from omegaconf import OmegaConf
+
+    values = OmegaConf.to_container(OmegaConf.from_dotlist(list(rest)))
+    unknown = set(values) - {"name", "version", "force", "tracking"}
+    if unknown:
+        raise CLIError(f"unknown key(s) {', '.join(sorted(unknown))}; valid: name, version, force, tracking.uri")
+    uri = TrackingConfig(uri=(values.get("tracking") or {}).get("uri")).resolved_uri()
+    name = str(values.get("name", DEFAULT_NAME))
+    try:
+        if action == "show":
+            print(format_table(describe(uri, name)))
+        else:
+            version = values.get("version")
+            out = promote(name, None if version is None else str(version), tracking_uri=uri, force=bool(values.get("force", False)))
+            print(f"{out['decision']}: {out['reason']} (champion: version {out['champion']})")
+    except RegistryError as exc:
+        raise CLIError(str(exc)) from None
+    return 0
+
+
 def cmd_judge(overrides: Sequence[str]) -> int:
     from omegaconf import OmegaConf
 
-    from opsd_platform.config import ConfigError, WorldConfig
+    from opsd_platform.config import WorldConfig
     from opsd_platform.worlds import make_world
     from opsd_platform.worlds.base import WorldError
     from opsd_platform.worlds.jsonl import judge_responses
@@ -161,7 +190,7 @@ def cmd_judge(overrides: Sequence[str]) -> int:
         world = make_world(world_cfg, seed=int(cfg.seed))
         problems = {p.id: p for split in ("train", "val") for p in world.problems(split)}
         results = judge_responses(world, problems, str(cfg.responses))
-    except (ConfigError, WorldError, TypeError) as exc:
+    except (WorldError, TypeError) as exc:
         raise CLIError(str(exc)) from None
     passed = 0
     for row in results:
@@ -194,7 +223,7 @@ def cmd_setup(overrides: Sequence[str]) -> int:
     return 0
 
 
-COMMANDS = {"train": cmd_train, "gap": cmd_gap, "judge": cmd_judge, "ui": cmd_ui, "setup": cmd_setup}
+COMMANDS = {"train": cmd_train, "gap": cmd_gap, "calibrate": cmd_calibrate, "fit-law": cmd_fit_law, "law": cmd_law, "judge": cmd_judge, "ui": cmd_ui, "setup": cmd_setup}
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -211,7 +240,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         logging.getLogger(noisy).setLevel(logging.WARNING)
     try:
         return COMMANDS[command](overrides)
-    except CLIError as exc:
+    except (CLIError, ConfigError) as exc:
         print(f"opsd {command}: {exc}", file=sys.stderr)
         return 2
 

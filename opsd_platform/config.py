@@ -7,6 +7,8 @@ ranges and names. Every error names the field and the offending value.
 
 from __future__ import annotations
 
+import hashlib
+import json
 import os
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -244,6 +246,17 @@ class TrainConfig:
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
+
+
+def config_hash(cfg: TrainConfig) -> str:
+    """Short hash of what defines a configuration: everything but the seed, where it is logged,
+    and display-only trainer settings. Runs with equal hashes differ only by seed."""
+    d = cfg.to_dict()
+    d.pop("seed")
+    d.pop("tracking")
+    d["trainer"] = {k: v for k, v in d["trainer"].items() if k not in ("progress_bar", "num_threads")}
+    d["gap"].pop("enabled")
+    return hashlib.sha256(json.dumps(d, sort_keys=True).encode()).hexdigest()[:10]
 
 
 def flatten(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:

@@ -29,7 +29,7 @@ from lightning.pytorch.loggers import MLFlowLogger
 from mlflow.tracking import MlflowClient
 
 from opsd_platform import tracking
-from opsd_platform.config import TrainConfig, flatten
+from opsd_platform.config import TrainConfig, config_hash, flatten
 from opsd_platform.gap import GapResult, measure_gap
 from opsd_platform.models import load_policy
 from opsd_platform.module import OPSDModule
@@ -80,6 +80,8 @@ def peak_rss_mb() -> float:
 
 def run_tags(cfg: TrainConfig, kind: str) -> dict[str, str]:
     return {
+        "config": f"{cfg.model.family}/{cfg.world.name}/{cfg.context}",
+        "config_hash": config_hash(cfg),
         "kind": kind,
         "world": cfg.world.name,
         "context": cfg.context,
@@ -114,7 +116,10 @@ def _mlflow_run(cfg: TrainConfig, kind: str, parent_run_id: str | None, extra_ta
     that the exception itself hides (Lightning turns Ctrl-C into SystemExit)."""
     uri = cfg.tracking.resolved_uri()
     tags = {**run_tags(cfg, kind), **(extra_tags or {})}
-    run_id = tracking.start_run(uri, cfg.tracking.experiment, cfg.tracking.run_name, tags, parent_run_id)
+    # Our own readable default name: MLflow's random names repeat across runs here, because
+    # seeding Python's `random` (seed_everything) also seeds MLflow's name generator.
+    name = cfg.tracking.run_name or f"{kind}-{cfg.context}-{cfg.world.name}-s{cfg.seed}-{time.strftime('%m%d-%H%M%S')}"
+    run_id = tracking.start_run(uri, cfg.tracking.experiment, name, tags, parent_run_id)
     reasons: list[str] = []
     client = MlflowClient(tracking_uri=uri)
     try:

@@ -2,7 +2,8 @@
 
 import pytest
 
-from opsd_platform.cli import CLIError, main, train_config
+from opsd_platform.cli import main
+from opsd_platform.compose import train_config
 from opsd_platform.config import ConfigError, LossConfig, TrainConfig, WorldConfig
 
 
@@ -40,7 +41,7 @@ def test_issue_style_overrides():
     ],
 )
 def test_bad_config_is_named(override, message):
-    with pytest.raises(CLIError) as err:
+    with pytest.raises(ConfigError) as err:
         train_config([override])
     assert message in str(err.value)
 
@@ -56,5 +57,5 @@ def test_cli_exit_codes(capsys):
     assert main(["train", "context=oracle"]) == 2
     assert "opsd train: config error: context: unknown value 'oracle'" in capsys.readouterr().err
     assert main(["frobnicate"]) == 2
-    assert "unknown command 'frobnicate'; valid: train, gap, judge, ui, setup" in capsys.readouterr().err
+    assert "unknown command 'frobnicate'; valid: train, gap, calibrate, fit-law, law, judge, ui, setup" in capsys.readouterr().err
     assert main(["--help"]) == 0

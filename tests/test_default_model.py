@@ -4,7 +4,7 @@ import pytest
 import torch
 from mlflow.tracking import MlflowClient
 
-from opsd_platform.cli import train_config
+from opsd_platform.compose import train_config
 from opsd_platform.config import ModelConfig, default_home
 from opsd_platform.models import SMOLLM2_SHA256, load_policy, sha256_file, smollm2_gguf
 from opsd_platform.rollout import HFGenerateEngine

@@ -6,7 +6,8 @@ import numpy as np
 import pytest
 from mlflow.tracking import MlflowClient
 
-from opsd_platform.cli import main, train_config
+from opsd_platform.cli import main
+from opsd_platform.compose import train_config
 from opsd_platform.gap import bootstrap_means, measure_gap
 from opsd_platform.models import load_policy
 from opsd_platform.rollout import HFGenerateEngine

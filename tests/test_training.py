@@ -12,7 +12,7 @@ import pytest
 import torch
 from mlflow.tracking import MlflowClient
 
-from opsd_platform.cli import train_config
+from opsd_platform.compose import train_config
 from opsd_platform.models import load_policy
 from opsd_platform.module import OPSDModule
 from opsd_platform.train import train
