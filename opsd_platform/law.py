@@ -585,6 +585,16 @@ def leave_one_out(points: pd.DataFrame, **fit_kwargs: Any) -> dict[str, Any]:
     }
 
 
+def _grouped(points: pd.DataFrame, group: str) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """(per-config means, points with string config ids), checking every config has a `group`."""
+    _check_columns(points, [group], "points")
+    agg = aggregate(points)
+    if agg[group].isna().any():
+        cfg = agg.loc[agg[group].isna(), "config"].iloc[0]
+        raise LawError(f"points: config {cfg!r} has no value in group column {group!r}")
+    return agg, points.assign(config=points["config"].astype(str))
+
+
 def grouped_holdout(points: pd.DataFrame, group: str, **fit_kwargs: Any) -> dict[str, Any]:
     """Leave one whole group out (e.g. ``group="family"``: every config of one model family),
     refit on the others, predict the held-out configs.
@@ -594,12 +604,7 @@ def grouped_holdout(points: pd.DataFrame, group: str, **fit_kwargs: Any) -> dict
     "n", "skipped" (list of {group, reason})}``. A group whose removal leaves fewer than 3 configs
     or all-equal gaps is skipped with the reason, not an error.
     """
-    _check_columns(points, [group], "points")
-    agg = aggregate(points)
-    if agg[group].isna().any():
-        cfg = agg.loc[agg[group].isna(), "config"].iloc[0]
-        raise LawError(f"points: config {cfg!r} has no value in group column {group!r}")
-    pts = points.assign(config=points["config"].astype(str))
+    agg, pts = _grouped(points, group)
     rows, per_group, skipped = [], [], []
     for value in agg[group].unique():
         held = agg[agg[group] == value]
@@ -641,12 +646,7 @@ def family_slopes(points: pd.DataFrame, group: str = "family", *, level: float =
     """
     import statsmodels.api as sm
 
-    _check_columns(points, [group], "points")
-    agg = aggregate(points)
-    if agg[group].isna().any():
-        cfg = agg.loc[agg[group].isna(), "config"].iloc[0]
-        raise LawError(f"points: config {cfg!r} has no value in group column {group!r}")
-    pts = points.assign(config=points["config"].astype(str))
+    agg, pts = _grouped(points, group)
 
     families: dict[str, dict[str, Any]] = {}
     for value in agg[group].unique():
