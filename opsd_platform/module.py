@@ -142,17 +142,31 @@ class OPSDModule(L.LightningModule):
             top_p=r.val_top_p,
         )
 
+    def log_samples(self, name: str, evaluation: Evaluation, limit: int = 24) -> None:
+        """Validation answers with their verdicts as a run artifact: what the numbers are made of."""
+        if self.logger is None or not hasattr(self.logger, "run_id"):
+            return
+        k = self.cfg.rollout.val_samples
+        rows = [
+            {"problem": self.val_problems[i // k].id, "prompt": self.val_problems[i // k].prompt, "response": text,
+             "reward": j.reward, "passed": j.passed, "feedback": j.feedback}
+            for i, (text, j) in enumerate(zip(evaluation.texts, evaluation.judgements))
+        ][:limit]
+        self.logger.experiment.log_dict(self.logger.run_id, rows, f"samples/{name}.json")
+
     def on_train_start(self) -> None:
         if self.cfg.trainer.validate:
             self.initial_val = self.validate_policy()
             self.log_metrics(
                 {"val/pass_rate": self.initial_val.pass_rate, "val/reward_mean": self.initial_val.reward_mean}, step=0
             )
+            self.log_samples("val_initial", self.initial_val)
 
     def on_train_end(self) -> None:
         if not self.cfg.trainer.validate:
             return
         self.final_val = self.validate_policy()
+        self.log_samples("val_final", self.final_val)
         metrics = {"val/pass_rate": self.final_val.pass_rate, "val/reward_mean": self.final_val.reward_mean}
         if self.initial_val is not None:
             metrics["improvement"] = self.final_val.pass_rate - self.initial_val.pass_rate

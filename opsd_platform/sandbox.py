@@ -471,7 +471,9 @@ def _run(
             "expose": _interpreter_exposures() if mode.mount and mode.drop_uid else [],
             "uid": uid,
             "rlimits": _rlimits(limits, mode),
-            "argv": [sys.executable, "-s", "-P", "-B", "main.py"],
+            # The resolved interpreter, not a venv's symlink to it: the venv may live under /tmp,
+            # which the work dir is mounted over (a checkout in /tmp, as CI's may be).
+            "argv": [os.path.realpath(sys.executable), "-s", "-P", "-B", "main.py"],
             "env": env,
         }
         prefix = [shutil.which("unshare", path=_PATH) or "unshare", *mode.unshare, "--"] if mode.unshare else []

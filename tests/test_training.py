@@ -121,6 +121,8 @@ def test_training_run_is_recorded_in_mlflow(tiny_overrides):
     assert run.data.metrics["improvement"] == pytest.approx(val[1].value - val[0].value)
     assert result.improvement == pytest.approx(run.data.metrics["improvement"])
     assert "config.yaml" in [a.path for a in client.list_artifacts(result.run_id)]
+    assert {a.path for a in client.list_artifacts(result.run_id, "samples")} == {
+        "samples/val_initial.json", "samples/val_final.json"}
 
 
 def test_interrupted_run_ends_failed_with_reason(tiny_overrides, tmp_path):
