@@ -39,7 +39,11 @@ class Rollouts:
 
 
 def chat_ids(tokenizer, message: str) -> list[int]:
-    """Token ids of a one-turn chat prompt ending where the assistant starts to answer."""
+    """Token ids of a one-turn chat prompt ending where the assistant starts to answer.
+
+    A base model without a chat template gets the plain message and a newline (after BOS)."""
+    if not getattr(tokenizer, "chat_template", None):
+        return list(tokenizer(message + "\n", add_special_tokens=True)["input_ids"])
     out = tokenizer.apply_chat_template(
         [{"role": "user", "content": message}], add_generation_prompt=True, tokenize=True, return_dict=True
     )

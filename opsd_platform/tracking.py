@@ -17,6 +17,8 @@ from mlflow.entities import RunStatus
 from mlflow.tracking import MlflowClient
 
 log = logging.getLogger(__name__)
+# No network here (and none wanted from a training job): MLflow's usage telemetry stays off.
+os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
 
 FAILURE_TAG = "failure_reason"
 
@@ -91,16 +93,7 @@ def log_params(uri: str, run_id: str, params: dict[str, Any]) -> None:
         client.log_batch(run_id, params=items[start : start + 100])
 
 
-def run_url(uri: str, run_id: str, experiment_id: str) -> str:
-    """Where to look at a run: the UI path, for printing."""
-    return f"#/experiments/{experiment_id}/runs/{run_id}"
-
-
 def ui_command(uri: str) -> str:
     return f"mlflow ui --backend-store-uri {uri}" + (
         f" --default-artifact-root {(sqlite_path(uri).parent / 'artifacts').as_uri()}" if sqlite_path(uri) else ""
     )
-
-
-def env_tracking_uri() -> str | None:
-    return os.environ.get("MLFLOW_TRACKING_URI")

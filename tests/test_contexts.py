@@ -89,3 +89,9 @@ def test_long_attempts_are_cut():
     huge = Attempt("x" * 10_000, Judgement(0.0, "y" * 10_000, False))
     out = build_group("feedback", PROBLEM, [huge])[0]
     assert len(out) < 3000 and "..." in out
+
+
+def test_base_model_without_chat_template_gets_the_plain_message():
+    tok = build_char_tokenizer()
+    tok.chat_template = None
+    assert tok.decode(chat_ids(tok, "What is 7 + 5?")) == "What is 7 + 5?\n"
