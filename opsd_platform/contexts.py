@@ -158,3 +158,20 @@ def build_group(
         privileged = builder(Sample(problem, attempt, peers))
         out.append(None if privileged is None else teacher_message(problem.prompt, privileged))
     return out
+
+
+def build_for_rollouts(
+    name: str,
+    problems: Sequence[Problem],  # [B]
+    texts: Sequence[str],  # [B*n] responses, problem-major (n consecutive rows per problem)
+    judgements: Sequence[Judgement],  # [B*n]
+    n: int,
+) -> list[str | None]:  # [B*n] teacher user message of each row, None = no teacher
+    """Teacher messages for a whole rollout batch, one problem's group of n samples at a time."""
+    if len(texts) != len(problems) * n or len(judgements) != len(texts):
+        raise ValueError(f"{len(problems)} problems x n={n} but {len(texts)} texts and {len(judgements)} judgements")
+    out: list[str | None] = []
+    for b, problem in enumerate(problems):
+        rows = range(b * n, (b + 1) * n)
+        out += build_group(name, problem, [Attempt(texts[i], judgements[i]) for i in rows])
+    return out

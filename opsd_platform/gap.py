@@ -27,7 +27,7 @@ from typing import Sequence
 
 import numpy as np
 
-from opsd_platform.contexts import Attempt, build_group
+from opsd_platform.contexts import build_for_rollouts
 from opsd_platform.worlds.base import Problem, World
 
 
@@ -116,14 +116,9 @@ def measure_gap(
     student = engine.generate([p.prompt for p in problems], n, max_new_tokens, temperature, top_p)
     s_judged = world.judge_many([problems[g] for g in student.group], student.texts)
 
-    teacher_messages: list[str] = []
-    has_context: list[bool] = []
-    for b, problem in enumerate(problems):
-        rows = range(b * n, (b + 1) * n)
-        attempts = [Attempt(student.texts[i], s_judged[i]) for i in rows]
-        for message in build_group(context, problem, attempts):
-            has_context.append(message is not None)
-            teacher_messages.append(message if message is not None else problem.prompt)
+    built = build_for_rollouts(context, problems, student.texts, s_judged, n)
+    has_context = [m is not None for m in built]
+    teacher_messages = [m if m is not None else problems[student.group[i]].prompt for i, m in enumerate(built)]
     teacher = engine.generate(teacher_messages, 1, max_new_tokens, temperature, top_p)
     t_judged = world.judge_many([problems[g] for g in student.group], teacher.texts)
 

@@ -33,7 +33,7 @@ import lightning as L
 import torch
 
 from opsd_platform.config import TrainConfig
-from opsd_platform.contexts import Attempt, build_group
+from opsd_platform.contexts import build_for_rollouts
 from opsd_platform.evaluation import Evaluation, evaluate
 from opsd_platform.losses import importance_weights, sequence_logprobs, token_divergence
 from opsd_platform.rollout import HFGenerateEngine, Rollouts, chat_ids, response_logits
@@ -196,17 +196,13 @@ class OPSDModule(L.LightningModule):
         phase("judge")
 
         # 3. contexts: rows are prompt-major, so groups of n consecutive rows share a problem
-        n = r.samples_per_prompt
-        teacher_messages: list[str | None] = []
-        for b, problem in enumerate(problems):
-            attempts = [Attempt(ro.texts[i], judgements[i]) for i in range(b * n, (b + 1) * n)]
-            teacher_messages += build_group(cfg.context, problem, attempts)
+        teacher_messages = build_for_rollouts(cfg.context, problems, ro.texts, judgements, r.samples_per_prompt)
         rows = [i for i, m in enumerate(teacher_messages) if m is not None]
         teacher_prompts = {i: chat_ids(self.tokenizer, teacher_messages[i]) for i in rows}
         phase("contexts")
 
         # 4-5. teacher scoring + loss + update (per micro-batch, see the module docstring)
-        loss_value, grad_norm, skipped = self._update(ro, rows, teacher_prompts, times)
+        loss_value, grad_norm = self._update(ro, rows, teacher_prompts, times)
 
         rewards = [j.reward for j in judgements]
         metrics = {
@@ -233,20 +229,22 @@ class OPSDModule(L.LightningModule):
 
     def _update(
         self, ro: Rollouts, rows: list[int], teacher_prompts: dict[int, list[int]], times: dict[str, float]
-    ) -> tuple[float, float, bool]:
-        """Teacher scoring, loss and optimizer step(s). Returns (loss, grad norm, skipped)."""
+    ) -> tuple[float, float]:
+        """Teacher scoring, loss and optimizer step(s). Returns (loss, grad norm); a skipped
+        (non-finite) step is counted in `self.skipped_nonfinite`."""
         cfg, lc = self.cfg, self.cfg.loss
         opt = self.optimizers()
         pad = self.tokenizer.pad_token_id
         if not rows:  # no sample has a teacher: nothing to learn from this batch
-            return 0.0, 0.0, False
+            return 0.0, 0.0
         total_tokens = ro.response_mask[rows].sum().clamp(min=1)
         old_logp: dict[int, torch.Tensor] = {}
         teacher_s = update_s = 0.0
-        loss_value, grad_norm, skipped = 0.0, 0.0, False
+        loss_value, grad_norm = 0.0, 0.0
+        reuse = cfg.trainer.updates_per_batch > 1
         for update in range(cfg.trainer.updates_per_batch):
             opt.zero_grad(set_to_none=True)
-            loss_value, skipped = 0.0, False
+            loss_value, finite = 0.0, True
             for chunk in _chunks(rows, cfg.rollout.batch_size):
                 resp, mask = ro.response_ids[chunk], ro.response_mask[chunk]
                 t0 = time.perf_counter()
@@ -259,37 +257,34 @@ class OPSDModule(L.LightningModule):
                     divergence=lc.divergence, alpha=lc.alpha, support=lc.support,
                     top_k=lc.top_k, token_clip=lc.token_clip,
                 )  # [n, T]
-                logp = sequence_logprobs(s_logits, resp)  # [n, T]
-                if update == 0:
-                    for j, i in enumerate(chunk):
-                        old_logp[i] = logp[j].detach()
-                else:
-                    old = torch.stack([old_logp[i] for i in chunk])
-                    per_token = per_token * importance_weights(logp, old, lc.is_clip)
+                if reuse:  # later updates reweight by the clipped ratio to the sampling policy
+                    logp = sequence_logprobs(s_logits, resp)  # [n, T]
+                    if update == 0:
+                        old_logp.update({i: logp[j].detach() for j, i in enumerate(chunk)})
+                    else:
+                        old = torch.stack([old_logp[i] for i in chunk])
+                        per_token = per_token * importance_weights(logp, old, lc.is_clip)
                 loss = (per_token * mask).sum() / total_tokens
                 if not torch.isfinite(loss):
-                    skipped = True
+                    finite = False
                     break
                 self.manual_backward(loss)
                 loss_value += loss.item()
                 teacher_s += t1 - t0
                 update_s += time.perf_counter() - t1
-            if skipped:
-                opt.zero_grad(set_to_none=True)
-                self.skipped_nonfinite += 1
-                break
             t2 = time.perf_counter()
-            params = [p for p in self.policy.parameters() if p.requires_grad]
-            max_norm = cfg.optim.grad_clip if cfg.optim.grad_clip > 0 else math.inf
-            grad_norm = float(torch.nn.utils.clip_grad_norm_(params, max_norm))
-            if not math.isfinite(grad_norm):
+            if finite:
+                params = [p for p in self.policy.parameters() if p.requires_grad]
+                max_norm = cfg.optim.grad_clip if cfg.optim.grad_clip > 0 else math.inf
+                grad_norm = float(torch.nn.utils.clip_grad_norm_(params, max_norm))
+                finite = math.isfinite(grad_norm)
+            if not finite:  # a NaN/inf loss or gradient: skip the step, keep weights and teacher
                 opt.zero_grad(set_to_none=True)
                 self.skipped_nonfinite += 1
-                skipped = True
                 break
             opt.step()
             self.teacher.update()
             update_s += time.perf_counter() - t2
         times["time/teacher_s"] = teacher_s
         times["time/update_s"] = update_s
-        return loss_value, grad_norm, skipped
+        return loss_value, grad_norm

@@ -1,40 +1,50 @@
 """Run untrusted, model-generated Python in a throw-away sandbox.
 
-Every run gets a fresh temporary work directory (removed afterwards), a clean environment (only
-PATH, HOME, LANG, TMPDIR, PYTHON* knobs: nothing of the parent, so no secrets), its own session
-and process group, resource limits (wall clock, CPU, address space, file size, processes, open
-files, no core dumps) and bounded output capture. How much more isolation is possible depends on
-the machine; :func:`isolation` reports what is actually in force. The strongest mode, used when
-we are root and util-linux ``unshare`` works (as here and in CI)::
+Every run gets a fresh work directory (gone afterwards), a clean environment (only PATH, HOME,
+LANG, TMPDIR, PYTHON* knobs: nothing of the parent, so no secrets), its own session and process
+group, resource limits (wall clock, CPU, address space, file size, processes, open files, no core
+dumps) and bounded output capture. How much more isolation is possible depends on the machine;
+:func:`isolation` reports what is actually in force (docs/sandbox.md has the whole picture). The
+strongest mode, used when we are root and util-linux ``unshare`` works (as here and in CI)::
 
-    unshare --net --pid --mount --fork --kill-child --mount-proc -- python -I -S -c INIT
+    unshare --net --pid --ipc --mount --fork --kill-child --mount-proc -- python -I -S -c INIT
         INIT (root, PID 1 of the new PID namespace):
-          - bind-mounts the work dir on /tmp, makes every other mount read-only (mount_setattr
-            AT_RECURSIVE), covers non-traversable ancestors of the interpreter (e.g. /root when
-            the interpreter lives under /root/.pyenv) with a tmpfs that exposes only the
-            interpreter's prefix;
-          - forks the program: rlimits, no supplementary groups, a fresh unprivileged uid/gid
-            (random, >= 2_000_000, so concurrent sandboxes never share an RLIMIT_NPROC count),
-            no_new_privs, exec python;
-          - reaps orphans, reports exit status + CPU time on a pipe the program never gets.
+          - builds a private root on a tmpfs: /usr, /bin, /lib*, /etc, /dev, /proc, /sys and the
+            interpreter's prefix bound from the host, nothing else (no /home, /root, checkout,
+            data sets, /run sockets); /tmp = the work dir, a tmpfs of disk_mb + the staged files
+            (copied in by INIT); /dev/shm an empty read-only tmpfs; everything read-only but /tmp;
+          - forks the program: rlimits, no capabilities (empty bounding set, SECBIT_NOROOT), no
+            supplementary groups, a fresh unprivileged uid/gid (random, >= 2_000_000, so
+            concurrent sandboxes never share an RLIMIT_NPROC count), no_new_privs, a seccomp
+            filter (x86_64: no unix/netlink/vsock sockets, namespaces, SysV IPC, memfd, mount
+            API, keyrings, bpf, io_uring...), exec python;
+          - watches: the program's exit (pidfd), the parent's "stop" (EOF on a control pipe: on
+            timeout, output flood, or the parent's death) and the total memory (PSS) of all the
+            program's processes, capped at memory_mb;
+          - then kills every other process of the namespace, reaps them, copies the files to
+            collect out of the private /tmp, and reports exit status + CPU time on a pipe the
+            program never gets.
 
-No network (empty net namespace: even 127.0.0.1 is unreachable), a fork bomb is capped by
-RLIMIT_NPROC of its private uid, and when INIT exits (or is killed on timeout/output flood) the
-kernel kills every process left in the PID namespace, double-forked or setsid'ed ones included.
+No network (empty net namespace: even 127.0.0.1 is unreachable; no host unix sockets either), a
+fork bomb is capped by RLIMIT_NPROC of its private uid, SysV IPC objects die with the IPC
+namespace, and when INIT exits (or is killed) the kernel kills every process left in the PID
+namespace, double-forked or setsid'ed ones included.
 
 Not root (e.g. a non-root Docker user): the same with ``unshare --user --map-root-user`` if the
-kernel allows unprivileged user namespaces (no uid drop possible then; RLIMIT_NPROC is set
-relative to the caller's own task count), else rlimits only. Each candidate mode is probed once
-with a trivial program and the strongest one that works is used.
+kernel allows unprivileged user namespaces (no uid drop possible then, the program is uid 0 of the
+user namespace but without any capability; RLIMIT_NPROC is set relative to the caller's own task
+count), else rlimits only. Each candidate mode (with the seccomp filter, then without) is probed
+once with a trivial program and the strongest one that works is used.
 
-The interpreter is ``sys.executable`` run as ``python -s -P -B``: that is ``-I`` (= ``-E -s -P``)
-minus ``-E``, because the environment is entirely ours anyway and ``-E`` would make the
-requested ``PYTHONHASHSEED=0`` (deterministic set/dict-of-str order, hence reproducible rewards)
-ineffective.
+The interpreter is the resolved ``sys.executable`` (a venv's symlink may live under /tmp, which the
+work dir hides) run as ``python -s -P -B``: that is ``-I`` (= ``-E -s -P``) minus ``-E``, because
+the environment is entirely ours anyway and ``-E`` would make the requested ``PYTHONHASHSEED=0``
+(deterministic set/dict-of-str order, hence reproducible rewards) ineffective.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import json
 import math
@@ -74,6 +84,7 @@ class SandboxLimits:
     file_size_mb: int = 8  # RLIMIT_FSIZE
     max_processes: int = 32  # RLIMIT_NPROC (meaningful only for a non-root uid!)
     max_output_bytes: int = 64_000  # stdout/stderr each truncated beyond this; flooding kills
+    disk_mb: int = 64  # the work dir's size on top of the staged files (private-root mode only)
 
     def __post_init__(self) -> None:
         def check_int(name: str, minimum: int) -> None:
@@ -91,6 +102,7 @@ class SandboxLimits:
         check_int("file_size_mb", 1)
         check_int("max_processes", 1)
         check_int("max_output_bytes", 1)
+        check_int("disk_mb", 1)
 
 
 @dataclass(frozen=True)
@@ -217,9 +229,9 @@ if cfg["mount"]:
     cwd = "/tmp"
 def seccomp():
     # x86_64 only. Denied: sockets other than AF_INET/AF_INET6 (host unix sockets, vsock,
-    # netlink, ...), new namespaces (unprivileged user namespaces), SysV IPC (outlives the
-    # program, escapes RLIMIT_AS), memfd (memory outside RLIMIT_AS), keyrings, bpf, perf,
-    # userfaultfd, io_uring; clone3 says ENOSYS (its flags cannot be inspected), glibc falls back.
+    # netlink, ...), new namespaces (unprivileged user namespaces), SysV IPC (escapes RLIMIT_AS),
+    # memfd (memory outside RLIMIT_AS), keyrings, bpf, perf, userfaultfd, io_uring, the mount
+    # API and chroot; clone3 says ENOSYS (its flags cannot be inspected), glibc falls back.
     ins = []
     def op(code, jt, jf, k):
         ins.append(struct.pack("=HBBI", code, jt, jf, k))
@@ -232,7 +244,8 @@ def seccomp():
     op(LD, 0, 0, 0)  # syscall number
     op(JGE, 0, 1, 0x40000000)
     op(RET, 0, 0, ERRNO | ENOSYS)  # the x32 ABI
-    for nr in (272, 308, 29, 68, 64, 250, 248, 249, 321, 298, 323, 425, 319, 447):
+    for nr in (272, 308, 29, 68, 64, 250, 248, 249, 321, 298, 323, 425, 319, 447,
+               165, 166, 155, 161, 428, 429, 430, 431, 432, 433, 442):  # + mount API, chroot
         op(JEQ, 0, 1, nr)
         op(RET, 0, 0, ERRNO | EPERM)
     op(JEQ, 0, 1, 435)  # clone3
@@ -261,6 +274,16 @@ if pid == 0:
         os.chdir(cwd)
         for name, soft, hard in cfg["rlimits"]:
             resource.setrlimit(getattr(resource, name), (soft, hard))
+        # No capabilities after exec, even as uid 0 of a user namespace (the non-root modes):
+        # SECBIT_NOROOT(+LOCKED), an empty bounding set, no ambient capabilities.
+        if libc.prctl(28, UL(0x3), UL(0), UL(0), UL(0)) != 0:  # PR_SET_SECUREBITS
+            raise OSError(ctypes.get_errno(), "prctl(PR_SET_SECUREBITS)")
+        cap = 0
+        while libc.prctl(24, UL(cap), UL(0), UL(0), UL(0)) == 0:  # PR_CAPBSET_DROP until EINVAL
+            cap += 1
+        if cap == 0:
+            raise OSError(ctypes.get_errno(), "prctl(PR_CAPBSET_DROP)")
+        libc.prctl(47, UL(4), UL(0), UL(0), UL(0))  # PR_CAP_AMBIENT_CLEAR_ALL
         if uid is not None:
             os.setgroups([])
             os.setresgid(uid, uid, uid)
@@ -384,31 +407,47 @@ _KILL_UID_SRC = (
 class _Mode:
     name: str
     unshare: tuple[str, ...]  # unshare flags, () = no namespaces
-    mount: bool  # private read-only view of the file system
+    mount: bool  # private root: system dirs read-only, the work dir a size-capped tmpfs
     drop_uid: bool  # switch to a fresh unprivileged uid (needs root)
+    seccomp: bool = False  # syscall filter (x86_64 only)
 
     @property
     def pid_ns(self) -> bool:
         return "--pid" in self.unshare
 
 
-_NS = ("--net", "--pid", "--mount", "--fork", "--kill-child", "--mount-proc")
+_NS = ("--net", "--pid", "--ipc", "--mount", "--fork", "--kill-child", "--mount-proc")
+# What the private root shows of the host (read-only), besides the interpreter's own prefix.
+_ROOT_DIRS = ("/usr", "/bin", "/sbin", "/lib", "/lib32", "/lib64", "/libx32", "/etc", "/dev", "/proc", "/sys")
+_GRACE_S = 2.0  # how long INIT may take to kill the program and copy files out when told to stop
+
+
+def _seccomp_supported() -> bool:
+    """The filter is written for the x86_64 syscall ABI (a 64-bit interpreter on x86_64)."""
+    return os.uname().machine == "x86_64" and sys.maxsize > 2**32
 
 
 def _candidate_modes() -> list[_Mode]:
     if os.geteuid() == 0:
-        return [
+        base = [
             _Mode("root-ns-ro", _NS, True, True),
             _Mode("root-ns", _NS, False, True),
             _Mode("root-uid", (), False, True),
             _Mode("root-rlimits", (), False, False),
         ]
-    user = ("--user", "--map-root-user")
-    return [
-        _Mode("userns-ro", user + _NS, True, False),
-        _Mode("userns", user + _NS, False, False),
-        _Mode("rlimits", (), False, False),
-    ]
+    else:
+        user = ("--user", "--map-root-user")
+        base = [
+            _Mode("userns-ro", user + _NS, True, False),
+            _Mode("userns", user + _NS, False, False),
+            _Mode("rlimits", (), False, False),
+        ]
+    out = []
+    for mode in base:
+        if _seccomp_supported():
+            out.append(_Mode(mode.name + "+seccomp", mode.unshare, mode.mount, mode.drop_uid, True))
+        out.append(mode)
+    return out
 
 
 _mode_lock = threading.Lock()
@@ -448,10 +487,17 @@ def isolation() -> dict[str, bool]:
         "unprivileged_uid": mode.drop_uid,
         "net_namespace": "--net" in mode.unshare,
         "pid_namespace": mode.pid_ns,
+        "ipc_namespace": "--ipc" in mode.unshare,  # SysV IPC / POSIX queues die with the sandbox
         # A private uid makes RLIMIT_NPROC count only the sandbox's own processes. Without root
         # the limit is set relative to the caller's own task count (shared uid: approximate).
         "nproc_limit_effective": mode.drop_uid or os.geteuid() != 0,
         "readonly_filesystem": mode.mount,  # everything but the work dir is read-only
+        # Private root: only system dirs + the interpreter are visible (no home, repo, data).
+        "private_root": mode.mount,
+        "disk_limit": mode.mount,  # the work dir is a tmpfs of disk_mb (+ the staged files)
+        # memory_mb also caps the resident memory of all the program's processes together
+        "total_memory_limit": mode.pid_ns,
+        "syscall_filter": mode.seccomp,  # seccomp: unix sockets, namespaces, SysV IPC, memfd, ...
     }
 
 
@@ -468,11 +514,15 @@ def run_python(
 
     `files`: extra text files (relative paths) written into the work dir before the run.
     `collect`: names of regular files in the work dir to read back after the run (into
-    ``SandboxResult.files``; symlinks and special files are ignored).
+    ``SandboxResult.files``; symlinks, hard links and special files are ignored, and so is any
+    name reached through a symlinked directory).
     """
     if not isinstance(limits, SandboxLimits):
         raise TypeError("limits must be a SandboxLimits")
-    return _run(_get_mode(), code, stdin, limits, files, tuple(collect))
+    collect = tuple(collect)
+    for name in collect:
+        _safe_relpath(name)
+    return _run(_get_mode(), code, stdin, limits, files, collect)
 
 
 # --------------------------------------------------------------------------------------------
@@ -485,35 +535,33 @@ def _safe_relpath(name: str) -> str:
     return norm
 
 
-@functools.lru_cache(maxsize=1)
-def _interpreter_exposures() -> list[tuple[str, list[str]]]:
-    """Directories needed by the interpreter that the unprivileged uid cannot reach, as
-    (topmost non-traversable ancestor, [paths to expose under it])."""
-    needed = {
+def _interpreter_dirs() -> set[str]:
+    """What the resolved interpreter needs. Not a venv's own prefix: the program runs the
+    resolved interpreter, which does not know about the venv (and a venv may sit in a checkout)."""
+    return {
         os.path.dirname(os.path.realpath(sys.executable)),
         os.path.realpath(sys.base_prefix),
-        os.path.realpath(sys.prefix),
         os.path.realpath(sys.base_exec_prefix),
-        os.path.realpath(sys.exec_prefix),
     }
-    groups: dict[str, set[str]] = {}
-    for path in needed:
-        parts = path.strip("/").split("/")
-        for i in range(1, len(parts)):
-            anc = "/" + "/".join(parts[:i])
-            try:
-                mode = os.stat(anc).st_mode
-            except OSError:
-                break
-            if not mode & stat.S_IXOTH:
-                groups.setdefault(anc, set()).add(path)
-                break
-    out = []
-    for hide in sorted(groups):
-        paths = sorted(groups[hide])
-        keep = [p for p in paths if not any(p != q and p.startswith(q + "/") for q in paths)]
-        out.append((hide, keep))
-    return out
+
+
+@functools.lru_cache(maxsize=1)
+def _root_binds() -> tuple[str, ...]:
+    """The host paths bound (read-only, in the end) into the private root: the system dirs that
+    exist, plus the interpreter's dirs that are not already under one of them. Paths under /tmp
+    are left out (the work dir takes /tmp; a venv there is not needed: we run the resolved
+    interpreter, whose prefix is elsewhere)."""
+    base = [p for p in _ROOT_DIRS if os.path.lexists(p)]
+    real = [p for p in base if not os.path.islink(p)]
+    extra = set()
+    for path in _interpreter_dirs():
+        if path in ("/", "/tmp") or path.startswith("/tmp/"):
+            continue
+        if any(path == d or path.startswith(d + "/") for d in real):
+            continue
+        extra.add(path)
+    keep = sorted(p for p in extra if not any(p != q and p.startswith(q + "/") for q in extra))
+    return tuple(base + keep)
 
 
 def _count_own_tasks(uid: int) -> int:
@@ -568,12 +616,26 @@ def _children(pid: int) -> list[int]:
         return []
 
 
-def _read_collected(work: str, names: Sequence[str]) -> dict[str, bytes]:
+def _open_beneath(base: str, rel: str) -> int:
+    """Open base/rel for reading without following a symlink anywhere below base."""
+    fd = os.open(base, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    try:
+        parts = rel.split("/")
+        for part in parts[:-1]:
+            nfd = os.open(part, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=fd)
+            os.close(fd)
+            fd = nfd
+        return os.open(parts[-1], os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC, dir_fd=fd)
+    finally:
+        os.close(fd)
+
+
+def _read_collected(base: str, names: Sequence[tuple[str, str]]) -> dict[str, bytes]:
+    """names: (name to report, path relative to base)."""
     out: dict[str, bytes] = {}
-    for name in names:
-        path = os.path.join(work, _safe_relpath(name))
+    for name, rel in names:
         try:
-            fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
+            fd = _open_beneath(base, rel)
         except OSError:
             continue
         try:
@@ -588,6 +650,8 @@ def _read_collected(work: str, names: Sequence[str]) -> dict[str, bytes]:
                 chunks.append(chunk)
                 size += len(chunk)
             out[name] = b"".join(chunks)
+        except OSError:
+            continue
         finally:
             os.close(fd)
     return out
@@ -622,12 +686,14 @@ def _run(
         to_write = {"main.py": code}
         for name, text in (files or {}).items():
             to_write[_safe_relpath(name)] = text
+        staged = 0
         for name, text in to_write.items():
             path = os.path.join(work, name)
             os.makedirs(os.path.dirname(path), exist_ok=True)
             with open(path, "w", encoding="utf-8") as f:
                 f.write(text)
-        if uid is not None:
+            staged += os.path.getsize(path) + 4096
+        if uid is not None and not mode.mount:  # private root: INIT copies them into the tmpfs
             for dirpath, dirnames, filenames in os.walk(work):
                 os.chown(dirpath, uid, uid)
                 for n in filenames:
@@ -635,6 +701,11 @@ def _run(
         stdin_path = os.path.join(root, "stdin")
         with open(stdin_path, "w", encoding="utf-8") as f:
             f.write(stdin)
+        out_dir = os.path.join(root, "out")
+        newroot = os.path.join(root, "newroot")
+        if mode.mount:
+            os.mkdir(out_dir, 0o700)
+            os.mkdir(newroot, 0o755)
         inner_work = "/tmp" if mode.mount else work
         env = {
             "PATH": _PATH,
@@ -645,15 +716,26 @@ def _run(
             "PYTHONDONTWRITEBYTECODE": "1",
             "PYTHONHASHSEED": "0",
             "PYTHONIOENCODING": "utf-8",
+            "PYTHONFAULTHANDLER": "1",  # a segfault prints the Python traceback to stderr
             "OMP_NUM_THREADS": "1",
             "OPENBLAS_NUM_THREADS": "1",
             "MKL_NUM_THREADS": "1",
         }
+        mb = 1024 * 1024
         cfg = {
             "status_fd": -1,  # filled in by _execute
+            "ctl_fd": -1,  # filled in by _execute
             "work": work,
+            "out": out_dir,
+            "newroot": newroot,
             "mount": mode.mount,
-            "expose": _interpreter_exposures() if mode.mount and mode.drop_uid else [],
+            "binds": list(_root_binds()) if mode.mount else [],
+            "tmp_bytes": limits.disk_mb * mb + staged + 64 * 1024,
+            "tmp_inodes": 10_000 + 2 * len(to_write),
+            "collect": [_safe_relpath(n) for n in collect] if mode.mount else [],
+            "max_collect": _MAX_COLLECT_BYTES,
+            "mem_cap": limits.memory_mb * mb,
+            "seccomp": mode.seccomp,
             "uid": uid,
             "rlimits": _rlimits(limits, mode),
             # The resolved interpreter, not a venv's symlink to it: the venv may live under /tmp,
@@ -662,9 +744,26 @@ def _run(
             "env": env,
         }
         prefix = [shutil.which("unshare", path=_PATH) or "unshare", *mode.unshare, "--"] if mode.unshare else []
-        return _execute(prefix, cfg, mode, uid, root, work, stdin_path, limits, collect)
+        result = _execute(prefix, cfg, mode, uid, root, stdin_path, limits)
+        if collect:
+            if mode.mount:  # INIT copied them out of the private tmpfs, as out/<index>
+                names = [(name, str(i)) for i, name in enumerate(collect)]
+                files_out = _read_collected(out_dir, names)
+            else:
+                files_out = _read_collected(work, [(name, _safe_relpath(name)) for name in collect])
+            result = dataclasses.replace(result, files=files_out)
+        return result
     finally:
         _rmtree(root)
+
+
+def _signal_note(sig: int) -> str:
+    try:
+        name = signal.Signals(sig).name
+    except ValueError:
+        name = f"signal {sig}"
+    desc = signal.strsignal(sig) or name
+    return f"[sandbox] the program was killed by signal {sig} ({name}: {desc})"
 
 
 def _execute(
@@ -673,13 +772,12 @@ def _execute(
     mode: _Mode,
     uid: int | None,
     root: str,
-    work: str,
     stdin_path: str,
     limits: SandboxLimits,
-    collect: tuple[str, ...],
 ) -> SandboxResult:
     status_r, status_w = os.pipe()
-    cfg = dict(cfg, status_fd=status_w)
+    ctl_r, ctl_w = os.pipe()  # we never write: closing ctl_w (or dying) tells INIT to stop
+    cfg = dict(cfg, status_fd=status_w, ctl_fd=ctl_r)
     argv = [*prefix, sys.executable, "-I", "-S", "-c", _INIT_SRC, json.dumps(cfg)]
     start = time.monotonic()
     deadline = start + limits.wall_s
@@ -687,7 +785,7 @@ def _execute(
         try:
             proc = subprocess.Popen(
                 argv,
-                pass_fds=(status_w,),
+                pass_fds=(status_w, ctl_r),
                 stdin=stdin_f,
                 stdout=subprocess.PIPE,
                 stderr=subprocess.PIPE,
@@ -698,9 +796,11 @@ def _execute(
             )
         except OSError as e:
             os.close(status_r)
+            os.close(ctl_w)
             raise SandboxError(f"cannot launch the sandbox: {e}") from e
         finally:
             os.close(status_w)
+            os.close(ctl_r)
     cap = limits.max_output_bytes
     out_fd, err_fd = proc.stdout.fileno(), proc.stderr.fileno()
     bufs = {out_fd: bytearray(), err_fd: bytearray()}
@@ -746,8 +846,17 @@ def _execute(
     finally:
         sel.close()
         killed_by_us = flooded or timed_out or proc.poll() is None
+        # With a PID namespace INIT kills everything and copies the collected files out when
+        # told to stop; it gets _GRACE_S for that before the hard kill.
+        os.close(ctl_w)
         if killed_by_us:
-            _kill(proc)
+            if mode.pid_ns:
+                try:
+                    proc.wait(timeout=_GRACE_S)
+                except subprocess.TimeoutExpired:
+                    pass
+            if proc.poll() is None:
+                _kill(proc)
         proc.wait()
         if not mode.pid_ns and not killed_by_us:
             try:  # best effort without a PID namespace: whatever stayed in the process group
@@ -770,12 +879,16 @@ def _execute(
         raise SandboxError(f"sandbox setup failed ({mode.name}): {st['setup_error']}")
     if st.get("exec_error"):
         raise SandboxError(f"sandbox could not start python ({mode.name}): {st['exec_error']}")
-    files_out = _read_collected(work, collect) if collect else {}
+    note = ""
     returncode: int | None
     if flooded:
         status, returncode = "output_limit", None
     elif timed_out:
         status, returncode = "timeout", None
+    elif st.get("memory_exceeded"):
+        status, returncode = "memory", None
+        note = (f"[sandbox] killed: the program's processes together used more than "
+                f"{limits.memory_mb} MB of memory")
     elif "signal" in st:
         sig = int(st["signal"])
         returncode = -sig
@@ -784,16 +897,19 @@ def _execute(
             status = "timeout"
         else:
             status = "killed"
+        note = _signal_note(sig)
     elif "exit" in st:
         returncode = int(st["exit"])
         status = "ok" if returncode == 0 else "error"
-    else:  # no status file: the launcher died before INIT wrote it
+    else:  # no status: the launcher died before INIT wrote it
         rc = proc.returncode
         returncode = rc
         status = "killed" if rc is None or rc < 0 else ("ok" if rc == 0 else "error")
+    if note:
+        stderr += ("" if not stderr or stderr.endswith("\n") else "\n") + note + "\n"
     if status == "error" and _is_memory_error(stderr):
         status = "memory"
-    return SandboxResult(status, returncode, stdout, stderr, wall, truncated, files_out)
+    return SandboxResult(status, returncode, stdout, stderr, wall, truncated)
 
 
 def _read_status(fd: int) -> dict:
