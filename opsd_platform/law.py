@@ -495,6 +495,8 @@ def fit_law(
         warnings.simplefilter("ignore")  # constant improvements: r is undefined (nan)
         pr = stats.pearsonr(agg["gap"].to_numpy(dtype=float), y)
     raw_resid = y - exog @ np.asarray(res.params)
+    # Equal improvements leave nothing to explain: R^2 is undefined (statsmodels gives -inf).
+    explained = bool(np.ptp(y) > 0)
     return LawFit(
         method=method,
         level=level,
@@ -506,8 +508,8 @@ def fit_law(
         df_resid=float(res.df_resid),
         new_weight=1.0,  # WLS weights are normalised to mean 1: a new config gets the mean weight
         coefficients=coefficients,
-        r2=float(res.rsquared),
-        adj_r2=float(res.rsquared_adj),
+        r2=float(res.rsquared) if explained else math.nan,
+        adj_r2=float(res.rsquared_adj) if explained else math.nan,
         pearson_r=float(pr[0]),
         pearson_p=float(pr[1]),
         residual_std=float(np.sqrt((raw_resid**2).sum() / res.df_resid)),

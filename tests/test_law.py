@@ -235,3 +235,15 @@ def test_errors(points):
     lev.loc[lev["config"] == "smollm2/arith/ctx1", "gap"] = lev.loc[lev["config"] == "smollm2/arith/ctx0", "gap"].to_numpy()
     with pytest.raises(LawError, match="leverage 1"):
         law.fit_law(lev, method="hc3")
+
+
+def test_equal_improvements_give_undefined_r2_not_minus_infinity():
+    import math
+    import warnings
+
+    points = pd.DataFrame({"config": ["a", "b", "c"], "seed": [0, 0, 0], "gap": [0.0, 0.1, 0.2],
+                           "improvement": [0.05, 0.05, 0.05]})
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)
+        fit = law.fit_law(points)
+    assert fit.slope == pytest.approx(0.0, abs=1e-12) and math.isnan(fit.r2)
