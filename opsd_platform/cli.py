@@ -58,13 +58,12 @@ def cmd_train(overrides: Sequence[str]) -> int:
 
 
 def cmd_gap(overrides: Sequence[str]) -> int:
-    from opsd_platform.train import estimated_training_tokens, run_gap
+    from opsd_platform.train import gap_token_ratio, run_gap
 
     cfg = train_config(overrides)
     run_id, gap = run_gap(cfg)
     pct = lambda ci: f"[{ci[0]:+.3f}, {ci[1]:+.3f}]"  # noqa: E731
-    mean_len = gap.tokens_generated / (2 * gap.n_problems * gap.samples_per_problem)
-    ratio = gap.tokens_generated / estimated_training_tokens(cfg, mean_len)
+    ratio = gap_token_ratio(cfg, gap)
     print()
     print(f"context={gap.context}  {gap.n_problems} problems x {gap.samples_per_problem} samples "
           f"(teacher context for {gap.teacher_coverage:.0%} of samples)")

@@ -170,9 +170,15 @@ def estimated_training_tokens(cfg: TrainConfig, mean_response_tokens: float) -> 
     return (cfg.trainer.max_steps * per_step + validation) * mean_response_tokens
 
 
-def _log_gap(client: MlflowClient, run_id: str, cfg: TrainConfig, gap: GapResult) -> None:
+def gap_token_ratio(cfg: TrainConfig, gap: GapResult) -> float:
+    """The gap's generated tokens over those of a full training of `cfg` (rollouts only: training
+    also runs two forwards and a backward per token, so its true share of compute is smaller)."""
     mean_len = gap.tokens_generated / (2 * gap.n_problems * gap.samples_per_problem)
-    metrics = {**gap.metrics(), "gap/cost_tokens_ratio_est": gap.tokens_generated / estimated_training_tokens(cfg, mean_len)}
+    return gap.tokens_generated / estimated_training_tokens(cfg, mean_len)
+
+
+def _log_gap(client: MlflowClient, run_id: str, cfg: TrainConfig, gap: GapResult) -> None:
+    metrics = {**gap.metrics(), "gap/cost_tokens_ratio_est": gap_token_ratio(cfg, gap)}
     for key, value in metrics.items():
         client.log_metric(run_id, key, value, step=0)
     client.log_dict(run_id, gap.to_dict(), "gap.json")
