@@ -473,10 +473,14 @@ def test_work_dir_is_removed():
     assert not (after - before)
 
 
-def test_double_forked_sleeper_is_killed():
+def require_process_tracking() -> None:
     iso = isolation()
     if not (iso["pid_namespace"] or iso["unprivileged_uid"]):
         pytest.skip("no PID namespace nor private uid: stray processes cannot be tracked")
+
+
+def test_double_forked_sleeper_is_killed():
+    require_process_tracking()
     marker = f"{time.time_ns() % 10**6}.{os.getpid() % 1000}7"
     code = (
         "import os\nif os.fork() == 0:\n    os.setsid()\n    if os.fork() == 0:\n"
@@ -488,9 +492,7 @@ def test_double_forked_sleeper_is_killed():
 
 
 def test_child_ignoring_sigterm_and_sighup_is_killed():
-    iso = isolation()
-    if not (iso["pid_namespace"] or iso["unprivileged_uid"]):
-        pytest.skip("no PID namespace nor private uid: stray processes cannot be tracked")
+    require_process_tracking()
     marker = f"{time.time_ns() % 10**6}.{os.getpid() % 1000}1"
     code = (
         "import os, signal\nif os.fork() == 0:\n    signal.signal(signal.SIGTERM, signal.SIG_IGN)\n"
@@ -503,9 +505,7 @@ def test_child_ignoring_sigterm_and_sighup_is_killed():
 
 
 def test_timeout_kills_setsid_children_too():
-    iso = isolation()
-    if not (iso["pid_namespace"] or iso["unprivileged_uid"]):
-        pytest.skip("no PID namespace nor private uid")
+    require_process_tracking()
     marker = f"{time.time_ns() % 10**6}.{os.getpid() % 1000}3"
     code = (
         "import os, time\nif os.fork() == 0:\n    os.setsid()\n"
