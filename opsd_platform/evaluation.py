@@ -14,6 +14,7 @@ class Evaluation:
     reward_mean: float  # mean reward over all samples
     per_problem: list[float]  # [B] pass rate of each problem (for bootstrap intervals)
     tokens: int  # response tokens generated
+    prompt_tokens: float  # mean prompt length in tokens (chat template included)
     texts: list[str]  # [B*k] responses, problem-major
     judgements: list[Judgement]  # [B*k]
 
@@ -41,6 +42,7 @@ def evaluate(
         reward_mean=sum(j.reward for j in judgements) / max(1, len(judgements)),
         per_problem=per_problem,
         tokens=rollouts.num_tokens,
+        prompt_tokens=sum(len(p) for p in rollouts.prompt_ids) / max(1, len(rollouts.prompt_ids)),
         texts=rollouts.texts,
         judgements=judgements,
     )

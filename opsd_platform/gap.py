@@ -28,6 +28,7 @@ from typing import Sequence
 import numpy as np
 
 from opsd_platform.contexts import build_for_rollouts
+from opsd_platform.evaluation import evaluate
 from opsd_platform.worlds.base import Problem, World
 
 
@@ -113,27 +114,26 @@ def measure_gap(
     if not problems:
         raise ValueError("measure_gap needs at least one problem")
     started = time.perf_counter()
-    student = engine.generate([p.prompt for p in problems], n, max_new_tokens, temperature, top_p)
-    s_judged = world.judge_many([problems[g] for g in student.group], student.texts)
+    sampling = dict(max_new_tokens=max_new_tokens, temperature=temperature, top_p=top_p)
+    student = evaluate(engine, world, problems, [p.prompt for p in problems], k=n, **sampling)
 
-    built = build_for_rollouts(context, problems, student.texts, s_judged, n)
+    built = build_for_rollouts(context, problems, student.texts, student.judgements, n)
     has_context = [m is not None for m in built]
-    teacher_messages = [m if m is not None else problems[student.group[i]].prompt for i, m in enumerate(built)]
-    teacher = engine.generate(teacher_messages, 1, max_new_tokens, temperature, top_p)
-    t_judged = world.judge_many([problems[g] for g in student.group], teacher.texts)
+    row_problems = [problems[i // n] for i in range(len(built))]
+    teacher_messages = [m if m is not None else row_problems[i].prompt for i, m in enumerate(built)]
+    teacher = evaluate(engine, world, row_problems, teacher_messages, k=1, **sampling)
 
-    s_pass = np.array([j.passed for j in s_judged], dtype=float).reshape(len(problems), n).mean(axis=1)
-    t_pass = np.array([j.passed for j in t_judged], dtype=float).reshape(len(problems), n).mean(axis=1)
+    s_pass = np.array(student.per_problem)
+    t_pass = np.array(teacher.per_problem).reshape(len(problems), n).mean(axis=1)
     s_ci, t_ci, g_ci = bootstrap_means(s_pass, t_pass, n_boot=n_boot, level=level, seed=seed)
-    prompt_tokens = [len(p) for p in teacher.prompt_ids]
     examples = [
         {
-            "problem": problems[student.group[i]].id,
+            "problem": row_problems[i].id,
             "teacher_prompt": teacher_messages[i],
             "student": student.texts[i],
-            "student_passed": s_judged[i].passed,
+            "student_passed": student.judgements[i].passed,
             "teacher": teacher.texts[i],
-            "teacher_passed": t_judged[i].passed,
+            "teacher_passed": teacher.judgements[i].passed,
         }
         for i in range(len(teacher_messages))
         if has_context[i]
@@ -150,8 +150,8 @@ def measure_gap(
         gap_ci=g_ci,
         level=level,
         teacher_coverage=float(np.mean(has_context)),
-        tokens_generated=student.num_tokens + teacher.num_tokens,
-        teacher_prompt_tokens=float(np.mean(prompt_tokens)),
+        tokens_generated=student.tokens + teacher.tokens,
+        teacher_prompt_tokens=teacher.prompt_tokens,
         seconds=time.perf_counter() - started,
         per_problem=[
             {"id": p.id, "student": float(s), "teacher": float(t)} for p, s, t in zip(problems, s_pass, t_pass)
