@@ -136,7 +136,7 @@ def cmd_fit_law(overrides: Sequence[str]) -> int:
         for skip in res.get("skipped", []):
             print(f"leave-one-{group}-out skipped {skip['group']}: {skip['reason']}")
     eq = report.families.get("equal_slopes", {})
-    print(f"equal slopes across families: " + (f"F={eq['F']:.3f}, p={eq['p']:.3g}" if "p" in eq else eq.get("note", "n/a")))
+    print("equal slopes across families: " + (f"F={eq['F']:.3f}, p={eq['p']:.3g}" if "p" in eq else eq.get("note", "n/a")))
     print(f"plot: {report.plot}")
     print(f"law run {report.law_run_id}")
     if report.registration:

@@ -132,7 +132,7 @@ def fit_and_register(uri: str, cfg: FitLawConfig) -> LawReport:
 
     client = MlflowClient(tracking_uri=uri)
     law_run = tracking.start_run(uri, cfg.experiment, "fit-law", {"kind": "law", "law.method": cfg.method})
-    try:
+    with tracking.closing_run(uri, law_run):
         metrics = {
             "law/slope": fit.slope, "law/intercept": fit.intercept, "law/r2": fit.r2,
             "law/pearson_r": fit.pearson_r, "law/pearson_p": fit.pearson_p, "law/residual_std": fit.residual_std,
@@ -162,9 +162,5 @@ def fit_and_register(uri: str, cfg: FitLawConfig) -> LawReport:
                 fit, tracking_uri=uri, name=cfg.name, run_id=law_run,
                 source_run_ids=list(points["run_id"]), holdout=loo, promote_if_better=cfg.promote,
             )
-        client.set_terminated(law_run, "FINISHED")
-    except BaseException as exc:
-        tracking.fail_run(uri, law_run, f"{type(exc).__name__}: {exc}")
-        raise
     points.to_csv(out_dir / "points.csv", index=False)
     return LawReport(fit, points, loo, grouped, families, plot, law_run, registration)

@@ -8,10 +8,12 @@ server URI works the same. A brand-new SQLite store is created (schema and all) 
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
+import traceback
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 from mlflow.entities import RunStatus
 from mlflow.tracking import MlflowClient
@@ -81,6 +83,27 @@ def fail_run(uri: str, run_id: str, reason: str) -> None:
         client.set_terminated(run_id, RunStatus.to_string(RunStatus.FAILED))
     except Exception as exc:  # the store itself may be what failed; never mask the original error
         log.error("could not mark run %s FAILED: %s", run_id, exc)
+
+
+@contextlib.contextmanager
+def closing_run(uri: str, run_id: str) -> Iterator[list[str]]:
+    """Close `run_id` FINISHED when the block succeeds, FAILED with the reason (and the traceback
+    tail) when anything escapes it, Ctrl-C included. Yields a list: append what a caller learns
+    about a failure that the exception itself hides (Lightning turns Ctrl-C into SystemExit)."""
+    reasons: list[str] = []
+    try:
+        yield reasons
+    except BaseException as exc:
+        if reasons:
+            reason = reasons[0]
+        elif isinstance(exc, SystemExit):
+            reason = f"interrupted (exit code {exc.code})"
+        else:
+            reason = f"{type(exc).__name__}: {exc}"
+        log.error("run %s failed: %s", run_id, reason)
+        fail_run(uri, run_id, reason + "\n" + "".join(traceback.format_exception(exc))[-3000:])
+        raise
+    MlflowClient(tracking_uri=uri).set_terminated(run_id, RunStatus.to_string(RunStatus.FINISHED))
 
 
 def log_params(uri: str, run_id: str, params: dict[str, Any]) -> None:

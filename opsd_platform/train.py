@@ -17,7 +17,6 @@ import signal
 import tempfile
 import threading
 import time
-import traceback
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -110,34 +109,23 @@ def _sigterm_raises() -> Iterator[None]:
 
 @contextlib.contextmanager
 def _mlflow_run(cfg: TrainConfig, kind: str, parent_run_id: str | None, extra_tags: dict[str, str] | None):
-    """Open a run with tags, params and the config snapshot; close it FAILED (with why) on error.
+    """Open a run with tags, params and the config snapshot, closed by `tracking.closing_run`.
 
-    Yields ``(run_id, reasons)``: append to ``reasons`` what a caller learns about a failure
-    that the exception itself hides (Lightning turns Ctrl-C into SystemExit)."""
+    Yields ``(run_id, reasons)`` (see `closing_run` for ``reasons``)."""
     uri = cfg.tracking.resolved_uri()
     tags = {**run_tags(cfg, kind), **(extra_tags or {})}
     # Our own readable default name: MLflow's random names repeat across runs here, because
     # seeding Python's `random` (seed_everything) also seeds MLflow's name generator.
     name = cfg.tracking.run_name or f"{kind}-{cfg.context}-{cfg.world.name}-s{cfg.seed}-{time.strftime('%m%d-%H%M%S')}"
     run_id = tracking.start_run(uri, cfg.tracking.experiment, name, tags, parent_run_id)
-    reasons: list[str] = []
     client = MlflowClient(tracking_uri=uri)
-    try:
-        with _sigterm_raises():
-            tracking.log_params(uri, run_id, flatten(cfg.to_dict()))
-            with tempfile.TemporaryDirectory() as tmp:
-                snapshot = Path(tmp) / "config.yaml"
-                snapshot.write_text(yaml.safe_dump(cfg.to_dict(), sort_keys=False))
-                client.log_artifact(run_id, str(snapshot))
-            yield run_id, reasons
-        client.set_terminated(run_id, "FINISHED")
-    except BaseException as exc:
-        reason = reasons[0] if reasons else f"{type(exc).__name__}: {exc}"
-        if isinstance(exc, SystemExit) and not reasons:
-            reason = f"interrupted (exit code {exc.code})"
-        log.error("run %s failed: %s", run_id, reason)
-        tracking.fail_run(uri, run_id, reason + "\n" + "".join(traceback.format_exception(exc))[-3000:])
-        raise
+    with tracking.closing_run(uri, run_id) as reasons, _sigterm_raises():
+        tracking.log_params(uri, run_id, flatten(cfg.to_dict()))
+        with tempfile.TemporaryDirectory() as tmp:
+            snapshot = Path(tmp) / "config.yaml"
+            snapshot.write_text(yaml.safe_dump(cfg.to_dict(), sort_keys=False))
+            client.log_artifact(run_id, str(snapshot))
+        yield run_id, reasons
 
 
 def _setup(cfg: TrainConfig):
