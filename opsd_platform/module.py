@@ -27,7 +27,6 @@ import contextlib
 import copy
 import math
 import time
-from typing import Any
 
 import lightning as L
 import torch
@@ -36,7 +35,7 @@ from opsd_platform.config import TrainConfig
 from opsd_platform.contexts import build_for_rollouts
 from opsd_platform.evaluation import Evaluation, evaluate
 from opsd_platform.losses import importance_weights, sequence_logprobs, token_divergence
-from opsd_platform.rollout import HFGenerateEngine, Rollouts, chat_ids, response_logits
+from opsd_platform.rollout import HFGenerateEngine, Rollouts, chat_ids, chunks, response_logits
 from opsd_platform.worlds.base import World
 
 
@@ -73,14 +72,6 @@ class Teacher:
             return
         for t, s in zip(self.model.parameters(), self.policy.parameters()):
             t.lerp_(s.detach(), self.ema_rate)
-
-    def state_dict(self) -> dict[str, Any]:
-        return {} if self.model is None else self.model.state_dict()
-
-
-def _chunks(rows: list[int], size: int):
-    for start in range(0, len(rows), size):
-        yield rows[start : start + size]
 
 
 class OPSDModule(L.LightningModule):
@@ -245,7 +236,8 @@ class OPSDModule(L.LightningModule):
         for update in range(cfg.trainer.updates_per_batch):
             opt.zero_grad(set_to_none=True)
             loss_value, finite = 0.0, True
-            for chunk in _chunks(rows, cfg.rollout.batch_size):
+            for sl in chunks(len(rows), cfg.rollout.batch_size):
+                chunk = rows[sl]
                 resp, mask = ro.response_ids[chunk], ro.response_mask[chunk]
                 t0 = time.perf_counter()
                 with self.teacher.scoring() as teacher:

@@ -72,7 +72,8 @@ def response_mask_from(ids: torch.Tensor, eos_ids: set[int]) -> torch.Tensor:
     return before == 0
 
 
-def _chunks(n: int, size: int) -> Iterator[slice]:
+def chunks(n: int, size: int) -> Iterator[slice]:
+    """Slices covering range(n) in pieces of at most `size` (micro-batches)."""
     for start in range(0, n, size):
         yield slice(start, min(n, start + size))
 
@@ -114,7 +115,7 @@ class HFGenerateEngine:
         self.model.eval()
         pieces: list[torch.Tensor] = []
         try:
-            for sl in _chunks(len(rows), self.batch_size):
+            for sl in chunks(len(rows), self.batch_size):
                 ids, mask = left_pad(rows[sl], tok.pad_token_id)
                 sampling = dict(do_sample=True, temperature=temperature, top_p=top_p, top_k=0) if temperature > 0 else dict(do_sample=False)
                 out = self.model.generate(
