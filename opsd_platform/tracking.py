@@ -2,13 +2,24 @@
 
 Defaults: a local SQLite store at ``$OPSD_HOME/mlflow.db`` (absolute path: MLflow refuses the
 plain ``./mlruns`` file store) with artifacts beside it in ``$OPSD_HOME/artifacts``. Any tracking
-server URI works the same. A brand-new SQLite store is created (schema and all) once, by
-``init_store``, before any worker starts: several processes creating it at once break it.
+server URI works the same.
+
+Several processes may write to one SQLite store at once (calibration points, search workers):
+``init_store`` creates or checks the schema under an exclusive file lock (``<db>.lock``), since
+MLflow's schema migration run by two processes at once breaks the store; every other write
+relies on the ``PRAGMA busy_timeout`` (20 s) MLflow sets on each SQLite session, which
+``tests/test_concurrent.py`` shows to be enough (no "database is locked", nothing lost).
+
+A URI that cannot work fails once, early, as ``TrackingError`` naming ``tracking.uri`` and the
+cause: a relative or uncreatable SQLite path, a plain directory / ``file:`` URI (MLflow's file
+store, refused here), an unknown scheme, a tracking server that does not answer (checked with one
+request instead of MLflow's minutes of retries), a database without its driver or unreachable.
 """
 
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import logging
 import os
 import traceback
@@ -32,17 +43,143 @@ def sqlite_path(uri: str) -> Path | None:
     return Path(uri[len("sqlite:///") :])
 
 
-def init_store(uri: str) -> MlflowClient:
-    """Create (or upgrade) the tracking store's schema once; return a client on it."""
+class TrackingError(RuntimeError):
+    """The tracking store named by ``tracking.uri`` cannot be used; the message says why."""
+
+
+SERVER_SCHEMES = ("http", "https")
+DATABASE_SCHEMES = ("postgresql", "mysql", "mssql")
+OTHER_SCHEMES = ("databricks", "databricks-uc", "uc")
+# URIs this process has already created or checked (init_store does the work once per process).
+_ready: set[str] = set()
+
+
+def uri_scheme(uri: str) -> str:
+    """The scheme of a store URI without its driver (``postgresql+psycopg2://`` -> postgresql)."""
+    return uri.split("://", 1)[0].split("+", 1)[0].lower() if "://" in uri else ""
+
+
+def check_uri(uri: str) -> None:
+    """Refuse, without touching anything, a tracking URI of a kind that cannot work here."""
+    if uri in OTHER_SCHEMES:  # "databricks" alone names the default profile
+        return
+    scheme = uri_scheme(uri)
     db = sqlite_path(uri)
+    if scheme == "sqlite" and (db is None or not db.is_absolute()):
+        raise TrackingError(f"tracking.uri={uri}: use an absolute sqlite path (sqlite:////abs/path/mlflow.db)")
+    if scheme in ("", "file"):
+        raise TrackingError(
+            f"tracking.uri={uri}: a directory (MLflow's file store) is not supported; "
+            "use sqlite:////abs/path/mlflow.db or a tracking server http(s)://host:port"
+        )
+    if scheme not in ("sqlite", *SERVER_SCHEMES, *DATABASE_SCHEMES, *OTHER_SCHEMES):
+        raise TrackingError(
+            f"tracking.uri={uri}: unsupported scheme {scheme!r}; valid: sqlite, "
+            f"{', '.join(SERVER_SCHEMES + DATABASE_SCHEMES + OTHER_SCHEMES)}"
+        )
+
+
+def _shown(uri: str) -> str:
+    """`uri` with any password hidden (for messages)."""
+    try:
+        from sqlalchemy.engine import make_url
+
+        return make_url(uri).render_as_string(hide_password=True)
+    except Exception:
+        return uri
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__
+
+
+def _check_server(uri: str, timeout_s: float = 10.0) -> None:
+    """One request to a tracking server: MLflow itself retries a dead one for minutes."""
+    import ssl
+    import urllib.error
+    import urllib.request
+
+    try:
+        urllib.request.urlopen(uri.rstrip("/") + "/health", timeout=timeout_s).close()
+    except urllib.error.HTTPError:
+        return  # it answered (perhaps asking for credentials): MLflow takes it from here
+    except urllib.error.URLError as exc:
+        if isinstance(exc.reason, ssl.SSLError):
+            return  # MLflow's own TLS settings (MLFLOW_TRACKING_SERVER_CERT_PATH, ...) may differ
+        raise TrackingError(f"tracking.uri={uri}: cannot reach the tracking server: {exc.reason}") from None
+    except OSError as exc:  # a timeout, a reset connection
+        raise TrackingError(f"tracking.uri={uri}: cannot reach the tracking server: {exc}") from None
+
+
+def _check_database(uri: str) -> None:
+    """One connection to a tracking database: MLflow retries a dead one for ~100 s."""
+    import sqlalchemy
+    from sqlalchemy.pool import NullPool
+
+    try:
+        engine = sqlalchemy.create_engine(uri, poolclass=NullPool)
+        with engine.connect():
+            pass
+    except ImportError as exc:
+        raise TrackingError(
+            f"tracking.uri={_shown(uri)}: no database driver installed ({exc}); install it, or name a "
+            "driver you have in the URI (e.g. postgresql+psycopg2://)"
+        ) from None
+    except Exception as exc:
+        raise TrackingError(f"tracking.uri={_shown(uri)}: cannot connect: {_first_line(exc)}") from None
+
+
+@contextlib.contextmanager
+def file_lock(path: Path) -> Iterator[None]:
+    """An exclusive advisory lock on `path` (created if missing), released on exit. In a
+    directory we cannot write to, no lock (and no one can be creating a database there)."""
+    try:
+        fh = open(path, "a")
+    except OSError:
+        yield
+        return
+    with fh:
+        fcntl.flock(fh, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(fh, fcntl.LOCK_UN)
+
+
+def init_store(uri: str) -> MlflowClient:
+    """Create (or upgrade) the tracking store's schema once; return a client on it.
+
+    Safe to call from several processes at once on one SQLite file (see the module docstring).
+    Raises TrackingError when the store cannot be used."""
+    if uri in _ready:
+        return MlflowClient(tracking_uri=uri, registry_uri=uri)
+    check_uri(uri)
+    scheme, db = uri_scheme(uri), sqlite_path(uri)
+    lock: contextlib.AbstractContextManager = contextlib.nullcontext()
     if db is not None:
-        if not db.is_absolute():
-            raise ValueError(f"tracking.uri={uri}: use an absolute sqlite path (sqlite:////abs/path/mlflow.db)")
-        db.parent.mkdir(parents=True, exist_ok=True)
-    # Quiet alembic's schema-migration chatter on first creation.
-    logging.getLogger("alembic").setLevel(logging.WARNING)
-    client = MlflowClient(tracking_uri=uri, registry_uri=uri)
-    client.search_experiments(max_results=1)  # forces schema creation / check
+        try:
+            db.parent.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise TrackingError(f"tracking.uri={uri}: cannot create directory {db.parent}: {exc.strerror}") from None
+        if db.is_dir():
+            raise TrackingError(f"tracking.uri={uri}: {db} is a directory; name the database file (.../mlflow.db)")
+        lock = file_lock(db.with_name(db.name + ".lock"))
+    elif scheme in SERVER_SCHEMES:
+        _check_server(uri)
+    elif scheme in DATABASE_SCHEMES:
+        _check_database(uri)
+    # Quiet the schema-creation chatter of a new store (alembic's, and MLflow's "Creating initial
+    # MLflow database tables...", which would precede any error message of the command).
+    for chatty in ("alembic", "mlflow.store.db.utils"):
+        logging.getLogger(chatty).setLevel(logging.WARNING)
+    with lock:
+        client = MlflowClient(tracking_uri=uri, registry_uri=uri)
+        try:
+            client.search_experiments(max_results=1)  # forces schema creation / check
+        except Exception as exc:
+            raise TrackingError(f"tracking.uri={_shown(uri)}: cannot open the tracking store: {_first_line(exc)}") from None
+    _ready.add(uri)
     return client
 
 
@@ -56,7 +193,10 @@ def ensure_experiment(client: MlflowClient, uri: str, name: str) -> str:
     if db is not None:
         artifact_location = (db.parent / "artifacts").as_uri()
     try:
-        return client.create_experiment(name, artifact_location=artifact_location)
+        # MLflow 3 opens an experiment on its GenAI pages unless told it holds model training runs.
+        return client.create_experiment(
+            name, artifact_location=artifact_location, tags={"mlflow.experimentKind": "custom_model_development"}
+        )
     except Exception:  # created concurrently by another process
         exp = client.get_experiment_by_name(name)
         if exp is None:

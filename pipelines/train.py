@@ -3,7 +3,7 @@
 
 import sys
 
-from opsd_platform.cli import main
+from opsd_platform.pipelines import opsd_command
 
 if __name__ == "__main__":
-    sys.exit(main(["train", *sys.argv[1:]]))
+    sys.exit(opsd_command("train", sys.argv[1:]))

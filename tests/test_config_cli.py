@@ -34,7 +34,7 @@ def test_issue_style_overrides():
         ("loss.top_k=0", "loss.top_k: must be >= 1"),
         ("loss.alpha=2", "loss.alpha: must be in [0, 1]"),
         ("rollout.samples_per_prompt=0", "rollout.samples_per_prompt: must be >= 1"),
-        ("not_a_key=1", "Could not override 'not_a_key'"),
+        ("not_a_key=1", "unknown key not_a_key; valid keys here: seed, context, model"),
         ("+not_a_key=1", "not_a_key"),
         ("world=code", "world.path: required for world=code"),
         ("model=hf", "model.path"),
@@ -57,5 +57,5 @@ def test_cli_exit_codes(capsys):
     assert main(["train", "context=oracle"]) == 2
     assert "opsd train: config error: context: unknown value 'oracle'" in capsys.readouterr().err
     assert main(["frobnicate"]) == 2
-    assert "unknown command 'frobnicate'; valid: train, gap, calibrate, fit-law, law, judge, ui, setup" in capsys.readouterr().err
+    assert "unknown command 'frobnicate'; valid: train, gap, calibrate, fit-law, search, law, judge, ui, setup" in capsys.readouterr().err
     assert main(["--help"]) == 0

@@ -159,7 +159,9 @@ def test_infinite_loop_times_out_within_the_wall_limit():
 
 def test_cpu_limit():
     r = hostile("while True:\n    pass\n", limits=SandboxLimits(wall_s=8.0, cpu_s=1))
-    assert r.status == "timeout" and r.wall_s < 4.0
+    # Stopped well before the 8 s wall limit, so the 1 CPU-second limit did it (on a loaded
+    # machine the loop gets a fraction of a core, so 1 CPU-second can take a few wall seconds).
+    assert r.status == "timeout" and r.wall_s < 6.0
 
 
 def test_memory_bomb_fails_and_parent_is_fine():

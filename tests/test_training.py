@@ -129,7 +129,7 @@ def test_interrupted_run_ends_failed_with_reason(tiny_overrides, tmp_path):
     """Ctrl-C in the middle of `opsd train`: the run ends FAILED, its metrics kept."""
     uri = f"sqlite:///{tmp_path}/mlflow.db"
     cmd = [sys.executable, "-m", "opsd_platform.cli", "train", *tiny_overrides, "trainer.max_steps=100000",
-           "trainer.validate=false"]
+           "trainer.validate=false", "trainer.checkpoint_every=1"]  # metrics reach MLflow with checkpoints
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     client = MlflowClient(tracking_uri=uri)
     deadline = time.time() + 120

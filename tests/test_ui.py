@@ -1,5 +1,10 @@
-"""`opsd ui` serves the MLflow UI on a local store (slow tier: the server takes ~15 s to start)."""
+"""`opsd ui` serves the MLflow UI and its REST API on a local store (slow tier: the server takes
+~15 s to start). tests/test_browser.py looks at the pages in a real browser."""
 
+import contextlib
+import json
+import os
+import signal
 import socket
 import subprocess
 import sys
@@ -17,26 +22,62 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def test_opsd_ui_serves_the_store(tmp_path):
-    port = free_port()
-    uri = f"sqlite:///{tmp_path}/mlflow.db"
-    proc = subprocess.Popen([sys.executable, "-m", "opsd_platform.cli", "ui", f"tracking.uri={uri}", f"port={port}"],
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True)
+@contextlib.contextmanager
+def serving(command: list[str], port: int, timeout: float = 120, **popen):
+    """Start `command` (a UI server on `port`) in its own process group, wait for /health, yield
+    the base URL; stop the whole group afterwards."""
+    proc = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                            start_new_session=True, **popen)
+    base = f"http://127.0.0.1:{port}"
     try:
-        deadline, status = time.time() + 90, None
-        while time.time() < deadline and status != 200:
-            time.sleep(1)
+        deadline = time.time() + timeout
+        while True:
             assert proc.poll() is None, proc.stdout.read()
             try:
-                status = urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=2).status
+                if urllib.request.urlopen(f"{base}/health", timeout=2).status == 200:
+                    break
             except OSError:
                 pass
-        assert status == 200
-        page = urllib.request.urlopen(f"http://127.0.0.1:{port}/", timeout=5).read().decode()
-        assert "MLflow" in page
+            assert time.time() < deadline, f"{' '.join(command)} did not answer /health in {timeout:.0f} s"
+            time.sleep(1)
+        yield base
     finally:
-        import os
-        import signal
-
         os.killpg(proc.pid, signal.SIGTERM)
         proc.wait(timeout=30)
+
+
+def opsd_ui(uri: str, port: int) -> list[str]:
+    return [sys.executable, "-m", "opsd_platform.cli", "ui", f"tracking.uri={uri}", f"port={port}"]
+
+
+def test_opsd_ui_serves_the_store(tmp_path):
+    port = free_port()
+    with serving(opsd_ui(f"sqlite:///{tmp_path}/mlflow.db", port), port) as base:
+        page = urllib.request.urlopen(f"{base}/", timeout=5).read().decode()
+        assert "MLflow" in page
+
+
+def test_opsd_ui_api_shows_runs_and_the_champion_law(tmp_path):
+    from mlflow.tracking import MlflowClient
+
+    from opsd_platform.cli import main
+    from test_calibrate import log_points
+
+    uri = f"sqlite:///{tmp_path}/mlflow.db"
+    log_points(uri, [(c, s, g + 0.01 * s, 1.2 * g + 0.01 * s + e)
+                     for c, g, e in [("none", 0.0, 0.01), ("feedback", 0.1, -0.01), ("reference", 0.4, 0.0)] for s in (0, 1)])
+    assert main(["fit-law", f"tracking.uri={uri}", "law.calibration=synthetic"]) == 0
+    exp_id = MlflowClient(tracking_uri=uri).get_experiment_by_name("opsd").experiment_id
+    port = free_port()
+    with serving(opsd_ui(uri, port), port) as base:
+        def api(path, body=None):
+            data = None if body is None else json.dumps(body).encode()
+            req = urllib.request.Request(f"{base}/ajax-api/2.0/mlflow/{path}", data=data,
+                                         headers={"Content-Type": "application/json"})
+            return json.loads(urllib.request.urlopen(req, timeout=10).read())
+
+        runs = api("runs/search", {"experiment_ids": [exp_id], "filter": "tags.kind = 'train'"})["runs"]
+        assert len(runs) == 6
+        assert all({m["key"] for m in r["data"]["metrics"]} >= {"gap/value", "improvement"} for r in runs)
+        model = api("registered-models/get?name=opsd-gap-law")["registered_model"]
+        assert {"alias": "champion", "version": "1"} in model["aliases"]

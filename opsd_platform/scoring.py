@@ -1,0 +1,90 @@
+"""Lean teacher scoring and the per-token distillation loss of one micro-batch.
+
+The reference computation (``losses.token_divergence`` on the full batch) holds the student's and
+the teacher's ``[N, T, V]`` logits *and* their two ``[N, T, V]`` log-softmax tensors at once.
+Here, per micro-batch of rows:
+
+    student  forward with grad                -> logits [n, T, V]      (kept for backward)
+    support  student top-K ids (or the sampled token), from the detached logits
+    teacher  forward under inference_mode     -> logits [n, T, V], reduced at once to the
+             support (gather + one log-sum-exp) -> [n, T, K+1]; the full logits are dropped
+    loss     divergence on the support, both sides [n, T, K+1]
+
+so with a top-K or sampled support no full log-softmax tensor is ever made, and the teacher's
+full logits live only while it is scored. With ``support=full`` the divergence needs both full
+log-softmax tensors by definition. The caller backpropagates each micro-batch's loss divided by
+the token count of the whole step, which gives the full-batch loss and gradient (checked against
+an ``F.kl_div`` reference in ``tests/test_scoring.py``).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import time
+from dataclasses import dataclass
+from typing import Callable, ContextManager, Sequence
+
+import torch
+
+from opsd_platform.losses import divergence_on_support, support_index, support_logprobs
+from opsd_platform.rollout import response_logits
+
+
+@dataclass(frozen=True)
+class LossSettings:
+    """The `loss` config fields the per-token loss needs (duck-typed `LossConfig` works too)."""
+
+    divergence: str = "reverse"
+    alpha: float = 0.5
+    support: str = "topk"
+    top_k: int = 20
+    token_clip: float | None = None
+
+
+@dataclass
+class MicroBatchLoss:
+    per_token: torch.Tensor  # [n, T] loss of each response position (with grad)
+    token_logp: torch.Tensor | None  # [n, T] student log-prob of each sampled token (with grad), if asked
+    teacher_seconds: float  # wall time of the teacher's forward and reduction
+
+
+def micro_batch_loss(
+    policy: torch.nn.Module,
+    teacher_scoring: Callable[[], ContextManager[torch.nn.Module]],  # yields the module to score with
+    student_prompts: Sequence[Sequence[int]],  # [n][P_i]
+    teacher_prompts: Sequence[Sequence[int]],  # [n][P'_i]
+    response_ids: torch.Tensor,  # [n, T]
+    response_mask: torch.Tensor,  # [n, T]
+    pad_id: int,
+    loss,  # LossSettings or LossConfig
+    need_token_logp: bool = False,
+) -> MicroBatchLoss:
+    """Per-token loss of one micro-batch, the teacher scored lean (see the module docstring)."""
+    s_logits = response_logits(policy, student_prompts, response_ids, response_mask, pad_id)  # [n, T, V]
+    tokens = response_ids.to(s_logits.device)
+    index = support_index(s_logits, tokens, loss.support, loss.top_k)
+    started = time.perf_counter()
+    with torch.inference_mode(), teacher_scoring() as teacher:
+        t_logits = response_logits(teacher, teacher_prompts, response_ids, response_mask, pad_id)
+        log_t = support_logprobs(t_logits.to(s_logits.device), index, loss.support)
+        del t_logits
+    log_t = log_t.clone()  # an ordinary tensor: inference tensors cannot be saved for backward
+    teacher_seconds = time.perf_counter() - started
+    log_s = support_logprobs(s_logits, index, loss.support)
+    per_token = divergence_on_support(
+        log_s, log_t, support=loss.support, divergence=loss.divergence, alpha=loss.alpha, token_clip=loss.token_clip
+    )
+    token_logp = None
+    if need_token_logp:
+        if loss.support == "sampled":
+            token_logp = log_s.squeeze(-1)
+        else:
+            logits = s_logits.to(torch.promote_types(s_logits.dtype, torch.float32))
+            token_logp = logits.gather(-1, tokens.unsqueeze(-1)).squeeze(-1) - torch.logsumexp(logits, dim=-1)
+    return MicroBatchLoss(per_token=per_token, token_logp=token_logp, teacher_seconds=teacher_seconds)
+
+
+@contextlib.contextmanager
+def scoring_with(module: torch.nn.Module):
+    """The simplest teacher_scoring: always score with `module`."""
+    yield module

