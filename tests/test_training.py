@@ -130,21 +130,29 @@ def test_interrupted_run_ends_failed_with_reason(tiny_overrides, tmp_path):
     uri = f"sqlite:///{tmp_path}/mlflow.db"
     cmd = [sys.executable, "-m", "opsd_platform.cli", "train", *tiny_overrides, "trainer.max_steps=100000",
            "trainer.validate=false", "trainer.checkpoint_every=1"]  # metrics reach MLflow with checkpoints
-    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-    client = MlflowClient(tracking_uri=uri)
-    deadline = time.time() + 120
-    run_id = None
-    while time.time() < deadline and run_id is None:
-        time.sleep(1)
-        try:
-            runs = client.search_runs(client.get_experiment_by_name("opsd").experiment_id)
-            if runs and client.get_metric_history(runs[0].info.run_id, "train/loss"):
-                run_id = runs[0].info.run_id
-        except Exception:
-            pass
-    assert run_id, "training never logged a step"
-    proc.send_signal(signal.SIGINT)
-    out, _ = proc.communicate(timeout=60)
+    # A shell runs background jobs with SIGINT ignored, and Python keeps an inherited SIG_IGN: give
+    # the child the default disposition, as a terminal would, so Ctrl-C is delivered as under a user.
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
+    try:
+        client = MlflowClient(tracking_uri=uri)
+        deadline = time.time() + 120
+        run_id = None
+        while time.time() < deadline and run_id is None:
+            time.sleep(1)
+            try:
+                runs = client.search_runs(client.get_experiment_by_name("opsd").experiment_id)
+                if runs and client.get_metric_history(runs[0].info.run_id, "train/loss"):
+                    run_id = runs[0].info.run_id
+            except Exception:
+                pass
+        assert run_id, "training never logged a step"
+        proc.send_signal(signal.SIGINT)
+        out, _ = proc.communicate(timeout=60)
+    finally:  # never leave a 100000-step training behind when the test fails
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
     assert proc.returncode != 0
     run = client.get_run(run_id)
     assert run.info.status == "FAILED", out[-2000:]
