@@ -329,8 +329,8 @@ def promote(
             decision, reason = "promoted", f"forced over v{champion} (hold-out RMSE {cand} vs {champ})"
         elif cand is None:
             decision, reason = "kept", f"v{version} has no hold-out RMSE; v{champion} stays @{CHAMPION} (use force)"
-        elif champ is None:
-            decision, reason = "kept", f"@{CHAMPION} v{champion} has no hold-out RMSE to compare with (use force)"
+        elif champ is None:  # e.g. a first law fitted on too few configurations for a hold-out
+            decision, reason = "promoted", f"v{version} has a hold-out RMSE ({cand:.4g}) and @{CHAMPION} v{champion} has none"
         elif cand_kind != champ_kind:
             decision, reason = "kept", (
                 f"hold-out kinds differ (v{version}: {cand_kind}, v{champion}: {champ_kind}); RMSEs not comparable (use force)"

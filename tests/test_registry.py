@@ -88,6 +88,19 @@ def test_register_aliases_and_promotion(store, registered):
         registry.promote(tracking_uri=store)  # the challenger alias moved away when v3 was promoted
 
 
+def test_a_validated_challenger_replaces_a_champion_without_hold_out(tmp_path):
+    """A first law fitted on too few configurations has no hold-out error; the first refit that
+    has one takes @champion (otherwise a search's learning loop could never promote)."""
+    uri = f"sqlite:///{tmp_path}/mlflow.db"
+    pts = make_points(n_configs=5, seeds=2)
+    first = registry.register_law(law.fit_law(pts), tracking_uri=uri, holdout=None)
+    assert first["decision"] == "champion"
+    second = registry.register_law(law.fit_law(pts), tracking_uri=uri, holdout=law.leave_one_out(pts),
+                                   promote_if_better=True)
+    assert second["decision"] == "promoted" and "has none" in second["reason"]
+    assert registry.promote(version=1, tracking_uri=uri)["decision"] == "kept"  # no RMSE: never by itself
+
+
 def test_plain_mlflow_load_matches_lawfit(store, registered):
     fit3 = registered["fits"][2]
     new = pd.DataFrame({"gap": [0.1, 0.3]})
