@@ -202,7 +202,9 @@ class TrainerConfig:
         default=False, metadata={"help": "recompute activations in backward (less memory, ~30% more compute)"}
     )
     checkpoint_every: int = field(
-        default=10, metadata={"help": "write a resumable checkpoint every N steps and at the last (0 = never)"}
+        default=10,
+        metadata={"help": "write a resumable checkpoint every N steps and at the last (0 = never; a run of at most "
+                          "N steps writes none: its only checkpoint would be its end)"},
     )
     keep_checkpoints: int = field(default=2, metadata={"help": "newest checkpoints kept per run (>= 1)"})
     checkpoint_dir: str | None = field(
@@ -229,6 +231,12 @@ class TrainerConfig:
         _check(self.devices >= 1, "trainer.devices", f"must be >= 1, got {self.devices}")
         _check(self.devices == 1 or self.strategy == "ddp", "trainer.devices",
                f"devices={self.devices} needs trainer.strategy=ddp, got {self.strategy}")
+
+    @property
+    def checkpointing(self) -> bool:
+        """Whether checkpoints are written. Not when the run ends at or before the first one: that
+        checkpoint would only cover the end (~2 GB written and deleted again for the default model)."""
+        return 0 < self.checkpoint_every < self.max_steps
 
 
 @dataclass

@@ -22,7 +22,7 @@ Where this departs from the sources:
 - A step whose loss is not finite is skipped (no optimizer step, no teacher update) and counted
   in ``train/skipped_nonfinite``; the run goes on.
 
-Checkpoints and metrics (``trainer.checkpoint_every`` > 0, see train.py and checkpoint.py):
+Checkpoints and metrics (``trainer.checkpointing``, see train.py and checkpoint.py):
 - Metrics are held back and reach MLflow only once a checkpoint covering their step is on disk
   (and at the end of the run, finished or failed). A run killed with SIGKILL therefore has in its
   store exactly the steps its newest checkpoint covers; a resume re-runs the steps after it and
@@ -149,7 +149,7 @@ class OPSDModule(L.LightningModule):
         self.final_val: Evaluation | None = None
         self.history: list[dict[str, float]] = []  # every logged metric dict, for tests and reports
         # Checkpoints and resume (see the module docstring).
-        self.hold_metrics = cfg.trainer.checkpoint_every > 0  # until a checkpoint covers them
+        self.hold_metrics = cfg.trainer.checkpointing  # until a checkpoint covers them
         self.pending_metrics: list[dict[str, float]] = []  # held back, each with its "step"
         self.start_step = 0  # steps done before this process (a resume)
         self.skip_logging_through = 0  # train steps already in the store (a resumed failed run)

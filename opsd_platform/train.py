@@ -6,15 +6,16 @@ initial gap (when ``gap.enabled``) -> Lightning fit (validation before and after
 -> summary. Any failure or interruption (an exception, Ctrl-C, SIGTERM) ends the run FAILED with
 the reason in the ``failure_reason`` tag; metrics already logged stay.
 
-Crash safety: every ``trainer.checkpoint_every`` steps (and at the last) a checkpoint is written
-to ``<checkpoint root>/<run id>/step-NNNNNN`` (checkpoint.py), and only then are the metrics of
-the steps it covers sent to MLflow (module.py explains why). ``resume=<run id or path>`` reopens
-the same MLflow run (RUNNING again, ``failure_reason`` removed), restores the checkpoint and goes
-on from the next step without a second initial validation or gap. A FINISHED run cannot be
-resumed; a RUNNING one only when the process that ran it is gone (SIGKILL leaves runs RUNNING).
-A run that finishes removes its checkpoints (a full model's is weights + EMA teacher + AdamW
-moments, ~2 GB for the default model) and keeps sha256 digests of its final policy, teacher and
-optimizer state as the tags ``opsd.{policy,teacher,optimizer}_sha256``.
+Crash safety: every ``trainer.checkpoint_every`` steps (and at the last; none for a run no longer
+than that) a checkpoint is written to ``<checkpoint root>/<run id>/step-NNNNNN`` (checkpoint.py),
+and only then are the metrics of the steps it covers sent to MLflow (module.py explains why).
+``resume=<run id or path>`` reopens the same MLflow run (RUNNING again, ``failure_reason``
+removed), restores the checkpoint and goes on from the next step without a second initial
+validation or gap. A FINISHED run cannot be resumed; a RUNNING one only when the process that ran
+it is gone (SIGKILL leaves runs RUNNING). A run that finishes removes its checkpoints (a full
+model's is weights + EMA teacher + AdamW moments, ~2 GB for the default model) and keeps sha256
+digests of its final policy, teacher and optimizer state as the tags
+``opsd.{policy,teacher,optimizer}_sha256``.
 
 Several processes (``trainer.devices`` > 1, ``trainer.strategy=ddp``): Lightning starts the other
 ranks by running the same command again; they find the run id in ``OPSD_DDP_RUN_ID`` and neither
@@ -445,7 +446,7 @@ def train(
             _log_gap(MlflowClient(tracking_uri=uri), run_id, cfg, gap)
         logger = False if worker else MLFlowLogger(experiment_name=cfg.tracking.experiment, tracking_uri=uri, run_id=run_id)
         checkpointer = None
-        if cfg.trainer.checkpoint_every:
+        if cfg.trainer.checkpointing:
             checkpointer = _Checkpointer(cfg, checkpoint_root(cfg) / run_id, run_id, resume_ranks)
         trainer = L.Trainer(
             accelerator=cfg.trainer.accelerator,

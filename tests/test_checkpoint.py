@@ -81,6 +81,13 @@ class _FailBeforeStep(L.Callback):
             raise RuntimeError(f"injected failure before step {self.step}")
 
 
+@pytest.mark.parametrize("every, max_steps, expected", [(2, 4, True), (3, 4, True), (4, 4, False), (10, 3, False), (0, 4, False)])
+def test_a_run_no_longer_than_the_checkpoint_interval_writes_none(every, max_steps, expected):
+    """Its only checkpoint would cover its end: ~2 GB written and deleted again for nothing."""
+    cfg = train_config([f"trainer.checkpoint_every={every}", f"trainer.max_steps={max_steps}"])
+    assert cfg.trainer.checkpointing is expected
+
+
 def test_a_failed_lora_run_resumes_in_process_without_duplicate_steps(tiny_overrides, tmp_path):
     """An exception after step 3 (newest checkpoint: step 2) ends the run FAILED with steps 1..3
     logged; the resume re-runs step 3 without logging it again and ends with the adapter, EMA
