@@ -201,6 +201,11 @@ class TrainerConfig:
     gradient_checkpointing: bool = field(
         default=False, metadata={"help": "recompute activations in backward (less memory, ~30% more compute)"}
     )
+    share_prompt_prefix: bool = field(
+        default=True,
+        metadata={"help": "score each distinct prompt once per micro-batch and reuse its KV cache for the rows "
+                          "(samples) that share it; same loss to float precision, less compute"},
+    )
     checkpoint_every: int = field(
         default=10,
         metadata={"help": "write a resumable checkpoint every N steps and at the last (0 = never; a run of at most "
@@ -301,7 +306,8 @@ def config_hash(cfg: TrainConfig) -> str:
     d = cfg.to_dict()
     d.pop("seed")
     d.pop("tracking")
-    d["trainer"] = {k: v for k, v in d["trainer"].items() if k not in ("progress_bar", "num_threads", "gradient_checkpointing")}
+    display_only = ("progress_bar", "num_threads", "gradient_checkpointing", "share_prompt_prefix")
+    d["trainer"] = {k: v for k, v in d["trainer"].items() if k not in display_only}
     d.pop("resume")
     for key in ("checkpoint_every", "keep_checkpoints", "checkpoint_dir", "accelerator", "strategy"):
         d["trainer"].pop(key)

@@ -393,6 +393,7 @@ class OPSDModule(L.LightningModule):
                 scored = micro_batch_loss(
                     self.policy, self.teacher.scoring, [ro.prompt_ids[i] for i in chunk],
                     [teacher_prompts[i] for i in chunk], resp, mask, pad, lc, need_token_logp=reuse,
+                    share_prefix=cfg.trainer.share_prompt_prefix,
                 )
                 per_token = scored.per_token  # [n, T]
                 mask = mask.to(per_token.device)

@@ -312,8 +312,22 @@ def response_logits(
     response_ids: torch.Tensor,  # [n, T]
     response_mask: torch.Tensor,  # [n, T]
     pad_id: int,
+    share_prefix: bool = True,
 ) -> torch.Tensor:  # [n, T, V] logits predicting each response token
-    """Logits of the model at the response positions, given each row's own prompt."""
+    """Logits of the model at the response positions, given each row's own prompt.
+
+    With ``share_prefix``, rows with the same prompt (the n samples of a problem; the teacher's
+    too when its context is the same for each sample) share one forward pass over that prompt:
+    each distinct prompt is run once, its KV cache is gathered out to the rows that use it, and
+    only the responses are run per row. Gradients flow back through the gather into the shared
+    pass, so values and gradients equal the one-pass computation to float tolerance
+    (``tests/test_scoring.py``). It falls back to one pass when every prompt is distinct or under
+    gradient checkpointing (which turns the cache off)."""
+    rows = [tuple(p) for p in prompt_ids]
+    distinct = list(dict.fromkeys(rows))
+    checkpointing = bool(getattr(model, "is_gradient_checkpointing", False)) and model.training
+    if share_prefix and len(distinct) < len(rows) and not checkpointing:
+        return _shared_prefix_logits(model, distinct, rows, response_ids, response_mask, pad_id)
     device = _model_device(model)
     prompt, prompt_mask = left_pad(prompt_ids, pad_id)
     ids = torch.cat([prompt, response_ids.cpu()], dim=1).to(device)
@@ -324,3 +338,36 @@ def response_logits(
     # the first T of them predict response tokens 0..T-1.
     out = model(input_ids=ids, attention_mask=attention, position_ids=positions, use_cache=False, logits_to_keep=t + 1)
     return out.logits[:, :t]
+
+
+def _shared_prefix_logits(
+    model,
+    distinct: list[tuple[int, ...]],  # [u][P_j] the distinct prompts
+    rows: list[tuple[int, ...]],  # [n][P_i] each row's prompt (one of `distinct`)
+    response_ids: torch.Tensor,  # [n, T]
+    response_mask: torch.Tensor,  # [n, T]
+    pad_id: int,
+) -> torch.Tensor:  # [n, T, V]
+    device = _model_device(model)
+    where = {p: j for j, p in enumerate(distinct)}
+    index = torch.tensor([where[r] for r in rows], dtype=torch.long, device=device)  # [n] row -> prompt
+    prompt, prompt_mask = left_pad(distinct, pad_id)  # [u, P]
+    prompt, prompt_mask = prompt.to(device), prompt_mask.to(device)
+    positions = (prompt_mask.cumsum(dim=1) - 1).clamp(min=0)
+    # 1. each distinct prompt once; its last logits predict response token 0
+    out = model(input_ids=prompt, attention_mask=prompt_mask, position_ids=positions, use_cache=True, logits_to_keep=1)
+    first = out.logits[index]  # [n, 1, V]
+    t = response_ids.shape[1]
+    if t == 1:
+        return first
+    # 2. the cache out to the rows (an index, so gradients reach the shared pass), then each
+    #    row's response tokens 0..T-2 predict tokens 1..T-1, positions continuing its prompt's
+    cache = out.past_key_values
+    cache.batch_select_indices(index)
+    resp = response_ids[:, : t - 1].to(device)
+    resp_mask = response_mask[:, : t - 1].to(device).long()
+    attention = torch.cat([prompt_mask[index], resp_mask], dim=1)  # [n, P + T - 1]
+    resp_positions = (prompt_mask.sum(dim=1)[index].unsqueeze(1) + resp_mask.cumsum(dim=1) - 1).clamp(min=0)
+    rest = model(input_ids=resp, attention_mask=attention, position_ids=resp_positions, past_key_values=cache,
+                 use_cache=True)
+    return torch.cat([first, rest.logits], dim=1)

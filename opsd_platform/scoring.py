@@ -10,11 +10,13 @@ Here, per micro-batch of rows:
              support (gather + one log-sum-exp) -> [n, T, K+1]; the full logits are dropped
     loss     divergence on the support, both sides [n, T, K+1]
 
-so with a top-K or sampled support no full log-softmax tensor is ever made, and the teacher's
-full logits live only while it is scored. With ``support=full`` the divergence needs both full
-log-softmax tensors by definition. The caller backpropagates each micro-batch's loss divided by
-the token count of the whole step, which gives the full-batch loss and gradient (checked against
-an ``F.kl_div`` reference in ``tests/test_scoring.py``).
+so with a top-K or sampled support no full log-softmax tensor is ever made, and the teacher's full
+logits live only while it is scored. Rows with the same prompt (the n samples of a problem) share
+one forward pass over it (``rollout.response_logits``, ``trainer.share_prompt_prefix``). With
+``support=full`` the divergence needs both full log-softmax tensors by definition. The caller
+backpropagates each micro-batch's loss divided by the token count of the whole step, which gives
+the full-batch loss and gradient (checked against an ``F.kl_div`` reference in
+``tests/test_scoring.py``).
 """
 
 from __future__ import annotations
@@ -58,14 +60,15 @@ def micro_batch_loss(
     pad_id: int,
     loss,  # LossSettings or LossConfig
     need_token_logp: bool = False,
+    share_prefix: bool = True,  # one pass per distinct prompt (rollout.response_logits)
 ) -> MicroBatchLoss:
     """Per-token loss of one micro-batch, the teacher scored lean (see the module docstring)."""
-    s_logits = response_logits(policy, student_prompts, response_ids, response_mask, pad_id)  # [n, T, V]
+    s_logits = response_logits(policy, student_prompts, response_ids, response_mask, pad_id, share_prefix)  # [n, T, V]
     tokens = response_ids.to(s_logits.device)
     index = support_index(s_logits, tokens, loss.support, loss.top_k)
     started = time.perf_counter()
     with torch.inference_mode(), teacher_scoring() as teacher:
-        t_logits = response_logits(teacher, teacher_prompts, response_ids, response_mask, pad_id)
+        t_logits = response_logits(teacher, teacher_prompts, response_ids, response_mask, pad_id, share_prefix)
         log_t = support_logprobs(t_logits.to(s_logits.device), index, loss.support)
         del t_logits
     log_t = log_t.clone()  # an ordinary tensor: inference tensors cannot be saved for backward
