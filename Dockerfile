@@ -2,6 +2,9 @@
 #   docker build -t opsd .
 #   docker build --build-arg VARIANT=cuda -t opsd:cuda .
 #   docker run --rm -v opsd-data:/data opsd train trainer.max_steps=10
+#   docker run --rm --security-opt seccomp=unconfined --security-opt systempaths=unconfined \
+#       -v opsd-data:/data opsd train world=code ...   (the code sandbox needs user namespaces
+#       and a fresh /proc, which Docker's default profile blocks)
 #   docker run --rm --gpus all -v opsd-data:/data opsd:cuda train ...
 #   docker run --rm -p 5000:5000 -v opsd-data:/data opsd ui host=0.0.0.0
 # The install step is the Makefile's `setup`, the one the README uses (one source of truth); the

@@ -476,7 +476,11 @@ def _get_mode() -> _Mode:
                         break
                 _mode_notes.append(f"{mode.name}: probe gave {res.status}: {res.stderr.strip()[-300:]}")
             else:  # pragma: no cover - even plain rlimits failed
-                raise SandboxError("no sandbox mode works on this machine: " + "; ".join(_mode_notes))
+                hint = ""
+                if os.path.exists("/.dockerenv") or os.path.exists("/run/.containerenv"):
+                    hint = ("; in a container, run it with --security-opt seccomp=unconfined --security-opt "
+                            "systempaths=unconfined (the default profile blocks user namespaces and a fresh /proc)")
+                raise SandboxError("no sandbox mode works on this machine: " + "; ".join(_mode_notes) + hint)
         return _mode
 
 

@@ -84,6 +84,20 @@ def test_dockerfile_installs_with_make_setup_as_a_non_root_user(docker):
     install_at = next(k for k, (i, a) in enumerate(final) if i == "RUN" and "make setup" in a)
     assert users[-1][0] < install_at, "the install runs as the non-root user"
     assert any(i == "RUN" and f"useradd --create-home --uid 1000 {users[-1][1]}" in a for i, a in final)
+    # make setup creates /app/.venv as that user: WORKDIR alone would leave /app root's (a build
+    # of this image failed so before the ownership was added)
+    user = users[-1][1]
+    assert any(i == "RUN" and re.search(rf"chown {user}:{user} .*/app\b", a) for i, a in final[:install_at])
+
+
+def test_cpu_image_takes_the_cpu_torch_build(docker):
+    """PyPI's Linux torch wheel is the CUDA build; the CPU variant points pip at PyTorch's CPU index."""
+    st = stages(docker)
+    env = lambda stage: " ".join(a for i, a in st[stage] if i == "ENV")  # noqa: E731
+    assert "OPSD_TORCH_INDEX=https://download.pytorch.org/whl/cpu" in env("base-cpu")
+    assert "OPSD_TORCH_INDEX=https://download.pytorch.org" not in env("base-cuda")
+    install = next(a for i, a in st["final"] if i == "RUN" and "make setup" in a)
+    assert "PIP_EXTRA_INDEX_URL" in install and "OPSD_TORCH_INDEX" in install
 
 
 def test_dockerfile_entrypoint_is_opsd_and_stores_are_on_a_volume(docker):
