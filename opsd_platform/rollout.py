@@ -325,7 +325,8 @@ def response_logits(
     gradient checkpointing (which turns the cache off)."""
     rows = [tuple(p) for p in prompt_ids]
     distinct = list(dict.fromkeys(rows))
-    checkpointing = bool(getattr(model, "is_gradient_checkpointing", False)) and model.training
+    flag = "is_activation_checkpointing" if hasattr(model, "is_activation_checkpointing") else "is_gradient_checkpointing"
+    checkpointing = model.training and bool(getattr(model, flag, False))
     if share_prefix and len(distinct) < len(rows) and not checkpointing:
         return _shared_prefix_logits(model, distinct, rows, response_ids, response_mask, pad_id)
     device = _model_device(model)

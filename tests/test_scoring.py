@@ -61,6 +61,23 @@ def test_shared_prompt_prefix_gives_the_one_pass_logits_and_gradients(batch):
     torch.testing.assert_close(a[m], b[m], rtol=1e-9, atol=1e-9)
 
 
+def test_gradient_checkpointing_scores_in_one_pass_with_the_same_gradients():
+    """Gradient checkpointing turns the KV cache off in training mode, so the shared pass steps
+    aside; what it computes must not change."""
+    policy, tok = load_policy(ModelConfig(source="tiny"), seed=0)
+    policy.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    policy.train()
+    torch.manual_seed(0)
+    prompts, response = [[5, 6, 7]] * 3 + [[8, 9]], torch.randint(3, 50, (4, 5))
+    mask = torch.ones(4, 5, dtype=torch.bool)
+    grads = []
+    for share in (True, False):
+        policy.zero_grad(set_to_none=True)
+        response_logits(policy, prompts, response, mask, tok.pad_token_id, share_prefix=share).sin().sum().backward()
+        grads.append(torch.cat([p.grad.flatten() for p in policy.parameters()]))
+    torch.testing.assert_close(grads[0], grads[1], rtol=0, atol=0)
+
+
 def test_shared_prompt_prefix_with_sliding_window_layers():
     """Gemma 3 (the second model family) mixes sliding-window and full attention layers; prompts
     longer than the window leave a truncated cache, and the shared pass still gives the same logits."""
