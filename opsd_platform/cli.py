@@ -4,7 +4,7 @@
     opsd gap [key=value ...]          the initial student vs self-teacher gap of one configuration
     opsd calibrate [calibrate.contexts=[..]] [calibrate.seeds=[..]] [key=value ...]
                                       gap + training per grid point (resumable), for the law
-    opsd fit-law [law.method=ols|wls|hc3] [law.calibration=NAME] [law.promote=true] [tracking.uri=...]
+    opsd fit-law [law.method=ols|wls|hc3] [law.calibration=NAME | law.calibrations=[A,B]] [law.promote=true] [tracking.uri=...]
                                       fit the law on the store's points, validate, plot, register
     opsd law show|promote [name=opsd-gap-law] [version=N] [force=true]
     opsd search [search.n_trials=12] [search.pruner=law|median|none] [search.storage=URL] [key=value ...]

@@ -33,6 +33,10 @@ log = logging.getLogger(__name__)
 class FitLawConfig:
     experiment: str = field(default="opsd", metadata={"help": "experiment holding the training runs"})
     calibration: str | None = field(default=None, metadata={"help": "only points of this calibration name"})
+    calibrations: list[str] = field(
+        default_factory=list,
+        metadata={"help": "only points of these calibration names (with `calibration`, of any of them), e.g. one per model family"},
+    )
     method: str = field(default="ols", metadata={"help": "ols, wls (by seed variance) or hc3"})
     level: float = field(default=0.9, metadata={"help": "prediction-interval level"})
     covariates: list[str] = field(default_factory=list, metadata={"help": "extra regressors, e.g. context_tokens"})
@@ -51,18 +55,20 @@ class FitLawConfig:
             raise ConfigError(f"law.level: must be in (0, 1), got {self.level}")
 
 
-def collect_points(uri: str, experiment: str, calibration: str | None = None) -> pd.DataFrame:
-    """One row per FINISHED training run with a measured gap and an improvement."""
+def collect_points(uri: str, experiment: str, calibration: str | list[str] | None = None) -> pd.DataFrame:
+    """One row per FINISHED training run with a measured gap and an improvement (of the given
+    calibration name or names, when any)."""
     client = tracking.init_store(uri)
     exp = client.get_experiment_by_name(experiment)
     if exp is None:
         names = [e.name for e in client.search_experiments()]
         raise LawError(f"no experiment {experiment!r} in {uri}; experiments: {', '.join(names) or 'none'}")
-    query = "tags.kind = 'train' AND attributes.status = 'FINISHED'"
-    if calibration:
-        query += f" AND tags.`calibrate.name` = '{calibration}'"
+    names = [calibration] if isinstance(calibration, str) else list(calibration or [])
+    base = "tags.kind = 'train' AND attributes.status = 'FINISHED'"
+    queries = [f"{base} AND tags.`calibrate.name` = '{n}'" for n in names] or [base]
+    runs = [r for q in queries for r in client.search_runs([exp.experiment_id], filter_string=q, max_results=50000)]
     rows = []
-    for run in client.search_runs([exp.experiment_id], filter_string=query, max_results=50000):
+    for run in runs:
         m, t, p = run.data.metrics, run.data.tags, run.data.params
         if "gap/value" not in m or "improvement" not in m:
             continue
@@ -81,7 +87,7 @@ def collect_points(uri: str, experiment: str, calibration: str | None = None) ->
             "run_id": run.info.run_id,
         })
     if not rows:
-        where = f" of calibration {calibration!r}" if calibration else ""
+        where = f" of calibration {' or '.join(map(repr, names))}" if names else ""
         raise LawError(f"no finished training runs with a measured gap{where} in experiment {experiment!r} ({uri})")
     points = pd.DataFrame(rows)
     ambiguous = points.groupby("label")["config_hash"].transform("nunique") > 1
@@ -116,7 +122,7 @@ def _jsonable(d: Any) -> Any:
 
 def fit_and_register(uri: str, cfg: FitLawConfig) -> LawReport:
     """Collect points, fit, validate out of sample, plot, log a `kind=law` run, register."""
-    points = collect_points(uri, cfg.experiment, cfg.calibration)
+    points = collect_points(uri, cfg.experiment, [*([cfg.calibration] if cfg.calibration else []), *cfg.calibrations])
     kwargs = dict(method=cfg.method, covariates=list(cfg.covariates), level=cfg.level)
     with warnings.catch_warnings():  # statsmodels warns on degenerate folds; the results say so
         warnings.simplefilter("ignore", RuntimeWarning)

@@ -43,7 +43,7 @@ CASES = [
     Case("unknown key of law show", "law show version_name=1",
          "opsd law: unknown key(s) version_name; valid: name, version, force, tracking.uri"),
     Case("unknown key of fit-law", "fit-law law.methd=ols",
-         "opsd fit-law: config error: unknown key law.methd; valid keys here: experiment, calibration, method, ..."),
+         "opsd fit-law: config error: unknown key law.methd; valid keys here: experiment, calibration, calibrations, method, ..."),
     Case("train key given to fit-law", "fit-law model=tiny",
          "opsd fit-law: unknown override(s) model=tiny; fit-law takes law.* and tracking.* keys"),
     Case("unknown key of calibrate", "calibrate calibrate.seed=[0,1]",

@@ -6,6 +6,7 @@ import pytest
 from mlflow.tracking import MlflowClient
 
 from opsd_platform.cli import main
+from opsd_platform.law import LawError
 from opsd_platform.law_pipeline import collect_points
 from opsd_platform.registry import describe
 
@@ -45,7 +46,7 @@ def test_rerun_resumes_without_retraining(calibrated, capsys):
     assert len(client.search_runs([exp.experiment_id], "tags.kind = 'train'")) == 6
 
 
-def log_points(uri, points, experiment="opsd"):
+def log_points(uri, points, experiment="opsd", calibration="synthetic", family="synthetic"):
     """Write law points into a real store as finished training runs (what calibrate leaves behind).
 
     Tiny random models give near-zero pass rates, so their gaps are often all equal (tested
@@ -54,11 +55,24 @@ def log_points(uri, points, experiment="opsd"):
     exp = client.get_experiment_by_name(experiment) or client.get_experiment(client.create_experiment(experiment))
     for context, seed, gap, improvement in points:
         run = client.create_run(exp.experiment_id, tags={
-            "kind": "train", "context": context, "world": "arithmetic", "model_family": "synthetic",
-            "model": "synthetic", "seed": str(seed), "config_hash": "h", "calibrate.name": "synthetic"})
+            "kind": "train", "context": context, "world": "arithmetic", "model_family": family,
+            "model": family, "seed": str(seed), "config_hash": "h", "calibrate.name": calibration})
         client.log_metric(run.info.run_id, "gap/value", gap)
         client.log_metric(run.info.run_id, "improvement", improvement)
         client.set_terminated(run.info.run_id, "FINISHED")
+
+
+def test_points_of_several_calibrations_are_collected_together(tmp_path):
+    """One calibration per model family, fitted as one pooled law; other calibrations stay out."""
+    uri = f"sqlite:///{tmp_path}/mlflow.db"
+    log_points(uri, [("none", 0, 0.0, 0.0), ("feedback", 0, 0.1, 0.1)], calibration="fam-a", family="a")
+    log_points(uri, [("none", 0, 0.05, 0.0), ("reference", 0, 0.3, 0.2)], calibration="fam-b", family="b")
+    log_points(uri, [("none", 0, 0.9, -0.5)], calibration="other", family="c")
+    points = collect_points(uri, "opsd", calibration=["fam-a", "fam-b"])
+    assert sorted(points["family"]) == ["a", "a", "b", "b"]
+    assert len(collect_points(uri, "opsd")) == 5
+    with pytest.raises(LawError, match="of calibration 'x' or 'y'"):
+        collect_points(uri, "opsd", calibration=["x", "y"])
 
 
 def test_fit_law_registers_a_champion_loadable_from_plain_python(tmp_path, capsys):
