@@ -41,7 +41,8 @@ DEMO_TRAINING = [
 ]
 # The search step (`opsd search`): its own study, 2 trials trained fully before the law may prune,
 # over a space without the costlier keys (samples per prompt), so its time stays predictable.
-DEMO_SEARCH = ["search.study=demo", "search.space=demo", "search.n_trials=4", "search.n_startup_trials=2"]
+DEMO_SEARCH = ["search.study=demo", "search.space=demo", "search.n_trials=4", "search.n_startup_trials=2",
+               "search.refit_every=2"]  # two refits (each fits, validates, plots and registers), not four
 
 
 def project_overrides(words: Sequence[str], environ: dict[str, str] | None = None) -> list[str]:
