@@ -251,6 +251,11 @@ class GapConfig:
     n_problems: int = field(default=16, metadata={"help": "problems (first n of the split)"})
     samples: int = field(default=0, metadata={"help": "student samples per problem (0 = rollout.samples_per_prompt)"})
     bootstrap: int = field(default=2000, metadata={"help": "bootstrap resamples over problems"})
+    batch_size: int = field(
+        default=64,
+        metadata={"help": "rows per generate call (HF engine): larger than training's micro-batch, since nothing is "
+                          "kept for backward, so the weights are read once for more rows"},
+    )
     level: float = field(default=0.95, metadata={"help": "confidence level of the intervals"})
 
     def __post_init__(self) -> None:
@@ -258,6 +263,7 @@ class GapConfig:
         _check(self.n_problems >= 1, "gap.n_problems", f"must be >= 1, got {self.n_problems}")
         _check(self.samples >= 0, "gap.samples", f"must be >= 0, got {self.samples}")
         _check(self.bootstrap >= 100, "gap.bootstrap", f"must be >= 100, got {self.bootstrap}")
+        _check(self.batch_size >= 1, "gap.batch_size", f"must be >= 1, got {self.batch_size}")
         _check(0.5 <= self.level < 1.0, "gap.level", f"must be in [0.5, 1), got {self.level}")
 
 
@@ -309,6 +315,7 @@ def config_hash(cfg: TrainConfig) -> str:
     display_only = ("progress_bar", "num_threads", "gradient_checkpointing", "share_prompt_prefix")
     d["trainer"] = {k: v for k, v in d["trainer"].items() if k not in display_only}
     d.pop("resume")
+    d["gap"] = {k: v for k, v in d["gap"].items() if k != "batch_size"}  # how, not what, it measures
     for key in ("checkpoint_every", "keep_checkpoints", "checkpoint_dir", "accelerator", "strategy"):
         d["trainer"].pop(key)
     if d["trainer"]["devices"] == 1:  # more ranks sample more problems per step; one keeps older hashes

@@ -169,11 +169,18 @@ def measure_initial_gap(cfg: TrainConfig, engine, world) -> GapResult:
     """The gap of `cfg` with the model behind `engine`, as configured in `cfg.gap`."""
     g, r = cfg.gap, cfg.rollout
     problems = world.problems(g.split)[: g.n_problems]
-    return measure_gap(
-        engine, world, problems, cfg.context,
-        n=g.samples or r.samples_per_prompt, max_new_tokens=r.max_new_tokens,
-        temperature=r.temperature, top_p=r.top_p, n_boot=g.bootstrap, level=g.level, seed=cfg.seed,
-    )
+    batch_size = getattr(engine, "batch_size", None)  # the HF engine's rows per call; vLLM schedules its own
+    if batch_size is not None:
+        engine.batch_size = g.batch_size
+    try:
+        return measure_gap(
+            engine, world, problems, cfg.context,
+            n=g.samples or r.samples_per_prompt, max_new_tokens=r.max_new_tokens,
+            temperature=r.temperature, top_p=r.top_p, n_boot=g.bootstrap, level=g.level, seed=cfg.seed,
+        )
+    finally:
+        if batch_size is not None:
+            engine.batch_size = batch_size
 
 
 def estimated_training_tokens(cfg: TrainConfig, mean_response_tokens: float) -> float:

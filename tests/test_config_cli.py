@@ -4,7 +4,7 @@ import pytest
 
 from opsd_platform.cli import main
 from opsd_platform.compose import train_config
-from opsd_platform.config import ConfigError, LossConfig, TrainConfig, WorldConfig
+from opsd_platform.config import ConfigError, LossConfig, TrainConfig, WorldConfig, config_hash
 
 
 def test_defaults_compose_to_the_embedded_model():
@@ -59,3 +59,21 @@ def test_cli_exit_codes(capsys):
     assert main(["frobnicate"]) == 2
     assert "unknown command 'frobnicate'; valid: train, gap, calibrate, fit-law, search, law, judge, ui, setup" in capsys.readouterr().err
     assert main(["--help"]) == 0
+
+
+@pytest.mark.parametrize("how", [
+    "trainer.num_threads=1", "trainer.progress_bar=false", "trainer.share_prompt_prefix=false",
+    "trainer.gradient_checkpointing=true", "trainer.checkpoint_every=3", "gap.batch_size=8", "seed=7",
+    "tracking.uri=sqlite:////tmp/elsewhere.db",
+])
+def test_config_hash_ignores_how_a_run_is_computed_and_recorded(how):
+    """Calibration resumes by (configuration, seed) key: settings that change neither what is
+    trained nor what is measured keep the key, so a re-run with them skips finished points."""
+    base = ["world=arithmetic", "context=none", "gap.enabled=true"]
+    assert config_hash(train_config([*base, how])) == config_hash(train_config(base))
+
+
+@pytest.mark.parametrize("what", ["optim.lr=3e-5", "context=feedback", "trainer.max_steps=7", "gap.n_problems=8"])
+def test_config_hash_changes_with_what_is_trained_or_measured(what):
+    base = ["world=arithmetic", "context=none", "gap.enabled=true"]
+    assert config_hash(train_config([*base, what])) != config_hash(train_config(base))
