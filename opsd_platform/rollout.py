@@ -317,18 +317,30 @@ def response_logits(
     """Logits of the model at the response positions, given each row's own prompt.
 
     With ``share_prefix``, rows with the same prompt (the n samples of a problem; the teacher's
-    too when its context is the same for each sample) share one forward pass over that prompt:
-    each distinct prompt is run once, its KV cache is gathered out to the rows that use it, and
-    only the responses are run per row. Gradients flow back through the gather into the shared
-    pass, so values and gradients equal the one-pass computation to float tolerance
-    (``tests/test_scoring.py``). It falls back to one pass when every prompt is distinct or under
-    gradient checkpointing (which turns the cache off)."""
+    too when its context is the same for each sample) share one forward pass over that prompt.
+    Two ways, values and gradients equal to the one-pass computation to float tolerance
+    (``tests/test_scoring.py``):
+
+    - *packed* (sdpa/eager attention): one sequence per distinct prompt, the prompt followed by
+      each of its rows' responses up to their own length, with a block attention mask (a
+      response sees the prompt and itself) and positions restarting after the prompt for each
+      response. This also drops the responses' right padding, and needs no cache, so it works
+      under gradient checkpointing too;
+    - *cache* (other attention kernels, or a packed sequence longer than a sliding window): each
+      distinct prompt is run once with the KV cache on, the cache is gathered out to the rows
+      that use it, and the (padded) responses are run per row; gradients flow back through the
+      gather. Not under gradient checkpointing (no cache in training): one pass then.
+
+    Every prompt distinct: one pass."""
     rows = [tuple(p) for p in prompt_ids]
     distinct = list(dict.fromkeys(rows))
-    flag = "is_activation_checkpointing" if hasattr(model, "is_activation_checkpointing") else "is_gradient_checkpointing"
-    checkpointing = model.training and bool(getattr(model, flag, False))
-    if share_prefix and len(distinct) < len(rows) and not checkpointing:
-        return _shared_prefix_logits(model, distinct, rows, response_ids, response_mask, pad_id)
+    if share_prefix and len(distinct) < len(rows):
+        lengths = response_mask.long().sum(dim=1).clamp(min=1)  # [n] tokens each row is scored on
+        if _packing_supported(model, distinct, rows, lengths):
+            return _packed_logits(model, distinct, rows, response_ids, lengths, pad_id)
+        flag = "is_activation_checkpointing" if hasattr(model, "is_activation_checkpointing") else "is_gradient_checkpointing"
+        if not (model.training and bool(getattr(model, flag, False))):
+            return _shared_prefix_logits(model, distinct, rows, response_ids, response_mask, pad_id)
     device = _model_device(model)
     prompt, prompt_mask = left_pad(prompt_ids, pad_id)
     ids = torch.cat([prompt, response_ids.cpu()], dim=1).to(device)
@@ -339,6 +351,81 @@ def response_logits(
     # the first T of them predict response tokens 0..T-1.
     out = model(input_ids=ids, attention_mask=attention, position_ids=positions, use_cache=False, logits_to_keep=t + 1)
     return out.logits[:, :t]
+
+
+def _packing_supported(model, distinct, rows, lengths: torch.Tensor) -> bool:
+    """Packed scoring needs an attention kernel that takes a custom 4D mask, and (a custom mask
+    replaces the model's own) no sliding window shorter than a packed sequence."""
+    config = getattr(model, "config", None)
+    if getattr(config, "_attn_implementation", None) not in ("sdpa", "eager"):
+        return False
+    window = getattr(config, "sliding_window", None)
+    if window:
+        width = max(len(p) for p in distinct)
+        tails: dict[tuple[int, ...], int] = {}
+        for r, n in zip(rows, lengths.tolist()):
+            tails[r] = tails.get(r, 0) + n - 1
+        if width + max(tails.values()) > window:
+            return False
+    return True
+
+
+def _packed_logits(
+    model,
+    distinct: list[tuple[int, ...]],  # [u][P_j] the distinct prompts
+    rows: list[tuple[int, ...]],  # [n][P_i] each row's prompt (one of `distinct`)
+    response_ids: torch.Tensor,  # [n, T]
+    lengths: torch.Tensor,  # [n] response tokens to score per row (>= 1)
+    pad_id: int,
+) -> torch.Tensor:  # [n, T, V]
+    """One packed sequence per distinct prompt j (see `response_logits`):
+
+        columns  [ left pad | prompt_j (ends at column P-1) | r_a[:L_a-1] | r_b[:L_b-1] | ... | pad ]
+        segment    -1         0                               1+a           1+b                 -2
+
+    The prompt's last column predicts every member's token 0; member i's token k >= 1 is
+    predicted by the column holding its token k-1. A column attends causally within its own
+    segment and to the prompt; pad columns attend only to themselves."""
+    device = _model_device(model)
+    n, t = response_ids.shape
+    where = {p: j for j, p in enumerate(distinct)}
+    width = max(len(p) for p in distinct)  # P: every prompt ends at column P - 1
+    resp = response_ids.cpu()
+    tails = [0] * len(distinct)
+    offset = [0] * n  # where row i's segment starts, counted from column P
+    for i, r in enumerate(rows):
+        j = where[r]
+        offset[i], tails[j] = tails[j], tails[j] + int(lengths[i]) - 1
+    total = width + max(tails)
+    ids = torch.full((len(distinct), total), pad_id, dtype=torch.long)
+    segment = torch.full((len(distinct), total), -2, dtype=torch.long)
+    positions = torch.zeros((len(distinct), total), dtype=torch.long)
+    for j, p in enumerate(distinct):
+        segment[j, : width - len(p)] = -1
+        ids[j, width - len(p) : width] = torch.tensor(p, dtype=torch.long)
+        segment[j, width - len(p) : width] = 0
+        positions[j, width - len(p) : width] = torch.arange(len(p))
+    for i, r in enumerate(rows):
+        j, k = where[r], int(lengths[i]) - 1
+        start = width + offset[i]
+        ids[j, start : start + k] = resp[i, :k]
+        segment[j, start : start + k] = 1 + i
+        positions[j, start : start + k] = len(r) + torch.arange(k)
+    q, kv = segment.unsqueeze(2), segment.unsqueeze(1)  # [u, W, 1], [u, 1, W]
+    causal = torch.ones(total, total, dtype=torch.bool).tril()
+    allowed = (((kv == 0) & (q >= 0)) | ((q == kv) & (q > 0))) & causal
+    allowed |= torch.eye(total, dtype=torch.bool)  # pad columns see themselves: no empty softmax row
+    dtype = next(model.parameters()).dtype
+    mask = torch.zeros(allowed.shape, dtype=dtype).masked_fill_(~allowed, torch.finfo(dtype).min)
+    keep = total - width + 1  # logits of columns P-1 .. W-1
+    out = model(input_ids=ids.to(device), attention_mask=mask.unsqueeze(1).to(device),
+                position_ids=positions.to(device), use_cache=False, logits_to_keep=keep)
+    # row i, response token k: kept column 0 for k = 0, else 1 + offset_i + (k - 1); beyond the
+    # row's length any column will do (those positions are masked out by the caller)
+    k = torch.arange(t).unsqueeze(0)  # [1, T]
+    column = torch.where((k >= 1) & (k < lengths.cpu().unsqueeze(1)), torch.tensor(offset).unsqueeze(1) + k, 0)
+    prompt_of = torch.tensor([where[r] for r in rows]).unsqueeze(1).expand(n, t)
+    return out.logits[prompt_of.to(device), column.to(device)]  # [n, T, V]
 
 
 def _shared_prefix_logits(
