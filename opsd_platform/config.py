@@ -203,8 +203,8 @@ class TrainerConfig:
     )
     share_prompt_prefix: bool = field(
         default=True,
-        metadata={"help": "score each distinct prompt once per micro-batch and reuse its KV cache for the rows "
-                          "(samples) that share it; same loss to float precision, less compute"},
+        metadata={"help": "run each distinct prompt of a micro-batch once for the rows (samples) that share it "
+                          "(packed with a block mask, or its KV cache reused); same loss to float precision, less compute"},
     )
     checkpoint_every: int = field(
         default=10,
@@ -308,12 +308,13 @@ class TrainConfig:
 
 def config_hash(cfg: TrainConfig) -> str:
     """Short hash of what defines a configuration: everything but the seed, where it is logged,
-    and display-only trainer settings. Runs with equal hashes differ only by seed."""
+    and settings that change how it is computed, not what (threads, progress bar, checkpoints,
+    prefix sharing, batch sizes of the gap). Runs with equal hashes differ only by seed."""
     d = cfg.to_dict()
     d.pop("seed")
     d.pop("tracking")
-    display_only = ("progress_bar", "num_threads", "gradient_checkpointing", "share_prompt_prefix")
-    d["trainer"] = {k: v for k, v in d["trainer"].items() if k not in display_only}
+    how_not_what = ("progress_bar", "num_threads", "gradient_checkpointing", "share_prompt_prefix")
+    d["trainer"] = {k: v for k, v in d["trainer"].items() if k not in how_not_what}
     d.pop("resume")
     d["gap"] = {k: v for k, v in d["gap"].items() if k != "batch_size"}  # how, not what, it measures
     for key in ("checkpoint_every", "keep_checkpoints", "checkpoint_dir", "accelerator", "strategy"):

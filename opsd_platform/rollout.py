@@ -336,8 +336,9 @@ def response_logits(
     distinct = list(dict.fromkeys(rows))
     if share_prefix and len(distinct) < len(rows):
         lengths = response_mask.long().sum(dim=1).clamp(min=1)  # [n] tokens each row is scored on
-        if _packing_supported(model, distinct, rows, lengths):
-            return _packed_logits(model, distinct, rows, response_ids, lengths, pad_id)
+        layout = _PackLayout.of(distinct, rows, lengths)
+        if _packing_supported(model, layout.width):
+            return _packed_logits(model, layout, response_ids, pad_id)
         flag = "is_activation_checkpointing" if hasattr(model, "is_activation_checkpointing") else "is_gradient_checkpointing"
         if not (model.training and bool(getattr(model, flag, False))):
             return _shared_prefix_logits(model, distinct, rows, response_ids, response_mask, pad_id)
@@ -353,29 +354,43 @@ def response_logits(
     return out.logits[:, :t]
 
 
-def _packing_supported(model, distinct, rows, lengths: torch.Tensor) -> bool:
+@dataclass
+class _PackLayout:
+    """Where each row goes in the packed sequences (see `_packed_logits`)."""
+
+    distinct: list[tuple[int, ...]]  # [u][P_j] the distinct prompts
+    rows: list[tuple[int, ...]]  # [n][P_i] each row's prompt (one of `distinct`)
+    lengths: list[int]  # [n] response tokens scored per row (>= 1)
+    where: dict[tuple[int, ...], int]  # prompt -> its sequence j
+    offset: list[int]  # [n] where row i's segment starts, counted from column P
+    prompt_width: int  # P: every prompt ends at column P - 1
+    width: int  # W: columns of the widest packed sequence
+
+    @classmethod
+    def of(cls, distinct, rows, lengths: torch.Tensor) -> "_PackLayout":
+        where = {p: j for j, p in enumerate(distinct)}
+        tails, offset, lengths = [0] * len(distinct), [0] * len(rows), [int(x) for x in lengths.tolist()]
+        for i, r in enumerate(rows):
+            j = where[r]
+            offset[i], tails[j] = tails[j], tails[j] + lengths[i] - 1
+        prompt_width = max(len(p) for p in distinct)
+        return cls(distinct, rows, lengths, where, offset, prompt_width, prompt_width + max(tails))
+
+
+def _packing_supported(model, width: int) -> bool:
     """Packed scoring needs an attention kernel that takes a custom 4D mask, and (a custom mask
-    replaces the model's own) no sliding window shorter than a packed sequence."""
+    replaces the model's own) no sliding window shorter than a packed sequence of `width` columns."""
     config = getattr(model, "config", None)
     if getattr(config, "_attn_implementation", None) not in ("sdpa", "eager"):
         return False
     window = getattr(config, "sliding_window", None)
-    if window:
-        width = max(len(p) for p in distinct)
-        tails: dict[tuple[int, ...], int] = {}
-        for r, n in zip(rows, lengths.tolist()):
-            tails[r] = tails.get(r, 0) + n - 1
-        if width + max(tails.values()) > window:
-            return False
-    return True
+    return not window or width <= window
 
 
 def _packed_logits(
     model,
-    distinct: list[tuple[int, ...]],  # [u][P_j] the distinct prompts
-    rows: list[tuple[int, ...]],  # [n][P_i] each row's prompt (one of `distinct`)
+    layout: _PackLayout,
     response_ids: torch.Tensor,  # [n, T]
-    lengths: torch.Tensor,  # [n] response tokens to score per row (>= 1)
     pad_id: int,
 ) -> torch.Tensor:  # [n, T, V]
     """One packed sequence per distinct prompt j (see `response_logits`):
@@ -388,26 +403,19 @@ def _packed_logits(
     segment and to the prompt; pad columns attend only to themselves."""
     device = _model_device(model)
     n, t = response_ids.shape
-    where = {p: j for j, p in enumerate(distinct)}
-    width = max(len(p) for p in distinct)  # P: every prompt ends at column P - 1
+    u, width, total = len(layout.distinct), layout.prompt_width, layout.width
     resp = response_ids.cpu()
-    tails = [0] * len(distinct)
-    offset = [0] * n  # where row i's segment starts, counted from column P
-    for i, r in enumerate(rows):
-        j = where[r]
-        offset[i], tails[j] = tails[j], tails[j] + int(lengths[i]) - 1
-    total = width + max(tails)
-    ids = torch.full((len(distinct), total), pad_id, dtype=torch.long)
-    segment = torch.full((len(distinct), total), -2, dtype=torch.long)
-    positions = torch.zeros((len(distinct), total), dtype=torch.long)
-    for j, p in enumerate(distinct):
+    ids = torch.full((u, total), pad_id, dtype=torch.long)
+    segment = torch.full((u, total), -2, dtype=torch.long)
+    positions = torch.zeros((u, total), dtype=torch.long)
+    for j, p in enumerate(layout.distinct):
         segment[j, : width - len(p)] = -1
         ids[j, width - len(p) : width] = torch.tensor(p, dtype=torch.long)
         segment[j, width - len(p) : width] = 0
         positions[j, width - len(p) : width] = torch.arange(len(p))
-    for i, r in enumerate(rows):
-        j, k = where[r], int(lengths[i]) - 1
-        start = width + offset[i]
+    for i, r in enumerate(layout.rows):
+        j, k = layout.where[r], layout.lengths[i] - 1
+        start = width + layout.offset[i]
         ids[j, start : start + k] = resp[i, :k]
         segment[j, start : start + k] = 1 + i
         positions[j, start : start + k] = len(r) + torch.arange(k)
@@ -423,8 +431,9 @@ def _packed_logits(
     # row i, response token k: kept column 0 for k = 0, else 1 + offset_i + (k - 1); beyond the
     # row's length any column will do (those positions are masked out by the caller)
     k = torch.arange(t).unsqueeze(0)  # [1, T]
-    column = torch.where((k >= 1) & (k < lengths.cpu().unsqueeze(1)), torch.tensor(offset).unsqueeze(1) + k, 0)
-    prompt_of = torch.tensor([where[r] for r in rows]).unsqueeze(1).expand(n, t)
+    inside = (k >= 1) & (k < torch.tensor(layout.lengths).unsqueeze(1))
+    column = torch.where(inside, torch.tensor(layout.offset).unsqueeze(1) + k, 0)
+    prompt_of = torch.tensor([layout.where[r] for r in layout.rows]).unsqueeze(1).expand(n, t)
     return out.logits[prompt_of.to(device), column.to(device)]  # [n, T, V]
 
 
