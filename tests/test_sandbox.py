@@ -154,7 +154,7 @@ def test_infinite_loop_times_out_within_the_wall_limit():
     r = hostile("while True:\n    pass\n", limits=SandboxLimits(wall_s=1.0))
     elapsed = time.monotonic() - t0
     assert r.status == "timeout" and r.returncode is None
-    assert elapsed < 1.0 + 1.5
+    assert elapsed < 1.0 + 5.0  # killed at the limit (margin for sandbox start-up on a loaded machine)
 
 
 def test_cpu_limit():
