@@ -184,6 +184,12 @@ class OptimConfig:
     lr: float = field(default=1e-5, metadata={"help": "AdamW learning rate (constant)"})
     weight_decay: float = field(default=0.01, metadata={"help": "AdamW weight decay"})
     grad_clip: float = field(default=1.0, metadata={"help": "max gradient norm (0 = off)"})
+    fused: bool = field(
+        default=True,
+        metadata={"help": "torch's fused AdamW kernel (one pass over all parameters; same update to float precision, "
+                          "~7x less optimizer time on CPU than the per-parameter loop torch uses there by default); "
+                          "falls back to that loop where fused is unsupported"},
+    )
 
     def __post_init__(self) -> None:
         _check(self.lr > 0, "optim.lr", f"must be > 0, got {self.lr}")
@@ -317,6 +323,7 @@ def config_hash(cfg: TrainConfig) -> str:
     d["trainer"] = {k: v for k, v in d["trainer"].items() if k not in how_not_what}
     d.pop("resume")
     d["gap"] = {k: v for k, v in d["gap"].items() if k != "batch_size"}  # how, not what, it measures
+    d["optim"] = {k: v for k, v in d["optim"].items() if k != "fused"}  # the same update, another kernel
     for key in ("checkpoint_every", "keep_checkpoints", "checkpoint_dir", "accelerator", "strategy"):
         d["trainer"].pop(key)
     if d["trainer"]["devices"] == 1:  # more ranks sample more problems per step; one keeps older hashes

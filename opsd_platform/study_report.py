@@ -385,7 +385,12 @@ def write_comparison(results: Mapping[str, Any], settings, progress: Callable[[s
     plt = _pyplot()
     fig, axes = plt.subplots(1, 3, figsize=(11, 3.6))
     for ax, key, label in zip(axes, ("seconds", "tokens", "best_improvement"), ("seconds", "tokens generated", "best improvement")):
-        ax.bar(table["arm"], table[key], color=["C7", "C0", "C3"][: len(table)])
+        bars = ax.bar(table["arm"], table[key], color=["C7", "C0", "C3"][: len(table)])
+        # Values on the bars: a zero-height bar (a best of exactly +0.000) is otherwise invisible.
+        fmt = "{:+.3f}" if key == "best_improvement" else "{:,.0f}"
+        ax.bar_label(bars, labels=[fmt.format(v) if v == v else "n/a" for v in table[key]], fontsize=8)
+        ax.axhline(0, color="black", lw=0.6)
+        ax.margins(y=0.15)
         ax.set_title(label, fontsize=9)
     fig.suptitle(f"{settings.study}: the same {settings.n_trials}-trial search, three pruners", fontsize=10)
     fig.tight_layout()

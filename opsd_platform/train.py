@@ -223,7 +223,7 @@ PROCESS_TAG = "opsd.process"  # host:pid of the process training the run
 RESUME_MAY_CHANGE = {
     "resume", "tracking.run_name", "trainer.progress_bar", "trainer.num_threads", "trainer.checkpoint_every",
     "trainer.keep_checkpoints", "trainer.checkpoint_dir", "trainer.gradient_checkpointing",
-    "trainer.share_prompt_prefix",
+    "trainer.share_prompt_prefix", "optim.fused",
 }
 
 

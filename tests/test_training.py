@@ -50,6 +50,16 @@ def test_one_step_changes_every_trainable_parameter(tiny_overrides, teacher):
             assert torch.equal(t, before[name]), name
 
 
+def test_fused_adamw_makes_the_same_steps_as_the_default_loop(tiny_overrides):
+    base = tiny_overrides + ["trainer.max_steps=2", "context=reference", "optim.lr=1e-3", "trainer.validate=false"]
+    fused = fit(train_config(base + ["optim.fused=true"]))
+    loop = fit(train_config(base + ["optim.fused=false"]))
+    assert fused.optimizers().optimizer.defaults["fused"] and not loop.optimizers().optimizer.defaults["fused"]
+    assert [h["train/loss"] for h in fused.history] == pytest.approx([h["train/loss"] for h in loop.history], rel=1e-4)
+    for (name, a), b in zip(fused.policy.named_parameters(), loop.policy.parameters()):
+        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-6, msg=name)
+
+
 def test_lora_updates_only_the_adapter(tiny_overrides):
     cfg = train_config(tiny_overrides + ["trainer.max_steps=1", "context=reference", "optim.lr=1e-2",
                                          "trainer.validate=false", "teacher.kind=fixed", "model.lora.enabled=true",
