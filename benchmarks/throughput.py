@@ -12,7 +12,7 @@ job, one after the other.
 
 Equal settings: 4 prompts x 4 samples per step (16 completions), at most 48 new tokens, sampling
 at temperature 1, reverse KL on the student's top-20 tokens plus a tail bucket, EMA teacher (rate
-0.05), AdamW lr 1e-5 constant, weight decay 0.01, grad clip 1.0, fp32, no gradient checkpointing,
+0.05), AdamW (torch's fused kernel in both) lr 1e-5 constant, weight decay 0.01, grad clip 1.0, fp32, no gradient checkpointing,
 HF generate for both. The teacher sees the problem plus its reference solution for every sample
 (our ``context=reference``; TRL's environment-feedback reprompt with the same text as
 ``privileged_context``). Rewards come from the same arithmetic judge.
@@ -58,7 +58,7 @@ def our_config(model: str, steps: int, seed: int = 0, engine: str = "hf", share_
         "rollout.prompts_per_step=4", "rollout.samples_per_prompt=4", "rollout.max_new_tokens=48",
         "rollout.temperature=1.0", "rollout.top_p=1.0", "rollout.batch_size=16", "loss.divergence=reverse",
         "loss.support=topk", "loss.top_k=20", "teacher.kind=ema", "teacher.ema_rate=0.05", "optim.lr=1e-5",
-        "optim.weight_decay=0.01", "optim.grad_clip=1.0", f"trainer.max_steps={steps}", "trainer.validate=false",
+        "optim.fused=true", "optim.weight_decay=0.01", "optim.grad_clip=1.0", f"trainer.max_steps={steps}", "trainer.validate=false",
         "trainer.progress_bar=false", f"seed={seed}", "tracking.uri=sqlite:////tmp/opsd-bench-unused.db",
         f"rollout.engine={engine}", f"trainer.share_prompt_prefix={str(share_prefix).lower()}",
     ]
@@ -171,6 +171,7 @@ def run_trl(args) -> dict:
         per_device_train_batch_size=cfg.rollout.prompts_per_step * n, num_generations=n,
         max_completion_length=cfg.rollout.max_new_tokens, temperature=1.0, top_p=1.0, top_k=0,
         learning_rate=cfg.optim.lr, lr_scheduler_type="constant", weight_decay=cfg.optim.weight_decay,
+        optim="adamw_torch_fused",  # transformers' default with torch >= 2.8, named here to be sure
         max_grad_norm=cfg.optim.grad_clip, max_steps=total, logging_steps=1, report_to="none",
         save_strategy="no", seed=cfg.seed, use_vllm=False, gradient_checkpointing=False,
         distillation_mode="topk_logits", distillation_topk=cfg.loss.top_k, distillation_add_tail=True,

@@ -77,9 +77,9 @@ from opsd_platform.worlds.base import World
 
 def adamw(params: list[torch.nn.Parameter], lr: float, weight_decay: float, fused: bool) -> torch.optim.AdamW:
     """AdamW, with torch's fused kernel when asked and torch has one for these parameters. Without
-    it torch updates CPU parameters one tensor and one elementwise op at a time: ~0.5 s per step for
-    a 135M model on one thread, against ~0.08 s fused (benchmarks/README.md). Same update to float
-    precision (tests/test_training.py)."""
+    it torch updates CPU parameters one tensor and one elementwise op at a time: ~0.4 s per step
+    for a 135M model on one thread, against ~0.08 s fused (``python -m benchmarks.optimizer``).
+    Same update to float precision (tests/test_training.py)."""
     if fused:
         try:
             return torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay, fused=True)
