@@ -122,7 +122,7 @@ def measure_gap_cost(cfg, model, tok, args) -> dict:
     from opsd_platform.train import measure_initial_gap
     from opsd_platform.worlds import make_world
 
-    engine = make_engine(cfg.rollout.engine, model, tok, cfg.rollout.batch_size)
+    engine = make_engine(cfg.rollout.engine, model, tok, cfg.rollout.batch_size, share_prefix=cfg.trainer.share_prompt_prefix)
     c, w = time.process_time(), time.perf_counter()
     gap = measure_initial_gap(cfg, engine, make_world(cfg.world, seed=cfg.seed))
     return {"cpu_s": time.process_time() - c, "wall_s": time.perf_counter() - w, "problems": gap.n_problems,

@@ -148,7 +148,8 @@ class OPSDModule(L.LightningModule):
         self.teacher = Teacher(cfg.teacher.kind, model, cfg.teacher.ema_rate)
         if cfg.trainer.gradient_checkpointing:  # after the teacher copy: it never needs it
             model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
-        self.engine = make_engine(cfg.rollout.engine, model, tokenizer, cfg.rollout.batch_size, seed=cfg.seed)
+        self.engine = make_engine(cfg.rollout.engine, model, tokenizer, cfg.rollout.batch_size, seed=cfg.seed,
+                                  share_prefix=cfg.trainer.share_prompt_prefix)
         self.train_problems = world.problems("train")
         self.val_problems = world.problems("val")
         if not self.train_problems or not self.val_problems:

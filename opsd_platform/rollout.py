@@ -170,12 +170,18 @@ class _SampledLogprobs:
 class HFGenerateEngine:
     """Batched sampling with ``model.generate`` (CPU or GPU); the reference rollout engine.
 
-    It samples from the policy module itself, so ``sync_weights`` has nothing to do."""
+    It samples from the policy module itself, so ``sync_weights`` has nothing to do. With
+    ``share_prefix``, the rows of a micro-batch that share a prompt (the n samples of a problem)
+    share its prefill: each distinct prompt but its last token is run once with the KV cache on,
+    the cache is gathered out to the rows, and ``generate`` goes on from it (the same tokens and
+    random draws as without; ``tests/test_rollout.py``). The prefill of the prompts is most of a
+    short rollout's compute on CPU."""
 
-    def __init__(self, model, tokenizer, batch_size: int = 16):
+    def __init__(self, model, tokenizer, batch_size: int = 16, share_prefix: bool = True):
         self.model = model
         self.tokenizer = tokenizer
         self.batch_size = batch_size
+        self.share_prefix = share_prefix
 
     def sync_weights(self, model: torch.nn.Module) -> None:
         if model is not self.model:
@@ -206,6 +212,8 @@ class HFGenerateEngine:
             for sl in chunks(len(rows), self.batch_size):
                 ids, mask = left_pad(rows[sl], tok.pad_token_id)
                 sampling = dict(do_sample=True, temperature=temperature, top_p=top_p, top_k=0) if temperature > 0 else dict(do_sample=False)
+                if self.share_prefix:
+                    sampling.update(self._shared_prefill(rows[sl], device))
                 recorder = _SampledLogprobs()
                 out = self.model.generate(
                     input_ids=ids.to(device),
@@ -222,6 +230,26 @@ class HFGenerateEngine:
         finally:
             self.model.train(was_training)
         return _pack(rows, group, pieces, tok, eos)
+
+
+    def _shared_prefill(self, rows: list[list[int]], device) -> dict:
+        """``{"past_key_values": cache}`` holding each row's prompt but its last token, computed
+        once per distinct prompt; ``{}`` when every prompt differs or is one token long."""
+        keyed = [tuple(r) for r in rows]
+        distinct = list(dict.fromkeys(keyed))
+        if len(distinct) == len(keyed) or min(map(len, distinct)) < 2:
+            return {}
+        where = {p: j for j, p in enumerate(distinct)}
+        index = torch.tensor([where[r] for r in keyed], dtype=torch.long, device=device)  # [n] row -> prompt
+        # The distinct prompts left-padded to the same width as the rows, so the gathered cache
+        # lines up with generate's input; positions as generate computes them from the mask.
+        prompt, mask = left_pad(distinct, self.tokenizer.pad_token_id)  # [u, P]
+        prompt, mask = prompt[:, :-1].to(device), mask[:, :-1].to(device)
+        positions = (mask.cumsum(dim=1) - 1).masked_fill(mask == 0, 1)
+        out = self.model(input_ids=prompt, attention_mask=mask, position_ids=positions, use_cache=True, logits_to_keep=1)
+        cache = out.past_key_values
+        cache.batch_select_indices(index)
+        return {"past_key_values": cache}
 
 
 def vllm_available() -> bool:
@@ -297,10 +325,12 @@ class VLLMEngine:
         return _pack(rows, group, pieces, tok, self.eos)
 
 
-def make_engine(name: str, model, tokenizer, batch_size: int = 16, seed: int = 0) -> RolloutEngine:
-    """The rollout engine `rollout.engine` names, for `model`."""
+def make_engine(name: str, model, tokenizer, batch_size: int = 16, seed: int = 0,
+                share_prefix: bool = True) -> RolloutEngine:
+    """The rollout engine `rollout.engine` names, for `model` (``share_prefix``: HF's shared
+    prefill; vLLM shares prompts through its prefix cache anyway)."""
     if name == "hf":
-        return HFGenerateEngine(model, tokenizer, batch_size)
+        return HFGenerateEngine(model, tokenizer, batch_size, share_prefix=share_prefix)
     if name == "vllm":
         return VLLMEngine(model, tokenizer, seed=seed)
     raise ValueError(f"rollout.engine: unknown value {name!r}; valid: {', '.join(ENGINES)}")

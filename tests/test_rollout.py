@@ -50,6 +50,35 @@ def test_hf_engine_returns_the_raw_log_probs_of_its_samples(tiny):
     assert (ro.logprobs[ro.response_mask] < 0).all()
 
 
+def test_hf_shared_prefill_gives_the_same_samples_and_log_probs(tiny):
+    """The n samples of a problem share its prompt's prefill (one pass per distinct prompt, the
+    cache gathered out to the rows): the same tokens, the same random draws, the same log-probs as
+    prefilling every row, also when a micro-batch splits a problem's samples and prompt lengths differ."""
+    model, tok = tiny
+    model = model.double()
+    messages = ["What is 2 + 3?", "Reverse the string 'abcdef' please.", "Hi"]
+    widths = []
+    hook = model.register_forward_pre_hook(lambda m, a, kw: widths.append(tuple(kw["input_ids"].shape)), with_kwargs=True)
+    runs = {}
+    for share in (False, True):
+        widths.clear()
+        torch.manual_seed(7)
+        runs[share] = HFGenerateEngine(model, tok, batch_size=4, share_prefix=share).generate(
+            messages, n=3, max_new_tokens=10, temperature=1.0)
+        runs[f"widths{share}"] = list(widths)
+    hook.remove()
+    plain, shared = runs[False], runs[True]
+    assert torch.equal(plain.response_ids, shared.response_ids) and torch.equal(plain.response_mask, shared.response_mask)
+    torch.testing.assert_close(shared.logprobs, plain.logprobs, rtol=1e-9, atol=1e-9)
+    # with sharing: a prefill over the distinct prompts (3 rows: [p0 p0 p0 p1], [p1 p1 p2 p2],
+    # [p2]: the last batch has one row, so no prefill), and generate's first pass is one token wide
+    full = [w for w in runs["widthsFalse"] if w[0] == 4 and w[1] > 1]  # without: each row's whole prompt
+    assert len(full) == 2
+    prefills = [w for w in runs["widthsTrue"] if w[0] == 2]
+    assert prefills == [(2, width - 1) for _, width in full]  # with: 2 distinct prompts, all but the last token
+    assert max(w[1] for w in runs["widthsTrue"] if w[0] == 4) == 1  # generate went on from the cache
+
+
 @pytest.mark.parametrize("name", ["hf", pytest.param("vllm", marks=pytest.mark.skipif(
     not vllm_available(), reason="vLLM is not installed here (make vllm-env, then run this test with .venv-vllm)"))])
 def test_engine_samples_from_the_updated_policy(tiny, name):
