@@ -191,6 +191,14 @@ def cmd_fit_law(overrides: Sequence[str]) -> int:
             print(f"leave-one-{group}-out: MAE {res['mae']:.4f}, RMSE {res['rmse']:.4f}, coverage {res['coverage']:.0%}")
         for skip in res.get("skipped", []):
             print(f"leave-one-{group}-out skipped {skip['group']}: {skip['reason']}")
+    if len(report.families.get("families", {})) > 1:  # several families: each one's own law
+        for name, fam in report.families["families"].items():
+            if fam.get("fit") is None:
+                print(f"family {name} ({fam['n_configs']} configurations): no own law ({fam.get('note')})")
+            else:
+                lo, hi = fam["slope_ci"]
+                print(f"family {name} ({fam['n_configs']} configurations): slope {fam['slope']:.4g} "
+                      f"[{lo:.4g}, {hi:.4g}], intercept {fam['intercept']:.4g}, R^2 {fam['r2']:.3f}")
     eq = report.families.get("equal_slopes", {})
     print("equal slopes across families: " + (f"F={eq['F']:.3f}, p={eq['p']:.3g}" if "p" in eq else eq.get("note", "n/a")))
     print(f"plot: {report.plot}")

@@ -613,7 +613,7 @@ def grouped_holdout(points: pd.DataFrame, group: str, **fit_kwargs: Any) -> dict
         try:
             fit = fit_law(pts[~pts["config"].isin(held["config"])], **fit_kwargs)
         except LawError as exc:
-            skipped.append({"group": value, "reason": str(exc)})
+            skipped.append({"group": value, "reason": f"the law fitted without it: {exc}"})
             continue
         part = _holdout_rows(fit, held)
         part.insert(0, "group", value)

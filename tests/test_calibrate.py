@@ -75,6 +75,20 @@ def test_points_of_several_calibrations_are_collected_together(tmp_path):
         collect_points(uri, "opsd", calibration=["x", "y"])
 
 
+def test_fit_law_over_two_families_prints_each_family_law_and_the_equal_slope_test(tmp_path, capsys):
+    uri = f"sqlite:///{tmp_path}/mlflow.db"
+    gaps = [("none", 0.0), ("feedback", 0.1), ("peer_solution", 0.2), ("reference", 0.4)]
+    log_points(uri, [(c, 0, g, 0.5 * g + 0.01 * i) for i, (c, g) in enumerate(gaps)], calibration="fam-a", family="a")
+    log_points(uri, [(c, 0, g, 1.5 * g - 0.01 * i) for i, (c, g) in enumerate(gaps)], calibration="fam-b", family="b")
+    assert main(["fit-law", f"tracking.uri={uri}", "law.calibrations=[fam-a,fam-b]"]) == 0
+    out = capsys.readouterr().out
+    slopes = {line.split()[1]: float(line.split("slope ")[1].split()[0]) for line in out.splitlines() if line.startswith("family ")}
+    assert slopes == pytest.approx({"a": 0.5, "b": 1.5}, abs=0.1)
+    p = float(out.split("equal slopes across families: F=")[1].split("p=")[1].split()[0])
+    assert p < 0.01  # slopes 0.5 and 1.5 with little noise: the test tells them apart
+    assert "leave-one-family-out: MAE" in out
+
+
 def test_fit_law_registers_a_champion_loadable_from_plain_python(tmp_path, capsys):
     uri = f"sqlite:///{tmp_path}/mlflow.db"
     gaps = {"none": 0.0, "static": 0.05, "feedback": 0.1, "peer_solution": 0.2, "reference": 0.4}
