@@ -231,7 +231,6 @@ class HFGenerateEngine:
             self.model.train(was_training)
         return _pack(rows, group, pieces, tok, eos)
 
-
     def _shared_prefill(self, rows: list[list[int]], device) -> dict:
         """``{"past_key_values": cache}`` holding each row's prompt but its last token, computed
         once per distinct prompt; ``{}`` when every prompt differs or is one token long."""
