@@ -56,7 +56,7 @@ def main(argv: list[str] | None = None) -> int:
         rows.append({"implementation": name, "cpu_s_per_step": cpu_s})
     base = rows[0]["cpu_s_per_step"]
     print(f"AdamW on {n / 1e6:.1f}M parameters (SmolLM2-135M shapes), {args.threads} thread(s), best of {args.repeats}")
-    print(f"| implementation | CPU-s per step | vs default |\n|---|---|---|")
+    print("| implementation | CPU-s per step | vs default |\n|---|---|---|")
     for r in rows:
         r["speedup_vs_default"] = base / r["cpu_s_per_step"]
         print(f"| {r['implementation']} | {r['cpu_s_per_step']:.3f} | {r['speedup_vs_default']:.1f}x |")

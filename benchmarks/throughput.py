@@ -13,9 +13,9 @@ job, one after the other.
 Equal settings: 4 prompts x 4 samples per step (16 completions), at most 48 new tokens, sampling
 at temperature 1, reverse KL on the student's top-20 tokens plus a tail bucket, EMA teacher (rate
 0.05), AdamW (torch's fused kernel in both) lr 1e-5 constant, weight decay 0.01, grad clip 1.0,
-fp32, no gradient checkpointing, HF generate for both (``--engine vllm``: vLLM for ours). The teacher sees the problem plus its reference solution for every sample
-(our ``context=reference``; TRL's environment-feedback reprompt with the same text as
-``privileged_context``). Rewards come from the same arithmetic judge.
+fp32, no gradient checkpointing, HF generate for both (``--engine vllm``: vLLM for ours). The
+teacher sees the problem plus its reference solution for every sample (our ``context=reference``;
+TRL's environment-feedback reprompt with the same text as ``privileged_context``). Rewards come from the same arithmetic judge.
 
 Also measured: the per-token loss of both implementations on one shared batch (same logits), and
 one gap measurement's CPU cost as a share of a 50-step training run.

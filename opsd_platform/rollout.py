@@ -238,16 +238,9 @@ class HFGenerateEngine:
         distinct = list(dict.fromkeys(keyed))
         if len(distinct) == len(keyed) or min(map(len, distinct)) < 2:
             return {}
-        where = {p: j for j, p in enumerate(distinct)}
-        index = torch.tensor([where[r] for r in keyed], dtype=torch.long, device=device)  # [n] row -> prompt
-        # The distinct prompts left-padded to the same width as the rows, so the gathered cache
-        # lines up with generate's input; positions as generate computes them from the mask.
-        prompt, mask = left_pad(distinct, self.tokenizer.pad_token_id)  # [u, P]
-        prompt, mask = prompt[:, :-1].to(device), mask[:, :-1].to(device)
-        positions = (mask.cumsum(dim=1) - 1).masked_fill(mask == 0, 1)
-        out = self.model(input_ids=prompt, attention_mask=mask, position_ids=positions, use_cache=True, logits_to_keep=1)
-        cache = out.past_key_values
-        cache.batch_select_indices(index)
+        # The distinct prompts are left-padded to the rows' width, so the cache lines up with
+        # generate's input, whose last column generate then runs itself.
+        _, cache, _, _ = _prompt_cache(self.model, distinct, keyed, self.tokenizer.pad_token_id, drop_last=True)
         return {"past_key_values": cache}
 
 
@@ -466,6 +459,31 @@ def _packed_logits(
     return out.logits[prompt_of.to(device), column.to(device)]  # [n, T, V]
 
 
+def _prompt_cache(
+    model,
+    distinct: list[tuple[int, ...]],  # [u][P_j] the distinct prompts
+    rows: list[tuple[int, ...]],  # [n][P_i] each row's prompt (one of `distinct`)
+    pad_id: int,
+    drop_last: bool = False,
+) -> tuple[torch.Tensor, object, torch.Tensor, torch.Tensor]:
+    """Run each distinct prompt once, left-padded to one width P (without its last column when
+    ``drop_last``), with the KV cache on, and gather the cache out to the rows. Returns the logits
+    of each prompt's last column [u, 1, V], the rows' cache, the prompts' mask [u, P] and the
+    index [n] of each row's prompt. Shared by scoring and the HF engine's prefill."""
+    device = _model_device(model)
+    where = {p: j for j, p in enumerate(distinct)}
+    index = torch.tensor([where[r] for r in rows], dtype=torch.long, device=device)  # [n] row -> prompt
+    prompt, mask = left_pad(distinct, pad_id)  # [u, P]
+    if drop_last:
+        prompt, mask = prompt[:, :-1], mask[:, :-1]
+    prompt, mask = prompt.to(device), mask.to(device)
+    positions = (mask.cumsum(dim=1) - 1).clamp(min=0)
+    out = model(input_ids=prompt, attention_mask=mask, position_ids=positions, use_cache=True, logits_to_keep=1)
+    cache = out.past_key_values
+    cache.batch_select_indices(index)
+    return out.logits, cache, mask, index
+
+
 def _shared_prefix_logits(
     model,
     distinct: list[tuple[int, ...]],  # [u][P_j] the distinct prompts
@@ -475,21 +493,14 @@ def _shared_prefix_logits(
     pad_id: int,
 ) -> torch.Tensor:  # [n, T, V]
     device = _model_device(model)
-    where = {p: j for j, p in enumerate(distinct)}
-    index = torch.tensor([where[r] for r in rows], dtype=torch.long, device=device)  # [n] row -> prompt
-    prompt, prompt_mask = left_pad(distinct, pad_id)  # [u, P]
-    prompt, prompt_mask = prompt.to(device), prompt_mask.to(device)
-    positions = (prompt_mask.cumsum(dim=1) - 1).clamp(min=0)
-    # 1. each distinct prompt once; its last logits predict response token 0
-    out = model(input_ids=prompt, attention_mask=prompt_mask, position_ids=positions, use_cache=True, logits_to_keep=1)
-    first = out.logits[index]  # [n, 1, V]
+    # 1. each distinct prompt once; its last logits predict response token 0; the cache goes out
+    #    to the rows by an index, so gradients reach the shared pass
+    last, cache, prompt_mask, index = _prompt_cache(model, distinct, rows, pad_id)
+    first = last[index]  # [n, 1, V]
     t = response_ids.shape[1]
     if t == 1:
         return first
-    # 2. the cache out to the rows (an index, so gradients reach the shared pass), then each
-    #    row's response tokens 0..T-2 predict tokens 1..T-1, positions continuing its prompt's
-    cache = out.past_key_values
-    cache.batch_select_indices(index)
+    # 2. each row's response tokens 0..T-2 predict tokens 1..T-1, positions continuing its prompt's
     resp = response_ids[:, : t - 1].to(device)
     resp_mask = response_mask[:, : t - 1].to(device).long()
     attention = torch.cat([prompt_mask[index], resp_mask], dim=1)  # [n, P + T - 1]
