@@ -8,7 +8,11 @@ Run it from the benchmark environment (``make bench-env``: the project + ``trl``
 child process (so peak memory is its own), torch pinned to ``--threads`` threads (default 1), and
 the figure of merit is *process CPU seconds per optimizer step*, median over ``--steps`` steps
 after ``--warmup`` warm-up steps; wall seconds are reported too. Both contenders run in this one
-job, one after the other.
+job, one after the other; ``--repeat N`` runs N interleaved rounds (round r with seed r) and pools
+their steps, so a slow drift of a shared machine hits both and the samples' lengths average over
+seeds. Our HF engine draws its tokens with its own sampler (same distribution, other draws than
+TRL's ``generate``), so the two trainers' responses differ in length by chance: the table gives
+CPU-s per response token too.
 
 Equal settings: 4 prompts x 4 samples per step (16 completions), at most 48 new tokens, sampling
 at temperature 1, reverse KL on the student's top-20 tokens plus a tail bucket, EMA teacher (rate
@@ -77,7 +81,7 @@ def run_ours(args, share_prefix: bool = True) -> dict:
 
     _threads(args.threads)
     total = args.warmup + args.steps
-    cfg = our_config(args.model, total, engine=args.engine, share_prefix=share_prefix)
+    cfg = our_config(args.model, total, seed=args.seed, engine=args.engine, share_prefix=share_prefix)
     L.seed_everything(cfg.seed, verbose=False)
     model, tok = load_policy(cfg.model, seed=cfg.seed)
     module = OPSDModule(cfg, model, tok, make_world(cfg.world, seed=cfg.seed))
@@ -110,6 +114,8 @@ def run_ours(args, share_prefix: bool = True) -> dict:
         "loss_first_last": [module.history[0]["train/loss"], module.history[-1]["train/loss"]],
         "peak_rss_mb": _peak_rss_mb(),
         "steps_measured": len(cpu) - args.warmup,
+        "cpu_s_steps": cpu[args.warmup :],
+        "wall_s_steps": wall[args.warmup :],
     }
     if args.gap and share_prefix:
         result["gap"] = measure_gap_cost(cfg, model, tok, args)
@@ -146,7 +152,7 @@ def run_trl(args) -> dict:
 
     _threads(args.threads)
     total = args.warmup + args.steps
-    cfg = our_config(args.model, total)
+    cfg = our_config(args.model, total, seed=args.seed)
     world = make_world(cfg.world, seed=cfg.seed)
     problems = world.problems("train")
     model, tok = load_policy(cfg.model, seed=cfg.seed)
@@ -231,6 +237,8 @@ def run_trl(args) -> dict:
         "loss_first_last": [losses[0], losses[-1]] if losses else None,
         "peak_rss_mb": _peak_rss_mb(),
         "steps_measured": len(cpu) - w0,
+        "cpu_s_steps": cpu[w0:],
+        "wall_s_steps": wall[w0:],
     }
 
 
@@ -244,7 +252,8 @@ def loss_check(args) -> dict:
     from opsd_platform.contexts import build_for_rollouts
     from opsd_platform.losses import token_divergence
     from opsd_platform.models import load_policy
-    from opsd_platform.rollout import HFGenerateEngine, chat_ids, response_logits
+    from opsd_platform.packing import response_logits
+    from opsd_platform.rollout import HFGenerateEngine, chat_ids
     from opsd_platform.scoring import micro_batch_loss, scoring_with
     from opsd_platform.worlds import make_world
     from trl.experimental.sdpo.loss_utils import compute_topk_self_distillation_loss
@@ -284,13 +293,35 @@ def loss_check(args) -> dict:
 def _child(kind: str, args, out: Path) -> dict:
     cmd = [sys.executable, "-m", "benchmarks.throughput", "--worker", kind, "--result", str(out),
            "--model", args.model, "--steps", str(args.steps), "--warmup", str(args.warmup),
-           "--threads", str(args.threads), "--engine", args.engine] + ([] if args.gap and kind == "ours" else ["--no-gap"])
+           "--threads", str(args.threads), "--engine", args.engine, "--seed", str(args.seed)] + ([] if args.gap and kind == "ours" else ["--no-gap"])
     env = {**os.environ, "OMP_NUM_THREADS": str(args.threads), "TOKENIZERS_PARALLELISM": "false"}
     print(f"[bench] {kind}: {' '.join(cmd)}", flush=True)
     started = time.perf_counter()
     subprocess.run(cmd, check=True, env=env)
     result = json.loads(out.read_text())
     print(f"[bench] {kind}: done in {time.perf_counter() - started:.0f} s", flush=True)
+    return result
+
+
+ROWS_PER_STEP = 16  # 4 prompts x 4 samples, both contenders
+
+
+def pooled(rounds: list[dict]) -> dict:
+    """One contender's rounds as one result: medians over every round's steps, token counts and
+    rates averaged over the rounds, the gap from the round that measured it."""
+    if len(rounds) == 1:
+        return rounds[0]
+    result = dict(rounds[0])
+    for key in ("cpu_s", "wall_s"):
+        steps = [x for r in rounds for x in r[f"{key}_steps"]]
+        result[f"{key}_steps"], result[f"{key}_per_step"] = steps, statistics.median(steps)
+    for key in ("mean_response_tokens", "rollout_tokens_per_s", "teacher_tokens_per_s"):
+        result[key] = statistics.mean(r[key] for r in rounds)
+    result["peak_rss_mb"] = max(r["peak_rss_mb"] for r in rounds)
+    result["phases_s"] = {k: statistics.mean(r["phases_s"][k] for r in rounds) for k in rounds[0]["phases_s"]}
+    result["per_round"] = [{"seed": i, "cpu_s_per_step": r["cpu_s_per_step"], "mean_response_tokens": r["mean_response_tokens"]}
+                           for i, r in enumerate(rounds)]
+    result["steps_measured"] = sum(r["steps_measured"] for r in rounds)
     return result
 
 
@@ -303,6 +334,8 @@ def table(results: dict) -> str:
         ("rollout tokens/s (wall)", lambda r: r["rollout_tokens_per_s"], "{:.1f}"),
         ("teacher-scoring tokens/s (wall)", lambda r: r["teacher_tokens_per_s"], "{:.1f}"),
         ("mean response tokens", lambda r: r["mean_response_tokens"], "{:.1f}"),
+        ("CPU-s per 1000 response tokens (median step / mean tokens)",
+         lambda r: 1000 * r["cpu_s_per_step"] / (ROWS_PER_STEP * r["mean_response_tokens"]), "{:.2f}"),
         ("peak RSS (MB)", lambda r: r["peak_rss_mb"], "{:.0f}"),
     ]
     show = lambda v, fmt: fmt.format(v) if v is not None else "-"  # noqa: E731
@@ -325,6 +358,10 @@ def main(argv=None) -> int:
     parser.add_argument("--contenders", default="ours,trl",
                         help="comma list of ours, ours-noshare (trainer.share_prompt_prefix=false), trl")
     parser.add_argument("--no-gap", dest="gap", action="store_false", help="skip the gap cost measurement")
+    parser.add_argument("--repeat", type=int, default=1,
+                        help="rounds of all contenders, interleaved (ours, trl, ours, trl, ...), round r with seed r; "
+                             "the medians pool every round's steps (slow drifts of a shared machine hit both)")
+    parser.add_argument("--seed", type=int, default=0, help=argparse.SUPPRESS)
     parser.add_argument("--out", default=os.environ.get("OUT", "bench_out"), help="output folder")
     parser.add_argument("--worker", choices=["ours", "ours-noshare", "trl", "loss"], help=argparse.SUPPRESS)
     parser.add_argument("--result", help=argparse.SUPPRESS)
@@ -342,8 +379,14 @@ def main(argv=None) -> int:
     out.mkdir(parents=True, exist_ok=True)
     results: dict = {"settings": {k: v for k, v in vars(args).items() if k not in ("worker", "result")},
                      "started": time.strftime("%Y-%m-%d %H:%M:%S")}
-    for kind in [c.strip() for c in args.contenders.split(",") if c.strip()]:
-        results[kind] = _child(kind, args, out / f"{kind}.json")
+    kinds = [c.strip() for c in args.contenders.split(",") if c.strip()]
+    rounds: dict[str, list[dict]] = {k: [] for k in kinds}
+    for r in range(args.repeat):
+        for kind in kinds:
+            round_args = argparse.Namespace(**{**vars(args), "seed": r, "gap": args.gap and r == 0})
+            rounds[kind].append(_child(kind, round_args, out / f"{kind}-seed{r}.json"))
+    for kind in kinds:
+        results[kind] = pooled(rounds[kind])
     if "trl" in results:
         results["loss_check"] = _child("loss", args, out / "loss.json")
     ours, trl = results.get("ours"), results.get("trl")
@@ -352,6 +395,8 @@ def main(argv=None) -> int:
     if ours and trl:
         results["speedup_steps_per_cpu_s"] = trl["cpu_s_per_step"] / ours["cpu_s_per_step"]
         results["speedup_wall"] = trl["wall_s_per_step"] / ours["wall_s_per_step"]
+        per_token = lambda r: r["cpu_s_per_step"] / r["mean_response_tokens"]  # noqa: E731
+        results["speedup_cpu_s_per_response_token"] = per_token(trl) / per_token(ours)
     if ours and "gap" in ours:
         run_cpu = STEPS_OF_A_RUN * ours["cpu_s_per_step"]
         ours["gap"]["share_of_50_step_run"] = ours["gap"]["cpu_s"] / run_cpu

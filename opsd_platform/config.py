@@ -210,7 +210,7 @@ class TrainerConfig:
     share_prompt_prefix: bool = field(
         default=True,
         metadata={"help": "run each distinct prompt of a micro-batch once for the rows (samples) that share it: in "
-                          "scoring (packed with a block mask, or its KV cache reused) and in the HF engine's prefill; "
+                          "scoring (packed into unpadded segments, or its KV cache reused) and in the HF engine's prefill; "
                           "same samples and loss to float precision, less compute"},
     )
     checkpoint_every: int = field(

@@ -86,6 +86,40 @@ def support_index(
     top_k: int = 20,
 ) -> torch.Tensor | None:  # [N, T, S] token ids the divergence sums over; None = full vocabulary
     """Where the per-token divergence is evaluated, chosen from the *detached* student."""
+    flat, where = _as_flat(student_logits)
+    return support_index_at(flat, where, tokens, support, top_k)
+
+
+def support_logprobs(
+    logits: torch.Tensor,  # [N, T, V]
+    index: torch.Tensor | None,  # [N, T, S] from `support_index`, None = full vocabulary
+    support: str,
+) -> torch.Tensor:  # [N, T, V] (full), [N, T, K+1] (topk, with the tail), [N, T, 1] (sampled)
+    """Log-probs of `logits`' distribution on a support, computed in fp32."""
+    flat, where = _as_flat(logits)
+    return support_logprobs_at(flat, where, index, support)
+
+
+def _as_flat(logits: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:  # [N, T, V] -> [N*T, V], [N, T]
+    n, t, v = logits.shape
+    return logits.reshape(n * t, v), torch.arange(n * t, device=logits.device).view(n, t)
+
+
+# The `_at` forms take the logits as the scorer returns them (``packing.ResponseLogits``): `flat`
+# [M, V] holds each scored position once (the prompt's last position, which predicts every
+# sample's first token, is shared) and `where` [N, T] says which row predicts token t of sample n.
+# The vocabulary-wide work (top-K, log-sum-exp, and their backward) then runs over M rows, not
+# N * T padded ones, and no [N, T, V] copy is made.
+
+
+def support_index_at(
+    flat: torch.Tensor,  # [M, V] student logits
+    where: torch.Tensor,  # [N, T] row of `flat` for each response position
+    tokens: torch.Tensor,  # [N, T] sampled token ids
+    support: str,
+    top_k: int = 20,
+) -> torch.Tensor | None:  # [N, T, S] token ids the divergence sums over; None = full vocabulary
+    """`support_index` on the scorer's flat logits."""
     if support not in SUPPORTS:
         raise ValueError(f"unknown support {support!r}; valid: {', '.join(SUPPORTS)}")
     if support == "full":
@@ -95,22 +129,23 @@ def support_index(
     if top_k < 1:
         raise ValueError(f"top_k must be >= 1, got {top_k}")
     # top-K of the logits = top-K of the log-softmax (a per-row shift), without materialising it
-    return student_logits.detach().topk(min(top_k, student_logits.shape[-1]), dim=-1).indices
+    return flat.detach().topk(min(top_k, flat.shape[-1]), dim=-1).indices[where]
 
 
-def support_logprobs(
-    logits: torch.Tensor,  # [N, T, V]
-    index: torch.Tensor | None,  # [N, T, S] from `support_index`, None = full vocabulary
+def support_logprobs_at(
+    flat: torch.Tensor,  # [M, V] logits
+    where: torch.Tensor,  # [N, T] row of `flat` for each response position
+    index: torch.Tensor | None,  # [N, T, S] from `support_index_at`, None = full vocabulary
     support: str,
 ) -> torch.Tensor:  # [N, T, V] (full), [N, T, K+1] (topk, with the tail), [N, T, 1] (sampled)
-    """Log-probs of `logits`' distribution on a support, computed in fp32.
+    """Log-probs of the distribution on a support, computed in fp32.
 
     For ``topk`` and ``sampled`` only a gather and one log-sum-exp over the vocabulary are
-    needed: no second ``[N, T, V]`` log-softmax tensor is made (the lean scoring path)."""
-    logits = logits.to(torch.promote_types(logits.dtype, torch.float32))  # fp32, or fp64 if given
+    needed: no second ``[M, V]`` log-softmax tensor is made (the lean scoring path)."""
+    flat = flat.to(torch.promote_types(flat.dtype, torch.float32))  # fp32, or fp64 if given
     if index is None:
-        return F.log_softmax(logits, dim=-1)
-    picked = logits.gather(-1, index) - torch.logsumexp(logits, dim=-1, keepdim=True)
+        return F.log_softmax(flat, dim=-1)[where]
+    picked = flat[where.unsqueeze(-1), index] - torch.logsumexp(flat, dim=-1)[where].unsqueeze(-1)  # [N, T, S]
     return picked if support == "sampled" else _with_tail(picked)
 
 

