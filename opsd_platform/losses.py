@@ -86,7 +86,7 @@ def support_index(
     top_k: int = 20,
 ) -> torch.Tensor | None:  # [N, T, S] token ids the divergence sums over; None = full vocabulary
     """Where the per-token divergence is evaluated, chosen from the *detached* student."""
-    flat, where = _as_flat(student_logits)
+    flat, where = as_flat(student_logits)
     return support_index_at(flat, where, tokens, support, top_k)
 
 
@@ -96,11 +96,12 @@ def support_logprobs(
     support: str,
 ) -> torch.Tensor:  # [N, T, V] (full), [N, T, K+1] (topk, with the tail), [N, T, 1] (sampled)
     """Log-probs of `logits`' distribution on a support, computed in fp32."""
-    flat, where = _as_flat(logits)
+    flat, where = as_flat(logits)
     return support_logprobs_at(flat, where, index, support)
 
 
-def _as_flat(logits: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:  # [N, T, V] -> [N*T, V], [N, T]
+def as_flat(logits: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:  # [N, T, V] -> [N*T, V], [N, T]
+    """Dense logits in the `_at` forms' layout: each position its own row."""
     n, t, v = logits.shape
     return logits.reshape(n * t, v), torch.arange(n * t, device=logits.device).view(n, t)
 

@@ -37,6 +37,7 @@ from typing import Iterator, Sequence
 
 import torch
 
+from opsd_platform.losses import as_flat
 from opsd_platform.rollout import _model_device, _prompt_cache, left_pad
 
 SEGMENT_ATTENTION = "opsd_segments"  # the name `_segment_attention` is registered under in transformers
@@ -51,13 +52,9 @@ class ResponseLogits:
 
     @classmethod
     def of_dense(cls, logits: torch.Tensor) -> "ResponseLogits":  # logits [n, T, V]
-        n, t, v = logits.shape
-        return cls(logits.reshape(n * t, v), torch.arange(n * t, device=logits.device).view(n, t))
+        return cls(*as_flat(logits))
 
     def dense(self) -> torch.Tensor:  # [n, T, V]
-        n, t = self.where.shape
-        if self.flat.shape[0] == n * t and bool((self.where.flatten() == torch.arange(n * t, device=self.where.device)).all()):
-            return self.flat.view(n, t, -1)
         return self.flat[self.where]
 
 
@@ -157,12 +154,19 @@ class _PackLayout:
     def segment_widths(self) -> list[int]:  # [u]
         return [len(p) + tail for p, tail in zip(self.distinct, self.tails)]
 
-    def segment_ids(self, j: int) -> torch.Tensor:  # [len(p_j) + tail_j]: 0 = prompt, 1 + i = row i's tokens
-        ids = [0] * len(self.distinct[j])
+    def segment(self, j: int, resp: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Segment j's token ids, positions and segment ids (0 = prompt, 1 + i = row i's tokens),
+        each [len(p_j) + tail_j]: the prompt, then each of its rows' responses but the last token
+        (`resp` [n, T]), in row order (as `offset` counts them)."""
+        p = self.distinct[j]
+        ids, positions, segment = [torch.tensor(p, dtype=torch.long)], [torch.arange(len(p))], [torch.zeros(len(p), dtype=torch.long)]
         for i, r in enumerate(self.rows):
             if self.where[r] == j:
-                ids += [1 + i] * (self.lengths[i] - 1)
-        return torch.tensor(ids, dtype=torch.long)
+                k = self.lengths[i] - 1
+                ids.append(resp[i, :k])
+                positions.append(len(p) + torch.arange(k))
+                segment.append(torch.full((k,), 1 + i, dtype=torch.long))
+        return torch.cat(ids), torch.cat(positions), torch.cat(segment)
 
     def kept_column(self, t: int) -> torch.Tensor:  # [n, T]
         """For row i and token k, the column of its segment's kept logits that predicts it, counted
@@ -234,15 +238,10 @@ def _segment_logits(model, layout: _PackLayout, response_ids: torch.Tensor) -> R
     ids, positions, kept, segments, base = [], [], [], [], []  # base[j]: segment j's first kept column
     start = 0
     for j, p in enumerate(layout.distinct):
-        seg = layout.segment_ids(j)  # [w_j]
+        seg_ids, seg_positions, seg = layout.segment(j, resp)  # each [w_j]
         width = len(seg)
-        ids.append(torch.tensor(p, dtype=torch.long))
-        positions.append(torch.arange(len(p)))
-        for i, r in enumerate(layout.rows):
-            if layout.where[r] == j:
-                k = layout.lengths[i] - 1
-                ids.append(resp[i, :k])
-                positions.append(len(p) + torch.arange(k))
+        ids.append(seg_ids)
+        positions.append(seg_positions)
         base.append(len(kept))
         kept += [start + len(p) - 1] + list(range(start + len(p), start + width))
         segments.append((start, start + width, _block_mask(seg).view(1, 1, width, width).to(device)))
@@ -273,16 +272,10 @@ def _packed_logits(model, layout: _PackLayout, response_ids: torch.Tensor, pad_i
     segment = torch.full((u, total), -2, dtype=torch.long)
     positions = torch.zeros((u, total), dtype=torch.long)
     for j, p in enumerate(layout.distinct):
-        seg = layout.segment_ids(j)
-        segment[j, : width - len(p)] = -1
-        segment[j, width - len(p) : width - len(p) + len(seg)] = seg
-        ids[j, width - len(p) : width] = torch.tensor(p, dtype=torch.long)
-        positions[j, width - len(p) : width] = torch.arange(len(p))
-    for i, r in enumerate(layout.rows):
-        j, k = layout.where[r], layout.lengths[i] - 1
-        start = width + layout.offset[i]
-        ids[j, start : start + k] = resp[i, :k]
-        positions[j, start : start + k] = len(r) + torch.arange(k)
+        seg_ids, seg_positions, seg = layout.segment(j, resp)  # placed so the prompt ends at column P - 1
+        a, b = width - len(p), width - len(p) + len(seg)
+        segment[j, :a] = -1
+        segment[j, a:b], ids[j, a:b], positions[j, a:b] = seg, seg_ids, seg_positions
     allowed = _block_mask(segment)  # [u, W, W]
     dtype = next(model.parameters()).dtype
     mask = torch.zeros(allowed.shape, dtype=dtype).masked_fill_(~allowed, torch.finfo(dtype).min)

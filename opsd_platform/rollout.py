@@ -92,12 +92,17 @@ def left_pad(rows: Sequence[Sequence[int]], pad_id: int) -> tuple[torch.Tensor, 
 
 def response_mask_from(ids: torch.Tensor, eos_ids: set[int]) -> torch.Tensor:
     """True up to and including the first EOS of each row (the EOS is a token the model chose)."""
-    is_eos = torch.zeros_like(ids, dtype=torch.bool)
-    for e in eos_ids:
-        is_eos |= ids == e
+    is_eos = _is_eos(ids, eos_ids)
     # count of EOS strictly before each position; positions with none before are kept
     before = torch.cumsum(is_eos.long(), dim=1) - is_eos.long()
     return before == 0
+
+
+def _is_eos(ids: torch.Tensor, eos_ids: set[int]) -> torch.Tensor:  # ids [N, T] -> bool [N, T]
+    is_eos = torch.zeros_like(ids, dtype=torch.bool)
+    for e in eos_ids:
+        is_eos |= ids == e
+    return is_eos
 
 
 def chunks(n: int, size: int) -> Iterator[slice]:
@@ -289,10 +294,7 @@ class HFGenerateEngine:
                 tokens[active[line]] += t.tolist()
                 logprobs[active[line]] += lp.tolist()
             left -= new.shape[1]
-            ended = torch.zeros(len(new), dtype=torch.bool, device=new.device)
-            for e in eos:
-                ended |= (new == e).any(dim=1)
-            keep = (~ended).nonzero().squeeze(1)  # [a'] lines still going
+            keep = (~_is_eos(new, eos).any(dim=1)).nonzero().squeeze(1)  # [a'] lines still going
             if left <= 0 or len(keep) == 0:
                 break
             # generate left the last sampled token unfed: the cache covers all but it, and the
