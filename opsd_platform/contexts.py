@@ -46,6 +46,7 @@ class Sample:
     problem: Problem
     attempt: Attempt  # this sample's own attempt
     peers: Sequence[Attempt]  # the other samples of the same problem (never this one)
+    graded_fraction: float = 0.5  # share of the reference the graded context reveals
 
 
 def _cut(text: str, limit: int = MAX_CHARS) -> str:
@@ -120,6 +121,29 @@ def reference_context(sample: Sample) -> str | None:
     )
 
 
+def reference_prefix(reference: str, fraction: float) -> str:
+    """The first ``round(fraction * words)`` whitespace-separated words of `reference` (line breaks
+    kept), so 0 reveals nothing and 1 all of it."""
+    words = reference.strip().split(" ")
+    keep = round(fraction * len(words))
+    return " ".join(words[:keep]).strip()
+
+
+def graded_context(sample: Sample) -> str | None:
+    """A chosen share of the reference (``graded_fraction``): a knob that moves the gap smoothly
+    between ``none`` (0) and ``reference``-like (1), for covering the law's gap axis densely
+    (algorithm.md, section 2). The teacher is told it sees only the beginning."""
+    if not sample.problem.reference.strip():
+        return None
+    shown = reference_prefix(sample.problem.reference, sample.graded_fraction)
+    if not shown:
+        return ""
+    if sample.graded_fraction >= 1.0:
+        return f"A reference solution (do not copy it; answer in your own words):\n{_cut(shown)}"
+    return ("The beginning of a reference solution (the rest is hidden; do not copy it, finish the task in "
+            f"your own words):\n{_cut(shown)}")
+
+
 ContextBuilder = Callable[[Sample], "str | None"]
 
 CONTEXTS: dict[str, ContextBuilder] = {
@@ -130,6 +154,7 @@ CONTEXTS: dict[str, ContextBuilder] = {
     "peer_solution": peer_solution_context,
     "peer_or_feedback": peer_or_feedback_context,
     "reference": reference_context,
+    "graded": graded_context,
 }
 
 
@@ -149,13 +174,14 @@ def build_group(
     name: str,
     problem: Problem,
     attempts: Sequence[Attempt],
+    graded_fraction: float = 0.5,
 ) -> list[str | None]:
     """Teacher user messages for all n samples of one problem (None = no teacher for it)."""
     builder = get_builder(name)
     out: list[str | None] = []
     for i, attempt in enumerate(attempts):
         peers = [a for j, a in enumerate(attempts) if j != i]
-        privileged = builder(Sample(problem, attempt, peers))
+        privileged = builder(Sample(problem, attempt, peers, graded_fraction))
         out.append(None if privileged is None else teacher_message(problem.prompt, privileged))
     return out
 
@@ -166,6 +192,7 @@ def build_for_rollouts(
     texts: Sequence[str],  # [B*n] responses, problem-major (n consecutive rows per problem)
     judgements: Sequence[Judgement],  # [B*n]
     n: int,
+    graded_fraction: float = 0.5,
 ) -> list[str | None]:  # [B*n] teacher user message of each row, None = no teacher
     """Teacher messages for a whole rollout batch, one problem's group of n samples at a time."""
     if len(texts) != len(problems) * n or len(judgements) != len(texts):
@@ -173,5 +200,5 @@ def build_for_rollouts(
     out: list[str | None] = []
     for b, problem in enumerate(problems):
         rows = range(b * n, (b + 1) * n)
-        out += build_group(name, problem, [Attempt(texts[i], judgements[i]) for i in rows])
+        out += build_group(name, problem, [Attempt(texts[i], judgements[i]) for i in rows], graded_fraction)
     return out

@@ -68,7 +68,7 @@ import torch
 
 from opsd_platform.config import TrainConfig
 from opsd_platform.contexts import build_for_rollouts
-from opsd_platform.evaluation import Evaluation, evaluate
+from opsd_platform.evaluation import Evaluation, cpu_seconds, evaluate, seeded_stream
 from opsd_platform.losses import importance_weights
 from opsd_platform.rollout import Rollouts, chat_ids, chunks, make_engine
 from opsd_platform.scoring import micro_batch_loss
@@ -160,7 +160,12 @@ class OPSDModule(L.LightningModule):
         self.skipped_nonfinite = 0
         self.tokens_generated = 0
         self.initial_val: Evaluation | None = None
+        self.initial_val_cost: dict[str, float] | None = None  # cpu_s, tokens, reused of a precomputed one
         self.final_val: Evaluation | None = None
+        # Cost of the training (steps and the validations after step 0), cumulative; see log_cost.
+        self.cost_cpu_s = 0.0  # CPU seconds before this process (a resume)
+        self.val_tokens = 0  # response tokens of the validations after step 0
+        self._cpu_start: float | None = None
         self.history: list[dict[str, float]] = []  # every logged metric dict, for tests and reports
         # Checkpoints and resume (see the module docstring).
         self.hold_metrics = cfg.trainer.checkpointing  # until a checkpoint covers them
@@ -239,6 +244,8 @@ class OPSDModule(L.LightningModule):
                 "pass_rate": init.pass_rate, "reward_mean": init.reward_mean, "per_problem": init.per_problem,
                 "tokens": init.tokens, "prompt_tokens": init.prompt_tokens},
             "pending_metrics": list(self.pending_metrics),
+            "cost_cpu_s": self.cost_cpu_s + (cpu_seconds() - self._cpu_start if self._cpu_start is not None else 0.0),
+            "val_tokens": self.val_tokens,
         }
 
     def load_training_state(self, state: dict, meta: dict) -> None:
@@ -253,6 +260,8 @@ class OPSDModule(L.LightningModule):
         self._optimizer_state = state["optimizer"]
         self.start_step = int(meta["step"])
         self.skipped_nonfinite = int(meta["skipped_nonfinite"])
+        self.cost_cpu_s = float(meta.get("cost_cpu_s", 0.0))
+        self.val_tokens = int(meta.get("val_tokens", 0))
         if meta.get("initial_val"):
             self.initial_val = Evaluation(**meta["initial_val"], texts=[], judgements=[])
         sync = getattr(self.engine, "sync_weights", None)
@@ -261,7 +270,40 @@ class OPSDModule(L.LightningModule):
 
     # ------------------------------------------------------------------ validation
 
+    def set_initial_validation(self, side) -> None:
+        """The initial validation, measured (or reused) before fit (train.py, measurements.py)."""
+        self.initial_val = side.evaluation
+        self.initial_val_cost = {"val/cpu_s": side.cpu_s, "val/tokens": float(side.evaluation.tokens),
+                                 "val/reused": float(side.reused)}
+
+    def validate_at(self, step: int) -> tuple[Evaluation, dict[str, float]]:
+        """Validation after `step` steps, from the stream "val/<step>" (so it leaves the training's
+        stream alone), with its cost."""
+        c0 = cpu_seconds()
+        with seeded_stream(self.cfg.seed, f"val/{step}"):
+            evaluation = self.validate_policy()
+        self.val_tokens += evaluation.tokens
+        return evaluation, {"val/pass_rate": evaluation.pass_rate, "val/reward_mean": evaluation.reward_mean,
+                            "val/cpu_s": cpu_seconds() - c0, "val/tokens": float(evaluation.tokens)}
+
+    def training_cost(self) -> dict[str, float]:
+        """Cumulative cost of the training so far: steps and the validations after step 0 (the gap
+        and the initial validation are costed on their own)."""
+        spent = self.cost_cpu_s + (cpu_seconds() - self._cpu_start if self._cpu_start is not None else 0.0)
+        return {"cost/cpu_s": spent, "cost/tokens": float(self.tokens_generated + self.val_tokens)}
+
     def validate_policy(self) -> Evaluation:
+        r = self.cfg.rollout
+        batch_size = getattr(self.engine, "batch_size", None)  # the HF engine's rows per call
+        if batch_size is not None:
+            self.engine.batch_size = r.val_batch_size
+        try:
+            return self._validate()
+        finally:
+            if batch_size is not None:
+                self.engine.batch_size = batch_size
+
+    def _validate(self) -> Evaluation:
         r = self.cfg.rollout
         return evaluate(
             self.engine,
@@ -300,22 +342,32 @@ class OPSDModule(L.LightningModule):
             np.random.seed(rank_seed % 2**32)
             torch.manual_seed(rank_seed)
         if self.cfg.trainer.validate and self.start_step == 0 and self.trainer.is_global_zero:
-            self.initial_val = self.validate_policy()
+            if self.initial_val is None:  # not measured before fit (a module used on its own)
+                c0 = cpu_seconds()
+                with seeded_stream(self.cfg.seed, "val/0"):
+                    self.initial_val = self.validate_policy()
+                self.initial_val_cost = {"val/cpu_s": cpu_seconds() - c0, "val/tokens": float(self.initial_val.tokens),
+                                         "val/reused": 0.0}
             self.log_metrics(
-                {"val/pass_rate": self.initial_val.pass_rate, "val/reward_mean": self.initial_val.reward_mean}, step=0
+                {"val/pass_rate": self.initial_val.pass_rate, "val/reward_mean": self.initial_val.reward_mean,
+                 **(self.initial_val_cost or {})}, step=0
             )
             self.log_samples("val_initial", self.initial_val)
+        self._cpu_start = cpu_seconds()
 
     def on_train_end(self) -> None:
         if self.world_size() > 1:
             self.rank_report = self._compare_ranks()
-        if not self.cfg.trainer.validate or not self.trainer.is_global_zero:
+        if not self.trainer.is_global_zero:
             return
-        self.final_val = self.validate_policy()
-        self.log_samples("val_final", self.final_val)
-        metrics = {"val/pass_rate": self.final_val.pass_rate, "val/reward_mean": self.final_val.reward_mean}
-        if self.initial_val is not None:
-            metrics["improvement"] = self.final_val.pass_rate - self.initial_val.pass_rate
+        metrics: dict[str, float] = {}
+        if self.cfg.trainer.validate:
+            self.final_val, metrics = self.validate_at(self.cfg.trainer.max_steps)
+            self.log_samples("val_final", self.final_val)
+            if self.initial_val is not None:
+                metrics["improvement"] = self.final_val.pass_rate - self.initial_val.pass_rate
+        cost = self.training_cost()
+        metrics.update({"cost/train_cpu_s": cost["cost/cpu_s"], "cost/train_tokens": cost["cost/tokens"]})
         self.log_metrics(metrics, step=self.cfg.trainer.max_steps)
 
     # ------------------------------------------------------------------ the OPSD step
@@ -344,7 +396,8 @@ class OPSDModule(L.LightningModule):
         phase("judge")
 
         # 3. contexts: rows are prompt-major, so groups of n consecutive rows share a problem
-        teacher_messages = build_for_rollouts(cfg.context, problems, ro.texts, judgements, r.samples_per_prompt)
+        teacher_messages = build_for_rollouts(cfg.context, problems, ro.texts, judgements, r.samples_per_prompt,
+                                              cfg.graded_fraction)
         rows = [i for i, m in enumerate(teacher_messages) if m is not None]
         teacher_prompts = {i: chat_ids(self.tokenizer, teacher_messages[i]) for i in rows}
         phase("contexts")
@@ -368,6 +421,10 @@ class OPSDModule(L.LightningModule):
         metrics["time/step_s"] = sum(v for k, v in times.items() if k.startswith("time/"))
         if self.world_size() > 1:
             metrics = self._reduce_over_ranks(metrics)
+        every = cfg.trainer.val_every
+        if cfg.trainer.validate and every and step % every == 0 and step < cfg.trainer.max_steps and self.trainer.is_global_zero:
+            metrics.update(self.validate_at(step)[1])  # the last step's validation is the final one
+        metrics.update(self.training_cost())
         self.log_metrics(metrics, step=step, train_step=True)
         self.log_dict(
             {"loss": loss_value, "reward": metrics["rollout/reward_mean"], "mask": metrics["teacher/mask_frac"]},

@@ -165,19 +165,23 @@ def _setup(cfg: TrainConfig):
     return world, model, tokenizer
 
 
+def measurement_store(cfg: TrainConfig):
+    """Where reusable measurements live (measurements.py), or None with ``trainer.reuse_measurements=false``."""
+    from opsd_platform.measurements import MeasurementStore
+
+    return MeasurementStore.for_config(cfg) if cfg.trainer.reuse_measurements else None
+
+
 def measure_initial_gap(cfg: TrainConfig, engine, world) -> GapResult:
-    """The gap of `cfg` with the model behind `engine`, as configured in `cfg.gap`."""
-    g, r = cfg.gap, cfg.rollout
-    problems = world.problems(g.split)[: g.n_problems]
+    """The gap of `cfg` with the model behind `engine`, as configured in `cfg.gap` (each side
+    reused from an earlier measurement with the same key when ``trainer.reuse_measurements``)."""
+    from opsd_platform import measurements
+
     batch_size = getattr(engine, "batch_size", None)  # the HF engine's rows per call; vLLM schedules its own
     if batch_size is not None:
-        engine.batch_size = g.batch_size
+        engine.batch_size = cfg.gap.batch_size
     try:
-        return measure_gap(
-            engine, world, problems, cfg.context,
-            n=g.samples or r.samples_per_prompt, max_new_tokens=r.max_new_tokens,
-            temperature=r.temperature, top_p=r.top_p, n_boot=g.bootstrap, level=g.level, seed=cfg.seed,
-        )
+        return measurements.gap(cfg, engine, world, measurement_store(cfg))
     finally:
         if batch_size is not None:
             engine.batch_size = batch_size
@@ -453,6 +457,10 @@ def train(
         if cfg.gap.enabled and ckpt is None and not worker:
             gap = measure_initial_gap(cfg, module.engine, world)
             _log_gap(MlflowClient(tracking_uri=uri), run_id, cfg, gap)
+        if cfg.trainer.validate and ckpt is None and not worker:  # before fit: it may be reused
+            from opsd_platform.measurements import initial_validation
+
+            module.set_initial_validation(initial_validation(cfg, module.validate_policy, measurement_store(cfg)))
         logger = False if worker else MLFlowLogger(experiment_name=cfg.tracking.experiment, tracking_uri=uri, run_id=run_id)
         checkpointer = None
         if cfg.trainer.checkpointing:

@@ -20,7 +20,8 @@ def decoded(message):
 
 
 def test_table_is_complete():
-    assert list(CONTEXTS) == ["none", "static", "feedback", "peer_hints", "peer_solution", "peer_or_feedback", "reference"]
+    assert list(CONTEXTS) == ["none", "static", "feedback", "peer_hints", "peer_solution", "peer_or_feedback", "reference",
+                             "graded"]
     with pytest.raises(ValueError, match="valid: none, static"):
         get_builder("oracle")
 
@@ -95,3 +96,23 @@ def test_base_model_without_chat_template_gets_the_plain_message():
     tok = build_char_tokenizer()
     tok.chat_template = None
     assert tok.decode(chat_ids(tok, "What is 7 + 5?")) == "What is 7 + 5?\n"
+
+
+def test_graded_reveals_the_chosen_share_of_the_reference():
+    from opsd_platform.contexts import reference_prefix
+
+    ref = "one two three four five six seven eight"
+    assert reference_prefix(ref, 0.0) == ""
+    assert reference_prefix(ref, 0.25) == "one two"
+    assert reference_prefix(ref, 0.5) == "one two three four"
+    assert reference_prefix(ref, 1.0) == ref
+    problem = Problem(id="p", prompt="Say the numbers.", reference=ref, data={})
+    attempts = ATTEMPTS[:2]
+    none_like = build_group("graded", problem, attempts, graded_fraction=0.0)
+    assert none_like == [problem.prompt] * 2  # nothing revealed: the plain prompt, like `none`
+    half = build_group("graded", problem, attempts, graded_fraction=0.5)[0]
+    assert "one two three four" in half and "five" not in half and "beginning" in half
+    full = build_group("graded", problem, attempts, graded_fraction=1.0)[0]
+    assert ref in full and "beginning" not in full
+    no_ref = Problem(id="q", prompt="x", reference="", data={})
+    assert build_group("graded", no_ref, attempts, graded_fraction=0.5) == [None, None]
