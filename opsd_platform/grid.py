@@ -380,6 +380,11 @@ def run_grid(overrides: Sequence[str], settings: GridConfig, progress: Callable[
         procs.append((subprocess.Popen(worker_command(overrides, grid_overrides), stdout=out, stderr=subprocess.STDOUT, env=env), out))
     progress(f"started {len(procs)} workers x {settings.threads} thread(s); logs in {logs}")
     started = time.time()
+
+    def stop(signum, frame):  # SIGTERM to this process: stop the workers the same way as Ctrl-C
+        raise KeyboardInterrupt
+
+    previous = signal.signal(signal.SIGTERM, stop)
     try:
         while any(p.poll() is None for p, _ in procs):
             time.sleep(settings.poll_s)
@@ -393,6 +398,7 @@ def run_grid(overrides: Sequence[str], settings: GridConfig, progress: Callable[
             p.wait()
         raise
     finally:
+        signal.signal(signal.SIGTERM, previous)
         for _, out in procs:
             out.close()
     return status(study, grid_points, uri, experiment, settings, spec["name"])

@@ -37,6 +37,14 @@ class FitLawConfig:
         default_factory=list,
         metadata={"help": "only points of these calibration names (with `calibration`, of any of them), e.g. one per model family"},
     )
+    table: str | None = field(
+        default=None,
+        metadata={"help": "fit on an exported table (a directory holding runs.csv, or the file) instead of the store's runs"},
+    )
+    slices: list[str] = field(
+        default_factory=list,
+        metadata={"help": "with law.table: only rows of these grid slices (empty = all), e.g. [law-arithmetic]"},
+    )
     method: str = field(default="ols", metadata={"help": "ols, wls (by seed variance) or hc3"})
     level: float = field(default=0.9, metadata={"help": "prediction-interval level"})
     covariates: list[str] = field(default_factory=list, metadata={"help": "extra regressors, e.g. context_tokens"})
@@ -95,6 +103,31 @@ def collect_points(uri: str, experiment: str, calibration: str | list[str] | Non
     return points.sort_values(["config", "seed"]).reset_index(drop=True)
 
 
+def points_from_table(table: str, slices: list[str] | None = None) -> pd.DataFrame:
+    """The same points as `collect_points`, from an exported runs.csv (export.py)."""
+    from opsd_platform.export import read_table
+
+    path = Path(table)
+    path = path / "runs.csv" if path.is_dir() else path
+    runs = read_table(path)
+    if slices:
+        unknown = set(slices) - set(runs["slice"].dropna())
+        if unknown:
+            raise LawError(f"{path}: no rows of slice(s) {', '.join(sorted(unknown))}; "
+                           f"slices there: {', '.join(sorted(set(runs['slice'].dropna())))}")
+        runs = runs[runs["slice"].isin(slices)]
+    points = pd.DataFrame({
+        "label": runs["family"].astype(str) + "/" + runs["world"].astype(str) + "/" + runs["context"].astype(str),
+        "config_hash": runs["config"].astype(str), "seed": runs["seed"].astype(int), "gap": runs["gap"].astype(float),
+        "improvement": runs["improvement"].astype(float), "context": runs["context"], "world": runs["world"],
+        "family": runs["family"], "model": runs["model"], "context_tokens": runs["context_tokens"],
+        "steps": runs["steps"].astype(float), "run_id": runs["run_id"],
+    })
+    ambiguous = points.groupby("label")["config_hash"].transform("nunique") > 1
+    points["config"] = points["label"].where(~ambiguous, points["label"] + "#" + points["config_hash"])
+    return points.sort_values(["config", "seed"]).reset_index(drop=True)
+
+
 @dataclass
 class LawReport:
     fit: Any  # LawFit
@@ -122,7 +155,10 @@ def _jsonable(d: Any) -> Any:
 
 def fit_and_register(uri: str, cfg: FitLawConfig) -> LawReport:
     """Collect points, fit, validate out of sample, plot, log a `kind=law` run, register."""
-    points = collect_points(uri, cfg.experiment, [*([cfg.calibration] if cfg.calibration else []), *cfg.calibrations])
+    if cfg.table:
+        points = points_from_table(cfg.table, cfg.slices)
+    else:
+        points = collect_points(uri, cfg.experiment, [*([cfg.calibration] if cfg.calibration else []), *cfg.calibrations])
     kwargs = dict(method=cfg.method, covariates=list(cfg.covariates), level=cfg.level)
     with warnings.catch_warnings():  # statsmodels warns on degenerate folds; the results say so
         warnings.simplefilter("ignore", RuntimeWarning)

@@ -1,0 +1,184 @@
+"""The law on the recorded benchmark: every fit and hold-out the benchmark issue asks for, from
+the exported table alone (no store, no training).
+
+    python -m benchmarks.law_report [--data benchmarks/data] [--out benchmarks/results/law-report.json]
+                                    [--plots docs/benchmark] [--level 0.9]
+
+Reads ``runs.csv`` (benchmarks/data/README.md) and prints Markdown tables:
+
+- **seed noise vs configuration spread**, per slice: the std of the improvement over seeds within
+  a configuration against the std of the configuration means, and a one-way ANOVA F-test (are
+  the configurations' improvements different at all, given the seeds?);
+- **the law** (improvement = a + b * gap on configuration means, OLS, intervals at ``--level``)
+  per world, per family and pooled over the law slices: slope and intercept with intervals, R^2,
+  leave-one-configuration-out MAE/RMSE and interval coverage, leave-one-world-out and
+  leave-one-family-out errors, the equal-slope F-test across families;
+- **confounder check**: the teacher prompt's length (``context_tokens``) as a covariate;
+- **hyper-parameters as covariates** on arithmetic (law + search slices): does log10(lr),
+  the divergence or the teacher kind predict beyond the gap, out of sample (leave-one-
+  configuration-out RMSE with and without)?
+
+and writes the numbers as JSON and one plot per fit. Whatever the numbers are, they are printed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import sys
+import warnings
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+from scipy import stats
+
+from opsd_platform.export import ExportError, read_table
+from opsd_platform.law import LawError, family_slopes, fit_law, grouped_holdout, leave_one_out
+from opsd_platform.law_pipeline import points_from_table
+
+
+def seed_noise(runs: pd.DataFrame) -> pd.DataFrame:
+    """Per slice: within-configuration (seed) std of the improvement vs the std of configuration means."""
+    rows = []
+    for name, part in runs.groupby("slice"):
+        groups = [g["improvement"].to_numpy() for _, g in part.groupby("config") if len(g) >= 2]
+        means = part.groupby("config")["improvement"].mean()
+        within = math.sqrt(np.mean([np.var(g, ddof=1) for g in groups])) if groups else float("nan")
+        f, p = stats.f_oneway(*groups) if len(groups) >= 2 else (float("nan"), float("nan"))
+        rows.append({"slice": name, "configs": int(part["config"].nunique()), "runs": len(part),
+                     "seed_std": within, "config_mean_std": float(means.std(ddof=1)) if len(means) > 1 else float("nan"),
+                     "anova_F": float(f), "anova_p": float(p)})
+    return pd.DataFrame(rows)
+
+
+def law_row(name: str, points: pd.DataFrame, level: float, covariates=()) -> dict:
+    """One fit with its leave-one-configuration-out errors (or the reason it cannot be fitted)."""
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", RuntimeWarning)
+            fit = fit_law(points, covariates=list(covariates), level=level)
+            loo = leave_one_out(points, covariates=list(covariates), level=level)
+    except LawError as exc:
+        return {"fit": name, "error": str(exc)}
+    gap, icpt = fit.coefficient("gap"), fit.coefficient("intercept")
+    return {"fit": name, "configs": fit.n_configs, "runs": fit.n_points, "slope": fit.slope,
+            "slope_lo": gap["ci_lower"], "slope_hi": gap["ci_upper"], "slope_p": gap["p"], "intercept": fit.intercept,
+            "intercept_lo": icpt["ci_lower"], "intercept_hi": icpt["ci_upper"], "r2": fit.r2,
+            "loo_mae": loo["mae"], "loo_rmse": loo["rmse"], "loo_coverage": loo["coverage"],
+            **({"covariates": {c: fit.coefficient(c) for c in covariates}} if covariates else {}),
+            "_fit": fit, "_loo": loo}
+
+
+def markdown(rows: list[dict], columns: list[str]) -> str:
+    def show(v):
+        if isinstance(v, float):
+            return "n/a" if math.isnan(v) else f"{v:.3g}"
+        return str(v)
+
+    head = "| " + " | ".join(columns) + " |\n|" + "---|" * len(columns)
+    return "\n".join([head, *("| " + " | ".join(show(r.get(c, "")) for c in columns) + " |" for r in rows)])
+
+
+def covariate_points(runs: pd.DataFrame) -> pd.DataFrame:
+    """Arithmetic points of every slice with the hyper-parameters as numeric covariates."""
+    pts = points_from_table_frame(runs)
+    lr = pd.to_numeric(runs.get("optim.lr", pd.Series(1e-5, index=runs.index)), errors="coerce").fillna(1e-5)
+    pts["log10_lr"] = np.log10(lr.to_numpy())
+    for col, default in (("loss.divergence", "reverse"), ("teacher.kind", "ema")):
+        values = runs.get(col, pd.Series(default, index=runs.index)).fillna(default).astype(str).to_numpy()
+        for level in sorted(set(values) - {default}):
+            pts[f"{col.split('.')[-1]}_{level}"] = (values == level).astype(float)
+    return pts
+
+
+def points_from_table_frame(runs: pd.DataFrame) -> pd.DataFrame:
+    import tempfile
+
+    with tempfile.TemporaryDirectory() as tmp:
+        runs.to_csv(Path(tmp) / "runs.csv", index=False)
+        return points_from_table(tmp).set_index("run_id").loc[runs["run_id"]].reset_index()
+
+
+def report(data: Path, level: float, plots: Path | None) -> dict:
+    runs = read_table(data / "runs.csv")
+    out: dict = {"data": str(data), "runs": len(runs), "level": level}
+    noise = seed_noise(runs)
+    out["seed_noise"] = noise.to_dict(orient="records")
+    print("## Seed noise against the spread of configurations\n")
+    print(markdown(out["seed_noise"], list(noise.columns)))
+
+    law = runs[runs["slice"].astype(str).str.startswith("law")]
+    fits = []
+    for world, part in law.groupby("world"):
+        for family, sub in part.groupby("family"):
+            fits.append(law_row(f"{family} / {world}", points_from_table_frame(sub), level))
+    pooled = points_from_table_frame(law)
+    fits.append(law_row("pooled (law slices)", pooled, level))
+    fits.append(law_row("pooled + context_tokens", pooled, level, ["context_tokens"]))
+    cols = ["fit", "configs", "runs", "slope", "slope_lo", "slope_hi", "slope_p", "intercept", "intercept_lo",
+            "intercept_hi", "r2", "loo_mae",
+            "loo_rmse", "loo_coverage", "error"]
+    print(f"\n## The law (OLS on configuration means, {level:.0%} intervals)\n")
+    print(markdown(fits, cols))
+    grouped = {}
+    for group in ("world", "family", "context"):
+        if pooled[group].nunique() >= 2:
+            res = grouped_holdout(pooled, group, level=level)
+            grouped[group] = {k: res.get(k) for k in ("mae", "rmse", "coverage", "n")}
+    if grouped:
+        print("\n## Grouped hold-out (the law fitted without a group predicts it)\n")
+        print(markdown([{"left out": g, **v} for g, v in grouped.items()], ["left out", "mae", "rmse", "coverage", "n"]))
+    eq = family_slopes(pooled, "family", level=level).get("equal_slopes", {}) if pooled["family"].nunique() >= 2 else {}
+    if eq:
+        print(f"\nequal slopes across families: {eq}")
+
+    arith = runs[runs["world"] == "arithmetic"]
+    cov_rows = []
+    if arith["slice"].nunique() > 1 or "optim.lr" in arith:
+        cpts = covariate_points(arith)
+        extra = [c for c in cpts.columns if c == "log10_lr" or c.startswith(("divergence_", "kind_"))]
+        cov_rows.append(law_row("gap only", cpts, level))
+        for c in extra:
+            cov_rows.append(law_row(f"gap + {c}", cpts, level, [c]))
+        if len(extra) > 1:
+            cov_rows.append(law_row("gap + all", cpts, level, extra))
+        print("\n## Hyper-parameters as covariates (arithmetic, every slice)\n")
+        print(markdown(cov_rows, ["fit", "configs", "slope", "slope_lo", "slope_hi", "r2", "loo_rmse", "loo_coverage", "error"]))
+
+    if plots is not None:
+        from opsd_platform.report import plot_law
+
+        plots.mkdir(parents=True, exist_ok=True)
+        for row in fits[:-1]:
+            if "_fit" in row:
+                name = row["fit"].replace(" / ", "-").replace(" ", "-").replace("(", "").replace(")", "")
+                sub = pooled if row["fit"].startswith("pooled") else points_from_table_frame(
+                    law[(law["family"] + " / " + law["world"]) == row["fit"]])
+                row["plot"] = str(plot_law(sub, row["_fit"], holdout=row["_loo"], path=plots / f"law-{name}.png"))
+    strip = lambda rows: [{k: v for k, v in r.items() if not k.startswith("_")} for r in rows]  # noqa: E731
+    out.update({"fits": strip(fits), "grouped_holdout": grouped, "equal_slopes": eq, "covariates": strip(cov_rows)})
+    return out
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--data", type=Path, default=Path("benchmarks/data"))
+    ap.add_argument("--out", type=Path, default=Path("benchmarks/results/law-report.json"))
+    ap.add_argument("--plots", type=Path, default=Path("docs/benchmark"))
+    ap.add_argument("--level", type=float, default=0.9)
+    args = ap.parse_args(argv)
+    try:
+        out = report(args.data, args.level, args.plots)
+    except (ExportError, LawError) as exc:
+        print(f"law_report: {exc}", file=sys.stderr)
+        return 2
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(out, indent=2, default=float))
+    print(f"\nwrote {args.out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,206 @@
+"""`opsd export`: a grid's runs in an MLflow store -> three tidy CSV files other tools read.
+
+    runs.csv          one row per run: configuration, seed, gap (interval, cost, shared-measurement
+                      keys), initial and final validation, improvement, training cost, then one
+                      column per hyper-parameter that varies across the exported runs
+    steps.csv         run_id, step, rollout_pass_rate, val_pass_rate, cpu_s, tokens, val_cpu_s
+    gap_problems.csv  run_id, problem, student_passes, teacher_passes, samples
+
+Column meanings are in ``benchmarks/data/README.md``. Exporting merges into the files already
+there: rows of runs that are not in this store (another session's, whose store is gone) are
+kept, rows of runs that are are rewritten, so nothing recorded is lost. Costs: ``cpu_s`` is CPU
+seconds of the process and its children (``evaluation.cpu_seconds``); a step's ``cpu_s`` and
+``tokens`` are cumulative from the start of training, intermediate validations included, and the
+last step's include the final validation. The gap's and the initial validation's costs are their
+own columns (paid once per shared key, see measurements.py).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import os
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+import yaml
+
+from opsd_platform import tracking
+
+os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")  # one download per run: no bars
+from opsd_platform.config import ConfigError
+
+RUN_COLUMNS = ["run_id", "model", "family", "world", "context", "config", "seed", "steps", "gap", "gap_lower",
+               "gap_upper", "gap_tokens", "gap_cpu_s", "val_initial", "val_final", "improvement", "train_tokens",
+               "train_cpu_s"]
+META_COLUMNS = ["grid", "slice", "point", "gap_key", "gap_student_key", "gap_student_cpu_s", "gap_student_tokens",
+                "val_key", "val_initial_cpu_s", "val_initial_tokens", "context_tokens", "teacher_coverage"]
+STEP_COLUMNS = ["run_id", "step", "rollout_pass_rate", "val_pass_rate", "cpu_s", "tokens", "val_cpu_s"]
+GAP_COLUMNS = ["run_id", "problem", "student_passes", "teacher_passes", "samples"]
+FILES = {"runs.csv": RUN_COLUMNS, "steps.csv": STEP_COLUMNS, "gap_problems.csv": GAP_COLUMNS}
+
+# Parameters that never count as hyper-parameters of a configuration (how it ran, where it logged).
+NOT_HYPER = ("seed", "tracking.", "resume", "trainer.progress_bar", "trainer.num_threads", "trainer.checkpoint",
+             "trainer.keep_checkpoints", "trainer.accelerator", "trainer.devices", "trainer.strategy",
+             "gap.enabled", "gap.batch_size", "rollout.batch_size", "rollout.val_batch_size", "model.cache_dir",
+             "trainer.reuse_measurements", "trainer.share_prompt_prefix", "optim.fused", "model.name", "model.family")
+# What the initial validation depends on (measurements.val_key_fields), for the val_key column.
+VAL_KEY_PARAMS = ("model.", "world.", "rollout.val_samples", "rollout.val_temperature", "rollout.val_top_p",
+                  "rollout.max_new_tokens", "rollout.engine", "trainer.num_threads", "seed")
+
+
+@dataclass
+class ExportConfig:
+    grid: str | None = field(default="bench-v1", metadata={"help": "the grid's name (grid files' 'name'); null = every train run with a gap"})
+    out: str = field(default="benchmarks/data", metadata={"help": "directory of the three CSV files (merged into)"})
+
+
+class ExportError(ConfigError):
+    """Nothing to export, or a table that cannot be merged: the message names the store or file."""
+
+
+def _value(text: str | None) -> Any:
+    """An MLflow parameter (a string) as the YAML value it was (numbers, booleans, null)."""
+    if text is None:
+        return None
+    try:
+        return yaml.safe_load(text)
+    except yaml.YAMLError:
+        return text
+
+
+def _key(params: dict[str, str], prefixes: tuple[str, ...]) -> str:
+    chosen = {k: v for k, v in params.items() if k.startswith(prefixes) and k not in ("model.name", "model.family", "model.cache_dir")}
+    return hashlib.sha256(json.dumps(chosen, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def _history(client, run_id: str, key: str) -> dict[int, float]:
+    return {m.step: m.value for m in client.get_metric_history(run_id, key)}
+
+
+def _gap_json(client, run_id: str) -> dict:
+    with tempfile.TemporaryDirectory() as tmp:
+        return json.loads(Path(client.download_artifacts(run_id, "gap.json", tmp)).read_text())
+
+
+def collect(uri: str, experiment: str, grid: str | None) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame]:
+    """The three tables of the store's FINISHED training runs of `grid` that have an improvement."""
+    client = tracking.init_store(uri)
+    exp = client.get_experiment_by_name(experiment)
+    if exp is None:
+        raise ExportError(f"{uri}: no finished training runs to export (no experiment {experiment!r})")
+    query = "tags.kind = 'train' AND attributes.status = 'FINISHED'" + (f" AND tags.`grid.name` = '{grid}'" if grid else "")
+    runs = [r for r in client.search_runs([exp.experiment_id], query, max_results=50000)
+            if "improvement" in r.data.metrics and "gap/value" in r.data.metrics]
+    if not runs:
+        raise ExportError(f"{uri}: no finished training runs with a gap and an improvement"
+                          f"{f' of grid {grid!r}' if grid else ''} in experiment {experiment!r}")
+    rows, steps, problems = [], [], []
+    for r in runs:
+        m, t, p, rid = r.data.metrics, r.data.tags, r.data.params, r.info.run_id
+        gap = _gap_json(client, rid)
+        n_steps = int(p["trainer.max_steps"])
+        val = _history(client, rid, "val/pass_rate")
+        val_cost = _history(client, rid, "val/cpu_s")
+        val_tokens = _history(client, rid, "val/tokens")
+        rows.append({
+            "run_id": rid, "model": t.get("model"), "family": t.get("model_family"), "world": t.get("world"),
+            "context": t.get("context"), "config": t.get("config_hash"), "seed": int(t.get("seed", p.get("seed", 0))),
+            "steps": n_steps, "gap": m["gap/value"], "gap_lower": m["gap/ci_low"], "gap_upper": m["gap/ci_high"],
+            "gap_tokens": m["gap/tokens"], "gap_cpu_s": m.get("gap/cpu_s"), "val_initial": val.get(0),
+            "val_final": val.get(n_steps), "improvement": m["improvement"], "train_tokens": m.get("cost/train_tokens"),
+            "train_cpu_s": m.get("cost/train_cpu_s"),
+            "grid": t.get("grid.name"), "slice": t.get("grid.slice"), "point": t.get("grid.key"),
+            "gap_key": gap.get("teacher_key"), "gap_student_key": gap.get("student_key"),
+            "gap_student_cpu_s": m.get("gap/student_cpu_s"), "gap_student_tokens": m.get("gap/student_tokens"),
+            "val_key": _key(p, VAL_KEY_PARAMS), "val_initial_cpu_s": val_cost.get(0), "val_initial_tokens": val_tokens.get(0),
+            "context_tokens": m.get("gap/teacher_prompt_tokens"), "teacher_coverage": m.get("gap/teacher_coverage"),
+            **{f"param:{k}": _value(v) for k, v in p.items()},
+        })
+        rollout = _history(client, rid, "rollout/pass_rate")
+        cpu, tokens = _history(client, rid, "cost/cpu_s"), _history(client, rid, "cost/tokens")
+        cpu[n_steps] = m.get("cost/train_cpu_s", cpu.get(n_steps))  # the last step's cost includes the final validation
+        tokens[n_steps] = m.get("cost/train_tokens", tokens.get(n_steps))
+        for s in range(0, n_steps + 1):
+            steps.append({"run_id": rid, "step": s, "rollout_pass_rate": rollout.get(s), "val_pass_rate": val.get(s),
+                          "cpu_s": 0.0 if s == 0 else cpu.get(s), "tokens": 0.0 if s == 0 else tokens.get(s),
+                          "val_cpu_s": None if s == 0 else val_cost.get(s)})
+        n = int(gap["samples_per_problem"])
+        for pp in gap["per_problem"]:
+            problems.append({"run_id": rid, "problem": pp["id"], "student_passes": round(pp["student"] * n),
+                             "teacher_passes": round(pp["teacher"] * n), "samples": n})
+    runs_df = pd.DataFrame(rows)
+    param_cols = [c for c in runs_df if c.startswith("param:")]
+    varying = [c for c in param_cols if not c[6:].startswith(NOT_HYPER)
+               and runs_df[c].astype(str).nunique(dropna=False) > 1 and c[6:] != "context"]
+    runs_df = runs_df.drop(columns=[c for c in param_cols if c not in varying]).rename(columns={c: c[6:] for c in varying})
+    return runs_df, pd.DataFrame(steps, columns=STEP_COLUMNS), pd.DataFrame(problems, columns=GAP_COLUMNS)
+
+
+def merge(old: pd.DataFrame | None, new: pd.DataFrame) -> pd.DataFrame:
+    """`new` plus the rows of `old` whose run is not in `new` (columns: the union, fixed ones first)."""
+    if old is None or old.empty:
+        return new
+    kept = old[~old["run_id"].isin(set(new["run_id"]))]
+    return pd.concat([kept, new], ignore_index=True)
+
+
+def order(runs: pd.DataFrame) -> pd.DataFrame:
+    hyper = sorted(c for c in runs if c not in RUN_COLUMNS + META_COLUMNS)
+    runs = runs.reindex(columns=RUN_COLUMNS + META_COLUMNS + hyper)
+    return runs.sort_values(["grid", "slice", "config", "seed"], na_position="last").reset_index(drop=True)
+
+
+def export(uri: str, experiment: str, cfg: ExportConfig) -> dict[str, int]:
+    """Write (merge into) the three files under `cfg.out`; returns rows per file."""
+    runs, steps, problems = collect(uri, experiment, cfg.grid)
+    out = Path(cfg.out)
+    out.mkdir(parents=True, exist_ok=True)
+    old = {name: read_table(out / name) if (out / name).exists() else None for name in FILES}
+    tables = {"runs.csv": order(merge(old["runs.csv"], runs)),
+              "steps.csv": merge(old["steps.csv"], steps).sort_values(["run_id", "step"]),
+              "gap_problems.csv": merge(old["gap_problems.csv"], problems).sort_values(["run_id", "problem"])}
+    for name, table in tables.items():  # all validated before any is written
+        check_table(table, name)
+    for name, table in tables.items():
+        tmp = out / f".{name}.tmp"
+        table.to_csv(tmp, index=False)
+        tmp.replace(out / name)
+    return {name: len(t) for name, t in tables.items()}
+
+
+# ----------------------------------------------------------------------------- reading the table
+
+
+def check_table(table: pd.DataFrame, where: str) -> None:
+    """Required columns present and finite numbers where a value is required; errors name the file."""
+    name = Path(where).name
+    required = FILES.get(name, [])
+    missing = [c for c in required if c not in table]
+    if missing:
+        raise ExportError(f"{where}: missing column(s) {', '.join(missing)}")
+    must_be_finite = {"runs.csv": ["gap", "improvement", "val_initial", "val_final", "seed", "steps"],
+                      "steps.csv": ["step"], "gap_problems.csv": ["student_passes", "teacher_passes", "samples"]}.get(name, [])
+    for col in must_be_finite:
+        values = pd.to_numeric(table[col], errors="coerce")
+        bad = table.index[~values.map(lambda v: v is not None and math.isfinite(v))]
+        if len(bad):
+            raise ExportError(f"{where}: column {col} has a missing or non-finite value in row {int(bad[0]) + 2} "
+                              f"({table[col].iloc[bad[0]]!r})")
+
+
+def read_table(path: str | Path) -> pd.DataFrame:
+    """One of the three files, checked (`check_table`)."""
+    path = Path(path)
+    if not path.is_file():
+        raise ExportError(f"{path}: no such file")
+    try:
+        table = pd.read_csv(path)
+    except Exception as exc:
+        raise ExportError(f"{path}: not a readable CSV ({type(exc).__name__}: {exc})") from None
+    check_table(table, str(path))
+    return table

@@ -1,0 +1,240 @@
+"""The recorded benchmark's machinery on the tiny model: the grid's queue shared by worker
+processes (every point once, a SIGKILLed worker's point re-run, a rerun resumes), reused
+measurements identical to recomputing, the export and the law fitted from it, bad input."""
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import optuna
+import pandas as pd
+import pytest
+import statsmodels.api as sm
+from mlflow.tracking import MlflowClient
+from optuna.trial import TrialState
+
+from opsd_platform.compose import train_config
+from opsd_platform.config import config_hash
+
+REPO = Path(__file__).resolve().parents[1]
+TINY_GRID = REPO / "tests" / "data" / "grid_tiny.yaml"
+
+
+def opsd(*args, env=None, **kw) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "opsd_platform.cli", *args], capture_output=True, text=True,
+                          cwd=REPO, env={**os.environ, **(env or {})}, timeout=600, **kw)
+
+
+def train_runs(uri: str) -> list:
+    client = MlflowClient(tracking_uri=uri)
+    exp = client.get_experiment_by_name("opsd")
+    return client.search_runs([exp.experiment_id], "tags.kind = 'train'", max_results=1000)
+
+
+def test_config_hashes_of_existing_configurations_are_unchanged():
+    """A running grid is keyed on config_hash: new settings (graded_fraction, val_every,
+    reuse_measurements, val_batch_size) must not change the hash of configurations without them."""
+    assert config_hash(train_config([])) == "eedb3bb1b7"
+    assert config_hash(train_config(["model=tiny"])) == "b4894c81a3"
+    assert config_hash(train_config(["world=pyfunc", "context=reference"])) == "9128d9720b"
+    assert config_hash(train_config(["trainer.val_every=5", "rollout.val_batch_size=8"])) == "eedb3bb1b7"
+    graded = {config_hash(train_config(["context=graded", f"graded_fraction={f}"])) for f in (0.25, 0.5)}
+    assert len(graded) == 2  # the fraction is part of what a graded configuration is
+
+
+def test_two_workers_run_every_point_exactly_once_and_a_rerun_resumes(tmp_path):
+    uri = f"sqlite:///{tmp_path}/mlflow.db"
+    out = opsd("grid", f"grid.spec={TINY_GRID}", "grid.workers=2", "grid.poll_s=1", "grid.exported=null",
+               f"tracking.uri={uri}")
+    assert out.returncode == 0, out.stdout[-2000:] + out.stderr[-3000:]
+    assert "grid: 6/6 points done" in out.stdout
+    runs = train_runs(uri)
+    keys = [r.data.tags["grid.key"] for r in runs]
+    assert len(keys) == 6 and len(set(keys)) == 6 and all(r.info.status == "FINISHED" for r in runs)
+    workers = {r.data.tags["opsd.process"] for r in runs}
+    assert len(workers) == 2, "both worker processes should have trained points"
+    study = optuna.load_study(study_name="grid-tiny", storage=f"sqlite:///{tmp_path}/grid.db")
+    assert sorted(t.state.name for t in study.trials) == ["COMPLETE"] * 6
+    # measured once per key: one initial validation per seed, one student side per seed
+    client = MlflowClient(tracking_uri=uri)
+    exp = client.get_experiment_by_name("opsd-measurements")
+    kinds = [r.data.tags["measurement.kind"] for r in client.search_runs([exp.experiment_id], max_results=100)]
+    assert kinds.count("val_initial") == 2 and kinds.count("gap_student") == 2
+    assert kinds.count("gap_teacher") == len({r.data.params["context"] + r.data.tags["seed"] for r in runs})
+
+    again = opsd("grid", f"grid.spec={TINY_GRID}", "grid.workers=0", "grid.exported=null", f"tracking.uri={uri}")
+    assert again.returncode == 0 and "6/6 points done" in again.stdout
+    assert len(train_runs(uri)) == 6  # nothing trained again
+
+
+@pytest.mark.slow
+def test_a_sigkilled_workers_point_is_failed_by_heartbeat_and_rerun_once(tmp_path):
+    spec = tmp_path / "grid.yaml"
+    spec.write_text(TINY_GRID.read_text().replace("trainer.max_steps=2", "trainer.max_steps=120"))
+    uri = f"sqlite:///{tmp_path}/mlflow.db"
+    common = [f"grid.spec={spec}", "grid.only=[law]", "grid.exported=null", "grid.heartbeat_interval=1",
+              "grid.grace_period=4", f"tracking.uri={uri}"]
+    victim = subprocess.Popen([sys.executable, "-m", "opsd_platform.cli", "grid", *common, "grid.workers=0"],
+                              cwd=REPO, stdout=open(tmp_path / "victim.log", "w"), stderr=subprocess.STDOUT)
+    storage = f"sqlite:///{tmp_path}/grid.db"
+    deadline, killed = time.time() + 300, None
+    while time.time() < deadline and killed is None:
+        try:
+            running = optuna.load_study(study_name="grid-tiny", storage=storage).get_trials(states=(TrialState.RUNNING,))
+        except Exception:  # the study does not exist yet
+            running = []
+        for t in running:
+            if "run_id" in t.user_attrs:  # training started (the gap is measured)
+                os.kill(victim.pid, signal.SIGKILL)
+                killed = (t.number, t.user_attrs["point"], t.user_attrs["run_id"])
+                break
+        assert victim.poll() is None or killed, (tmp_path / "victim.log").read_text()[-3000:]
+        time.sleep(0.2)
+    assert killed, "the victim never started training a point"
+    victim.wait(timeout=30)
+    survivor = opsd("grid", *common, "grid.workers=0")
+    assert survivor.returncode == 0, survivor.stdout[-2000:] + survivor.stderr[-3000:]
+    number, point, dead_run = killed
+    trials = optuna.load_study(study_name="grid-tiny", storage=storage).trials
+    assert trials[number].state == TrialState.FAIL
+    retries = [t for t in trials if t.user_attrs.get("retry_of") == number]
+    assert len(retries) == 1 and retries[0].state == TrialState.COMPLETE and retries[0].user_attrs["point"] == point
+    runs = {r.info.run_id: r for r in train_runs(uri)}
+    assert runs[dead_run].info.status == "FAILED" and "no heartbeat" in runs[dead_run].data.tags["failure_reason"]
+    finished = [r.data.tags["grid.key"] for r in runs.values() if r.info.status == "FINISHED"]
+    assert sorted(finished) == sorted(set(finished)) and len(finished) == 4  # 2 contexts x 2 seeds, each once
+
+
+def test_reused_measurements_give_bitwise_the_same_gap_and_improvement(tmp_path, tiny_overrides):
+    """A run whose initial validation and gap come from the measurement store equals a run that
+    measures them itself, to the last bit of its gap, pass rates and final weights."""
+    from opsd_platform.train import train
+
+    base = [o for o in tiny_overrides if not o.startswith("tracking.uri")]
+    base += ["trainer.max_steps=2", "gap.enabled=true", "gap.n_problems=4", "gap.bootstrap=100",
+             "trainer.val_every=1", "trainer.num_threads=1", "model.tiny.init_std=0.5"]
+    shared = f"sqlite:///{tmp_path}/shared.db"
+    first = train(train_config([*base, "context=reference", "optim.lr=1e-3", f"tracking.uri={shared}"]))
+    # another configuration of the same seed: its initial validation and student side are reused
+    reused = train(train_config([*base, "context=reference", "optim.lr=3e-3", f"tracking.uri={shared}"]))
+    fresh = train(train_config([*base, "context=reference", "optim.lr=3e-3", "trainer.reuse_measurements=false",
+                                f"tracking.uri=sqlite:///{tmp_path}/fresh.db"]))
+    assert sorted(reused.gap.reused) == ["student", "teacher"] and fresh.gap.reused == [] and first.gap.reused == []
+    for field in ("gap", "student_pass_rate", "teacher_pass_rate", "gap_ci", "per_problem", "tokens_generated"):
+        assert getattr(reused.gap, field) == getattr(fresh.gap, field), field
+    assert reused.initial_pass_rate == fresh.initial_pass_rate
+    assert reused.final_pass_rate == fresh.final_pass_rate and reused.improvement == fresh.improvement
+    tags = lambda r: MlflowClient(tracking_uri=r.tracking_uri).get_run(r.run_id).data.tags  # noqa: E731
+    assert tags(reused)["opsd.policy_sha256"] == tags(fresh)["opsd.policy_sha256"]
+    assert tags(first)["opsd.policy_sha256"] != tags(fresh)["opsd.policy_sha256"]  # the lr matters after step 0
+    # the student side does not depend on the context: a new context reuses it, measures its own teacher
+    other = train(train_config([*base, "context=none", f"tracking.uri={shared}"]))
+    assert other.gap.reused == ["student"] and other.gap.student_pass_rate == fresh.gap.student_pass_rate
+
+
+def test_export_round_trips_and_the_law_from_the_table_equals_the_law_from_the_store(tmp_path):
+    from opsd_platform.export import ExportConfig, export, read_table
+    from opsd_platform.law_pipeline import collect_points, points_from_table
+
+    uri = f"sqlite:///{tmp_path}/mlflow.db"
+    assert opsd("grid", f"grid.spec={TINY_GRID}", "grid.workers=0", "grid.exported=null", f"tracking.uri={uri}").returncode == 0
+    out = tmp_path / "data"
+    counts = export(uri, "opsd", ExportConfig(grid="tiny", out=str(out)))
+    assert counts == {"runs.csv": 6, "steps.csv": 6 * 3, "gap_problems.csv": 6 * 4}
+    runs, steps = read_table(out / "runs.csv"), read_table(out / "steps.csv")
+    assert list(runs.columns[:18]) == ["run_id", "model", "family", "world", "context", "config", "seed", "steps", "gap",
+                                       "gap_lower", "gap_upper", "gap_tokens", "gap_cpu_s", "val_initial", "val_final",
+                                       "improvement", "train_tokens", "train_cpu_s"]
+    assert {"optim.lr", "loss.top_k", "teacher.kind"} <= set(runs.columns)  # the drawn hyper-parameters vary
+    assert np.allclose(runs["improvement"], runs["val_final"] - runs["val_initial"])
+    last = steps[steps["step"] == 2].set_index("run_id")
+    assert np.allclose(last.loc[runs["run_id"], "cpu_s"].values, runs["train_cpu_s"].values)
+    assert (steps.groupby("run_id")["cpu_s"].apply(lambda s: s.is_monotonic_increasing)).all()
+    # the same points from the table as from the store
+    cols = ["config", "seed", "gap", "improvement", "context", "run_id"]
+    store = collect_points(uri, "opsd", ["tiny/law", "tiny/search"]).sort_values("run_id")[cols].reset_index(drop=True)
+    table = points_from_table(str(out)).sort_values("run_id")[cols].reset_index(drop=True)
+    pd.testing.assert_frame_equal(store, table, check_dtype=False)
+    # re-exporting merges: a row of a run that is not in the store (another session's) is kept
+    kept = runs.iloc[0].copy()
+    kept["run_id"] = "from-an-earlier-session"
+    pd.concat([runs, kept.to_frame().T]).to_csv(out / "runs.csv", index=False)
+    export(uri, "opsd", ExportConfig(grid="tiny", out=str(out)))
+    assert "from-an-earlier-session" in set(read_table(out / "runs.csv")["run_id"])
+
+
+def law_table(path: Path, gaps, improvements, seeds=2) -> Path:
+    """A runs.csv with given configuration means (test data for the fit, not a measurement)."""
+    rng = np.random.default_rng(0)
+    rows = []
+    for i, (g, y) in enumerate(zip(gaps, improvements)):
+        for s in range(seeds):
+            noise = rng.normal(0, 0.01)
+            rows.append({"run_id": f"r{i}s{s}", "model": "m", "family": "f", "world": "arithmetic", "context": f"c{i}",
+                         "config": f"h{i}", "seed": s, "steps": 20, "gap": g, "gap_lower": g - 0.1, "gap_upper": g + 0.1,
+                         "gap_tokens": 100, "gap_cpu_s": 1.0, "val_initial": 0.5, "val_final": 0.5 + y + noise,
+                         "improvement": y + noise, "train_tokens": 1000, "train_cpu_s": 10.0, "slice": "law",
+                         "context_tokens": 50 + i})
+    path.mkdir(parents=True, exist_ok=True)
+    pd.DataFrame(rows).to_csv(path / "runs.csv", index=False)
+    return path
+
+
+def test_fit_law_from_a_table_matches_statsmodels(tmp_path):
+    table = law_table(tmp_path / "data", [-0.2, -0.1, 0.0, 0.1, 0.3], [-0.15, -0.02, 0.01, 0.09, 0.2])
+    out = opsd("fit-law", f"law.table={table}", "law.register=false", f"law.out_dir={tmp_path}/law",
+               f"tracking.uri=sqlite:///{tmp_path}/mlflow.db")
+    assert out.returncode == 0, out.stderr[-2000:]
+    means = pd.read_csv(table / "runs.csv").groupby("config")[["gap", "improvement"]].mean()
+    ols = sm.OLS(means["improvement"], sm.add_constant(means["gap"])).fit()
+    from opsd_platform.law import fit_law
+    from opsd_platform.law_pipeline import points_from_table
+
+    fit = fit_law(points_from_table(str(table)))
+    assert fit.slope == pytest.approx(ols.params["gap"], rel=1e-9)
+    assert fit.intercept == pytest.approx(ols.params["const"], rel=1e-9)
+    assert fit.r2 == pytest.approx(ols.rsquared, rel=1e-9)
+    assert f"{ols.params['gap']:.4f}"[:5] in out.stdout
+
+
+@pytest.mark.parametrize("problem, expected", [
+    ("missing", "missing column(s) improvement"),
+    ("nan", "column gap has a missing or non-finite value in row 3"),
+    ("few", "configurations"),
+])
+def test_bad_tables_give_one_line_naming_file_and_problem_and_write_nothing(tmp_path, problem, expected):
+    table = law_table(tmp_path / "data", [-0.2, 0.0, 0.3] if problem == "few" else [-0.2, -0.1, 0.0, 0.1],
+                      [0.0, 0.1, 0.2, 0.3][: 3 if problem == "few" else 4], seeds=1)
+    runs = pd.read_csv(table / "runs.csv")
+    if problem == "missing":
+        runs = runs.drop(columns=["improvement"])
+    elif problem == "nan":
+        runs.loc[1, "gap"] = float("inf")
+    elif problem == "few":
+        runs = runs.iloc[:2]
+    runs.to_csv(table / "runs.csv", index=False)
+    out = opsd("fit-law", f"law.table={table}", f"law.out_dir={tmp_path}/law", f"tracking.uri=sqlite:///{tmp_path}/mlflow.db")
+    assert out.returncode == 2, out.stderr[-2000:]
+    lines = out.stderr.strip().splitlines()
+    assert len(lines) == 1 and expected in lines[0], out.stderr
+    if problem != "few":
+        assert "runs.csv" in lines[0]
+    assert not (tmp_path / "law").exists()  # nothing written
+
+
+def test_export_of_a_store_without_finished_points_fails_with_one_line(tmp_path):
+    out = opsd("export", "export.grid=nothing", f"export.out={tmp_path}/data", f"tracking.uri=sqlite:///{tmp_path}/mlflow.db")
+    assert out.returncode == 2
+    assert "no finished training runs" in out.stderr and len(out.stderr.strip().splitlines()) == 1
+    assert not (tmp_path / "data").exists()
+
+
+def test_a_grid_file_with_a_bad_slice_names_it(tmp_path):
+    spec = tmp_path / "g.yaml"
+    spec.write_text("name: g\nslices:\n  - name: a\n    configs: [[context=oracle]]\n")
+    out = opsd("grid", f"grid.spec={spec}", "grid.dry_run=true", f"tracking.uri=sqlite:///{tmp_path}/mlflow.db")
+    assert out.returncode == 2 and "slice a" in out.stderr and "oracle" in out.stderr
