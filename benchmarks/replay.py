@@ -46,7 +46,6 @@ warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning
 
 ARMS = ("none", "median", "successive_halving", "hyperband", "topk", "law", "law_sequential", "law_then_halving")
 LAW_ARMS = ("law", "law_sequential", "law_then_halving")
-GAP_ARMS = ("topk", *LAW_ARMS)
 SAMPLERS = ("permutation", "random", "tpe")
 
 
