@@ -16,7 +16,7 @@ from benchmarks.pruning import main, parse_arms, per_order, run_order, summarize
 from benchmarks.replay import ARMS, Ledger, LawMemory, Replay, Settings, fast_ols, fast_view, run_topk
 from benchmarks.replay_table import TableError, load_table
 from opsd_platform.law import fit_law, leave_one_out
-from opsd_platform.pruner import GapLawPruner
+from opsd_platform.pruner import GapLawPruner, LawView
 
 FIXTURE = Path(__file__).parent / "data" / "replay_fixture"
 
@@ -161,9 +161,10 @@ def test_in_memory_refit_equals_fit_law_and_leave_one_out():
         assert (rmse is None and math.isnan(loo)) or rmse == pytest.approx(loo, rel=1e-8)
         frame = pd.DataFrame({"gap": [-0.2, 0.1, 0.4], **({"tokens": [50.0, 90.0, 140.0]} if covariates else {})})
         want = ref.predict(frame, level=0.8)
-        got = fast_view(1, ref).predict({c: frame[c].to_numpy() for c in frame}, 0.8)
-        for column, values in zip(("predicted_improvement", "lower", "upper"), got):
-            np.testing.assert_array_equal(values, want[column].to_numpy())
+        inputs = {c: frame[c].to_numpy() for c in frame}
+        for view in (fast_view(1, ref), LawView.of_fit(1, ref)):
+            for column, values in zip(("predicted_improvement", "lower", "upper"), view.predict(inputs, 0.8)):
+                np.testing.assert_array_equal(values, want[column].to_numpy())
 
 
 def test_learning_loop_promotes_only_a_lower_holdout_error(table):
