@@ -6,7 +6,9 @@ pruner loads the law by alias from the MLflow registry (``models:/<name>@<alias>
 improvement with its prediction interval and prunes when the interval's *upper* bound is below
 the bar: the best improvement a finished trial of the study reached, or a fixed ``threshold``.
 
-Policy, in order (the first rule that applies decides; ``decide`` is that chain):
+Policy, in order (the first rule that applies decides; ``decide_policy`` is that chain, a
+side-effect-free function of plain inputs that the live pruner and the replay benchmark
+(benchmarks/pruning.py) both call; ``GapLawPruner.decide`` only gathers its inputs):
 
 1. already decided          -> the recorded decision (a trial is decided once, before training)
 2. startup                  -> train: fewer than ``n_startup_trials`` trials have completed
@@ -33,7 +35,7 @@ from __future__ import annotations
 import math
 import random
 from dataclasses import asdict, dataclass
-from typing import Any
+from typing import Any, Callable, Mapping, Sequence
 
 import optuna
 import pandas as pd
@@ -93,6 +95,126 @@ def best_completed(study: "optuna.Study") -> tuple[float, int] | None:
     return float(best.value), best.number
 
 
+def calibration_draw(seed: int, rate: float, number: int) -> bool:
+    """Does trial `number` train anyway although the law would prune it? Reproducible per (seed, number)."""
+    return rate > 0 and random.Random(f"{seed}:{number}").random() < rate
+
+
+@dataclass(frozen=True)
+class LawView:
+    """What a decision needs of a law: its version, its input columns ("gap" and covariates) and
+    ``predict(inputs, level) -> (predicted, lower, upper)`` (arrays; inputs: column -> values)."""
+
+    version: int
+    inputs: tuple[str, ...]
+    predict: Callable[[Mapping[str, Any], float], tuple[Any, Any, Any]]
+
+    @classmethod
+    def of_pyfunc(cls, version: int, law: Any) -> "LawView":
+        """A registered law (MLflow pyfunc of law_model.GapLawModel)."""
+        schema = law.metadata.get_input_schema()
+        inputs = tuple(schema.input_names()) if schema is not None else ("gap",)
+
+        def predict(values: Mapping[str, Any], level: float):
+            frame = pd.DataFrame({k: [float(x) for x in _atleast_1d(v)] for k, v in values.items()})
+            pred = law.predict(frame, params={"level": level})
+            return (pred["predicted_improvement"].to_numpy(), pred["lower"].to_numpy(), pred["upper"].to_numpy())
+
+        return cls(int(version), inputs, predict)
+
+    @classmethod
+    def of_fit(cls, version: int, fit: Any) -> "LawView":
+        """A ``law.LawFit`` held in memory: the same prediction as the registered pyfunc, which
+        calls ``LawFit.predict`` on the same frame."""
+
+        def predict(values: Mapping[str, Any], level: float):
+            frame = pd.DataFrame({k: [float(x) for x in _atleast_1d(v)] for k, v in values.items()})
+            pred = fit.predict(frame, level=level)
+            return (pred["predicted_improvement"].to_numpy(), pred["lower"].to_numpy(), pred["upper"].to_numpy())
+
+        return cls(int(version), ("gap", *fit.covariates), predict)
+
+
+def _atleast_1d(value: Any) -> Sequence[Any]:
+    return list(value) if isinstance(value, (list, tuple)) or getattr(value, "ndim", 0) >= 1 else [value]
+
+
+def decide_policy(
+    attrs: Mapping[str, Any],
+    *,
+    trial_number: int,
+    n_complete: int,
+    best: "Callable[[], tuple[float, int] | None]",
+    law: "Callable[[], LawView]",
+    n_startup_trials: int,
+    calibration_rate: float,
+    threshold: float | None,
+    level: float,
+    seed: int,
+) -> Decision:
+    """The policy of the module docstring, as a function of plain inputs and nothing else.
+
+    attrs: the trial's user attributes (its previous decision, ``gap``, covariates); n_complete:
+    completed trials of the study; best: () -> (value, number) of the best completed trial or
+    None; law: () -> LawView, raising RegistryError when there is no law (called only once a
+    prediction is needed, so startup trials never touch the registry).
+    """
+    previous = Decision.from_attrs(attrs)
+    if previous is not None:
+        return Decision(**{**asdict(previous), "rule": "decided"})
+
+    if n_complete < n_startup_trials:
+        return Decision(TRAIN, "startup", f"startup: {n_complete} of {n_startup_trials} startup trials completed; trains fully")
+
+    raw_gap = attrs.get("gap")
+    if raw_gap is None:
+        return Decision(TRAIN, "no_gap", "no gap measured for this trial (user attribute 'gap'); trains fully")
+    gap = _finite(raw_gap)
+    if gap is None:
+        return Decision(TRAIN, "nan_gap", f"gap is {raw_gap!r} (not a finite number): nothing to predict from; trains fully")
+
+    try:
+        view = law()
+    except RegistryError as exc:
+        return Decision(TRAIN, "no_law", f"no law to predict with ({exc}); trains fully", gap=gap)
+    version = view.version
+
+    inputs = {"gap": gap}
+    for col in view.inputs:
+        if col == "gap":
+            continue
+        value = _finite(attrs.get(col))
+        if value is None:
+            return Decision(TRAIN, "missing_input", f"law v{version} needs {col!r}, which this trial has not recorded "
+                            f"(got {attrs.get(col)!r}); trains fully", gap=gap, law_version=version)
+        inputs[col] = value
+    predicted, lower, upper = view.predict(inputs, level)
+    numbers = dict(gap=gap, predicted=float(predicted[0]), lower=float(lower[0]), upper=float(upper[0]),
+                   level=level, law_version=version)
+    shown = (f"gap {gap:+.3f} -> predicted improvement {numbers['predicted']:+.3f}, "
+             f"{level:.0%} interval [{numbers['lower']:+.3f}, {numbers['upper']:+.3f}] (law v{version})")
+
+    if threshold is not None:
+        bar, source = threshold, "threshold"
+    else:
+        found = best()
+        if found is None:
+            return Decision(TRAIN, "no_bar", f"{shown}; no completed trial to beat and no threshold; trains fully", **numbers)
+        bar, source = found[0], f"best trial #{found[1]}"
+    numbers.update(bar=bar, bar_source=source)
+
+    if numbers["upper"] >= bar:
+        return Decision(TRAIN, "interval", f"{shown}; upper bound >= {bar:+.3f} ({source}): may win, trains", **numbers)
+    if calibration_draw(seed, calibration_rate, trial_number):
+        return Decision(CALIBRATE, "calibration", f"{shown}; upper bound < {bar:+.3f} ({source}) would prune, but "
+                        f"trains anyway (calibration share {calibration_rate:.0%}) to measure false prunes", **numbers)
+    return Decision(PRUNE, "law", f"{shown}; upper bound < {bar:+.3f} ({source}): pruned", **numbers)
+
+
+# The rules whose outcome depends on the gap's value (the others decide before looking at it).
+GAP_RULES = ("interval", "calibration", "law")
+
+
 class GapLawPruner(optuna.pruners.BasePruner):
     """Prune a trial whose predicted improvement interval lies entirely below the bar.
 
@@ -150,63 +272,34 @@ class GapLawPruner(optuna.pruners.BasePruner):
     # ------------------------------------------------------------------ the policy
 
     def decide(self, study: "optuna.Study", trial: FrozenTrial) -> Decision:
-        """The decision for `trial` (no side effects besides loading the law)."""
-        attrs = stored_attrs(study, trial)
-        previous = Decision.from_attrs(attrs)
-        if previous is not None:
-            return Decision(**{**asdict(previous), "rule": "decided"})
+        """The decision for `trial` (no side effects besides loading the law): ``decide_policy``
+        on what the study and the trial hold now."""
+        return decide_policy(stored_attrs(study, trial), **self.policy_inputs(study, trial))
 
-        n_done = len(study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)))
-        if n_done < self.n_startup_trials:
-            return Decision(TRAIN, "startup", f"startup: {n_done} of {self.n_startup_trials} startup trials completed; trains fully")
-
-        raw_gap = attrs.get("gap")
-        if raw_gap is None:
-            return Decision(TRAIN, "no_gap", "no gap measured for this trial (user attribute 'gap'); trains fully")
-        gap = _finite(raw_gap)
-        if gap is None:
-            return Decision(TRAIN, "nan_gap", f"gap is {raw_gap!r} (not a finite number): nothing to predict from; trains fully")
-
-        try:
-            version, law = self._law()
-        except RegistryError as exc:
-            return Decision(TRAIN, "no_law", f"no law to predict with ({exc}); trains fully", gap=gap)
-
-        inputs = {"gap": gap}
-        for col in self._law_inputs(law):
-            if col == "gap":
-                continue
-            value = _finite(attrs.get(col))
-            if value is None:
-                return Decision(TRAIN, "missing_input", f"law v{version} needs {col!r}, which this trial has not recorded "
-                                f"(got {attrs.get(col)!r}); trains fully", gap=gap, law_version=version)
-            inputs[col] = value
-        pred = law.predict(pd.DataFrame({k: [v] for k, v in inputs.items()}), params={"level": self.level}).iloc[0]
-        numbers = dict(gap=gap, predicted=float(pred["predicted_improvement"]), lower=float(pred["lower"]),
-                       upper=float(pred["upper"]), level=self.level, law_version=version)
-        shown = (f"gap {gap:+.3f} -> predicted improvement {numbers['predicted']:+.3f}, "
-                 f"{self.level:.0%} interval [{numbers['lower']:+.3f}, {numbers['upper']:+.3f}] (law v{version})")
-
-        if self.threshold is not None:
-            bar, source = self.threshold, "threshold"
-        else:
-            best = best_completed(study)
-            if best is None:
-                return Decision(TRAIN, "no_bar", f"{shown}; no completed trial to beat and no threshold; trains fully", **numbers)
-            bar, source = best[0], f"best trial #{best[1]}"
-        numbers.update(bar=bar, bar_source=source)
-
-        if numbers["upper"] >= bar:
-            return Decision(TRAIN, "interval", f"{shown}; upper bound >= {bar:+.3f} ({source}): may win, trains", **numbers)
-        if self._calibration_draw(trial.number):
-            return Decision(CALIBRATE, "calibration", f"{shown}; upper bound < {bar:+.3f} ({source}) would prune, but "
-                            f"trains anyway (calibration share {self.calibration_rate:.0%}) to measure false prunes", **numbers)
-        return Decision(PRUNE, "law", f"{shown}; upper bound < {bar:+.3f} ({source}): pruned", **numbers)
+    def policy_inputs(self, study: "optuna.Study", trial: FrozenTrial) -> dict[str, Any]:
+        """Everything ``decide_policy`` needs besides the trial's attributes."""
+        return dict(
+            trial_number=trial.number,
+            n_complete=len(study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))),
+            best=lambda: best_completed(study),
+            law=self.law_view,
+            n_startup_trials=self.n_startup_trials,
+            calibration_rate=self.calibration_rate,
+            threshold=self.threshold,
+            level=self.level,
+            seed=self.seed,
+        )
 
     # ------------------------------------------------------------------ helpers
 
     def _calibration_draw(self, number: int) -> bool:
-        return self.calibration_rate > 0 and random.Random(f"{self.seed}:{number}").random() < self.calibration_rate
+        return calibration_draw(self.seed, self.calibration_rate, number)
+
+    def law_view(self) -> "LawView":
+        """The registered law as a ``LawView`` (RegistryError when there is none); a subclass may
+        hold its law elsewhere (the replay benchmark keeps it in memory)."""
+        version, law = self._law()
+        return LawView.of_pyfunc(version, law)
 
     def _law(self) -> tuple[int, Any]:
         """(version, pyfunc) of ``<name>@<alias>``, reloaded only when the alias moves."""
@@ -216,11 +309,6 @@ class GapLawPruner(optuna.pruners.BasePruner):
         if self._cache is None or self._cache[0] != version:
             self._cache = (version, load_law(self.tracking_uri, self.name, self.alias))
         return self._cache
-
-    @staticmethod
-    def _law_inputs(law) -> list[str]:
-        schema = law.metadata.get_input_schema()
-        return list(schema.input_names()) if schema is not None else ["gap"]
 
     def _record(self, study: "optuna.Study", trial: FrozenTrial, decision: Decision) -> None:
         record_decision(study, trial, decision, self.tracking_uri)

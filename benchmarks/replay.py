@@ -1,0 +1,491 @@
+"""One replayed search: a real in-memory Optuna study whose objective reads the recorded table.
+
+A trial picks a recorded configuration (``suggest_categorical("config", ...)``; with the default
+``permutation`` sampler every order is a random permutation of the search configurations,
+enqueued, so all arms see the same trials), draws one of its recorded seeds (uniformly among the
+seeds this study has not drawn for that configuration yet), and then, as a live trial would:
+
+1. an arm that uses the gap pays for it (``Ledger.gap``: once per ``gap_key``, the student half
+   once per ``gap_student_key``; the sequential arm pays the share of problems it measured) and
+   records it as the trial's ``gap`` user attribute (with the covariates), then asks
+   ``trial.should_prune()`` (the law arms: ``GapLawPruner``'s ``decide_policy``, the law kept in
+   memory by ``LawMemory``, the same learning loop as search.py: refit after completed trials,
+   promote on a lower leave-one-out RMSE);
+2. the initial validation is paid (once per ``val_key``);
+3. at each recorded validation step the trial reports the improvement so far
+   (``val_pass_rate - val_initial``) and a curve-based pruner may stop it: it pays the cumulative
+   training cost recorded at that step (``steps.csv``), intermediate validations included;
+4. otherwise it pays the whole training and returns the recorded ``improvement``.
+
+Arms that do not use the gap (none, median, successive_halving, hyperband) do not measure it, as
+a live ``opsd search`` with ``pruner=none|median`` does not (``gap.enabled=false``). ``topk`` is no
+Optuna pruner: it measures every trial's gap, then trains the trials with the largest gaps while
+the budget (the ``law`` arm's spend on the same order, or ``topk_k`` trials) allows.
+"""
+
+from __future__ import annotations
+
+import math
+import warnings
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import optuna
+import pandas as pd
+from optuna.trial import TrialState
+
+from benchmarks.replay_table import Run, Table
+from opsd_platform.law import LawError, LawFit, fit_law
+from opsd_platform.pruner import GAP_RULES, PRUNE, GapLawPruner, LawView, decide_policy, stored_attrs
+from opsd_platform.registry import RegistryError
+from opsd_platform.sequential import confidence_sequence, law_settle, sequential_gap
+
+optuna.logging.set_verbosity(optuna.logging.ERROR)
+warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
+
+ARMS = ("none", "median", "successive_halving", "hyperband", "topk", "law", "law_sequential", "law_then_halving")
+LAW_ARMS = ("law", "law_sequential", "law_then_halving")
+SAMPLERS = ("permutation", "random", "tpe")
+
+
+@dataclass
+class Settings:
+    n_trials: int | None = None  # default: the number of search configurations
+    sampler: str = "permutation"
+    n_startup_trials: int = 3
+    calibration_rate: float = 0.2
+    level: float = 0.9
+    threshold: float | None = None
+    refit_every: int = 1  # 0: the law never changes during a search
+    method: str = "ols"
+    covariates: tuple[str, ...] = ()
+    median_warmup_steps: int | None = None  # default max_steps // 3, as search.py
+    seq_alpha: float = 0.05
+    seq_batch: int = 8
+    seq_rule: str = "decision"
+    topk_k: int | None = None  # default: as many as the law arm's budget allows
+
+
+# ============================================================================== costs
+
+
+@dataclass
+class Ledger:
+    """What one study has spent; shared measurements are paid once."""
+
+    cpu: float = 0.0
+    tokens: float = 0.0
+    gap_cpu: float = 0.0
+    gap_tokens: float = 0.0
+    gap_done: dict[str, float] = field(default_factory=dict)  # gap_key -> share of its problems measured
+    student_done: dict[str, float] = field(default_factory=dict)  # gap_student_key -> share measured
+    val_done: set[str] = field(default_factory=set)
+
+    def _pay(self, cpu: float, tokens: float, gap: bool = False) -> None:
+        self.cpu += cpu
+        self.tokens += tokens
+        if gap:
+            self.gap_cpu += cpu
+            self.gap_tokens += tokens
+
+    def gap(self, run: Run, share: float = 1.0) -> None:
+        """Measure `run`'s gap on the first `share` of its problems (what was measured before is free)."""
+        teacher = max(0.0, share - self.gap_done.get(run.gap_key, 0.0))
+        student = max(0.0, share - self.student_done.get(run.gap_student_key, 0.0))
+        self._pay(teacher * (run.gap_cpu_s - run.gap_student_cpu_s) + student * run.gap_student_cpu_s,
+                  teacher * (run.gap_tokens - run.gap_student_tokens) + student * run.gap_student_tokens, gap=True)
+        self.gap_done[run.gap_key] = max(share, self.gap_done.get(run.gap_key, 0.0))
+        self.student_done[run.gap_student_key] = max(share, self.student_done.get(run.gap_student_key, 0.0))
+
+    def validation(self, run: Run) -> None:
+        if run.val_key not in self.val_done:
+            self.val_done.add(run.val_key)
+            self._pay(run.val_initial_cpu_s, run.val_initial_tokens)
+
+    def train(self, run: Run, step: int) -> None:
+        self._pay(run.cum_cpu[step], run.cum_tokens[step])
+
+
+# ============================================================================== the law in memory
+
+
+def fast_view(version: int, fit: LawFit) -> LawView:
+    """``LawView.of_fit`` without pandas: LawFit.predict's expressions on arrays (its interval
+    quantile cached), for the many predictions of a replay; equal to LawFit.predict (tested)."""
+    from scipy import stats
+
+    params, cov = np.asarray(fit.params, dtype=float), np.asarray(fit.cov_params, dtype=float)
+    names, quantiles = ("gap", *fit.covariates), {}
+
+    def predict(values, level):
+        cols = [np.atleast_1d(np.asarray(values[c], dtype=float)) for c in names]
+        exog = np.column_stack([np.ones(cols[0].size), *cols])
+        if not np.isfinite(exog).all():
+            raise LawError("input: non-finite gap or covariate")
+        if level not in quantiles:
+            quantiles[level] = stats.t.ppf(1 - (1 - level) / 2.0, fit.df_resid)
+        mean = exog @ params
+        se_obs = np.sqrt((exog * np.dot(cov, exog.T).T).sum(1) + fit.sigma2 / fit.new_weight)
+        return mean, mean - quantiles[level] * se_obs, mean + quantiles[level] * se_obs
+
+    return LawView(int(version), names, predict)
+
+
+def fast_ols(config: np.ndarray, gap: np.ndarray, improvement: np.ndarray, covs: np.ndarray, covariates: tuple[str, ...],
+             level: float) -> tuple[LawFit, float | None]:
+    """fit_law(method="ols") and leave_one_out's RMSE in numpy, for the refits of a replay.
+
+    config: integer configuration ids per point; covs: [points, covariates]. The prediction
+    numbers (params, cov_params, sigma2, df_resid) equal fit_law's to rounding (tested); the
+    leave-one-out residuals are the PRESS residuals (law.leave_one_out says they equal its own
+    for OLS), a fold skipped where fit_law would refuse the reduced set. Raises LawError where
+    fit_law would."""
+    ids, first, inverse = np.unique(config, return_index=True, return_inverse=True)
+    count = np.bincount(inverse).astype(float)
+    mean = lambda v: np.bincount(inverse, weights=v) / count  # noqa: E731
+    gaps, y = mean(gap), mean(improvement)
+    n = ids.size
+    if n < 3:
+        raise LawError(f"need at least 3 configurations, got {n}")
+    if np.ptp(gaps) <= 1e-12 * max(1.0, float(np.abs(gaps).max())):
+        raise LawError("all configurations have the same gap")
+    x = np.column_stack([np.ones(n), gaps, *[mean(covs[:, j]) for j in range(covs.shape[1])]])
+    k = x.shape[1]
+    if n <= k or np.linalg.matrix_rank(x) < k:
+        raise LawError("too few configurations, or covariates collinear with the gap")
+    xtx_inv = np.linalg.pinv(x.T @ x)
+    params = xtx_inv @ x.T @ y
+    resid = y - x @ params
+    df = n - k
+    sigma2 = float(resid @ resid / df)
+    fit = LawFit(method="ols", level=level, columns=["intercept", "gap", *covariates], params=params.tolist(),
+                 cov_params=(sigma2 * xtx_inv).tolist(), sigma2=sigma2, df_resid=float(df), new_weight=1.0,
+                 coefficients=[], r2=math.nan, adj_r2=math.nan, pearson_r=math.nan, pearson_p=math.nan,
+                 residual_std=math.sqrt(sigma2), n_configs=n, n_points=int(gap.size), configs=[str(i) for i in ids],
+                 covariates=list(covariates))
+    hat = np.einsum("ij,jk,ik->i", x, xtx_inv, x)
+    keep = np.ones(n, dtype=bool)
+    for i in range(n):  # the folds leave_one_out skips: the reduced set is not fittable
+        rest = np.delete(gaps, i)
+        keep[i] = (n - 1 >= 3 and n - 1 > k and hat[i] < 1 - 1e-9
+                   and np.ptp(rest) > 1e-12 * max(1.0, float(np.abs(rest).max())))
+    press = resid[keep] / (1 - hat[keep])
+    return fit, (float(np.sqrt(np.mean(press ** 2))) if keep.any() else None)
+
+
+class LawMemory:
+    """The law of a search kept in memory, with search.py's learning loop: the first law (fitted
+    on the table's `law` slice) is the champion; after every `refit_every` completed trials a
+    challenger is fitted on all points (law slice + completed trials) and promoted when its
+    leave-one-out RMSE is lower (registry.promote's rule: a champion without one always loses)."""
+
+    def __init__(self, table: Table, settings: Settings) -> None:
+        self.settings = settings
+        self.covariates = tuple(settings.covariates)
+        law = table.law_points
+        self.config_ids: dict[str, int] = {}
+        self.config = [self._id(c) for c in law.get("config", [])]
+        self.keys = list(law.get("seed", []))
+        self.gap = law["gap"].tolist() if len(law) else []
+        self.improvement = law["improvement"].tolist() if len(law) else []
+        self.covs = [[float(row[c]) for c in self.covariates] for _, row in law.iterrows()] if self.covariates else [[] for _ in self.gap]
+        self.version, self.champion, self.champion_rmse, self._view = 0, None, None, None
+        self.n_complete = 0
+        key = ("first law", settings.method, self.covariates, settings.level)
+        if key not in table.cache:  # the same first law for every order: fitted once, by fit_law itself
+            table.cache[key] = self._first(law)
+        if table.cache[key] is not None:
+            self._register(*table.cache[key])
+
+    def _id(self, config: str) -> int:
+        return self.config_ids.setdefault(config, len(self.config_ids))
+
+    def _first(self, points: pd.DataFrame) -> tuple[LawFit, float | None] | None:
+        from opsd_platform.law import leave_one_out
+
+        if len(points) == 0:
+            return None
+        s = self.settings
+        kwargs = dict(method=s.method, covariates=list(self.covariates), level=s.level)
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                fit, rmse = fit_law(points, **kwargs), leave_one_out(points, **kwargs)["rmse"]
+        except LawError:
+            return None
+        return fit, (float(rmse) if rmse == rmse else None)
+
+    def _refit(self) -> tuple[LawFit, float | None] | None:
+        s = self.settings
+        try:
+            if s.method == "ols":
+                return fast_ols(np.asarray(self.config), np.asarray(self.gap, dtype=float), np.asarray(self.improvement, dtype=float),
+                                np.asarray(self.covs, dtype=float).reshape(len(self.gap), len(self.covariates)), self.covariates, s.level)
+        except LawError:
+            return None
+        points = pd.DataFrame({"config": self.config, "seed": self.keys, "gap": self.gap, "improvement": self.improvement,
+                               **{c: [row[j] for row in self.covs] for j, c in enumerate(self.covariates)}})
+        return self._first(points)
+
+    def _register(self, fit: LawFit, rmse: float | None) -> None:
+        self.version += 1
+        better = rmse is not None and (self.champion_rmse is None or rmse < self.champion_rmse)
+        if self.champion is None or better:
+            self.champion, self.champion_rmse = fit, rmse
+            self._view = fast_view(self.version, fit)
+
+    def add(self, config: str, key: str, gap: float, improvement: float, covariates: dict[str, float]) -> None:
+        """A completed trial: a new point; refit every `refit_every` completions."""
+        self.config.append(self._id(config))
+        self.keys.append(key)
+        self.gap.append(gap)
+        self.improvement.append(improvement)
+        self.covs.append([covariates[c] for c in self.covariates])
+        self.n_complete += 1
+        if self.settings.refit_every and self.n_complete % self.settings.refit_every == 0:
+            fitted = self._refit()
+            if fitted is not None:
+                self._register(*fitted)
+
+    def view(self) -> LawView:
+        if self._view is None:
+            raise RegistryError("no law yet: the table's law slice is missing or unfittable, and no refit succeeded")
+        return self._view
+
+
+class MemoryLawPruner(GapLawPruner):
+    """GapLawPruner with its law in memory: the same ``decide_policy``, another ``law_view``."""
+
+    def __init__(self, memory: LawMemory, **kwargs: Any) -> None:
+        super().__init__("memory://replay", **kwargs)
+        self.memory = memory
+
+    def law_view(self) -> LawView:
+        return self.memory.view()
+
+
+class LawThenCurve(optuna.pruners.BasePruner):
+    """The law decides before training (no intermediate value yet), a curve pruner afterwards."""
+
+    def __init__(self, law: GapLawPruner, curve: optuna.pruners.BasePruner) -> None:
+        self.law, self.curve = law, curve
+
+    def prune(self, study: optuna.Study, trial) -> bool:
+        return self.law.prune(study, trial) if trial.last_step is None else self.curve.prune(study, trial)
+
+
+# ============================================================================== one order of one arm
+
+
+@dataclass
+class TrialRecord:
+    number: int
+    run_id: str
+    config: str
+    state: str  # complete | pruned
+    step: int  # training steps paid (0: pruned before training)
+    value: float  # the recorded improvement of the run (what it reached or would have reached)
+    bar: float | None  # the bar when pruned (the law's, or the best completed value)
+    action: str | None = None  # the law's decision (train | prune | calibrate)
+    rule: str | None = None
+    gap_share: float = 1.0  # share of the gap's problems measured (sequential)
+    full_action: str | None = None  # law_sequential: the decision on the full measurement (gap-dependent rules only)
+    decision: dict | None = None  # the law's decision as recorded on the trial (pruner.* user attributes)
+
+
+@dataclass
+class OrderResult:
+    arm: str
+    order: int
+    records: list[TrialRecord]
+    curve: list[tuple[float, float, float | None]]  # after each event: (cpu, tokens, true mean of the incumbent)
+    cpu: float
+    tokens: float
+    gap_cpu: float
+    gap_tokens: float
+    incumbent: str | None  # configuration of the best completed trial (by its recorded value)
+
+
+def _draw(table: Table, config: str, order: int, number: int, drawn: dict[str, set[str]]) -> Run:
+    ids = table.runs_of[config]
+    fresh = [k for k in ids if k not in drawn.setdefault(config, set())] or ids
+    run_id = fresh[int(np.random.default_rng([order, number, 17]).integers(len(fresh)))]
+    drawn[config].add(run_id)
+    return table.runs[run_id]
+
+
+def _permutation(table: Table, order: int, n: int) -> list[str]:
+    rng = np.random.default_rng([order, 1])
+    seq: list[str] = []
+    while len(seq) < n:
+        seq.extend(rng.permutation(table.configs).tolist())
+    return seq[:n]
+
+
+def make_pruner(arm: str, table: Table, settings: Settings, order: int, memory: LawMemory | None,
+                law_pruner: GapLawPruner | None = None) -> optuna.pruners.BasePruner:
+    s = settings
+    if arm in LAW_ARMS:
+        law = law_pruner or MemoryLawPruner(memory, n_startup_trials=s.n_startup_trials, calibration_rate=s.calibration_rate,
+                                            threshold=s.threshold, level=s.level, seed=order)
+        return LawThenCurve(law, optuna.pruners.SuccessiveHalvingPruner()) if arm == "law_then_halving" else law
+    if arm == "median":
+        warmup = s.median_warmup_steps if s.median_warmup_steps is not None else table.max_steps // 3
+        return optuna.pruners.MedianPruner(n_startup_trials=s.n_startup_trials, n_warmup_steps=warmup)
+    if arm == "successive_halving":
+        return optuna.pruners.SuccessiveHalvingPruner()
+    if arm == "hyperband":
+        return optuna.pruners.HyperbandPruner(min_resource=1, max_resource=table.max_steps, reduction_factor=3)
+    return optuna.pruners.NopPruner()
+
+
+def make_sampler(settings: Settings, order: int) -> optuna.samplers.BaseSampler:
+    if settings.sampler == "tpe":
+        return optuna.samplers.TPESampler(seed=order)
+    return optuna.samplers.RandomSampler(seed=order)
+
+
+class Replay:
+    """One arm on one order: the study, its objective (module docstring) and its bookkeeping."""
+
+    def __init__(self, table: Table, arm: str, order: int, settings: Settings, law_pruner: GapLawPruner | None = None) -> None:
+        self.table, self.arm, self.order, self.s = table, arm, order, settings
+        self.ledger = Ledger()
+        self.memory = LawMemory(table, settings) if arm in LAW_ARMS and law_pruner is None else None
+        self.pruner = make_pruner(arm, table, settings, order, self.memory, law_pruner)
+        self.law = self.pruner.law if isinstance(self.pruner, LawThenCurve) else self.pruner
+        self.records: list[TrialRecord] = []
+        self.curve: list[tuple[float, float, float | None]] = []
+        self.drawn: dict[str, set[str]] = {}
+        self.best: tuple[float, str] | None = None  # (recorded value, config) of the best completed trial
+
+    # -- bookkeeping
+    def _note(self) -> None:
+        self.curve.append((self.ledger.cpu, self.ledger.tokens, None if self.best is None else self.table.true_mean[self.best[1]]))
+
+    def _finish(self, record: TrialRecord) -> None:
+        self.records.append(record)
+        if record.state == "complete" and (self.best is None or record.value > self.best[0]):
+            self.best = (record.value, record.config)
+        self._note()
+
+    def result(self) -> OrderResult:
+        l = self.ledger
+        return OrderResult(self.arm, self.order, self.records, self.curve, l.cpu, l.tokens, l.gap_cpu, l.gap_tokens,
+                           None if self.best is None else self.best[1])
+
+    # -- the gap
+    def _measure(self, trial: optuna.Trial, run: Run) -> tuple[float, float, str | None]:
+        """(gap, share of problems measured, the decision on the full gap or None)."""
+        if self.arm != "law_sequential":
+            self.ledger.gap(run)
+            return run.gap, 1.0, None
+        inputs = self.law.policy_inputs(trial.study, trial)
+        attrs = {**stored_attrs(trial.study, trial), **run.covariates}
+        probe = decide_policy({**attrs, "gap": 0.0}, **inputs)  # which rule, which bar: they do not depend on the gap's value
+        if probe.rule not in GAP_RULES:  # startup, no law, no bar: decided without the gap (measured in full, for the law's points)
+            self.ledger.gap(run)
+            return run.gap, 1.0, None
+        full = decide_policy({**attrs, "gap": run.gap}, **inputs).action
+        n = run.diffs.size
+        already = int(round(self.ledger.gap_done.get(run.gap_key, 0.0) * n))
+        if already == n:
+            return run.gap, 1.0, full
+        view = inputs["law"]()
+        covs = {c: run.covariates[c] for c in view.inputs if c != "gap"}
+
+        def bounds(gaps: np.ndarray, which: int) -> np.ndarray:
+            return view.predict({"gap": gaps, **{c: np.full(gaps.size, v) for c, v in covs.items()}}, self.s.level)[which]
+
+        settle = law_settle(lambda g: bounds(g, 2), probe.bar, lower=lambda g: bounds(g, 1), rule=self.s.seq_rule)
+        key = ("confidence sequence", run.gap_key, self.s.seq_alpha)  # depends on the recorded problems only: once per table
+        if key not in self.table.cache:
+            self.table.cache[key] = confidence_sequence(run.diffs, alpha=self.s.seq_alpha, population=n)
+        seq = sequential_gap(run.diffs, settle, batch=self.s.seq_batch, cs=self.table.cache[key], already=already)
+        self.ledger.gap(run, seq.fraction)
+        return seq.gap, seq.fraction, full
+
+    # -- the objective
+    def objective(self, trial: optuna.Trial) -> float:
+        config = trial.suggest_categorical("config", self.table.configs)
+        run = _draw(self.table, config, self.order, trial.number, self.drawn)
+        trial.set_user_attr("run_id", run.run_id)
+        record = TrialRecord(trial.number, run.run_id, config, "complete", run.steps, run.improvement, None)
+        if self.arm in LAW_ARMS:
+            gap, record.gap_share, record.full_action = self._measure(trial, run)
+            trial.set_user_attr("gap", gap)
+            for key, value in run.covariates.items():
+                trial.set_user_attr(key, value)
+            pruned = trial.should_prune()
+            attrs = stored_attrs(trial.study, trial)
+            record.action, record.rule = attrs.get("pruner.action"), attrs.get("pruner.rule")
+            record.decision = {k: v for k, v in attrs.items() if k.startswith("pruner.")}
+            if pruned:
+                record.state, record.step, record.bar = "pruned", 0, attrs.get("pruner.bar")
+                self.pending = record
+                raise optuna.TrialPruned(attrs.get("pruner.reason"))
+            self.pending_gap = gap
+        self.ledger.validation(run)
+        curve_pruned = self.arm in ("median", "successive_halving", "hyperband", "law_then_halving")
+        for step, value in zip(run.val_steps.tolist(), run.val_values.tolist()):
+            trial.report(value, step)
+            if curve_pruned and step < run.steps and trial.should_prune():
+                self.ledger.train(run, step)
+                record.state, record.step = "pruned", step
+                record.bar = None if self.best is None else self.best[0]
+                self.pending = record
+                raise optuna.TrialPruned(f"{self.arm} at step {step}")
+        self.ledger.train(run, run.steps)
+        self.pending = record
+        return run.improvement
+
+    def after_trial(self, study: optuna.Study, frozen) -> None:
+        record, self.pending = self.pending, None
+        self._finish(record)
+        if self.memory is not None and frozen.state == TrialState.COMPLETE:
+            self.memory.add(record.config, record.run_id, self.pending_gap, record.value,
+                            {c: self.table.runs[record.run_id].covariates[c] for c in self.s.covariates})
+
+    def run(self) -> OrderResult:
+        n = self.s.n_trials or len(self.table.configs)
+        study = optuna.create_study(direction="maximize", sampler=make_sampler(self.s, self.order), pruner=self.pruner,
+                                    study_name=f"replay-{self.arm}-{self.order}")
+        if self.s.sampler == "permutation":
+            for config in _permutation(self.table, self.order, n):
+                study.enqueue_trial({"config": config})
+        self.pending = self.pending_gap = None
+        study.optimize(self.objective, n_trials=n, callbacks=[self.after_trial], gc_after_trial=False)
+        return self.result()
+
+
+def run_topk(table: Table, order: int, settings: Settings, trials: list[TrialRecord], budget_cpu: float | None) -> OrderResult:
+    """Measure the gap of every trial of the order (`trials`: another arm's, for the same
+    configurations and seeds), then train the largest gaps: the first `topk_k`, or as many as
+    fit in `budget_cpu` (at least one)."""
+    replay = Replay(table, "none", order, settings)
+    replay.arm = "topk"
+    runs = [table.runs[t.run_id] for t in trials]
+    for run in runs:
+        replay.ledger.gap(run)
+    replay._note()
+    ranked = sorted(range(len(runs)), key=lambda i: (-runs[i].gap, i))
+    trained = set()
+    for rank, i in enumerate(ranked):
+        run = runs[i]
+        if settings.topk_k is not None:
+            go = rank < settings.topk_k
+        else:
+            extra = run.cum_cpu[run.steps] + (0.0 if run.val_key in replay.ledger.val_done else run.val_initial_cpu_s)
+            go = rank == 0 or budget_cpu is None or replay.ledger.cpu + extra <= budget_cpu + 1e-9
+        if not go:
+            break
+        replay.ledger.validation(run)
+        replay.ledger.train(run, run.steps)
+        trained.add(i)
+        replay._finish(TrialRecord(trials[i].number, run.run_id, run.config, "complete", run.steps, run.improvement, None))
+    bar = replay.best[0] if replay.best else None
+    for i, run in enumerate(runs):
+        if i not in trained:
+            replay.records.append(TrialRecord(trials[i].number, run.run_id, run.config, "pruned", 0, run.improvement, bar, PRUNE))
+    return replay.result()
