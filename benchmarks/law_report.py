@@ -53,6 +53,22 @@ def seed_noise(runs: pd.DataFrame) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
+def reuse_saving(runs: pd.DataFrame) -> dict:
+    """What measuring each shared quantity once per key saved, in CPU-s, against every run
+    measuring its own initial validation and gap (measurements.py)."""
+    own = float((runs["val_initial_cpu_s"] + runs["gap_cpu_s"]).sum())
+    teacher = (runs["gap_cpu_s"] - runs["gap_student_cpu_s"]).groupby(runs["gap_key"]).first().sum()
+    paid = float(runs.groupby("val_key")["val_initial_cpu_s"].first().sum()
+                 + runs.groupby("gap_student_key")["gap_student_cpu_s"].first().sum() + teacher)
+    point = float((runs["val_initial_cpu_s"] + runs["gap_cpu_s"] + runs["train_cpu_s"]).mean())
+    n = len(runs)
+    return {"runs": n, "measure_every_run_cpu_s": own, "measured_once_per_key_cpu_s": paid,
+            "saving_per_point_cpu_s": (own - paid) / n, "point_cpu_s_without_reuse": point,
+            "saving_share_of_a_point": (own - paid) / n / point,
+            "distinct": {"val_key": int(runs["val_key"].nunique()), "gap_student_key": int(runs["gap_student_key"].nunique()),
+                         "gap_key": int(runs["gap_key"].nunique())}}
+
+
 def law_row(name: str, points: pd.DataFrame, level: float, covariates=()) -> dict:
     """One fit with its leave-one-configuration-out errors (or the reason it cannot be fitted)."""
     try:
@@ -104,9 +120,15 @@ def points_from_table_frame(runs: pd.DataFrame) -> pd.DataFrame:
 def report(data: Path, level: float, plots: Path | None) -> dict:
     runs = read_table(data / "runs.csv")
     out: dict = {"data": str(data), "runs": len(runs), "level": level}
+    saving = reuse_saving(runs)
+    out["reuse"] = saving
+    print("## Measurements reused across points\n")
+    print(markdown([{k: v for k, v in saving.items() if k != "distinct"} | saving["distinct"]],
+                   ["runs", "measure_every_run_cpu_s", "measured_once_per_key_cpu_s", "saving_per_point_cpu_s",
+                    "point_cpu_s_without_reuse", "saving_share_of_a_point", "val_key", "gap_student_key", "gap_key"]))
     noise = seed_noise(runs)
     out["seed_noise"] = noise.to_dict(orient="records")
-    print("## Seed noise against the spread of configurations\n")
+    print("\n## Seed noise against the spread of configurations\n")
     print(markdown(out["seed_noise"], list(noise.columns)))
 
     law = runs[runs["slice"].astype(str).str.startswith("law")]

@@ -238,3 +238,33 @@ def test_a_grid_file_with_a_bad_slice_names_it(tmp_path):
     spec.write_text("name: g\nslices:\n  - name: a\n    configs: [[context=oracle]]\n")
     out = opsd("grid", f"grid.spec={spec}", "grid.dry_run=true", f"tracking.uri=sqlite:///{tmp_path}/mlflow.db")
     assert out.returncode == 2 and "slice a" in out.stderr and "oracle" in out.stderr
+
+
+def test_law_report_runs_on_an_exported_table(tmp_path):
+    """benchmarks.law_report on a real (tiny-model) export plus a table with a law to find."""
+    from benchmarks.law_report import reuse_saving
+
+    uri = f"sqlite:///{tmp_path}/mlflow.db"
+    assert opsd("grid", f"grid.spec={TINY_GRID}", "grid.workers=0", "grid.exported=null", f"tracking.uri={uri}").returncode == 0
+    assert opsd("export", "export.grid=tiny", f"export.out={tmp_path}/data", f"tracking.uri={uri}").returncode == 0
+    runs = pd.read_csv(tmp_path / "data" / "runs.csv")
+    saving = reuse_saving(runs)
+    assert saving["distinct"] == {"val_key": 2, "gap_student_key": 2, "gap_key": 6}
+    # 6 runs, 2 seeds: 4 initial validations and 4 student sides were not measured again
+    expected = (runs["val_initial_cpu_s"].sum() - runs.groupby("val_key")["val_initial_cpu_s"].first().sum()
+                + runs["gap_student_cpu_s"].sum() - runs.groupby("gap_student_key")["gap_student_cpu_s"].first().sum())
+    assert saving["saving_per_point_cpu_s"] * 6 == pytest.approx(expected)
+    table = law_table(tmp_path / "law", [-0.2, -0.1, 0.0, 0.1, 0.3], [-0.15, -0.02, 0.01, 0.09, 0.2])
+    t = pd.read_csv(table / "runs.csv").assign(slice="law-arithmetic", gap_key=lambda d: d["run_id"],
+                                               gap_student_key=lambda d: d["run_id"], val_key=lambda d: d["run_id"],
+                                               gap_student_cpu_s=0.5, val_initial_cpu_s=2.0)
+    t.to_csv(table / "runs.csv", index=False)
+    out = subprocess.run([sys.executable, "-m", "benchmarks.law_report", "--data", str(table), "--out",
+                          str(tmp_path / "r.json"), "--plots", str(tmp_path / "plots")], cwd=REPO, capture_output=True, text=True)
+    assert out.returncode == 0, out.stderr[-2000:]
+    import json
+
+    report = json.loads((tmp_path / "r.json").read_text())
+    pooled = [f for f in report["fits"] if f["fit"] == "pooled (law slices)"][0]
+    assert 0.5 < pooled["slope"] < 0.8 and pooled["configs"] == 5
+    assert (tmp_path / "plots" / "law-f-arithmetic.png").is_file()
