@@ -337,9 +337,9 @@ def status(study: optuna.Study, grid_points: Sequence[GridPoint], uri: str, expe
     keys = {p.key for p in grid_points}
     trials = study.get_trials(deepcopy=False)
     running = [t.user_attrs.get("point", "?") for t in trials if t.state == TrialState.RUNNING]
-    retried = {n for t in trials for n in t.system_attrs.get("retry_history", [])}
-    failed = [t.user_attrs.get("point", "?") for t in trials if t.state == TrialState.FAIL and t.number not in retried
-              and t.user_attrs.get("point") not in done]
+    again = queued_keys(study)  # a failed point that is queued again (retried, interrupted) is not failed
+    failed = sorted({t.user_attrs.get("point", "?") for t in trials if t.state == TrialState.FAIL
+                     and t.user_attrs.get("point") not in done and t.user_attrs.get("point") not in again})
     return GridStatus(len(keys), len(keys & set(done)), running, failed)
 
 
