@@ -569,3 +569,13 @@ def test_hidden_failure_is_a_fixed_category_and_no_test_number():
 def test_syntax_error_is_reported_when_every_test_is_hidden():
     j = _judge("x = (\n", SECRETS_A, reveal=False, grading="lcb")
     assert j.feedback.startswith("Syntax error on line 1:") and j.reward == 0.0
+
+
+def test_lenient_time_budget_covers_the_programs_not_the_sandbox_start_ups():
+    many = [TestCase(f"{k} 1\n", f"{k + 1}\n", hidden=k > 0) for k in range(12)]
+    j = _judge("a, b = map(int, input().split())\nprint(a + b)\n", many, reveal=False, limits=SandboxLimits(wall_s=1.0, cpu_s=2))
+    assert j.passed, j.feedback  # twelve sandboxes take longer than 1 s to start; the program does not
+    slow = "import time\ntime.sleep(0.5)\na, b = map(int, input().split())\nprint(a + b)\n"
+    j = _judge(slow, many[:3], reveal=False, limits=SandboxLimits(wall_s=1.2, cpu_s=2))
+    assert j.reward == pytest.approx(2 / 3)
+    assert "Hidden tests: 1/2 passed; a hidden test failed: time limit exceeded" in j.feedback

@@ -45,7 +45,6 @@ import json
 import math
 import pickle
 import re
-import time
 import zlib
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -783,7 +782,7 @@ class _Run:
                 records[i] = rec
         return compile_error, records, result
 
-    def _grade(self, tests, idx, records, result, verdicts, limit_s: float) -> bool:
+    def _grade_records(self, tests, idx, records, result, verdicts, limit_s: float) -> bool:
         """verdicts[i] for i in idx from one sandbox's records; False when grading stops here."""
         crashed = False
         for i in idx:
@@ -804,7 +803,7 @@ class _Run:
         compile_error, records, result = self._sandbox(idx, self.whole_run_s, self.per_test_s)
         if compile_error is not None:
             return compile_error
-        self._grade(tests, idx, records, result, verdicts, self.whole_run_s)
+        self._grade_records(tests, idx, records, result, verdicts, self.whole_run_s)
         return None
 
     def one_by_one(self, tests, secret, verdicts):
@@ -816,26 +815,38 @@ class _Run:
             compile_error, _, _ = self._sandbox([], 10.0, self.per_test_s)
             if compile_error is not None:
                 return compile_error
-        started = time.monotonic()
+        used = 0.0  # lenient: the programs' time so far (sandbox start-ups not counted, as in one run)
         for k, i in enumerate(order):
             if self.lcb:
                 wall = limit_s = 2 * self.per_test_s + 5  # the module's load, the test, start-up
                 per_test = self.per_test_s
             else:  # the lenient budget: all tests of the response together
-                left = self.whole_run_s - (time.monotonic() - started)
+                left = self.whole_run_s - used
                 if left <= 0:
                     verdicts[i] = _Verdict("timeout", {"whole_run": True, "limit_s": self.whole_run_s})
                     return None
-                wall, per_test, limit_s = left, min(self.per_test_s, left), self.whole_run_s
+                per_test, limit_s = min(self.per_test_s, left), self.whole_run_s
+                wall = min(2 * per_test + 5, left + 2)
             compile_error, records, result = self._sandbox([i], wall, per_test)
             if compile_error is not None:
                 if k == 0 and not secret[i]:
                     return compile_error
                 # compile() passed in an earlier sandbox: a record the program wrote itself
                 records = {i: {"i": i, "status": "runtime_error"}}
-            if not self._grade(tests, [i], records, result, verdicts, limit_s):
-                return None
-            if not self.lcb and result.status == "timeout" and i not in records:
+            if self.lcb:
+                if not self._grade_records(tests, [i], records, result, verdicts, limit_s):
+                    return None
+                continue
+            rec = records.get(i)
+            try:
+                used += result.wall_s if rec is None else min(max(float(rec.get("time") or 0.0), 0.0), result.wall_s)
+            except (TypeError, ValueError):
+                used += result.wall_s
+            if rec is not None and rec.get("status") == "timeout" and per_test < self.per_test_s:
+                verdicts[i] = _Verdict("timeout", {"whole_run": True, "limit_s": self.whole_run_s})
+                return None  # the budget ran out during this test: the rest are not run
+            self._grade_records(tests, [i], records, result, verdicts, limit_s)
+            if result.status == "timeout" and rec is None:
                 return None  # the whole-run budget is spent: the rest are not run
         return None
 
