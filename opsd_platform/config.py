@@ -108,7 +108,7 @@ class WorldConfig:
     n_val: int = field(default=16, metadata={"help": "held-out validation problems"})
     path: str | None = field(default=None, metadata={"help": "JSONL dataset (world=code)"})
     val_fraction: float = field(default=0.2, metadata={"help": "share of a JSONL dataset held out"})
-    timeout_s: float = field(default=5.0, metadata={"help": "sandbox wall timeout per response"})
+    timeout_s: float = field(default=5.0, metadata={"help": "sandbox wall timeout per response (grading=lenient; lcb: 6 s per test)"})
     reveal_hidden: bool = field(default=False, metadata={"help": "show private tests' content in feedback"})
     grading: str | None = field(
         default=None,
