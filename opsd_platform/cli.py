@@ -296,7 +296,7 @@ def cmd_judge(overrides: Sequence[str]) -> int:
         passed += bool(row["passed"])
         print(f"== {row['question_id']}  reward={row['reward']:.3f}  passed={row['passed']}")
         print(row["feedback"].rstrip())
-    print(f"\n{passed}/{len(results)} responses passed")
+    print(f"\n{passed}/{len(results)} responses passed (grading={world_cfg.grading})")
     return 0
 
 

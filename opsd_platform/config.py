@@ -16,6 +16,7 @@ from typing import Any
 
 from opsd_platform.contexts import CONTEXTS
 from opsd_platform.losses import DIVERGENCES, SUPPORTS
+from opsd_platform.worlds.base import GRADINGS
 
 MODEL_SOURCES = ("smollm2", "gemma3", "tiny", "hf", "gguf")
 WORLD_NAMES = ("arithmetic", "hidden_rule", "pyfunc", "code")
@@ -107,11 +108,21 @@ class WorldConfig:
     n_val: int = field(default=16, metadata={"help": "held-out validation problems"})
     path: str | None = field(default=None, metadata={"help": "JSONL dataset (world=code)"})
     val_fraction: float = field(default=0.2, metadata={"help": "share of a JSONL dataset held out"})
-    timeout_s: float = field(default=5.0, metadata={"help": "sandbox wall timeout per response"})
+    timeout_s: float = field(default=5.0, metadata={"help": "sandbox wall timeout per response (grading=lenient; lcb: 6 s per test)"})
     reveal_hidden: bool = field(default=False, metadata={"help": "show private tests' content in feedback"})
+    grading: str | None = field(
+        default=None,
+        metadata={"help": "code judge (world=code, pyfunc): lcb = LiveCodeBench's own verdicts (default for code), "
+                          "lenient = friendlier, not comparable with published LCB numbers (default for pyfunc); "
+                          "null = the world's default"},
+    )
 
     def __post_init__(self) -> None:
         _one_of(self.name, WORLD_NAMES, "world.name")
+        if self.grading is None and self.name in ("code", "pyfunc"):
+            self.grading = "lcb" if self.name == "code" else "lenient"
+        if self.grading is not None:
+            _one_of(self.grading, GRADINGS, "world.grading")
         _check(self.difficulty >= 1, "world.difficulty", f"must be >= 1, got {self.difficulty}")
         _check(self.n_train >= 1, "world.n_train", f"must be >= 1, got {self.n_train}")
         _check(self.n_val >= 1, "world.n_val", f"must be >= 1, got {self.n_val}")
@@ -360,6 +371,8 @@ def config_hash(cfg: TrainConfig) -> str:
     if d["trainer"]["devices"] == 1:  # more ranks sample more problems per step; one keeps older hashes
         d["trainer"].pop("devices")
     d["gap"].pop("enabled")
+    if d["world"]["grading"] in (None, "lenient") or d["world"]["name"] not in ("code", "pyfunc"):
+        d["world"].pop("grading")  # no code judged, or the judge all older hashes had
     return hashlib.sha256(json.dumps(d, sort_keys=True).encode()).hexdigest()[:10]
 
 

@@ -68,6 +68,8 @@ CASES = [
          "opsd train: config error: teacher.kind: unknown value 'oracle'; valid: ema, fixed, live"),
     Case("out-of-range search setting", "search search.n_trials=0",
          "opsd search: search.n_trials: must be >= 1, got 0"),
+    Case("unknown code grading", f"{TRAIN} world=pyfunc world.grading=strict",
+         "opsd train: config error: world.grading: unknown value 'strict'; valid: lcb, lenient"),
     # ------------------------------------------------------------------ datasets
     Case("dataset path missing", f"{TRAIN} world=code",
          "opsd train: config error: world.path: required for world=code (a LiveCodeBench-style JSONL file)"),

@@ -168,8 +168,8 @@ def test_partial_reward_and_hidden_test_not_revealed():
     code = "a, b = map(int, input().split())\nprint(a + b if b > 0 else 0)\n"
     j = _judge(code, reveal=False)
     assert j.reward == pytest.approx(2 / 3) and not j.passed
-    assert "hidden test 3" in j.feedback.lower()
-    assert "10 -3" not in j.feedback and "Expected" not in j.feedback
+    assert j.feedback == ("Passed 2/3 tests.\nHidden tests: 0/1 passed; a hidden test failed: wrong answer "
+                          "(their inputs, outputs and errors are not shown).")
     j2 = _judge(code, reveal=True)
     assert "10 -3" in j2.feedback and "Expected:\n7" in j2.feedback
 
@@ -254,8 +254,9 @@ def test_lcb_world_loads_splits_and_reference_solutions_pass():
     for p, j in zip(problems, judgements):
         assert j.passed, (p.id, j.feedback)
     j = w.judge(two_sum, _block("class Solution:\n    def twoSum(self, nums, target):\n        return [0, 1]\n"))
-    assert j.reward == pytest.approx(2 / 3)
-    assert "hidden test 2" in j.feedback and "[3,2,4]" not in j.feedback
+    assert j.reward == pytest.approx(1 / 3)  # lcb grading stops at the first failure, as LCB does
+    assert "Hidden tests: 0/2 passed; a hidden test failed: wrong answer" in j.feedback
+    assert "[3,2,4]" not in j.feedback and "[1, 2]" not in j.feedback
 
 
 def test_lcb_max_problems_and_invalid_split():
@@ -307,7 +308,7 @@ def test_judge_responses(tmp_path):
     rows = judge_responses(w, by_id, str(resp))
     assert [r["question_id"] for r in rows] == ["abc001_a", "cf_rev"]
     assert rows[0]["passed"] and rows[0]["reward"] == 1.0
-    assert not rows[1]["passed"] and "No ```python code block" in rows[1]["feedback"]
+    assert not rows[1]["passed"] and "No code block found" in rows[1]["feedback"]
     resp.write_text(json.dumps({"question_id": "abc001_a", "response": "x"}) + "\n"
                     + json.dumps({"question_id": "nope", "response": "x"}) + "\n")
     with pytest.raises(WorldError, match=r"responses\.jsonl:2: unknown question_id 'nope'"):
@@ -378,3 +379,203 @@ def test_pyfunc_bad_config():
         PyFuncWorld(difficulty=7)
     with pytest.raises(WorldError, match="distinct"):
         PyFuncWorld(difficulty=3, n_train=5000)
+
+
+# ---- grading: lcb (LiveCodeBench's verdicts, tests/test_lcb_parity.py) and lenient ----------
+
+def test_default_grading_is_lcb_for_code_and_lenient_for_pyfunc():
+    from opsd_platform.compose import train_config
+    from opsd_platform.config import WorldConfig
+    from opsd_platform.worlds import make_world
+
+    assert WorldConfig(name="code", path=str(FIXTURE)).grading == "lcb"
+    assert WorldConfig(name="pyfunc").grading == "lenient"
+    assert WorldConfig(name="arithmetic").grading is None  # no code judged
+    assert train_config(["world=code", f"world.path={FIXTURE}"]).world.grading == "lcb"
+    assert train_config(["world=pyfunc"]).world.grading == "lenient"
+    assert CodeJsonlWorld(str(FIXTURE)).grading == "lcb"
+    assert PyFuncWorld(n_train=2, n_val=1).grading == "lenient"
+    assert make_world(WorldConfig(name="code", path=str(FIXTURE))).grading == "lcb"
+    assert make_world(WorldConfig(name="code", path=str(FIXTURE), grading="lenient")).grading == "lenient"
+    assert make_world(WorldConfig(name="pyfunc", n_train=2, n_val=1, grading="lcb")).grading == "lcb"
+
+
+def test_unknown_grading_is_refused_with_the_valid_ones():
+    from opsd_platform.config import ConfigError, WorldConfig
+
+    with pytest.raises(ConfigError, match=r"world\.grading: unknown value 'strict'; valid: lcb, lenient"):
+        WorldConfig(name="code", path=str(FIXTURE), grading="strict")
+    with pytest.raises(WorldError, match="unknown grading 'strict'; valid: lcb, lenient"):
+        judge_code(_block("print(3)"), STDIN_TESTS, func_name=None, limits=FAST, reveal_hidden=False, grading="strict")
+    with pytest.raises(WorldError, match="valid: lcb, lenient"):
+        CodeJsonlWorld(str(FIXTURE), grading="exact")
+    with pytest.raises(WorldError, match="valid: lcb, lenient"):
+        PyFuncWorld(grading="exact")
+
+
+def test_extract_code_lcb_takes_the_lines_between_the_last_two_fence_lines():
+    def lcb(text):
+        return extract_code(text, "lcb")
+
+    assert lcb("no code here") is None
+    assert lcb("```python\nprint(1)\n```") == "print(1)\n"
+    assert lcb("```python\nprint('first')\n```\ntext\n```python\nprint('last')\n```\n") == "print('last')\n"
+    assert lcb("```python\nx = 1\n```\n```text\noutput\n```") == "output\n"  # any language: the last block
+    assert lcb("```python\nx = 1\n```\nThen run it:\n```") == "Then run it:\n"
+    assert lcb("Sure:\n```python\ndef f():\n    return 1") is None  # unterminated
+    assert lcb("```py\nprint(2)```") == "\n"  # the glued closing fence's line is not code
+    assert lcb("~~~python\nprint(2)\n~~~") is None
+    assert lcb("   ```python   \nprint(3)\n    ```  \n") == "print(3)\n"
+
+
+def test_several_fenced_blocks_are_judged_on_the_block_lcb_takes():
+    tests = [TestCase("1 2\n", "3\n")]
+    response = ("First try:\n```python\na, b = map(int, input().split())\nprint(a - b)\n```\n"
+                "Fixed:\n```python\na, b = map(int, input().split())\nprint(a + b)\n```\n"
+                "Example:\n```\n$ echo 1 2 | python sol.py\n3\n```\n")
+    lcb = judge_code(response, tests, func_name=None, limits=FAST, reveal_hidden=True, grading="lcb")
+    lenient = judge_code(response, tests, func_name=None, limits=FAST, reveal_hidden=True, grading="lenient")
+    assert not lcb.passed and "Syntax error" in lcb.feedback  # LCB runs the last block, the shell example
+    assert lenient.passed  # the last python block
+    assert judge_code(response.split("Example:")[0], tests, func_name=None, limits=FAST, reveal_hidden=True,
+                      grading="lcb").passed
+
+
+@pytest.mark.parametrize("hidden", [False, True], ids=["all public", "with hidden tests"])
+def test_lcb_time_limit_applies_per_test(hidden):
+    tests = [TestCase("1 2\n", "3\n"), TestCase("4 5\n", "9\n"), TestCase("10 -3\n", "7\n", hidden=hidden)]
+    slow = "import time\ntime.sleep(0.3)\na, b = map(int, input().split())\nprint(a + b)\n"
+    j = _judge(slow, tests, reveal=False, grading="lcb", per_test_s=0.5)  # 0.9 s in all, 0.3 s per test
+    assert j.passed, j.feedback
+    hang = "a, b = map(int, input().split())\nif a == 4:\n    while True: pass\nprint(a + b)\n"
+    j = _judge(hang, tests, reveal=False, grading="lcb", per_test_s=0.5)
+    assert j.reward == pytest.approx(1 / 3) and not j.passed
+    assert "Time limit exceeded on test 2 (limit 0.5 s per test)" in j.feedback
+    assert "1 test(s) not run: grading stops at the first failing test" in j.feedback
+    j = _judge(hang, tests, reveal=False, grading="lenient", per_test_s=0.5)
+    assert j.reward == pytest.approx(2 / 3)  # lenient grades every test
+
+
+def test_lcb_defaults_to_livecodebench_time_limit():
+    from opsd_platform.worlds.code import LCB_TIMEOUT_S, _Run
+
+    assert LCB_TIMEOUT_S == 6.0
+    run = _Run("", None, "lcb", LCB_TIMEOUT_S, FAST, [{}, {}, {}], {})
+    assert run.whole_run_s == (6 + 1) * 3 + 5 + 6  # LCB's global bound, plus the module's load
+
+
+def test_lcb_public_feedback_shows_input_expected_got_and_traceback():
+    tests = [TestCase("1 2\n", "3\n"), TestCase("4 5\n", "9\n", hidden=True)]
+    j = _judge("a, b = map(int, input().split())\nprint(a * b)\n", tests, reveal=False, grading="lcb")
+    assert "Wrong answer on test 1.\nInput:\n1 2\nExpected:\n3\nGot:\n2" in j.feedback
+    j = _judge("a, b = map(int, input().split())\nprint(a // (b - 2))\n", tests, reveal=False, grading="lcb")
+    assert "Runtime error on test 1." in j.feedback and "ZeroDivisionError" in j.feedback
+    assert 'File "solution.py", line 2' in j.feedback
+
+
+# ---- leak-free feedback: nothing of a hidden test reaches the model ------------------------
+
+PUBLIC = TestCase("pub-000000\n", "PUB-000000\n")
+SECRETS_A = [TestCase("h1-qzwxec\n", "H1-QZWXEC\n", hidden=True), TestCase("h2-rvtbyn\n", "H2-RVTBYN\n", hidden=True)]
+SECRETS_B = [TestCase("h1-ukimlo\n", "H1-UKIMLO\n", hidden=True), TestCase("h2-pjhgfd\n", "H2-PJHGFD\n", hidden=True)]
+
+# What a program can find in its sandbox: every file under its work dir, its own stdin, the
+# environment and the command lines it can read. It prints whatever looks like a test's data
+# other than its own input.
+SNOOP = r'''
+import os, re, sys
+mine = sys.stdin.read()
+seen = []
+for root in (".", "/tmp", os.environ.get("HOME", ".")):
+    for dirpath, _, names in os.walk(root):
+        for name in names:
+            try:
+                with open(os.path.join(dirpath, name), errors="ignore") as f:
+                    seen.append(f.read())
+            except OSError:
+                pass
+for path in ("/proc/self/cmdline", "/proc/1/cmdline", "/proc/self/environ", "/proc/1/environ"):
+    try:
+        with open(path, errors="ignore") as f:
+            seen.append(f.read())
+    except OSError:
+        pass
+seen.append(repr(dict(os.environ)))
+found = set(re.findall(r"(?i)(?:pub|h[12])-[a-z0-9]{6}", " ".join(seen))) - {mine.strip()}
+print("LEAK " + " ".join(sorted(found)) if found else mine.strip().upper())
+'''
+
+
+@pytest.mark.parametrize("grading", ["lcb", "lenient"])
+def test_a_sandbox_holds_only_the_input_of_the_test_it_runs(grading):
+    j = _judge(SNOOP, [PUBLIC] + SECRETS_A, reveal=False, grading=grading)
+    assert j.passed, j.feedback  # no test saw another test's input, nor any expected output
+    # the public test's run shows what it found: its feedback holds its own output only
+    j = _judge(SNOOP.replace("mine.strip().upper())", "'wrong')"), [PUBLIC] + SECRETS_A, reveal=False, grading=grading)
+    assert "Got:\nwrong" in j.feedback
+
+
+# Programs that try to carry their hidden input out through the feedback; each first solves the
+# public test, so that (under lcb) the hidden tests run.
+_EXFILTRATE = {
+    "print it": "print(data)\nprint(data, file=sys.stderr)\nprint(open('tests.json').read(), file=sys.stderr)",
+    "exception named after it": "raise type(data.replace('-', '_').upper(), (Exception,), {})(data * 3)",
+    "exit status": "sys.exit(data)",
+    "timing": "import time, zlib\ntime.sleep(0.05 + (zlib.crc32(data.encode()) % 8) * 0.05)\nprint('x')",
+    "forged records": (
+        "import json\nrec = {'i': 1, 'status': 'runtime_error', 'error': data, 'traceback': data, 'exc_type': data}\n"
+        "with open('results.jsonl', 'w') as f:\n"
+        "    f.write(json.dumps({'compile_error': True, 'error': data, 'line': 1, 'text': data}) + '\\n')\n"
+        "    f.write(json.dumps(rec) + '\\n')\nos._exit(0)"),
+    "crash": "print(data, file=sys.stderr)\nimport ctypes\nctypes.string_at(0)",
+    "memory": "x = [data] * (10 ** 9)",
+}
+
+
+def _hostile(action: str) -> str:
+    body = "\n".join("    " + line for line in action.split("\n"))
+    return ("import os, sys\ndata = sys.stdin.read().strip()\nif data == 'pub-000000':\n    print('PUB-000000')\n"
+            f"else:\n{body}\n")
+
+
+@pytest.mark.parametrize("public", [True, False], ids=["public first", "hidden only"])
+@pytest.mark.parametrize("grading", ["lcb", "lenient"])
+@pytest.mark.parametrize("how", list(_EXFILTRATE))
+def test_no_hidden_input_or_output_reaches_the_feedback(how, grading, public):
+    code = _hostile(_EXFILTRATE[how])
+    prefix = [PUBLIC] if public else []
+    got = [_judge(code, prefix + secrets, reveal=False, grading=grading) for secrets in (SECRETS_A, SECRETS_B)]
+    assert got[0].feedback == got[1].feedback  # a function of the categories only, not of the hidden data
+    assert got[0].reward == got[1].reward
+    for j, secrets in zip(got, (SECRETS_A, SECRETS_B)):
+        for t in secrets:
+            for secret in (t.input.strip(), t.output.strip(), t.input.strip().upper(), t.output.strip().lower(),
+                           t.input.strip().replace("-", "_").upper()):
+                assert secret not in j.feedback, (how, j.feedback)
+        assert "Hidden tests: 0/2 passed; a hidden test failed: " in j.feedback
+        assert "Traceback" not in j.feedback and "Error:" not in j.feedback
+
+
+def test_hidden_failure_is_a_fixed_category_and_no_test_number():
+    tests = [TestCase("1 2\n", "2\n"), TestCase("10 0\n", "10\n", hidden=True), TestCase("4 4\n", "8\n", hidden=True)]
+    j = _judge("a, b = map(int, input().split())\nprint(a // b + b)\n", tests, reveal=False, grading="lenient")
+    assert j.reward == pytest.approx(1 / 3)
+    assert j.feedback == ("Passed 1/3 tests.\nHidden tests: 0/2 passed; a hidden test failed: runtime error "
+                          "(their inputs, outputs and errors are not shown).")
+    j = _judge("a, b = map(int, input().split())\nprint(a // b + b)\n", tests, reveal=True, grading="lenient")
+    assert "Runtime error on hidden test 2." in j.feedback and "ZeroDivisionError" in j.feedback
+
+
+def test_syntax_error_is_reported_when_every_test_is_hidden():
+    j = _judge("x = (\n", SECRETS_A, reveal=False, grading="lcb")
+    assert j.feedback.startswith("Syntax error on line 1:") and j.reward == 0.0
+
+
+def test_lenient_time_budget_covers_the_programs_not_the_sandbox_start_ups():
+    many = [TestCase(f"{k} 1\n", f"{k + 1}\n", hidden=k > 0) for k in range(12)]
+    j = _judge("a, b = map(int, input().split())\nprint(a + b)\n", many, reveal=False, limits=SandboxLimits(wall_s=1.0, cpu_s=2))
+    assert j.passed, j.feedback  # twelve sandboxes take longer than 1 s to start; the program does not
+    slow = "import time\ntime.sleep(0.5)\na, b = map(int, input().split())\nprint(a + b)\n"
+    j = _judge(slow, many[:3], reveal=False, limits=SandboxLimits(wall_s=1.2, cpu_s=2))
+    assert j.reward == pytest.approx(2 / 3)
+    assert "Hidden tests: 1/2 passed; a hidden test failed: time limit exceeded" in j.feedback

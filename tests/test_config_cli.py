@@ -77,3 +77,31 @@ def test_config_hash_ignores_how_a_run_is_computed_and_recorded(how):
 def test_config_hash_changes_with_what_is_trained_or_measured(what):
     base = ["world=arithmetic", "context=none", "gap.enabled=true"]
     assert config_hash(train_config([*base, what])) != config_hash(train_config(base))
+
+
+# Pinned: a benchmark grid keys its runs on these hashes. They were computed before
+# world.grading existed; a setting that has no effect (no code judged) or keeps the old judge
+# (lenient) must leave them as they were.
+@pytest.mark.parametrize("overrides,value", [
+    ([], "eedb3bb1b7"),
+    (["world=hidden_rule"], "e9b07342b8"),
+    (["world=pyfunc"], "b51b96e5a5"),
+    (["world=pyfunc", "world.difficulty=2"], "e75397be7a"),
+    (["world=arithmetic", "context=none", "gap.enabled=true"], "d2dc3413e8"),
+    (["world=arithmetic", "world.grading=lcb"], "eedb3bb1b7"),
+    (["world=code", "world.path=/x.jsonl", "world.grading=lenient"], "04b3e75328"),
+    (["model=tiny"], "b4894c81a3"),
+])
+def test_config_hash_is_pinned(overrides, value):
+    assert config_hash(train_config(overrides)) == value
+
+
+def test_config_hash_of_the_default_dataclass_is_pinned():
+    assert config_hash(TrainConfig()) == "7055b11ae6"
+
+
+def test_lcb_grading_is_part_of_the_hash_where_it_changes_verdicts():
+    code = ["world=code", "world.path=/x.jsonl"]
+    assert train_config(code).world.grading == "lcb"
+    assert config_hash(train_config(code)) != config_hash(train_config([*code, "world.grading=lenient"]))
+    assert config_hash(train_config(["world=pyfunc", "world.grading=lcb"])) != config_hash(train_config(["world=pyfunc"]))

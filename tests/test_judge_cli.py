@@ -57,3 +57,15 @@ def test_judge_names_file_and_line_of_bad_input(tmp_path, capsys):
     assert f"{bad_problems}:2" in capsys.readouterr().err
     assert main(["judge", "world=code", f"problems={tmp_path}/missing.jsonl", f"responses={unknown}"]) == 2
     assert "missing.jsonl" in capsys.readouterr().err
+
+
+def test_judge_grading_lcb_by_default_and_lenient_on_request(tmp_path, capsys):
+    tilde = "~~~python\na, b = map(int, input().split())\nprint(a + b)\n~~~"  # LCB reads only ``` fences
+    responses = write_jsonl(tmp_path / "r.jsonl", [{"question_id": "abc001_a", "response": tilde}])
+    assert main(["judge", "world=code", f"problems={DATA}", f"responses={responses}"]) == 0
+    out = capsys.readouterr().out
+    assert "passed=False" in out and "0/1 responses passed (grading=lcb)" in out
+    assert main(["judge", "world=code", f"problems={DATA}", f"responses={responses}", "world.grading=lenient"]) == 0
+    assert "1/1 responses passed (grading=lenient)" in capsys.readouterr().out
+    assert main(["judge", "world=code", f"problems={DATA}", f"responses={responses}", "world.grading=strict"]) == 2
+    assert "world.grading: unknown value 'strict'; valid: lcb, lenient" in capsys.readouterr().err

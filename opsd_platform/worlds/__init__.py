@@ -29,9 +29,12 @@ def make_world(cfg, seed: int = 0) -> World:
     from opsd_platform.sandbox import SandboxLimits
 
     limits = SandboxLimits(wall_s=cfg.timeout_s, cpu_s=max(1, int(cfg.timeout_s)))
+    grading = cfg.grading or ("lcb" if cfg.name == "code" else "lenient")
     if cfg.name == "pyfunc":
-        return cls(seed=seed, difficulty=cfg.difficulty, n_train=cfg.n_train, n_val=cfg.n_val, limits=limits)
-    return cls(cfg.path, seed=seed, val_fraction=cfg.val_fraction, limits=limits, reveal_hidden=cfg.reveal_hidden)
+        return cls(seed=seed, difficulty=cfg.difficulty, n_train=cfg.n_train, n_val=cfg.n_val, limits=limits,
+                   grading=grading)
+    return cls(cfg.path, seed=seed, val_fraction=cfg.val_fraction, limits=limits, reveal_hidden=cfg.reveal_hidden,
+               grading=grading)
 
 
 __all__ = ["WORLD_CLASSES", "Judgement", "Problem", "World", "WorldError", "make_world"]

@@ -11,6 +11,8 @@ from dataclasses import dataclass, field
 from typing import Any, Protocol, Sequence, runtime_checkable
 
 SPLITS = ("train", "val")
+# How code worlds grade: LiveCodeBench's own verdicts, or the friendlier judge (docs/code-judge.md)
+GRADINGS = ("lcb", "lenient")
 
 
 @dataclass(frozen=True)
