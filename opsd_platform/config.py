@@ -321,11 +321,6 @@ class TrainConfig:
 
     seed: int = field(default=0, metadata={"help": "seed for problems, sampling and init"})
     context: str = field(default="feedback", metadata={"help": f"privileged context: {', '.join(CONTEXTS)}"})
-    graded_fraction: float = field(
-        default=0.5,
-        metadata={"help": "context=graded only: the share of the reference solution revealed to the teacher "
-                          "(its first words; 0 = none of it, 1 = all of it)"},
-    )
     model: ModelConfig = field(default_factory=ModelConfig)
     world: WorldConfig = field(default_factory=WorldConfig)
     rollout: RolloutConfig = field(default_factory=RolloutConfig)
@@ -338,6 +333,11 @@ class TrainConfig:
     resume: str | None = field(
         default=None,
         metadata={"help": "continue a run from its newest checkpoint: an MLflow run id or a checkpoint path"},
+    )
+    graded_fraction: float = field(
+        default=0.5,
+        metadata={"help": "context=graded only: the share of the reference solution revealed to the teacher "
+                          "(its first words; 0 = none of it, 1 = all of it)"},
     )
 
     def __post_init__(self) -> None:

@@ -125,7 +125,7 @@ CASES = [
     Case("search storage: relative SQLite path", f"search model=tiny search.storage=sqlite:///optuna.db {STORE}",
          "opsd search: search.storage: use an absolute SQLite path (sqlite:////abs/path/optuna.db), got sqlite:///optuna.db"),
     Case("unknown command", "frobnicate",
-         "opsd: unknown command 'frobnicate'; valid: train, gap, calibrate, fit-law, search, law, judge, ui, setup"),
+         "opsd: unknown command 'frobnicate'; valid: train, gap, calibrate, fit-law, search, grid, export, law, judge, ui, setup"),
 ]
 
 
