@@ -266,14 +266,16 @@ class Objective:
     """Train one point (or return its recorded result when it is already done)."""
 
     def __init__(self, spec: dict, by_key: dict[str, GridPoint], settings: GridConfig, uri: str, experiment: str,
-                 progress: Callable[[str], None]) -> None:
-        self.spec, self.by_key, self.settings = spec, by_key, settings
+                 progress: Callable[[str], None], user_overrides: Sequence[str] = ()) -> None:
+        self.spec, self.by_key, self.settings, self.user_overrides = spec, by_key, settings, list(user_overrides)
         self.uri, self.experiment, self.progress = uri, experiment, progress
 
     def __call__(self, trial: optuna.Trial) -> float:
         from opsd_platform.train import RunInterrupted, train
 
         key = trial.user_attrs.get("point")
+        if key is not None and key not in self.by_key:  # queued by a newer grid file than this worker read
+            self.by_key = {p.key: p for p in points(load_spec(self.spec["path"]), self.user_overrides)}
         if key is None or key not in self.by_key:  # asked as the queue ran dry, or a point no longer in the file
             raise optuna.TrialPruned(f"not a point of this grid: {key}")
         trial.set_user_attr("worker", f"{os.uname().nodename}:{os.getpid()}")
@@ -367,7 +369,7 @@ def run_grid(overrides: Sequence[str], settings: GridConfig, progress: Callable[
     progress(f"grid {spec['name']} ({spec['path']}): {st.total} points, {st.done} done, storage "
              f"{settings.storage or default_storage(uri)}, MLflow {uri}")
     if settings.workers == 0:
-        objective = Objective(spec, {p.key: p for p in grid_points}, settings, uri, experiment, progress)
+        objective = Objective(spec, {p.key: p for p in grid_points}, settings, uri, experiment, progress, overrides)
         run_worker(study, objective)
         return status(study, grid_points, uri, experiment, settings, spec["name"])
     db = tracking.sqlite_path(uri)
