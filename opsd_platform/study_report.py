@@ -39,6 +39,16 @@ COLUMNS = ["trial", "state", "decision", "rule", "gap", "gap_lo", "gap_hi", "pre
            "retry_of", "worker", "params", "reason", "mlflow_run_id"]
 
 
+def _version(v: Any) -> str:
+    """A law version for the table: "v3"; "-" where no law decided (startup trials, no pruner).
+    A column mixing versions and None comes back from pandas with NaN, or as floats ("3.0")."""
+    if v is None or (isinstance(v, float) and math.isnan(v)) or v == "":
+        return "-"
+    if isinstance(v, float) and v.is_integer():
+        v = int(v)
+    return f"v{v}"
+
+
 def _num(value: Any) -> float:
     try:
         value = float(value)
@@ -238,7 +248,7 @@ def render_html(title: str, meta: Mapping[str, str], frame: pd.DataFrame, summar
             f"#{r.trial}" + (f" (retry of #{r.retry_of})" if r.retry_of is not None else ""), r.state, r.decision or "-",
             _fmt(r.gap), _fmt(r.predicted), interval, _fmt(r.bar), _fmt(r.improvement),
             _fmt(r.tokens, ".0f"), _fmt(r.seconds, ".1f"), _fmt(r.full_seconds_est, ".1f"),
-            f"v{r.law_version}" if r.law_version is not None else "-", _short_params(r.params), r.reason or "",
+            _version(r.law_version), _short_params(r.params), r.reason or "",
         ])
     s = summary
     compute = [
