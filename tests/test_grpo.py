@@ -176,6 +176,72 @@ def test_groups_without_signal_give_zero_gradient():
     assert loss.item() == 0.0 and (logp.grad == 0).all()
 
 
+# ----------------------------------------------------------------------------- micro-batches
+
+
+@pytest.mark.parametrize("aggregation,kl_beta,reused", [("sequence", 0.0, False), ("token", 0.1, True),
+                                                        ("constant", 0.0, True)])
+def test_micro_batches_give_the_full_batch_loss_and_gradient(aggregation, kl_beta, reused):
+    """grpo.micro_batch_loss over micro-batches of the rows with signal (prompts shared, the
+    reference scored once), divided by the step's normaliser, equals losses.grpo_loss on one
+    plain forward of the whole batch, in value and gradient (tiny fp64 model, a real rollout)."""
+    import copy
+    from types import SimpleNamespace
+
+    from opsd_platform import grpo
+    from opsd_platform.config import ModelConfig, TinyModelConfig
+    from opsd_platform.packing import response_logits
+    from opsd_platform.rollout import HFGenerateEngine, chunks
+    from opsd_platform.scoring import scoring_with
+
+    torch.manual_seed(0)
+    policy, tok = load_policy(ModelConfig(source="tiny", tiny=TinyModelConfig(init_std=0.2)), seed=0)
+    policy = policy.double()
+    reference = copy.deepcopy(policy).eval()
+    with torch.no_grad():
+        for p in reference.parameters():
+            p.add_(0.05 * torch.randn_like(p))
+    ro = HFGenerateEngine(policy, tok, batch_size=4).generate(["What is 2 + 3?", "Reverse 'abc'.", "Name a colour."],
+                                                              n=3, max_new_tokens=12, temperature=1.0)
+    loss = SimpleNamespace(scale_advantages=True, aggregation=aggregation, clip_eps=0.2, clip_eps_high=0.28,
+                           kl_beta=kl_beta)
+    signal = grpo.group_signal([1.0, 0.0, 0.5, 0.2, 0.2, 0.2, 0.0, 0.0, 1.0], 3, ro.response_mask, loss, 12)
+    assert signal.zero_signal.tolist() == [False, True, False]
+    assert signal.rows == (list(range(9)) if kl_beta else [0, 1, 6, 7, 8])  # row 2 (reward = its group's mean) and
+    # the group without signal are skipped: their advantage is 0
+    pad = tok.pad_token_id
+
+    def full_logp(model):
+        logits = response_logits(model, ro.prompt_ids, ro.response_ids, ro.response_mask, pad, share_prefix=False)
+        return torch.log_softmax(logits, dim=-1).gather(-1, ro.response_ids.unsqueeze(-1)).squeeze(-1)  # fp64
+
+    with torch.no_grad():
+        ref = full_logp(reference)
+        old = full_logp(policy) + (0.3 * torch.randn(ro.response_ids.shape, dtype=torch.float64) if reused else 0.0)
+    policy.zero_grad()
+    expected = grpo_loss(full_logp(policy), old if reused else None, signal.advantages.double(), ro.response_mask,
+                         aggregation=aggregation, max_len=12, clip_eps=0.2, clip_eps_high=0.28, ref_logp=ref,
+                         kl_beta=kl_beta)
+    expected.backward()
+    expected_grad = {n: p.grad.clone() for n, p in policy.named_parameters()}
+    policy.zero_grad()
+    total = 0.0
+    for sl in chunks(len(signal.rows), 4):
+        rows = signal.rows[sl]
+        out = grpo.micro_batch_loss(policy, lambda: scoring_with(reference), rows, [ro.prompt_ids[i] for i in rows],
+                                    ro.response_ids[rows], ro.response_mask[rows], pad, signal,
+                                    old[rows] if reused else None, loss)
+        part = (out.per_token * ro.response_mask[rows]).sum() / signal.normaliser
+        part.backward()
+        total += part.item()
+    assert total == pytest.approx(expected.item(), rel=1e-9, abs=1e-12)
+    for name, p in policy.named_parameters():
+        g = expected_grad[name]  # tolerances as tests/test_scoring.py's (packed vs one-pass attention)
+        torch.testing.assert_close(p.grad, g, rtol=1e-6, atol=1e-6 * float(g.abs().max()), msg=name)
+    if reused:
+        assert 0 < signal.clipped_tokens < signal.ratio_tokens  # the clip is exercised and counted
+
+
 # ----------------------------------------------------------------------------- on the tiny model
 
 
