@@ -386,3 +386,23 @@ def _failed_grpo_run_resumes(tiny_overrides, tmp_path):
     for part in ("policy", "teacher", "optimizer"):
         assert run.data.tags[f"opsd.{part}_sha256"] == ref_run.data.tags[f"opsd.{part}_sha256"], part
     assert result.improvement == pytest.approx(reference.improvement)
+
+
+# ----------------------------------------------------------------------------- the law is OPSD's
+
+
+def test_grpo_runs_are_never_law_points_and_calibration_refuses_grpo(tmp_path, capsys):
+    from opsd_platform.cli import main
+    from opsd_platform.law_pipeline import collect_points
+    from test_calibrate import log_points
+
+    uri = f"sqlite:///{tmp_path}/mlflow.db"
+    log_points(uri, [("none", 0, 0.0, 0.0), ("reference", 0, 0.3, 0.2)])
+    log_points(uri, [("feedback", 0, 0.1, 0.5)], calibration="grpo-runs")
+    client = MlflowClient(tracking_uri=uri)
+    exp = client.get_experiment_by_name("opsd")
+    (grpo_run,) = client.search_runs([exp.experiment_id], "tags.`calibrate.name` = 'grpo-runs'")
+    client.set_tag(grpo_run.info.run_id, "algorithm", "grpo")  # a GRPO run that measured a gap anyway
+    assert sorted(collect_points(uri, "opsd")["context"]) == ["none", "reference"]
+    assert main(["calibrate", "model=tiny", "algorithm=grpo", f"tracking.uri={uri}"]) == 2
+    assert "calibrate: algorithm=grpo: the law is fitted on OPSD runs" in capsys.readouterr().err
