@@ -71,6 +71,9 @@ def grid(base_overrides: Sequence[str], cal: CalibrateConfig) -> list[tuple[Poin
                     extra += [f"model={model}"] if model else []
                     extra += [f"world={world}"] if world else []
                     cfg = train_config([*base, *extra])
+                    if cfg.algorithm != "opsd":
+                        raise ConfigError(f"calibrate: algorithm={cfg.algorithm}: the law is fitted on OPSD runs (it "
+                                          "predicts OPSD's improvement from the gap); calibrate with algorithm=opsd")
                     key = f"{cfg.model.name}/{cfg.world.name}/{context}/seed{seed}#{config_hash(cfg)}"
                     points.append((Point(tuple([*base, *extra]), key), cfg))
     return points

@@ -10,12 +10,12 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
 from opsd_platform.contexts import CONTEXTS
-from opsd_platform.losses import DIVERGENCES, SUPPORTS
+from opsd_platform.losses import AGGREGATIONS, DIVERGENCES, SUPPORTS
 from opsd_platform.worlds.base import GRADINGS
 
 MODEL_SOURCES = ("smollm2", "gemma3", "tiny", "hf", "gguf")
@@ -23,6 +23,7 @@ WORLD_NAMES = ("arithmetic", "hidden_rule", "pyfunc", "code")
 TEACHER_KINDS = ("ema", "fixed", "live")
 ACCELERATORS = ("cpu", "gpu", "auto")
 STRATEGIES = ("auto", "ddp")
+ALGORITHMS = ("opsd", "grpo")
 
 
 class ConfigError(ValueError):
@@ -174,6 +175,20 @@ class LossConfig:
     top_k: int = field(default=20, metadata={"help": "K for support=topk"})
     token_clip: float | None = field(default=None, metadata={"help": "per-entry clip of the divergence (OPSD: 0.05)"})
     is_clip: float = field(default=2.0, metadata={"help": "importance-ratio clip when a batch is reused"})
+    # GRPO only (algorithm=grpo; losses.py names the paper of each). Under OPSD they must keep these
+    # defaults, and config_hash leaves them out of OPSD configurations.
+    scale_advantages: bool = field(
+        default=True, metadata={"help": "grpo: divide advantages by the group's reward std (GRPO); false: Dr. GRPO"})
+    aggregation: str = field(
+        default="sequence",
+        metadata={"help": "grpo: sequence (per-sequence mean, then over sequences: GRPO), token (mean over all "
+                          "tokens: DAPO) or constant (sum / (sequences x max_new_tokens): Dr. GRPO)"})
+    clip_eps: float = field(default=0.2, metadata={"help": "grpo: PPO clip of the ratio, [1 - eps, 1 + eps], when a batch is reused"})
+    clip_eps_high: float | None = field(
+        default=None, metadata={"help": "grpo: upper clip eps (DAPO's clip-higher, e.g. 0.28); null = clip_eps"})
+    kl_beta: float = field(
+        default=0.0, metadata={"help": "grpo: weight of the KL to the initial policy (k3 estimator); 0 = none, and no "
+                                       "copy of the initial weights is kept"})
 
     def __post_init__(self) -> None:
         _one_of(self.divergence, DIVERGENCES, "loss.divergence")
@@ -184,6 +199,17 @@ class LossConfig:
         _check(self.is_clip > 0, "loss.is_clip", f"must be > 0, got {self.is_clip}")
         if self.support == "sampled":
             _check(self.divergence == "reverse", "loss.support", "'sampled' needs loss.divergence=reverse")
+        _one_of(self.aggregation, AGGREGATIONS, "loss.aggregation")
+        _check(0 < self.clip_eps < 1, "loss.clip_eps", f"must be in (0, 1), got {self.clip_eps}")
+        _check(self.clip_eps_high is None or self.clip_eps_high > 0, "loss.clip_eps_high",
+               f"must be > 0 or null, got {self.clip_eps_high}")
+        _check(self.kl_beta >= 0, "loss.kl_beta", f"must be >= 0, got {self.kl_beta}")
+
+    GRPO_FIELDS = ("scale_advantages", "aggregation", "clip_eps", "clip_eps_high", "kl_beta")
+
+    def grpo_changed(self) -> list[str]:
+        """The GRPO-only fields set away from their defaults."""
+        return [f.name for f in fields(self) if f.name in self.GRPO_FIELDS and getattr(self, f.name) != f.default]
 
 
 @dataclass
@@ -317,7 +343,7 @@ class TrackingConfig:
 
 @dataclass
 class TrainConfig:
-    """Everything one OPSD training run needs (the `opsd train` config)."""
+    """Everything one training run needs, OPSD or GRPO (the `opsd train` config)."""
 
     seed: int = field(default=0, metadata={"help": "seed for problems, sampling and init"})
     context: str = field(default="feedback", metadata={"help": f"privileged context: {', '.join(CONTEXTS)}"})
@@ -339,9 +365,25 @@ class TrainConfig:
         metadata={"help": "context=graded only: the share of the reference solution revealed to the teacher "
                           "(its first words; 0 = none of it, 1 = all of it)"},
     )
+    # last, so the key lists of older messages and snapshots keep their order
+    algorithm: str = field(
+        default="opsd",
+        metadata={"help": f"training algorithm: {', '.join(ALGORITHMS)} (opsd: self-distillation from the context; grpo: "
+                          "group-relative RL from the rewards, no teacher: context and teacher.* are unused)"},
+    )
 
     def __post_init__(self) -> None:
+        _one_of(self.algorithm, ALGORITHMS, "algorithm")
         _one_of(self.context, list(CONTEXTS), "context")
+        if self.algorithm == "grpo":
+            _check(self.rollout.samples_per_prompt >= 2, "rollout.samples_per_prompt",
+                   f"algorithm=grpo needs >= 2 samples per prompt (its advantages compare the samples of one "
+                   f"prompt: a group of {self.rollout.samples_per_prompt} has no baseline), got "
+                   f"{self.rollout.samples_per_prompt}")
+        else:
+            changed = self.loss.grpo_changed()
+            _check(not changed, f"loss.{changed[0] if changed else ''}",
+                   f"only used by algorithm=grpo; algorithm={self.algorithm} ignores it (unset it, or set algorithm=grpo)")
         _check(0.0 <= self.graded_fraction <= 1.0, "graded_fraction", f"must be in [0, 1], got {self.graded_fraction}")
         if self.rollout.engine == "vllm":
             _check(not self.model.lora.enabled, "rollout.engine", "vllm does not support model.lora.enabled=true; use hf")
@@ -353,7 +395,9 @@ class TrainConfig:
 def config_hash(cfg: TrainConfig) -> str:
     """Short hash of what defines a configuration: everything but the seed, where it is logged,
     and settings that change how it is computed, not what (threads, progress bar, checkpoints,
-    prefix sharing, batch sizes of the gap). Runs with equal hashes differ only by seed."""
+    prefix sharing, batch sizes of the gap). Runs with equal hashes differ only by seed. An OPSD
+    configuration hashes without ``algorithm`` and GRPO's loss options (as before they existed); a
+    GRPO one without the teacher's settings (context, teacher, OPSD's loss options), which it never reads."""
     d = cfg.to_dict()
     d.pop("seed")
     d.pop("tracking")
@@ -373,6 +417,16 @@ def config_hash(cfg: TrainConfig) -> str:
     d["gap"].pop("enabled")
     if d["world"]["grading"] in (None, "lenient") or d["world"]["name"] not in ("code", "pyfunc"):
         d["world"].pop("grading")  # no code judged, or the judge all older hashes had
+    if cfg.algorithm == "opsd":  # the default: dropping the field and GRPO's options keeps older hashes
+        d.pop("algorithm")
+        for key in LossConfig.GRPO_FIELDS:
+            d["loss"].pop(key)
+    else:  # GRPO: drop what it does not read (the teacher's settings), and its options at their defaults
+        for key in ("context", "graded_fraction", "teacher"):
+            d.pop(key, None)
+        defaults = LossConfig()
+        d["loss"] = {k: v for k, v in d["loss"].items()
+                     if k in LossConfig.GRPO_FIELDS and v != getattr(defaults, k)}
     return hashlib.sha256(json.dumps(d, sort_keys=True).encode()).hexdigest()[:10]
 
 

@@ -1,8 +1,9 @@
 """From finished runs in the store to a registered law: collect points, fit, validate out of
 sample, plot, log, register.
 
-Points are FINISHED training runs that measured their initial gap (``gap/value``) and reached
-an ``improvement``. A *configuration* is ``<model family>/<world>/<context>``; when runs with the
+Points are FINISHED OPSD training runs that measured their initial gap (``gap/value``) and
+reached an ``improvement`` (GRPO runs, tag ``algorithm=grpo``, are never points: the law predicts
+OPSD only). A *configuration* is ``<model family>/<world>/<context>``; when runs with the
 same label differ in other settings (learning rate, loss, ...), the label gets the config hash
 (``#<hash>``) so different settings are never averaged together.
 """
@@ -80,6 +81,8 @@ def collect_points(uri: str, experiment: str, calibration: str | list[str] | Non
         m, t, p = run.data.metrics, run.data.tags, run.data.params
         if "gap/value" not in m or "improvement" not in m:
             continue
+        if t.get("algorithm", "opsd") != "opsd":  # the law predicts OPSD's improvement only
+            continue
         rows.append({
             "label": f"{t.get('model_family', '?')}/{t.get('world', '?')}/{t.get('context', '?')}",
             "config_hash": t.get("config_hash", ""),
@@ -116,6 +119,8 @@ def points_from_table(table: str, slices: list[str] | None = None) -> pd.DataFra
             raise LawError(f"{path}: no rows of slice(s) {', '.join(sorted(unknown))}; "
                            f"slices there: {', '.join(sorted(set(runs['slice'].dropna())))}")
         runs = runs[runs["slice"].isin(slices)]
+    if "algorithm" in runs:  # the law predicts OPSD's improvement only (rows without the column are OPSD's)
+        runs = runs[runs["algorithm"].fillna("opsd") == "opsd"]
     points = pd.DataFrame({
         "label": runs["family"].astype(str) + "/" + runs["world"].astype(str) + "/" + runs["context"].astype(str),
         "config_hash": runs["config"].astype(str), "seed": runs["seed"].astype(int), "gap": runs["gap"].astype(float),

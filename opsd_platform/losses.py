@@ -1,4 +1,5 @@
-"""Per-token distillation losses for OPSD: pure tensor functions, no model, no state.
+"""Per-token distillation losses for OPSD, and GRPO's loss (at the end): pure tensor functions,
+no model, no state.
 
 Shapes: N = sequences (samples), T = response positions, V = vocabulary, K = top-K support.
 Every divergence is computed *per response token* over a support of next-token outcomes; the
@@ -221,3 +222,145 @@ def sequence_logprobs(logits: torch.Tensor, tokens: torch.Tensor) -> torch.Tenso
     """Log-prob of each sampled token: logits [N, T, V], tokens [N, T] -> [N, T]."""
     logits = logits.float()
     return logits.gather(-1, tokens.unsqueeze(-1)).squeeze(-1) - torch.logsumexp(logits, dim=-1)
+
+
+# ============================================================================== GRPO
+#
+# Group Relative Policy Optimization, the scalar-reward RL baseline the paper measures OPSD
+# against. No teacher: each sample's learning signal is its reward relative to the other samples
+# of the same prompt. Shapes: B = prompts, n = samples per prompt (the group), N = B * n rows,
+# prompt-major (rows g*n .. g*n+n-1 answer prompt g), T = response positions.
+#
+# Sources of each variant:
+# - GRPO: Shao et al. 2024, "DeepSeekMath: Pushing the Limits of Mathematical Reasoning in Open
+#   Language Models" (arXiv 2402.03300), eq. 3: advantages (r - mean) / std over the group, the
+#   PPO-clipped ratio objective, a per-sequence mean then a mean over the group, and the k3
+#   estimator of KL(policy || reference) (their eq. 4), weighted by beta.
+# - PPO's clipped surrogate: Schulman et al. 2017 (arXiv 1707.06347).
+# - DAPO: Yu et al. 2025 (arXiv 2503.14476): the token-level mean (every token of the batch
+#   weighs the same, so long answers are not down-weighted) and "clip-higher" (eps_high > eps_low).
+# - Dr. GRPO: Liu et al. 2025, "Understanding R1-Zero-Like Training: A Critical Perspective"
+#   (arXiv 2503.20783): no std normalisation of the advantages (its difficulty bias) and a constant
+#   normaliser (the generation budget) instead of each sequence's length (its length bias).
+
+AGGREGATIONS = ("sequence", "token", "constant")
+ADVANTAGE_EPS = 1e-4  # added to the group std before dividing (as TRL's GRPOTrainer)
+
+
+def group_advantages(
+    rewards: torch.Tensor,  # [N] scalar reward of each row, prompt-major (groups of n consecutive rows)
+    group_size: int,  # n samples per prompt
+    scale: bool = True,  # divide by the group std (DeepSeekMath); False: Dr. GRPO
+    eps: float = ADVANTAGE_EPS,
+) -> tuple[torch.Tensor, torch.Tensor]:  # advantages [N] float32, zero_signal [B] bool
+    """Group-relative advantages ``A_i = (r_i - mean_g) / (std_g + eps)`` (GRPO, DeepSeekMath),
+    or ``r_i - mean_g`` with ``scale=False`` (Dr. GRPO). std is the sample (Bessel) std over the
+    group. A group whose rewards are all equal carries no signal: its advantages are exactly 0
+    (not the float noise ``r - mean`` can leave) and it is marked in ``zero_signal``."""
+    if group_size < 2:
+        raise ValueError(f"group-relative advantages need >= 2 samples per group, got {group_size}")
+    if rewards.dim() != 1 or rewards.numel() % group_size:
+        raise ValueError(f"rewards must be [B * n] with n={group_size}, got shape {tuple(rewards.shape)}")
+    r = rewards.to(torch.float32).view(-1, group_size)  # [B, n]
+    zero_signal = r.amax(dim=1) == r.amin(dim=1)  # [B]
+    adv = r - r.mean(dim=1, keepdim=True)
+    if scale:
+        adv = adv / (r.std(dim=1, keepdim=True) + eps)
+    adv = adv.masked_fill(zero_signal.unsqueeze(1), 0.0)
+    return adv.reshape(-1), zero_signal
+
+
+def k3_kl(
+    logp: torch.Tensor,  # [N, T] log-prob of the sampled tokens under the policy (with grad)
+    ref_logp: torch.Tensor,  # [N, T] under the reference policy (no grad)
+) -> torch.Tensor:  # [N, T] >= 0
+    """Per-token estimate of KL(policy || reference): ``exp(ref - logp) - (ref - logp) - 1``
+    (Schulman's k3; DeepSeekMath eq. 4). Unbiased, always >= 0."""
+    d = ref_logp - logp
+    return d.exp() - d - 1.0
+
+
+def grpo_token_loss(
+    logp: torch.Tensor,  # [N, T] log-prob of the sampled tokens under the current policy (with grad)
+    old_logp: torch.Tensor | None,  # [N, T] under the policy of the batch's first update; None = on-policy
+    advantages: torch.Tensor,  # [N] one advantage per row (broadcast over its tokens)
+    *,
+    clip_eps: float = 0.2,
+    clip_eps_high: float | None = None,  # DAPO's clip-higher; None = clip_eps
+    ref_logp: torch.Tensor | None = None,  # [N, T] reference log-probs, needed when kl_beta > 0
+    kl_beta: float = 0.0,
+) -> tuple[torch.Tensor, torch.Tensor]:  # loss [N, T] (to be minimised), clipped [N, T] bool
+    """Per-token GRPO loss ``-min(rho A, clip(rho, 1 - eps_low, 1 + eps_high) A) + beta KL`` with
+    ``rho = exp(logp - old_logp)`` (PPO's clipped surrogate as GRPO uses it, DeepSeekMath eq. 3).
+
+    On-policy (``old_logp`` None) the ratio is 1 with the gradient of ``logp``: the loss is
+    ``-A logp``'s gradient, the REINFORCE-with-group-baseline step. ``clipped`` marks the tokens
+    whose ratio left the clip range in the direction the advantage pushes, i.e. those the clip
+    cut off from the gradient."""
+    if clip_eps <= 0:
+        raise ValueError(f"clip_eps must be > 0, got {clip_eps}")
+    high = clip_eps if clip_eps_high is None else clip_eps_high
+    if high <= 0:
+        raise ValueError(f"clip_eps_high must be > 0, got {high}")
+    if kl_beta < 0:
+        raise ValueError(f"kl_beta must be >= 0, got {kl_beta}")
+    old = logp.detach() if old_logp is None else old_logp.to(logp.device)
+    ratio = (logp - old).exp()  # [N, T]
+    adv = advantages.to(logp.device, logp.dtype).unsqueeze(-1)  # [N, 1]
+    unclipped = ratio * adv
+    clipped_obj = ratio.clamp(1.0 - clip_eps, 1.0 + high) * adv
+    loss = -torch.minimum(unclipped, clipped_obj)
+    clipped = ((adv > 0) & (ratio > 1.0 + high)) | ((adv < 0) & (ratio < 1.0 - clip_eps))
+    if kl_beta > 0:
+        if ref_logp is None:
+            raise ValueError("kl_beta > 0 needs ref_logp (the reference policy's log-probs)")
+        loss = loss + kl_beta * k3_kl(logp, ref_logp.to(logp.device))
+    return loss, clipped
+
+
+def aggregation_weights(
+    mask: torch.Tensor,  # [N, T] bool, the response tokens of every row of the step
+    aggregation: str = "sequence",
+    max_len: int | None = None,  # the generation budget (rollout.max_new_tokens), for "constant"
+) -> tuple[torch.Tensor, float]:  # row weights [N], normaliser
+    """How a GRPO step averages its per-token losses: ``sum_i w_i sum_t loss_it / normaliser``.
+
+    - ``sequence`` (GRPO, DeepSeekMath): each row's mean over its tokens, then the mean over rows:
+      ``w_i = 1 / |o_i|``, normaliser ``N``.
+    - ``token`` (DAPO): the mean over all response tokens of the step: ``w_i = 1``, normaliser
+      ``sum_i |o_i|``.
+    - ``constant`` (Dr. GRPO): the sum over tokens divided by ``N * max_len``: ``w_i = 1``.
+    """
+    if aggregation not in AGGREGATIONS:
+        raise ValueError(f"unknown aggregation {aggregation!r}; valid: {', '.join(AGGREGATIONS)}")
+    lengths = mask.to(torch.float32).sum(dim=1)  # [N]
+    n = mask.shape[0]
+    if aggregation == "sequence":
+        return 1.0 / lengths.clamp(min=1.0), float(n)
+    if aggregation == "token":
+        return torch.ones(n), float(lengths.sum())
+    if max_len is None or max_len < 1:
+        raise ValueError(f"aggregation='constant' needs max_len >= 1, got {max_len}")
+    return torch.ones(n), float(n * max_len)
+
+
+def grpo_loss(
+    logp: torch.Tensor,  # [N, T] (with grad)
+    old_logp: torch.Tensor | None,  # [N, T] or None (on-policy)
+    advantages: torch.Tensor,  # [N]
+    mask: torch.Tensor,  # [N, T] bool response tokens
+    *,
+    aggregation: str = "sequence",
+    max_len: int | None = None,
+    clip_eps: float = 0.2,
+    clip_eps_high: float | None = None,
+    ref_logp: torch.Tensor | None = None,
+    kl_beta: float = 0.0,
+) -> torch.Tensor:  # scalar
+    """The GRPO loss of a whole step on one batch (the trainer computes the same sum per
+    micro-batch, see grpo.py): ``grpo_token_loss`` aggregated by ``aggregation_weights``."""
+    per_token, _ = grpo_token_loss(logp, old_logp, advantages, clip_eps=clip_eps, clip_eps_high=clip_eps_high,
+                                   ref_logp=ref_logp, kl_beta=kl_beta)
+    weights, normaliser = aggregation_weights(mask, aggregation, max_len)
+    weighted = per_token * weights.to(per_token.device, per_token.dtype).unsqueeze(-1)
+    return torch.where(mask.to(per_token.device), weighted, torch.zeros_like(weighted)).sum() / normaliser

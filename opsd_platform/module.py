@@ -7,6 +7,10 @@
     update   -> per-token divergence, masked mean, backward, clip, AdamW step
     sync     -> teacher update (EMA of the student / fixed initial weights / the live student)
 
+``algorithm=grpo`` runs the same step with GRPO's loss instead (grpo.py): no teacher, and step 3
+computes group-relative advantages from the rewards. Everything else is shared; the section
+"where OPSD and GRPO differ" of the class below is the one place the two part ways.
+
 Validation (pass rate, mean over k samples, on the held-out split) runs before the first step and
 after the last; the run's metric ``improvement`` is final minus initial pass rate.
 
@@ -60,18 +64,20 @@ import copy
 import math
 import random
 import time
+from dataclasses import dataclass, field
 
 import numpy as np
 
 import lightning as L
 import torch
 
+from opsd_platform import grpo
 from opsd_platform.config import TrainConfig
 from opsd_platform.contexts import build_for_rollouts
 from opsd_platform.evaluation import Evaluation, cpu_seconds, evaluate, seeded_stream
 from opsd_platform.losses import importance_weights
 from opsd_platform.rollout import Rollouts, chat_ids, chunks, make_engine
-from opsd_platform.scoring import micro_batch_loss
+from opsd_platform.scoring import MicroBatchLoss, micro_batch_loss
 from opsd_platform.worlds.base import World
 
 
@@ -137,6 +143,16 @@ class Teacher:
             t.lerp_(s.detach(), self.ema_rate)
 
 
+@dataclass
+class StepSignal:
+    """What step 3 hands the update: the rows the loss scores and the loss's denominator."""
+
+    rows: list[int]  # rows with a loss term; the others add nothing to the loss
+    normaliser: float | None = None  # this rank's share of the denominator; None = the rows' response tokens (OPSD)
+    teacher_prompts: dict[int, list[int]] = field(default_factory=dict)  # OPSD: row -> teacher prompt ids
+    group: grpo.GroupSignal | None = None  # GRPO: advantages, and what its update reports
+
+
 class OPSDModule(L.LightningModule):
     def __init__(self, cfg: TrainConfig, model: torch.nn.Module, tokenizer, world: World):
         super().__init__()
@@ -145,7 +161,7 @@ class OPSDModule(L.LightningModule):
         self.policy = model
         self.tokenizer = tokenizer
         self.world = world
-        self.teacher = Teacher(cfg.teacher.kind, model, cfg.teacher.ema_rate)
+        self.teacher, self.reference = self._frozen_models(cfg, model)
         if cfg.trainer.gradient_checkpointing:  # after the teacher copy: it never needs it
             model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
         self.engine = make_engine(cfg.rollout.engine, model, tokenizer, cfg.rollout.batch_size, seed=cfg.seed,
@@ -231,7 +247,7 @@ class OPSDModule(L.LightningModule):
         keys = self._checkpoint_keys()
         return {
             "policy": {k: v for k, v in self.policy.state_dict().items() if keys is None or k in keys},
-            "teacher": self.teacher.state_dict(keys),
+            "teacher": self.teacher.state_dict(keys) if self.teacher is not None else None,
             "optimizer": self.trainer.optimizers[0].state_dict(),
         }
 
@@ -256,7 +272,8 @@ class OPSDModule(L.LightningModule):
         if unexpected or lacking:
             raise ValueError(f"checkpoint weights do not fit this model: missing {sorted(lacking)[:5]}, "
                              f"unexpected {unexpected[:5]} (was it written with other model / LoRA settings?)")
-        self.teacher.load_state_dict(state["teacher"])
+        if self.teacher is not None:
+            self.teacher.load_state_dict(state["teacher"])
         self._optimizer_state = state["optimizer"]
         self.start_step = int(meta["step"])
         self.skipped_nonfinite = int(meta["skipped_nonfinite"])
@@ -329,8 +346,9 @@ class OPSDModule(L.LightningModule):
         self.logger.experiment.log_dict(self.logger.run_id, rows, f"samples/{name}.json")
 
     def on_fit_start(self) -> None:
-        if self.teacher.model is not None:  # a plain attribute, so Lightning does not move it
-            self.teacher.model.to(self.device)
+        for held in (self.teacher, self.reference):
+            if held is not None and held.model is not None:  # a plain attribute, so Lightning does not move it
+                held.model.to(self.device)
 
     def on_train_start(self) -> None:
         if self._optimizer_state is not None:  # a resume: the optimizer exists only now
@@ -395,15 +413,12 @@ class OPSDModule(L.LightningModule):
         judgements = self.world.judge_many([problems[g] for g in ro.group], ro.texts)
         phase("judge")
 
-        # 3. contexts: rows are prompt-major, so groups of n consecutive rows share a problem
-        teacher_messages = build_for_rollouts(cfg.context, problems, ro.texts, judgements, r.samples_per_prompt,
-                                              cfg.graded_fraction)
-        rows = [i for i, m in enumerate(teacher_messages) if m is not None]
-        teacher_prompts = {i: chat_ids(self.tokenizer, teacher_messages[i]) for i in rows}
-        phase("contexts")
+        # 3. what the loss learns from: OPSD's teacher prompts, or GRPO's advantages
+        signal = self._learning_signal(problems, ro, judgements)
+        phase("contexts" if signal.group is None else "advantages")
 
-        # 4-5. teacher scoring + loss + update (per micro-batch, see the module docstring)
-        loss_value, grad_norm = self._update(ro, rows, teacher_prompts, times)
+        # 4-5. (teacher) scoring + loss + update (per micro-batch, see the module docstring)
+        loss_value, grad_norm = self._update(ro, signal, times)
 
         rewards = [j.reward for j in judgements]
         metrics = {
@@ -414,8 +429,7 @@ class OPSDModule(L.LightningModule):
             "rollout/pass_rate": sum(j.passed for j in judgements) / len(judgements),
             "rollout/response_len": ro.num_tokens / len(ro),
             "rollout/tokens_total": float(self.tokens_generated),
-            "teacher/mask_frac": len(rows) / len(ro),
-            "teacher/tokens": float(ro.response_mask[rows].sum()) if rows else 0.0,
+            **self._signal_metrics(ro, signal),
             **times,
         }
         metrics["time/step_s"] = sum(v for k, v in times.items() if k.startswith("time/"))
@@ -427,29 +441,29 @@ class OPSDModule(L.LightningModule):
         metrics.update(self.training_cost())
         self.log_metrics(metrics, step=step, train_step=True)
         self.log_dict(
-            {"loss": loss_value, "reward": metrics["rollout/reward_mean"], "mask": metrics["teacher/mask_frac"]},
+            {"loss": loss_value, "reward": metrics["rollout/reward_mean"], "mask": len(signal.rows) / len(ro)},
             prog_bar=True,
             logger=False,
             on_step=True,
             batch_size=len(ro),
         )
 
-    def _update(
-        self, ro: Rollouts, rows: list[int], teacher_prompts: dict[int, list[int]], times: dict[str, float]
-    ) -> tuple[float, float]:
-        """Teacher scoring, loss and optimizer step(s). Returns (loss, grad norm); a skipped
+    def _update(self, ro: Rollouts, signal: StepSignal, times: dict[str, float]) -> tuple[float, float]:
+        """(Teacher) scoring, loss and optimizer step(s). Returns (loss, grad norm); a skipped
         (non-finite) step is counted in `self.skipped_nonfinite`."""
-        cfg, lc = self.cfg, self.cfg.loss
+        cfg = self.cfg
         opt = self.optimizers()
-        pad = self.tokenizer.pad_token_id
         world = self.world_size()
+        rows = signal.rows
         tokens = float(ro.response_mask[rows].sum()) if rows else 0.0
+        normaliser = tokens if signal.normaliser is None else signal.normaliser
         n_chunks = len(range(0, len(rows), cfg.rollout.batch_size))
         if world > 1:  # every rank must run the same backward passes (module docstring)
             tokens, n_chunks = self._all_reduce(tokens, "sum"), int(self._all_reduce(n_chunks, "max"))
-        if tokens == 0:  # no sample (on any rank) has a teacher: nothing to learn from this batch
+            normaliser = tokens if signal.normaliser is None else self._all_reduce(signal.normaliser, "sum")
+        if tokens == 0:  # no sample (on any rank) has a teacher (OPSD) or a signal (GRPO): nothing to learn from
             return 0.0, 0.0
-        total_tokens = torch.tensor(tokens / world)  # DDP averages over ranks: this makes it the global token mean
+        denominator = torch.tensor(normaliser / world)  # DDP averages over ranks: this makes it the global mean
         old_logp: dict[int, torch.Tensor] = {}
         teacher_s = update_s = sync_s = 0.0
         loss_value, grad_norm = 0.0, 0.0
@@ -459,23 +473,15 @@ class OPSDModule(L.LightningModule):
             loss_value, finite, backwards = 0.0, True, 0
             for sl in chunks(len(rows), cfg.rollout.batch_size):
                 chunk = rows[sl]
-                resp, mask = ro.response_ids[chunk], ro.response_mask[chunk]
                 t0 = time.perf_counter()
-                scored = micro_batch_loss(
-                    self.policy, self.teacher.scoring, [ro.prompt_ids[i] for i in chunk],
-                    [teacher_prompts[i] for i in chunk], resp, mask, pad, lc, need_token_logp=reuse,
-                    share_prefix=cfg.trainer.share_prompt_prefix,
-                )
+                # later updates of a reused batch weigh tokens by their ratio to the first update's log-probs
+                old = torch.stack([old_logp[i] for i in chunk]) if reuse and update > 0 else None
+                scored = self._micro_batch_loss(ro, chunk, signal, old, need_token_logp=reuse)
                 per_token = scored.per_token  # [n, T]
-                mask = mask.to(per_token.device)
-                if reuse:  # later updates reweight by the clipped ratio to the sampling policy
-                    logp = scored.token_logp  # [n, T]
-                    if update == 0:
-                        old_logp.update({i: logp[j].detach() for j, i in enumerate(chunk)})
-                    else:
-                        old = torch.stack([old_logp[i] for i in chunk])
-                        per_token = per_token * importance_weights(logp, old, lc.is_clip)
-                loss = (per_token * mask).sum() / total_tokens
+                mask = ro.response_mask[chunk].to(per_token.device)
+                if reuse and update == 0:
+                    old_logp.update({i: scored.token_logp[j].detach() for j, i in enumerate(chunk)})
+                loss = (per_token * mask).sum() / denominator
                 if not torch.isfinite(loss):
                     finite = False
                     break
@@ -499,7 +505,8 @@ class OPSDModule(L.LightningModule):
                 self.skipped_nonfinite += 1
                 break
             opt.step()
-            self.teacher.update()
+            if self.teacher is not None:  # OPSD's teacher follows the student (EMA); GRPO has none
+                self.teacher.update()
             t3 = time.perf_counter()
             self.engine.sync_weights(self.policy)  # vLLM holds its own copy; HF shares the module
             sync_s += time.perf_counter() - t3
@@ -508,6 +515,75 @@ class OPSDModule(L.LightningModule):
         times["time/update_s"] = update_s
         times["time/sync_s"] = sync_s
         return loss_value, grad_norm
+
+    # ------------------------------------------------------------------ where OPSD and GRPO differ
+    #
+    # The one place the two algorithms part ways. Everything else (rollout, judging, the update
+    # loop above, validation, checkpoints, metrics, DDP) is shared. They differ in what the loss
+    # learns from, and so in what a run holds in memory besides the policy:
+    #
+    #          holds                                 step 3 gives each sample     the loss of a micro-batch
+    #   opsd   a self-teacher: an EMA copy, the      a teacher prompt (student    divergence student -> teacher on
+    #          fixed initial weights (a copy; with   prompt + privileged          the sampled tokens, teacher scored
+    #          LoRA the adapter off), or the live    context), or none: no loss   under its prompt (scoring.py)
+    #          student (no copy)
+    #   grpo   no teacher. Only with loss.kl_beta    a group-relative advantage   -min(ratio A, clip(ratio) A)
+    #          > 0 the frozen initial weights (a     from the rewards of its      (+ beta KL to the initial weights),
+    #          copy; with LoRA the adapter off) as   prompt's n samples; 0 for a  aggregated per sequence / token
+    #          the KL reference                      group without signal         (grpo.py, losses.py)
+    #
+    # Only these methods look at cfg.algorithm.
+
+    @staticmethod
+    def _frozen_models(cfg: TrainConfig, model: torch.nn.Module) -> tuple[Teacher | None, Teacher | None]:
+        """(teacher, KL reference) this algorithm needs besides the policy; see the table above."""
+        if cfg.algorithm == "opsd":
+            return Teacher(cfg.teacher.kind, model, cfg.teacher.ema_rate), None
+        return None, (Teacher("fixed", model, cfg.teacher.ema_rate) if cfg.loss.kl_beta > 0 else None)
+
+    def _learning_signal(self, problems: list, ro: Rollouts, judgements: list) -> StepSignal:
+        """Step 3: OPSD's teacher prompts, or GRPO's advantages."""
+        cfg, r = self.cfg, self.cfg.rollout
+        if cfg.algorithm == "grpo":
+            group = grpo.group_signal([j.reward for j in judgements], r.samples_per_prompt, ro.response_mask,
+                                      cfg.loss, r.max_new_tokens)
+            return StepSignal(group.rows, group.normaliser, group=group)
+        # OPSD's contexts: rows are prompt-major, so groups of n consecutive rows share a problem
+        teacher_messages = build_for_rollouts(cfg.context, problems, ro.texts, judgements, r.samples_per_prompt,
+                                              cfg.graded_fraction)
+        rows = [i for i, m in enumerate(teacher_messages) if m is not None]
+        teacher_prompts = {i: chat_ids(self.tokenizer, teacher_messages[i]) for i in rows}
+        return StepSignal(rows, teacher_prompts=teacher_prompts)
+
+    def _micro_batch_loss(
+        self, ro: Rollouts, chunk: list[int], signal: StepSignal, old: torch.Tensor | None, need_token_logp: bool
+    ) -> MicroBatchLoss:
+        """The per-token loss [n, T] of one micro-batch (with grad); `old` [n, T]: the log-probs of
+        the batch's first update, for a later update of a reused batch."""
+        cfg, lc = self.cfg, self.cfg.loss
+        resp, mask = ro.response_ids[chunk], ro.response_mask[chunk]
+        prompts = [ro.prompt_ids[i] for i in chunk]
+        pad = self.tokenizer.pad_token_id
+        if signal.group is not None:  # GRPO: the clipped ratio objective (importance ratio inside)
+            return grpo.micro_batch_loss(
+                self.policy, self.reference.scoring if self.reference is not None else None, chunk, prompts, resp, mask,
+                pad, signal.group, old, lc, share_prefix=cfg.trainer.share_prompt_prefix,
+            )
+        scored = micro_batch_loss(
+            self.policy, self.teacher.scoring, prompts, [signal.teacher_prompts[i] for i in chunk], resp, mask, pad, lc,
+            need_token_logp=need_token_logp, share_prefix=cfg.trainer.share_prompt_prefix,
+        )
+        if old is not None:  # OPSD: reweight by the clipped ratio to the sampling policy
+            scored.per_token = scored.per_token * importance_weights(scored.token_logp, old, lc.is_clip)
+        return scored
+
+    def _signal_metrics(self, ro: Rollouts, signal: StepSignal) -> dict[str, float]:
+        """OPSD: how many samples had a teacher; GRPO: advantage spread, groups without signal, clipping."""
+        if signal.group is not None:
+            return signal.group.metrics()
+        rows = signal.rows
+        return {"teacher/mask_frac": len(rows) / len(ro),
+                "teacher/tokens": float(ro.response_mask[rows].sum()) if rows else 0.0}
 
     # ------------------------------------------------------------------ several processes
 
@@ -540,7 +616,8 @@ class OPSDModule(L.LightningModule):
         from opsd_platform.checkpoint import tensors_digest
 
         policy = tensors_digest(self.policy.state_dict())
-        teacher = tensors_digest(self.teacher.model.state_dict()) if self.teacher.model is not None else policy
+        held = self.teacher if self.teacher is not None else self.reference  # GRPO: the KL reference, if any
+        teacher = tensors_digest(held.model.state_dict()) if held is not None and held.model is not None else policy
         opt = self.trainer.optimizers[0].state_dict()["state"]
         optimizer = tensors_digest({f"{i}.{k}": v for i, st in opt.items() for k, v in st.items() if torch.is_tensor(v)})
         return {"policy": policy, "teacher": teacher, "optimizer": optimizer}

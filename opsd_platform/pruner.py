@@ -1,5 +1,8 @@
 """GapLawPruner: stop an OPSD trial before it trains when the registered gap law says it cannot win.
 
+A trial of another algorithm than OPSD (GRPO: user attribute ``algorithm``) is never pruned by
+the law, which predicts OPSD only; it is recorded as trained by rule ``not_opsd``.
+
 A trial measures its initial gap first (``trial.set_user_attr("gap", ...)``, plus the law's
 covariates under their names, e.g. ``context_tokens``), then asks ``trial.should_prune()``. The
 pruner loads the law by alias from the MLflow registry (``models:/<name>@<alias>``), predicts the
@@ -11,6 +14,8 @@ side-effect-free function of plain inputs that the live pruner and the replay be
 (benchmarks/pruning.py) both call; ``GapLawPruner.decide`` only gathers its inputs):
 
 1. already decided          -> the recorded decision (a trial is decided once, before training)
+1b. not OPSD                -> train: the trial's ``algorithm`` user attribute is not ``opsd`` (a GRPO
+                               trial): the law predicts OPSD's improvement only, so it never prunes one
 2. startup                  -> train: fewer than ``n_startup_trials`` trials have completed
 3. no gap / NaN gap         -> train: nothing to predict from
 4. no law / missing input   -> train: no ``@alias`` registered, or a covariate the law needs is missing
@@ -52,7 +57,7 @@ class Decision:
     """One pruning decision: what (``action``), which rule, why, and the numbers behind it."""
 
     action: str  # train | prune | calibrate (would prune, trains anyway)
-    rule: str  # decided | startup | no_gap | nan_gap | no_law | missing_input | no_bar | interval | calibration | law
+    rule: str  # decided | not_opsd | startup | no_gap | nan_gap | no_law | missing_input | no_bar | interval | calibration | law
     reason: str
     gap: float | None = None
     predicted: float | None = None
@@ -154,7 +159,7 @@ def decide_policy(
 ) -> Decision:
     """The policy of the module docstring, as a function of plain inputs and nothing else.
 
-    attrs: the trial's user attributes (its previous decision, ``gap``, covariates); n_complete:
+    attrs: the trial's user attributes (its previous decision, ``algorithm``, ``gap``, covariates); n_complete:
     completed trials of the study; best: () -> (value, number) of the best completed trial or
     None; law: () -> LawView, raising RegistryError when there is no law (called only once a
     prediction is needed, so startup trials never touch the registry).
@@ -162,6 +167,11 @@ def decide_policy(
     previous = Decision.from_attrs(attrs)
     if previous is not None:
         return Decision(**{**asdict(previous), "rule": "decided"})
+
+    algorithm = attrs.get("algorithm", "opsd")
+    if algorithm != "opsd":
+        return Decision(TRAIN, "not_opsd", f"algorithm={algorithm}: the gap law predicts OPSD's improvement only, "
+                        "so it never prunes this trial; trains fully")
 
     if n_complete < n_startup_trials:
         return Decision(TRAIN, "startup", f"startup: {n_complete} of {n_startup_trials} startup trials completed; trains fully")

@@ -8,8 +8,10 @@ Pieces, in the order a trial meets them:
   (``compose.train_config``), exactly as ``opsd train`` would compose them. Optuna is driven
   directly (Hydra's Optuna sweeper cannot prune inside a trial and pins an old Optuna).
 - **Trial**: one ``train()`` run nested under the study's parent MLflow run. With the law pruner
-  it first measures the initial gap; ``GapLawPruner`` (pruner.py) then decides; a pruned trial
-  stops there (its run ends FINISHED with tag ``stopped``, the predicted improvement and its
+  it first measures the initial gap; ``GapLawPruner`` (pruner.py) then decides (a GRPO trial,
+  ``algorithm`` being a key like any other, measures no gap and is never pruned by the law,
+  which predicts OPSD only: its decision, rule ``not_opsd``, is recorded as training starts); a
+  pruned trial stops there (its run ends FINISHED with tag ``stopped``, the predicted improvement and its
   interval as metrics, and no ``improvement``). With ``MedianPruner`` each step reports an
   intermediate value (see ``StepReporter``) and a pruned trial stops mid-training.
 - **Callbacks** (ours; the optuna-integration MLflow callback is deprecated and logs a pruned
@@ -482,14 +484,21 @@ class StepReporter(L.Callback):
     would double a trial's cost). With `prune`, asks the study's pruner (MedianPruner) after each
     report and stops the training when it says so."""
 
-    def __init__(self, trial: optuna.Trial, window: int, prune: bool, tracking_uri: str) -> None:
+    def __init__(self, trial: optuna.Trial, window: int, prune: bool, tracking_uri: str,
+                 decide_at_start: bool = False) -> None:
         self.trial, self.window, self.prune, self.tracking_uri = trial, window, prune, tracking_uri
+        self.decide_at_start = decide_at_start  # a trial that measures no gap (GRPO) asks the law pruner here
         self.values: list[float] = []
 
     def on_train_start(self, trainer, pl_module) -> None:
+        from opsd_platform.train import StopTraining
+
         run_id = getattr(trainer.logger, "run_id", None)
         if run_id and "mlflow_run_id" not in self.trial.user_attrs:
             self.trial.set_user_attr("mlflow_run_id", run_id)
+        if self.decide_at_start and self.trial.should_prune():  # recorded on the trial and its run (rule not_opsd)
+            decision = Decision.from_attrs(self.trial.study._storage.get_trial(self.trial._trial_id).user_attrs)
+            raise StopTraining(f"pruned: {decision.reason if decision else 'by the pruner'}")
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
         from opsd_platform.train import StopTraining
@@ -524,17 +533,22 @@ class Objective:
         trial.set_user_attr("worker", worker_id())
         params = sample(trial, h.space, h.base_values)
         overrides = to_overrides(params)
-        extra = [f"gap.enabled={'true' if s.pruner == 'law' else 'false'}",
-                 f"tracking.run_name=trial-{trial.number}-{params.get('context', h.base_values['context'])}"]
+        # A GRPO trial measures no gap: the law predicts OPSD only and never prunes it (pruner.py)
+        algorithm = params.get("algorithm", h.base_values.get("algorithm", "opsd"))
+        label = params.get("context", h.base_values["context"]) if algorithm == "opsd" else algorithm
+        extra = [f"gap.enabled={'true' if s.pruner == 'law' and algorithm == 'opsd' else 'false'}",
+                 f"tracking.run_name=trial-{trial.number}-{label}"]
         if not any(o.lstrip("+").startswith("trainer.progress_bar=") for o in h.base_overrides):
             extra.append("trainer.progress_bar=false")
         trial.set_user_attr("overrides", overrides)
         cfg = train_config([*h.base_overrides, *overrides, *extra])
+        trial.set_user_attr("algorithm", cfg.algorithm)
         tags = {"search.study": h.name, "search.trial": str(trial.number), "search.pruner": s.pruner}
         retry_of = trial.user_attrs.get("retry_of")
         if retry_of is not None:
             tags["search.retry_of"] = str(retry_of)
-        reporter = StepReporter(trial, s.median_window, s.pruner == "median", h.tracking_uri)
+        reporter = StepReporter(trial, s.median_window, s.pruner == "median", h.tracking_uri,
+                                decide_at_start=s.pruner == "law" and cfg.algorithm != "opsd")
         after_gap = (lambda run_id, gap: self.after_gap(trial, cfg, run_id, gap)) if s.pruner == "law" else None
         try:
             result = train(cfg, parent_run_id=h.parent_run_id, extra_tags=tags, after_gap=after_gap, callbacks=[reporter])

@@ -104,10 +104,12 @@ def peak_rss_mb() -> float:
 
 
 def run_tags(cfg: TrainConfig, kind: str) -> dict[str, str]:
+    label = cfg.context if cfg.algorithm == "opsd" else cfg.algorithm  # GRPO reads no context
     return {
-        "config": f"{cfg.model.family}/{cfg.world.name}/{cfg.context}",
+        "config": f"{cfg.model.family}/{cfg.world.name}/{label}",
         "config_hash": config_hash(cfg),
         "kind": kind,
+        "algorithm": cfg.algorithm,
         "world": cfg.world.name,
         "context": cfg.context,
         "model": cfg.model.name,
@@ -142,7 +144,8 @@ def _mlflow_run(cfg: TrainConfig, kind: str, parent_run_id: str | None, extra_ta
     tags = {**run_tags(cfg, kind), **(extra_tags or {})}
     # Our own readable default name: MLflow's random names repeat across runs here, because
     # seeding Python's `random` (seed_everything) also seeds MLflow's name generator.
-    name = cfg.tracking.run_name or f"{kind}-{cfg.context}-{cfg.world.name}-s{cfg.seed}-{time.strftime('%m%d-%H%M%S')}"
+    label = cfg.context if cfg.algorithm == "opsd" else cfg.algorithm
+    name = cfg.tracking.run_name or f"{kind}-{label}-{cfg.world.name}-s{cfg.seed}-{time.strftime('%m%d-%H%M%S')}"
     run_id = tracking.start_run(uri, cfg.tracking.experiment, name, tags, parent_run_id)
     client = MlflowClient(tracking_uri=uri)
     with tracking.closing_run(uri, run_id) as reasons, _sigterm_raises():
@@ -276,6 +279,7 @@ def _die_with_rank0() -> None:
 
 def _check_same_config(cfg: TrainConfig, saved: dict, ckpt: Checkpoint) -> None:
     now, then = flatten(cfg.to_dict()), flatten(saved)
+    then.setdefault("algorithm", "opsd")  # a checkpoint from before there was a choice
     differ = [k for k in now if k in then and k not in RESUME_MAY_CHANGE and now[k] != then[k]]
     if differ:
         shown = ", ".join(f"{k} (checkpoint {then[k]!r}, now {now[k]!r})" for k in differ[:6])

@@ -66,6 +66,14 @@ CASES = [
          "opsd train: config error: loss.alpha: must be in [0, 1], got -0.1"),
     Case("unknown value", f"{TRAIN} teacher.kind=oracle",
          "opsd train: config error: teacher.kind: unknown value 'oracle'; valid: ema, fixed, live"),
+    Case("unknown algorithm", f"{TRAIN} algorithm=ppo",
+         "opsd train: config error: algorithm: unknown value 'ppo'; valid: opsd, grpo"),
+    Case("GRPO without a group of samples", f"{TRAIN} algorithm=grpo rollout.samples_per_prompt=1",
+         "opsd train: config error: rollout.samples_per_prompt: algorithm=grpo needs >= 2 samples per prompt (its "
+         "advantages compare the samples of one prompt: a group of 1 has no baseline), got 1"),
+    Case("GRPO option under OPSD", f"{TRAIN} loss.kl_beta=0.1",
+         "opsd train: config error: loss.kl_beta: only used by algorithm=grpo; algorithm=opsd ignores it (unset it, "
+         "or set algorithm=grpo)"),
     Case("out-of-range search setting", "search search.n_trials=0",
          "opsd search: search.n_trials: must be >= 1, got 0"),
     Case("unknown code grading", f"{TRAIN} world=pyfunc world.grading=strict",

@@ -38,12 +38,26 @@ def test_issue_style_overrides():
         ("+not_a_key=1", "not_a_key"),
         ("world=code", "world.path: required for world=code"),
         ("model=hf", "model.path"),
+        ("algorithm=ppo", "algorithm: unknown value 'ppo'; valid: opsd, grpo"),
+        ("loss.aggregation=mean", "loss.aggregation: unknown value 'mean'; valid: sequence, token, constant"),
+        ("loss.kl_beta=-1", "loss.kl_beta: must be >= 0"),
+        ("loss.kl_beta=0.1", "loss.kl_beta: only used by algorithm=grpo; algorithm=opsd ignores it"),
+        ("loss.clip_eps=1.5", "loss.clip_eps: must be in (0, 1)"),
     ],
 )
 def test_bad_config_is_named(override, message):
     with pytest.raises(ConfigError) as err:
         train_config([override])
     assert message in str(err.value)
+
+
+def test_grpo_needs_a_group_of_samples():
+    with pytest.raises(ConfigError) as err:
+        train_config(["algorithm=grpo", "rollout.samples_per_prompt=1"])
+    assert "rollout.samples_per_prompt: algorithm=grpo needs >= 2 samples per prompt" in str(err.value)
+    cfg = train_config(["algorithm=grpo", "rollout.samples_per_prompt=2", "loss.kl_beta=0.04", "loss.aggregation=token"])
+    assert cfg.algorithm == "grpo" and cfg.loss.kl_beta == 0.04
+    assert train_config(["rollout.samples_per_prompt=1"]).algorithm == "opsd"  # OPSD needs no group
 
 
 def test_dataclasses_validate_directly():

@@ -44,6 +44,25 @@ def test_config_hashes_of_existing_configurations_are_unchanged():
     assert config_hash(train_config(["trainer.val_every=5", "rollout.val_batch_size=8"])) == "eedb3bb1b7"
     graded = {config_hash(train_config(["context=graded", f"graded_fraction={f}"])) for f in (0.25, 0.5)}
     assert len(graded) == 2  # the fraction is part of what a graded configuration is
+    # algorithm=opsd spelled out, or GRPO's options at their defaults: the same (older) hashes
+    assert config_hash(train_config(["algorithm=opsd"])) == "eedb3bb1b7"
+    assert config_hash(train_config(["model=tiny", "algorithm=opsd", "loss.kl_beta=0.0", "loss.aggregation=sequence",
+                                     "loss.clip_eps=0.2", "loss.scale_advantages=true"])) == "b4894c81a3"
+
+
+def test_grpo_configuration_hashes():
+    """GRPO configurations hash apart from OPSD's and by their own options, not by the teacher's
+    settings, which GRPO never reads."""
+    grpo = config_hash(train_config(["algorithm=grpo"]))
+    assert grpo == "f29b6a0693"  # pinned: a grid keyed on it must find its points again
+    assert grpo != config_hash(train_config([]))
+    assert config_hash(train_config(["algorithm=grpo", "context=reference", "teacher.kind=fixed", "loss.top_k=5",
+                                     "loss.divergence=jsd", "graded_fraction=0.3"])) == grpo
+    assert config_hash(train_config(["algorithm=grpo", "loss.kl_beta=0.0"])) == grpo  # a default, spelled out
+    options = ["loss.kl_beta=0.04", "loss.aggregation=token", "loss.scale_advantages=false", "loss.clip_eps=0.1",
+               "loss.clip_eps_high=0.28", "optim.lr=3e-5", "rollout.samples_per_prompt=8"]
+    hashes = {config_hash(train_config(["algorithm=grpo", o])) for o in options}
+    assert len(hashes) == len(options) and grpo not in hashes
 
 
 def test_two_workers_run_every_point_exactly_once_and_a_rerun_resumes(tmp_path):

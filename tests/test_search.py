@@ -133,6 +133,39 @@ def test_nan_or_missing_gap_trains(law_uri):
     assert not pruned and attrs["pruner.rule"] == "no_gap"
 
 
+def test_a_grpo_trial_is_never_pruned_by_the_law(law_uri):
+    """The law predicts OPSD only: a GRPO trial trains, even where an OPSD trial with its numbers is pruned."""
+    client = MlflowClient(tracking_uri=law_uri)
+    run_id = client.create_run(client.get_experiment_by_name("opsd").experiment_id).info.run_id
+    study = study_with(GapLawPruner(law_uri, n_startup_trials=0, threshold=0.0), completed=[0.3])
+    assert decide(study, gap=0.0)[0]  # OPSD, predicted ~ -0.5: pruned
+    for attrs in ({"algorithm": "grpo", "gap": 0.0}, {"algorithm": "grpo"}):  # with a gap or without
+        pruned, stored = decide(study, **attrs, mlflow_run_id=run_id)
+        assert not pruned and stored["pruner.action"] == "train" and stored["pruner.rule"] == "not_opsd"
+        assert "predicts OPSD's improvement only" in stored["pruner.reason"] and stored["pruner.predicted"] is None
+    assert client.get_run(run_id).data.tags["pruner.rule"] == "not_opsd"
+
+
+def test_algorithm_space_samples_each_algorithms_own_keys():
+    from opsd_platform.compose import train_config
+
+    space = load_space("algorithm")
+    study = optuna.create_study(sampler=TrialSeededSampler(0))
+    seen = {"opsd": 0, "grpo": 0}
+    for _ in range(16):
+        trial = study.ask()
+        params = sample(trial, space, {"algorithm": "opsd", "context": "feedback"})
+        grpo = params["algorithm"] == "grpo"
+        assert ("loss.kl_beta" in params) == grpo and ("context" in params) == (not grpo)
+        cfg = train_config(["model=tiny", *to_overrides(params)])
+        assert cfg.algorithm == params["algorithm"]
+        seen[cfg.algorithm] += 1
+        study.tell(trial, 0.0)
+    assert seen["opsd"] and seen["grpo"]
+    assert "algorithm" in {p.key for p in parse_space({"space": {"algorithm": {"type": "categorical",
+                                                                                "choices": ["opsd", "grpo"]}}}, "x")}
+
+
 def test_a_trial_is_decided_once(law_uri):
     study = study_with(GapLawPruner(law_uri, n_startup_trials=0, threshold=0.0))
     trial = study.ask()
@@ -294,6 +327,27 @@ def test_fast_search_prunes_some_trials_trains_others_and_reports(law_uri, tmp_p
         from opsd_platform.search import prepare
         prepare([*FAST, "optim.lr=1e-3", f"tracking.uri={law_uri}"],
                 SearchConfig(study="fast", storage=storage, space=str(space), n_startup_trials=2, calibration_rate=0, n_trials=6))
+
+
+def test_a_grpo_trial_in_a_law_pruned_search_trains_without_a_gap(law_uri, tmp_path, capsys):
+    """With a bar the tiny model's OPSD trials cannot reach (threshold 0), a GRPO trial still trains
+    fully: it measures no gap and its decision (rule not_opsd) is on the trial and its run."""
+    storage = f"sqlite:///{tmp_path}/optuna.db"
+    space = tmp_path / "space.yaml"
+    space.write_text("space:\n  algorithm: {type: categorical, choices: [grpo]}\n")
+    args = ["search", *FAST, f"tracking.uri={law_uri}", "search.n_trials=1", f"search.storage={storage}",
+            f"search.space={space}", "search.n_startup_trials=0", "search.threshold=0.0", "search.refit_every=0",
+            "search.study=grpo", f"search.out_dir={tmp_path}/report"]
+    assert main(args) == 0
+    (trial,) = optuna.load_study(study_name="grpo", storage=storage).trials
+    assert trial.state == TrialState.COMPLETE and trial.params == {"algorithm": "grpo"}
+    assert trial.user_attrs["algorithm"] == "grpo" and trial.user_attrs["pruner.rule"] == "not_opsd"
+    assert "gap" not in trial.user_attrs
+    run = MlflowClient(tracking_uri=law_uri).get_run(trial.user_attrs["mlflow_run_id"])
+    assert run.data.tags["algorithm"] == "grpo" and run.data.tags["pruner.rule"] == "not_opsd"
+    assert run.data.tags["pruner.action"] == "train" and "improvement" in run.data.metrics
+    assert "gap/value" not in run.data.metrics and "grpo/zero_signal_frac" in run.data.metrics
+    assert "not_opsd" in capsys.readouterr().out
 
 
 @pytest.mark.slow
