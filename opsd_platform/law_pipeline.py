@@ -38,14 +38,6 @@ class FitLawConfig:
         default_factory=list,
         metadata={"help": "only points of these calibration names (with `calibration`, of any of them), e.g. one per model family"},
     )
-    table: str | None = field(
-        default=None,
-        metadata={"help": "fit on an exported table (a directory holding runs.csv, or the file) instead of the store's runs"},
-    )
-    slices: list[str] = field(
-        default_factory=list,
-        metadata={"help": "with law.table: only rows of these grid slices (empty = all), e.g. [law-arithmetic]"},
-    )
     method: str = field(default="ols", metadata={"help": "ols, wls (by seed variance) or hc3"})
     level: float = field(default=0.9, metadata={"help": "prediction-interval level"})
     covariates: list[str] = field(default_factory=list, metadata={"help": "extra regressors, e.g. context_tokens"})
@@ -56,6 +48,14 @@ class FitLawConfig:
     register: bool = field(default=True, metadata={"help": "register the fitted law"})
     promote: bool = field(default=False, metadata={"help": "promote to @champion if hold-out error is lower"})
     out_dir: str | None = field(default=None, metadata={"help": "where the plot and tables go (default: law/ beside a SQLite store)"})
+    table: str | None = field(
+        default=None,
+        metadata={"help": "fit on an exported table (a directory holding runs.csv, or the file) instead of the store's runs"},
+    )
+    slices: list[str] = field(
+        default_factory=list,
+        metadata={"help": "with law.table: only rows of these grid slices (empty = all), e.g. [law-arithmetic]"},
+    )
 
     def __post_init__(self) -> None:
         if self.method not in METHODS:
