@@ -378,13 +378,13 @@ class OPSDModule(L.LightningModule):
             self.rank_report = self._compare_ranks()
         if not self.trainer.is_global_zero:
             return
-        metrics: dict[str, float] = {}
-        if self.cfg.trainer.validate:
-            self.final_val, metrics = self.validate_at(self.cfg.trainer.max_steps)
-            self.log_samples("val_final", self.final_val)
-            if self.initial_val is not None:
-                metrics["improvement"] = self.final_val.pass_rate - self.initial_val.pass_rate
-        cost = self.training_cost()
+        if not self.cfg.trainer.validate:  # the last step's cost/* already is the training's cost
+            return
+        self.final_val, metrics = self.validate_at(self.cfg.trainer.max_steps)
+        self.log_samples("val_final", self.final_val)
+        if self.initial_val is not None:
+            metrics["improvement"] = self.final_val.pass_rate - self.initial_val.pass_rate
+        cost = self.training_cost()  # the final validation included
         metrics.update({"cost/train_cpu_s": cost["cost/cpu_s"], "cost/train_tokens": cost["cost/tokens"]})
         self.log_metrics(metrics, step=self.cfg.trainer.max_steps)
 
