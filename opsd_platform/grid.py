@@ -268,6 +268,7 @@ class Objective:
     def __init__(self, spec: dict, by_key: dict[str, GridPoint], settings: GridConfig, uri: str, experiment: str,
                  progress: Callable[[str], None], user_overrides: Sequence[str] = ()) -> None:
         self.spec, self.by_key, self.settings, self.user_overrides = spec, by_key, settings, list(user_overrides)
+        self._configs: dict[str, TrainConfig] = {}
         self.uri, self.experiment, self.progress = uri, experiment, progress
 
     def __call__(self, trial: optuna.Trial) -> float:
@@ -302,8 +303,17 @@ class Objective:
         return float(result.improvement)
 
     def config(self, point: GridPoint) -> TrainConfig:
-        return train_config([*point.overrides, f"trainer.num_threads={self.settings.threads}",
-                             "trainer.progress_bar=false", "trainer.checkpoint_every=0"])
+        """The point's config, composed once per worker: a worker keeps training what it read at
+        its start even if conf/ changes meanwhile (a new key in a YAML file would otherwise fail
+        every later point of a worker whose schema predates it)."""
+        if point.key not in self._configs:
+            self._configs[point.key] = train_config([*point.overrides, f"trainer.num_threads={self.settings.threads}",
+                                                     "trainer.progress_bar=false", "trainer.checkpoint_every=0"])
+        return self._configs[point.key]
+
+    def compose_all(self) -> None:
+        for point in self.by_key.values():
+            self.config(point)
 
 
 def run_worker(study: optuna.Study, objective: Objective, poll_s: float = 10.0) -> int:
@@ -370,6 +380,7 @@ def run_grid(overrides: Sequence[str], settings: GridConfig, progress: Callable[
              f"{settings.storage or default_storage(uri)}, MLflow {uri}")
     if settings.workers == 0:
         objective = Objective(spec, {p.key: p for p in grid_points}, settings, uri, experiment, progress, overrides)
+        objective.compose_all()
         run_worker(study, objective)
         return status(study, grid_points, uri, experiment, settings, spec["name"])
     db = tracking.sqlite_path(uri)
