@@ -128,6 +128,19 @@ def section_config(schema: type, section: str, overrides: Sequence[str]):
         raise ConfigError(f"config error: {where}: {str(exc).splitlines()[0]}") from None
 
 
+def section_and_tracking(overrides: Sequence[str], section: str, command: str):
+    """(the `section.*` overrides, the TrackingConfig of the `tracking.*` ones) for a command that
+    takes only those two; any other override is an error naming the command."""
+    from opsd_platform.config import TrackingConfig
+
+    mine, rest = split_section(overrides, section)
+    tracking_cfg = section_config(TrackingConfig, "tracking", rest)
+    unknown = [o for o in rest if not o.lstrip("+").startswith("tracking.")]
+    if unknown:
+        raise CLIError(f"unknown override(s) {', '.join(unknown)}; {command} takes {section}.* and tracking.* keys")
+    return mine, tracking_cfg
+
+
 def cmd_calibrate(overrides: Sequence[str]) -> int:
     from opsd_platform.calibrate import CalibrateConfig, calibrate
 
@@ -185,14 +198,9 @@ def cmd_grid(overrides: Sequence[str]) -> int:
 
 
 def cmd_export(overrides: Sequence[str]) -> int:
-    from opsd_platform.config import TrackingConfig
     from opsd_platform.export import ExportConfig, export
 
-    mine, rest = split_section(overrides, "export")
-    tracking_cfg = section_config(TrackingConfig, "tracking", rest)
-    unknown = [o for o in rest if not o.lstrip("+").startswith("tracking.")]
-    if unknown:
-        raise CLIError(f"unknown override(s) {', '.join(unknown)}; export takes export.* and tracking.* keys")
+    mine, tracking_cfg = section_and_tracking(overrides, "export", "export")
     cfg = section_config(ExportConfig, "export", mine)
     out = export(tracking_cfg.resolved_uri(), tracking_cfg.experiment, cfg)
     for name, n in out.items():
@@ -201,15 +209,10 @@ def cmd_export(overrides: Sequence[str]) -> int:
 
 
 def cmd_fit_law(overrides: Sequence[str]) -> int:
-    from opsd_platform.config import TrackingConfig
     from opsd_platform.law import LawError
     from opsd_platform.law_pipeline import FitLawConfig, fit_and_register
 
-    mine, rest = split_section(overrides, "law")
-    tracking_cfg = section_config(TrackingConfig, "tracking", rest)
-    unknown = [o for o in rest if not o.lstrip("+").startswith("tracking.")]
-    if unknown:
-        raise CLIError(f"unknown override(s) {', '.join(unknown)}; fit-law takes law.* and tracking.* keys")
+    mine, tracking_cfg = section_and_tracking(overrides, "law", "fit-law")
     cfg = section_config(FitLawConfig, "law", mine)
     if cfg.experiment == "opsd" and tracking_cfg.experiment != "opsd":
         cfg.experiment = tracking_cfg.experiment
