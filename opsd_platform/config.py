@@ -392,6 +392,16 @@ class TrainConfig:
         return asdict(self)
 
 
+def world_fields(world: WorldConfig) -> dict[str, Any]:
+    """The world's settings as they enter a key (config_hash, measurement keys): ``grading`` only
+    where code is judged by another judge than the one every older key had (``lenient``), so a
+    field added later leaves older keys unchanged."""
+    d = asdict(world)
+    if d["grading"] in (None, "lenient") or d["name"] not in ("code", "pyfunc"):
+        d.pop("grading")
+    return d
+
+
 def config_hash(cfg: TrainConfig) -> str:
     """Short hash of what defines a configuration: everything but the seed, where it is logged,
     and settings that change how it is computed, not what (threads, progress bar, checkpoints,
@@ -415,8 +425,7 @@ def config_hash(cfg: TrainConfig) -> str:
     if d["trainer"]["devices"] == 1:  # more ranks sample more problems per step; one keeps older hashes
         d["trainer"].pop("devices")
     d["gap"].pop("enabled")
-    if d["world"]["grading"] in (None, "lenient") or d["world"]["name"] not in ("code", "pyfunc"):
-        d["world"].pop("grading")  # no code judged, or the judge all older hashes had
+    d["world"] = world_fields(cfg.world)
     if cfg.algorithm == "opsd":  # the default: dropping the field and GRPO's options keeps older hashes
         d.pop("algorithm")
         for key in LossConfig.GRPO_FIELDS:

@@ -17,7 +17,9 @@ texts, verdicts: what the gap and the contexts need) and its cost as metrics (``
 ``seconds``, ``tokens``). A reuse is identical to measuring again because every measurement
 samples from a stream seeded by (seed, its name) (``evaluation.seeded_stream``) and the key holds
 everything else it depends on, the torch thread count included (matmul reductions, and so the
-sampled tokens, may differ between thread counts).
+sampled tokens, may differ between thread counts). World settings that change nothing measured
+(the code judge of a world that runs no code) are left out, as in config_hash (config.world_fields),
+so a setting added later does not orphan the measurements recorded before it.
 
 Two processes that need the same key at the same moment may both measure it; both get the same
 result and the first stored is the one reused afterwards.
@@ -37,7 +39,7 @@ from typing import Callable
 from mlflow.tracking import MlflowClient
 
 from opsd_platform import tracking
-from opsd_platform.config import TrainConfig
+from opsd_platform.config import TrainConfig, world_fields
 from opsd_platform.evaluation import Evaluation, cpu_seconds, seeded_stream
 from opsd_platform.gap import GapResult, Sampling, Side, combine, measure_student, measure_teacher
 
@@ -66,7 +68,7 @@ def _model_fields(cfg: TrainConfig) -> dict:
 
 def val_key_fields(cfg: TrainConfig) -> dict:
     r = cfg.rollout
-    return {"kind": "val_initial", "model": _model_fields(cfg), "world": asdict(cfg.world), "seed": cfg.seed,
+    return {"kind": "val_initial", "model": _model_fields(cfg), "world": world_fields(cfg.world), "seed": cfg.seed,
             "sampling": {"k": r.val_samples, "temperature": r.val_temperature, "top_p": r.val_top_p,
                          "max_new_tokens": r.max_new_tokens, "engine": r.engine}, "threads": _threads()}
 
@@ -77,7 +79,7 @@ def gap_sampling(cfg: TrainConfig) -> Sampling:
 
 
 def student_key_fields(cfg: TrainConfig) -> dict:
-    return {"kind": "gap_student", "model": _model_fields(cfg), "world": asdict(cfg.world), "seed": cfg.seed,
+    return {"kind": "gap_student", "model": _model_fields(cfg), "world": world_fields(cfg.world), "seed": cfg.seed,
             "problems": {"split": cfg.gap.split, "n": cfg.gap.n_problems},
             "sampling": {**asdict(gap_sampling(cfg)), "engine": cfg.rollout.engine}, "threads": _threads()}
 

@@ -155,6 +155,22 @@ def test_reused_measurements_give_bitwise_the_same_gap_and_improvement(tmp_path,
     assert other.gap.reused == ["student"] and other.gap.student_pass_rate == fresh.gap.student_pass_rate
 
 
+def test_measurement_keys_ignore_settings_that_change_nothing_measured(tiny_overrides):
+    """A world setting that has no effect (the code judge of a world that runs no code, or the
+    judge every older key had) leaves the keys as they were, as config_hash does; one that has an
+    effect (another judge of code) changes them."""
+    from opsd_platform.measurements import key_of, student_key_fields, teacher_key_fields, val_key_fields
+
+    def keys(*extra):
+        cfg = train_config([*tiny_overrides, *extra])
+        return [key_of(f(cfg)) for f in (val_key_fields, student_key_fields, teacher_key_fields)]
+
+    assert keys("world=arithmetic") == keys("world=arithmetic", "world.grading=lcb")
+    assert keys("world=pyfunc") == keys("world=pyfunc", "world.grading=lenient")
+    assert all(a != b for a, b in zip(keys("world=pyfunc"), keys("world=pyfunc", "world.grading=lcb")))
+    assert keys("world=arithmetic", "optim.lr=3e-3")[:2] == keys("world=arithmetic")[:2]  # not a measured setting
+
+
 def test_export_round_trips_and_the_law_from_the_table_equals_the_law_from_the_store(tmp_path):
     from opsd_platform.export import ExportConfig, export, read_table
     from opsd_platform.law_pipeline import collect_points, points_from_table
