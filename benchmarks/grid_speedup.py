@@ -37,6 +37,10 @@ def grid_file(path: Path, points: int, steps: int) -> Path:
 
 
 def run_arm(spec: Path, workers: int, threads: int, home: Path) -> float:
+    busy = os.getloadavg()[0]
+    if busy > 0.5:  # wall time on a shared machine: say so rather than report a skewed ratio silently
+        print(f"warning: load average {busy:.2f} before the {workers}x{threads} arm; the machine is not idle",
+              file=sys.stderr)
     env = {**os.environ, "OPSD_HOME": str(home)}
     started = time.perf_counter()
     out = subprocess.run([sys.executable, "-m", "opsd_platform.cli", "grid", f"grid.spec={spec}",
@@ -57,18 +61,20 @@ def main(argv=None) -> int:
         tmp = Path(tmp)
         spec = grid_file(tmp / "grid.yaml", args.points, args.steps)
         models = Path(os.environ.get("OPSD_HOME", ".opsd")).resolve() / "models"
-        arms = {}
+        arms, load = {}, {}
         for workers, threads in ((2, 1), (1, 2)):
             home = tmp / f"home-{workers}x{threads}"
             home.mkdir()
             if models.is_dir():  # the converted model, so neither arm pays the conversion
                 (home / "models").symlink_to(models)
+            load[f"{workers}x{threads}"] = {"before": os.getloadavg()[0]}
             arms[f"{workers}x{threads}"] = run_arm(spec, workers, threads, home)
+            load[f"{workers}x{threads}"]["after_1min"] = os.getloadavg()[0]  # our own load included
             print(f"{workers} worker(s) x {threads} thread(s): {arms[f'{workers}x{threads}']:.0f} s wall")
     speedup = arms["1x2"] / arms["2x1"]
     print(f"speed-up of 2 workers x 1 thread over 1 worker x 2 threads: {speedup:.2f}x")
     result = {"points": len(CONTEXTS[: (args.points + 1) // 2]) * min(2, args.points), "steps": args.steps,
-              "wall_s": arms, "speedup_2x1_over_1x2": speedup, "cpu": platform.processor() or platform.machine(),
+              "wall_s": arms, "speedup_2x1_over_1x2": speedup, "load_average": load, "cpu": platform.processor() or platform.machine(),
               "date": time.strftime("%Y-%m-%d %H:%M")}
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(result, indent=2))
