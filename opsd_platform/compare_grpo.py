@@ -276,8 +276,8 @@ def law_view(uri: str, cfg: CompareConfig):
         return GapLawPruner(uri, name=cfg.law_name, alias=cfg.law_alias, record=False).law_view()
     except RegistryError as exc:
         raise CompareError(
-            f"no gap law to predict OPSD's improvement with ({exc}) in {uri}; register one: `opsd calibrate` then "
-            "`opsd fit-law` on this store, or `opsd fit-law law.table=benchmarks/data` from the recorded table") from None
+            f"no gap law to predict OPSD's improvement with ({exc}) in {uri}; register one: opsd calibrate, then "
+            "opsd fit-law, on this store (or opsd fit-law law.table=DIR: from a recorded runs.csv table)") from None
 
 
 def law_inputs(view, gap, cfg: TrainConfig) -> dict[str, float]:

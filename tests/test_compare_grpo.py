@@ -149,7 +149,7 @@ def test_no_registered_law_says_how_to_get_one(tmp_path, capsys, monkeypatch):
     assert main(["compare-grpo", *FAST, f"tracking.uri=sqlite:///{tmp_path}/mlflow.db"]) == 2
     err = capsys.readouterr().err
     assert "no gap law to predict OPSD's improvement with (no registered model 'opsd-gap-law'" in err
-    assert "opsd calibrate, then opsd fit-law" in err and "opsd fit-law law.table=benchmarks/data" in err
+    assert "opsd calibrate, then opsd fit-law" in err and "opsd fit-law law.table=DIR" in err
 
 
 # ------------------------------------------------------------------------------------ end to end
