@@ -14,6 +14,8 @@
                                       worker processes sharing one Optuna queue (resumable)
     opsd export [export.grid=NAME] [export.out=benchmarks/data] [tracking.uri=...]
                                       the grid's runs as runs.csv, steps.csv, gap_problems.csv
+    opsd compare-grpo [compare.contexts=[..]] [compare.table=benchmarks/data | compare.train_grpo=true] [compare.out=F.json] [key=value ...]
+                                      per context: measured gap, OPSD's law-predicted improvement vs GRPO's
     opsd judge world=code problems=FILE.jsonl responses=FILE.jsonl
     opsd ui [tracking.uri=...] [port=5000]
     opsd setup                        fetch and convert the embedded default model once
@@ -275,6 +277,25 @@ def cmd_law(overrides: Sequence[str]) -> int:
     return 0
 
 
+def cmd_compare_grpo(overrides: Sequence[str]) -> int:
+    from opsd_platform.compare_grpo import CompareConfig, compare_grpo, format_table
+
+    mine, base = split_section(overrides, "compare")
+    cfg = section_config(CompareConfig, "compare", mine)
+    result = compare_grpo(base, cfg)
+    g = result.grpo
+    print(f"\n{result.world} / {result.model} (family {result.family}), seed {result.seed}; law {result.law['name']} "
+          f"v{result.law['version']} (@{result.law['alias']}); {result.level:.0%} intervals")
+    print(f"GRPO: {g.estimate.value:+.3f} over {g.n_seeds} seed(s) {g.seeds}, {g.source}")
+    print(format_table(result.contexts, g))
+    print()
+    for row in result.contexts:
+        print(row.sentence)
+    if cfg.out:
+        print(f"\nwritten: {cfg.out}")
+    return 0
+
+
 def cmd_judge(overrides: Sequence[str]) -> int:
     from omegaconf import OmegaConf
 
@@ -325,7 +346,7 @@ def cmd_setup(overrides: Sequence[str]) -> int:
     return 0
 
 
-COMMANDS = {"train": cmd_train, "gap": cmd_gap, "calibrate": cmd_calibrate, "fit-law": cmd_fit_law, "search": cmd_search, "grid": cmd_grid, "export": cmd_export, "law": cmd_law, "judge": cmd_judge, "ui": cmd_ui, "setup": cmd_setup}
+COMMANDS = {"train": cmd_train, "gap": cmd_gap, "calibrate": cmd_calibrate, "fit-law": cmd_fit_law, "search": cmd_search, "grid": cmd_grid, "export": cmd_export, "law": cmd_law, "compare-grpo": cmd_compare_grpo, "judge": cmd_judge, "ui": cmd_ui, "setup": cmd_setup}
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -132,8 +132,14 @@ CASES = [
          'opsd search: search.storage: cannot open postgresql+psycopg2://opsd:***@127.0.0.1:1/optuna: (psycopg2.OperationalError) connection to server at "127.0.0.1", port 1 failed: Connection refused'),
     Case("search storage: relative SQLite path", f"search model=tiny search.storage=sqlite:///optuna.db {STORE}",
          "opsd search: search.storage: use an absolute SQLite path (sqlite:////abs/path/optuna.db), got sqlite:///optuna.db"),
+    Case("compare-grpo: unknown candidate context", "compare-grpo model=tiny compare.contexts=[feedback,oracle]",
+         "opsd compare-grpo: compare.contexts: unknown context(s) oracle; valid: none, static, feedback, peer_hints, peer_solution, peer_or_feedback, reference, graded"),
+    Case("compare-grpo without a registered law", f"compare-grpo model=tiny tracking.uri=sqlite:///{DATA}/empty/mlflow.db",
+         "opsd compare-grpo: no gap law to predict OPSD's improvement with (no registered model 'opsd-gap-law'; registered models: none) "
+         "in sqlite:////data/empty/mlflow.db; register one: opsd calibrate, then opsd fit-law, on this store "
+         "(or opsd fit-law law.table=DIR: from a recorded runs.csv table)"),
     Case("unknown command", "frobnicate",
-         "opsd: unknown command 'frobnicate'; valid: train, gap, calibrate, fit-law, search, grid, export, law, judge, ui, setup"),
+         "opsd: unknown command 'frobnicate'; valid: train, gap, calibrate, fit-law, search, grid, export, law, compare-grpo, judge, ui, setup"),
 ]
 
 
