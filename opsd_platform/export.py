@@ -3,7 +3,8 @@
     runs.csv          one row per run: configuration, seed, gap (interval, cost, shared-measurement
                       keys), initial and final validation, improvement, training cost, then one
                       column per hyper-parameter that varies across the exported runs
-    steps.csv         run_id, step, rollout_pass_rate, val_pass_rate, cpu_s, tokens, val_cpu_s
+    steps.csv         run_id, step, rollout_pass_rate, val_pass_rate, cpu_s, tokens, val_cpu_s, then the
+                      curves of STEP_CURVES (response length, loss, reward, GRPO's diagnostics)
     gap_problems.csv  run_id, problem, student_passes, teacher_passes, samples
 
 Column meanings are in ``benchmarks/data/README.md``. Exporting merges into the files already
@@ -40,6 +41,15 @@ RUN_COLUMNS = ["run_id", "model", "family", "world", "context", "config", "seed"
 META_COLUMNS = ["grid", "slice", "point", "gap_key", "gap_student_key", "gap_student_cpu_s", "gap_student_tokens",
                 "val_key", "val_initial_cpu_s", "val_initial_tokens", "context_tokens", "teacher_coverage"]
 STEP_COLUMNS = ["run_id", "step", "rollout_pass_rate", "val_pass_rate", "cpu_s", "tokens", "val_cpu_s"]
+# Per-step curves the failure modes of the literature are read from (length drift, collapse, GRPO's
+# groups without signal), column <- MLflow metric. Written after STEP_COLUMNS but not required by
+# check_table: tables exported before they existed stay readable, and a run that does not log one
+# (OPSD logs no grpo/*) has it empty. rollout/response_len is logged exactly (response tokens of the
+# step's samples, EOS included, over the samples); `tokens` / samples would not be: it is
+# cumulative and includes the validations' tokens.
+STEP_CURVES = {"rollout_response_len": "rollout/response_len", "train_loss": "train/loss",
+               "rollout_reward_mean": "rollout/reward_mean", "grpo_advantage_std": "grpo/advantage_std",
+               "grpo_zero_signal_frac": "grpo/zero_signal_frac", "grpo_clip_frac": "grpo/clip_frac"}
 GAP_COLUMNS = ["run_id", "problem", "student_passes", "teacher_passes", "samples"]
 FILES = {"runs.csv": RUN_COLUMNS, "steps.csv": STEP_COLUMNS, "gap_problems.csv": GAP_COLUMNS}
 
@@ -122,13 +132,15 @@ def collect(uri: str, experiment: str, grid: str | None) -> tuple[pd.DataFrame, 
             **{f"param:{k}": _value(v) for k, v in p.items()},
         })
         rollout = _history(client, rid, "rollout/pass_rate")
+        curves = {col: _history(client, rid, key) for col, key in STEP_CURVES.items()}
         cpu, tokens = _history(client, rid, "cost/cpu_s"), _history(client, rid, "cost/tokens")
         cpu[n_steps] = m.get("cost/train_cpu_s", cpu.get(n_steps))  # the last step's cost includes the final validation
         tokens[n_steps] = m.get("cost/train_tokens", tokens.get(n_steps))
         for s in range(0, n_steps + 1):
             steps.append({"run_id": rid, "step": s, "rollout_pass_rate": rollout.get(s), "val_pass_rate": val.get(s),
                           "cpu_s": 0.0 if s == 0 else cpu.get(s), "tokens": 0.0 if s == 0 else tokens.get(s),
-                          "val_cpu_s": None if s == 0 else val_cost.get(s)})
+                          "val_cpu_s": None if s == 0 else val_cost.get(s),
+                          **{col: curve.get(s) for col, curve in curves.items()}})
         n = int(gap["samples_per_problem"])
         for pp in gap["per_problem"]:
             problems.append({"run_id": rid, "problem": pp["id"], "student_passes": round(pp["student"] * n),
@@ -138,7 +150,7 @@ def collect(uri: str, experiment: str, grid: str | None) -> tuple[pd.DataFrame, 
     varying = [c for c in param_cols if not c[6:].startswith(NOT_HYPER)
                and runs_df[c].astype(str).nunique(dropna=False) > 1 and c[6:] != "context"]
     runs_df = runs_df.drop(columns=[c for c in param_cols if c not in varying]).rename(columns={c: c[6:] for c in varying})
-    return runs_df, pd.DataFrame(steps, columns=STEP_COLUMNS), pd.DataFrame(problems, columns=GAP_COLUMNS)
+    return runs_df, pd.DataFrame(steps, columns=STEP_COLUMNS + list(STEP_CURVES)), pd.DataFrame(problems, columns=GAP_COLUMNS)
 
 
 def merge(old: pd.DataFrame | None, new: pd.DataFrame) -> pd.DataFrame:
@@ -155,6 +167,14 @@ def order(runs: pd.DataFrame) -> pd.DataFrame:
     return runs.sort_values(["grid", "slice", "config", "seed"], na_position="last").reset_index(drop=True)
 
 
+def order_steps(steps: pd.DataFrame) -> pd.DataFrame:
+    """Fixed columns, then the curves (empty for kept rows of a table exported before they existed),
+    then anything else a newer export wrote; sorted by run and step."""
+    fixed = STEP_COLUMNS + list(STEP_CURVES)
+    steps = steps.reindex(columns=fixed + [c for c in steps if c not in fixed])
+    return steps.sort_values(["run_id", "step"]).reset_index(drop=True)
+
+
 def export(uri: str, experiment: str, cfg: ExportConfig) -> dict[str, int]:
     """Write (merge into) the three files under `cfg.out`; returns rows per file."""
     runs, steps, problems = collect(uri, experiment, cfg.grid)
@@ -162,7 +182,7 @@ def export(uri: str, experiment: str, cfg: ExportConfig) -> dict[str, int]:
     out.mkdir(parents=True, exist_ok=True)
     old = {name: read_table(out / name) if (out / name).exists() else None for name in FILES}
     tables = {"runs.csv": order(merge(old["runs.csv"], runs)),
-              "steps.csv": merge(old["steps.csv"], steps).sort_values(["run_id", "step"]),
+              "steps.csv": order_steps(merge(old["steps.csv"], steps)),
               "gap_problems.csv": merge(old["gap_problems.csv"], problems).sort_values(["run_id", "problem"])}
     for name, table in tables.items():  # all validated before any is written
         check_table(table, name)

@@ -14,11 +14,13 @@ import optuna
 import pandas as pd
 import pytest
 import statsmodels.api as sm
+import yaml
 from mlflow.tracking import MlflowClient
 from optuna.trial import TrialState
 
 from opsd_platform.compose import train_config
 from opsd_platform.config import config_hash
+from opsd_platform.export import STEP_COLUMNS, STEP_CURVES
 
 REPO = Path(__file__).resolve().parents[1]
 TINY_GRID = REPO / "tests" / "data" / "grid_tiny.yaml"
@@ -194,12 +196,49 @@ def test_export_round_trips_and_the_law_from_the_table_equals_the_law_from_the_s
     store = collect_points(uri, "opsd", ["tiny/law", "tiny/search"]).sort_values("run_id")[cols].reset_index(drop=True)
     table = points_from_table(str(out)).sort_values("run_id")[cols].reset_index(drop=True)
     pd.testing.assert_frame_equal(store, table, check_dtype=False)
-    # re-exporting merges: a row of a run that is not in the store (another session's) is kept
+    # the curves: columns after the fixed ones, equal to what each run logged, empty where not logged
+    assert list(steps.columns) == STEP_COLUMNS + list(STEP_CURVES)
+    assert_curves_are_the_logged_ones(uri, steps)
+    assert steps[[c for c in STEP_CURVES if c.startswith("grpo_")]].isna().all().all()  # OPSD logs no grpo/*
+    # re-exporting merges: a row of a run that is not in the store (another session's) is kept,
+    # and a table written before the curves existed gets them for every run the store has
     kept = runs.iloc[0].copy()
     kept["run_id"] = "from-an-earlier-session"
     pd.concat([runs, kept.to_frame().T]).to_csv(out / "runs.csv", index=False)
+    old_steps = steps[STEP_COLUMNS].copy()
+    old_steps = pd.concat([old_steps, old_steps.head(3).assign(run_id="from-an-earlier-session")])
+    old_steps.to_csv(out / "steps.csv", index=False)
+    # and a GRPO point in the same grid: its grpo/* curves are exported too
+    grpo_spec = tmp_path / "grid_grpo.yaml"
+    tiny = yaml.safe_load(TINY_GRID.read_text())
+    grpo_spec.write_text(yaml.safe_dump({"name": "tiny", "seeds": [0], "base": tiny["base"],
+                                         "slices": [{"name": "grpo", "configs": [["algorithm=grpo"]]}]}))
+    done = opsd("grid", f"grid.spec={grpo_spec}", "grid.workers=0", "grid.exported=null", f"tracking.uri={uri}")
+    assert done.returncode == 0, done.stderr[-2000:]
     export(uri, "opsd", ExportConfig(grid="tiny", out=str(out)))
     assert "from-an-earlier-session" in set(read_table(out / "runs.csv")["run_id"])
+    again = read_table(out / "steps.csv")
+    assert list(again.columns) == STEP_COLUMNS + list(STEP_CURVES)
+    earlier = again["run_id"] == "from-an-earlier-session"
+    assert earlier.sum() == 3 and again.loc[earlier, list(STEP_CURVES)].isna().all().all()
+    assert_curves_are_the_logged_ones(uri, again[~earlier])
+    grpo_run = set(read_table(out / "runs.csv").query("algorithm == 'grpo'")["run_id"])
+    assert len(grpo_run) == 1
+    grpo_steps = again[again["run_id"].isin(grpo_run) & (again["step"] > 0)]
+    assert grpo_steps[[c for c in STEP_CURVES if c.startswith("grpo_")]].notna().all().all()
+
+
+def assert_curves_are_the_logged_ones(uri: str, steps: pd.DataFrame) -> None:
+    """Every curve cell is the run's MLflow history at that step (empty at step 0 and where not logged)."""
+    client = MlflowClient(tracking_uri=uri)
+    for run_id, part in steps.groupby("run_id"):
+        for col, key in STEP_CURVES.items():
+            logged = {m.step: m.value for m in client.get_metric_history(run_id, key)}
+            expected = part["step"].map(lambda s: logged.get(s, np.nan)).to_numpy(dtype=float)
+            assert np.allclose(part[col].to_numpy(dtype=float), expected, equal_nan=True), (run_id, col)
+        # every training step logs its response length (and step 0, the initial validation, none)
+        assert part.loc[part["step"] > 0, "rollout_response_len"].notna().all(), run_id
+        assert part.loc[part["step"] == 0, "rollout_response_len"].isna().all(), run_id
 
 
 def law_table(path: Path, gaps, improvements, seeds=2) -> Path:
