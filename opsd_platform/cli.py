@@ -19,6 +19,8 @@
     opsd judge world=code problems=FILE.jsonl responses=FILE.jsonl
     opsd ui [tracking.uri=...] [port=5000]
     opsd setup                        fetch and convert the embedded default model once
+    opsd dashboard [storage=URL] [tracking.uri=...] [port=8080]
+                                      optuna-dashboard on the search's study (the `dashboard` extra)
 
 Configs are composed from ``conf/`` by ``opsd_platform.compose`` and validated by the dataclasses
 of ``opsd_platform.config``; a bad value exits with code 2 and one line naming it.
@@ -336,6 +338,39 @@ def cmd_ui(overrides: Sequence[str]) -> int:
     return subprocess.call([sys.executable, "-m", "mlflow", *cmd[1:]])
 
 
+def dashboard_storage(storage: str | None, tracking_uri: str | None) -> str:
+    """The Optuna storage `opsd dashboard` shows: ``storage`` if given, else the search's default
+    (beside the SQLite MLflow store). A SQLite file must exist: opening a missing one would create
+    an empty database and show nothing, which reads like "no studies" instead of "wrong path"."""
+    from opsd_platform import tracking
+    from opsd_platform.config import TrackingConfig
+    from opsd_platform.search import default_storage
+
+    url = storage or default_storage(TrackingConfig(uri=tracking_uri).resolved_uri())
+    if url.startswith("sqlite:"):
+        db = tracking.sqlite_path(url)
+        if db is None or not db.is_file():
+            raise ConfigError(f"storage: no Optuna database at {db or url}; run `opsd search` first, or give "
+                              "storage=sqlite:////abs/path.db (the grid's queue: grid.db beside mlflow.db)")
+    return url
+
+
+def cmd_dashboard(overrides: Sequence[str]) -> int:
+    cfg = compose("dashboard", overrides)
+    url = dashboard_storage(cfg.storage, cfg.tracking.uri)
+    try:
+        import optuna_dashboard
+    except ImportError:
+        raise ConfigError("opsd dashboard needs the `dashboard` extra: .venv/bin/pip install -e '.[dashboard]'") from None
+    import optuna
+
+    for s in optuna.get_all_study_summaries(url, include_best_trial=False):
+        print(f"  study {s.study_name}: {s.n_trials} trials")
+    print(f"optuna-dashboard for {url} at http://{cfg.host}:{cfg.port}  (Ctrl-C to stop)")
+    optuna_dashboard.run_server(url, host=str(cfg.host), port=int(cfg.port))
+    return 0
+
+
 def cmd_setup(overrides: Sequence[str]) -> int:
     from opsd_platform.models import load_policy
 
@@ -346,7 +381,7 @@ def cmd_setup(overrides: Sequence[str]) -> int:
     return 0
 
 
-COMMANDS = {"train": cmd_train, "gap": cmd_gap, "calibrate": cmd_calibrate, "fit-law": cmd_fit_law, "search": cmd_search, "grid": cmd_grid, "export": cmd_export, "law": cmd_law, "compare-grpo": cmd_compare_grpo, "judge": cmd_judge, "ui": cmd_ui, "setup": cmd_setup}
+COMMANDS = {"train": cmd_train, "gap": cmd_gap, "calibrate": cmd_calibrate, "fit-law": cmd_fit_law, "search": cmd_search, "grid": cmd_grid, "export": cmd_export, "law": cmd_law, "compare-grpo": cmd_compare_grpo, "judge": cmd_judge, "ui": cmd_ui, "setup": cmd_setup, "dashboard": cmd_dashboard}
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -139,7 +139,7 @@ CASES = [
          "in sqlite:////data/empty/mlflow.db; register one: opsd calibrate, then opsd fit-law, on this store "
          "(or opsd fit-law law.table=DIR: from a recorded runs.csv table)"),
     Case("unknown command", "frobnicate",
-         "opsd: unknown command 'frobnicate'; valid: train, gap, calibrate, fit-law, search, grid, export, law, compare-grpo, judge, ui, setup"),
+         "opsd: unknown command 'frobnicate'; valid: train, gap, calibrate, fit-law, search, grid, export, law, compare-grpo, judge, ui, setup, dashboard"),
 ]
 
 

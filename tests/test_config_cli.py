@@ -71,7 +71,7 @@ def test_cli_exit_codes(capsys):
     assert main(["train", "context=oracle"]) == 2
     assert "opsd train: config error: context: unknown value 'oracle'" in capsys.readouterr().err
     assert main(["frobnicate"]) == 2
-    assert "unknown command 'frobnicate'; valid: train, gap, calibrate, fit-law, search, grid, export, law, compare-grpo, judge, ui, setup" in capsys.readouterr().err
+    assert "unknown command 'frobnicate'; valid: train, gap, calibrate, fit-law, search, grid, export, law, compare-grpo, judge, ui, setup, dashboard" in capsys.readouterr().err
     assert main(["--help"]) == 0
 
 

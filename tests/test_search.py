@@ -323,10 +323,49 @@ def test_fast_search_prunes_some_trials_trains_others_and_reports(law_uri, tmp_p
 
     assert main(args) == 0  # resuming a finished study runs nothing
     assert len(optuna.load_study(study_name="fast", storage=storage).trials) == 6
+    check_dashboard_shows(storage, "fast", study)
     with pytest.raises(ConfigError, match="was created with base_overrides"):
         from opsd_platform.search import prepare
         prepare([*FAST, "optim.lr=1e-3", f"tracking.uri={law_uri}"],
                 SearchConfig(study="fast", storage=storage, space=str(space), n_startup_trials=2, calibration_rate=0, n_trials=6))
+
+
+def check_dashboard_shows(storage: str, name: str, study: optuna.Study) -> None:
+    """optuna-dashboard (the `dashboard` extra, `opsd dashboard`) serves the search's study: its
+    JSON API lists the study, every trial, and the law's decision on each pruned one."""
+    import io
+    import json
+    from wsgiref.util import setup_testing_defaults
+
+    import optuna_dashboard
+
+    from opsd_platform.cli import dashboard_storage
+
+    app = optuna_dashboard.wsgi(dashboard_storage(storage, None))
+
+    def get(path: str):
+        environ: dict = {"PATH_INFO": path, "REQUEST_METHOD": "GET", "wsgi.input": io.BytesIO()}
+        setup_testing_defaults(environ)
+        status = []
+        body = b"".join(app(environ, lambda s, h, exc_info=None: status.append(s)))
+        assert status[0].startswith("200"), (path, status[0], body[:300])
+        return json.loads(body)
+
+    listed = {s["study_name"]: s["study_id"] for s in get("/api/studies")["study_summaries"]}
+    detail = get(f"/api/studies/{listed[name]}")
+    assert len(detail["trials"]) == len(study.trials)
+    pruned = [t for t in detail["trials"] if t["state"] == "Pruned"]
+    assert len(pruned) == sum(t.state == TrialState.PRUNED for t in study.trials) > 0
+    for t in pruned:
+        attrs = {a["key"]: a["value"] for a in t["user_attrs"]}
+        assert attrs["pruner.action"] == "prune" and "pruner.law_version" in attrs
+
+
+def test_dashboard_names_a_missing_storage(tmp_path, capsys):
+    assert main(["dashboard", f"storage=sqlite:///{tmp_path}/nothing.db"]) == 2
+    err = capsys.readouterr().err
+    assert f"no Optuna database at {tmp_path}/nothing.db" in err and "opsd search" in err
+    assert not (tmp_path / "nothing.db").exists()  # looking did not create an empty database
 
 
 def test_a_grpo_trial_in_a_law_pruned_search_trains_without_a_gap(law_uri, tmp_path, capsys):
