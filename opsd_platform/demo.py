@@ -187,6 +187,17 @@ def training_cap(costs: Sequence[float], workers: int, remaining_s: float) -> in
     return n
 
 
+def decide_all(inputs: dict[str, dict[str, float]], law: Callable[[], Any], bar: float, level: float) -> dict[str, Any]:
+    """{label: Decision}: the search's own policy (pruner.decide_policy, as GapLawPruner and the
+    replay call it) for each candidate's measured inputs (gap, covariates), with the bar as a fixed
+    threshold, no startup trials and no calibration share: every candidate is judged by the law."""
+    from opsd_platform.pruner import decide_policy
+
+    return {k: decide_policy(attrs, trial_number=i, n_complete=0, best=lambda: None, law=law, n_startup_trials=0,
+                             calibration_rate=0.0, threshold=bar, level=level, seed=0)
+            for i, (k, attrs) in enumerate(inputs.items())}
+
+
 @dataclass(frozen=True)
 class Plan:
     train: list[str]  # labels, most promising first
@@ -430,7 +441,7 @@ def run_demo(overrides: Sequence[str], progress: Callable[[str], None] = print) 
     from opsd_platform.config import config_hash
     from opsd_platform.grid import GridConfig, load_spec, run_grid
     from opsd_platform.law_pipeline import FitLawConfig, fit_and_register
-    from opsd_platform.pruner import GapLawPruner, decide_policy
+    from opsd_platform.pruner import GapLawPruner
 
     start = time.perf_counter()
     seconds: dict[str, float] = {}
@@ -483,12 +494,10 @@ def run_demo(overrides: Sequence[str], progress: Callable[[str], None] = print) 
     progress(f"== 3/4 predictions BEFORE training ({cfg.level:.0%} intervals; bar: best recorded configuration "
              f"{bar[1]} {bar[0]:+.3f}; law v{reg['version']})")
     view = GapLawPruner(uri, name=reg["name"], alias=DEMO_ALIAS, level=cfg.level, record=False).law_view
-    decisions = {}
-    for i, (k, g) in enumerate(gaps.items()):
-        decisions[k] = decide_policy({"gap": g.gap, "context_tokens": g.teacher_prompt_tokens}, trial_number=i,
-                                     n_complete=0, best=lambda: None, law=view, n_startup_trials=0,
-                                     calibration_rate=0.0, threshold=bar[0], level=cfg.level, seed=0)
-        progress("  " + decision_line(k, decisions[k], g.gap_ci))
+    decisions = decide_all({k: {"gap": g.gap, "context_tokens": g.teacher_prompt_tokens} for k, g in gaps.items()},
+                           view, bar[0], cfg.level)
+    for k, d in decisions.items():
+        progress("  " + decision_line(k, d, gaps[k].gap_ci))
     if not verdict.significant:
         progress("  (a law that cannot tell configurations apart made these decisions: see above)")
     survivors = plan(decisions, cap=len(decisions)).train  # every survivor, most promising first
