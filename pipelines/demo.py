@@ -17,7 +17,12 @@ from opsd_platform.pipelines import run_job
 
 
 def job(overrides: list[str]) -> int:
-    result = run_demo(overrides)
+    try:
+        result = run_demo(overrides)
+    except KeyboardInterrupt:  # the grid re-queues the running trainings: the same command resumes
+        print("demo: interrupted; run the same command to resume (measured gaps and finished trainings are kept)",
+              file=sys.stderr)
+        return 130
     print()
     print(result.summary_path.read_text(encoding="utf-8"))
     print(f"report: {result.summary_path}")
