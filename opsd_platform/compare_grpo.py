@@ -309,11 +309,13 @@ class LazyEngine:
         return getattr(self._engine, name)
 
 
-def measure_gaps(cfgs: dict[str, TrainConfig]) -> tuple[dict[str, Any], bool]:
-    """{context: GapResult} through the measurement store, and whether a model had to be loaded.
+def measure_gaps(cfgs: dict[str, TrainConfig],
+                 progress: Callable[[str], None] | None = None) -> tuple[dict[str, Any], bool]:
+    """{key: GapResult} through the measurement store, and whether a model had to be loaded.
 
-    The configs differ only in `context`; they share one world, one model and one engine. The
-    engine is built the way `opsd gap` builds it (train._setup), at the gap's batch size."""
+    The configs differ only in `context` (and its settings); they share one world, one model and
+    one engine. The engine is built the way `opsd gap` builds it (train._setup), at the gap's batch
+    size. progress: told before each measurement (a side costs ~45 CPU-s on SmolLM2)."""
     from opsd_platform import measurements
     from opsd_platform.rollout import make_engine
     from opsd_platform.train import _setup, measurement_store
@@ -333,7 +335,11 @@ def measure_gaps(cfgs: dict[str, TrainConfig]) -> tuple[dict[str, Any], bool]:
     engine = LazyEngine(build)
     world = make_world(first.world, seed=first.seed)
     store = measurement_store(first)
-    gaps = {context: measurements.gap(cfg, engine, world, store) for context, cfg in cfgs.items()}
+    gaps = {}
+    for i, (context, cfg) in enumerate(cfgs.items()):
+        if progress is not None:
+            progress(f"gap {i + 1}/{len(cfgs)}: {context}")
+        gaps[context] = measurements.gap(cfg, engine, world, store)
     return gaps, engine.built
 
 

@@ -2,47 +2,20 @@
 ``MLproject`` entry points.
 
     calibrate_law(overrides)   a calibration grid, then fit + validate + register the law on it
-    demo(overrides)            calibrate (small grid) -> law -> law-pruned search -> report
+
+(The demo, `make demo`, is opsd_platform/demo.py.)
 
 Overrides are the ``opsd`` command line's: Hydra ``key=value`` words for the training config,
 plus ``calibrate.*`` and ``law.*`` sections. ``project_overrides`` turns what ``mlflow run`` passes
 (each MLproject parameter as one quoted word) into such a list.
-
-The demo is sized for a 2-core CPU (about 20 minutes on the embedded default): 3 context types x
-1 seed x a few steps is enough to exercise every step and to register a law, not to measure one;
-the README's "Measured" section has the calibrated numbers.
 """
 
 from __future__ import annotations
 
 import os
 import shlex
-import time
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Callable, Sequence
-
-from opsd_platform.config import default_home
-
-# The demo's grid and per-point sizes (2 cores, SmolLM2-135M: ~2.5 minutes per point: a gap on 8
-# problems x 4 samples, validation on 16 x 2 before and after, 3 steps of ~23 s).
-DEMO_CALIBRATION = [
-    "calibrate.name=demo",
-    "calibrate.contexts=[none,feedback,reference]",  # the law needs >= 3 configurations with different gaps
-    "calibrate.seeds=[0]",
-]
-DEMO_TRAINING = [
-    "world=arithmetic",
-    "trainer.max_steps=3",
-    "trainer.progress_bar=false",
-    "world.n_val=16",
-    "rollout.val_samples=2",
-    "gap.n_problems=8",
-]
-# The search step (`opsd search`): its own study, 2 trials trained fully before the law may prune,
-# over a space without the costlier keys (samples per prompt), so its time stays predictable.
-DEMO_SEARCH = ["search.study=demo", "search.space=demo", "search.n_trials=4", "search.n_startup_trials=2",
-               "search.refit_every=2"]  # two refits (each fits, validates, plots and registers), not four
 
 
 def project_overrides(words: Sequence[str], environ: dict[str, str] | None = None) -> list[str]:
@@ -127,41 +100,6 @@ def run_job(name: str, job: Callable[[list[str]], int], words: Sequence[str]) ->
     return 2
 
 
-# --------------------------------------------------------------------------------------- demo
-
-
-@dataclass
-class DemoResult:
-    calibrate_law: CalibrateLawResult
-    search: str  # what the search step did, one line
-    study_report: Path | None
-    summary_path: Path
-    seconds: dict[str, float]
-
-
-def law_pruned_search(overrides: Sequence[str], progress: Callable[[str], None] = print) -> tuple[str, Path | None]:
-    """The demo's search step: a short Optuna search pruned by the law just registered (issue 4).
-    Returns one line saying what happened and the study report's path (None when no report)."""
-    try:
-        from opsd_platform.search import SearchConfig, search
-    except ImportError:  # a version without `opsd search`: the demo still calibrates and reports
-        return "skipped: `opsd search` is not part of this version", None
-    from opsd_platform.cli import section_config, split_section
-
-    mine, base = split_section([*DEMO_SEARCH, *overrides], "search")
-    # ---- SEARCH CALL SITE (the demo's only one) ----------------------------------------------
-    result = search(base, section_config(SearchConfig, "search", mine), progress=progress)
-    # -------------------------------------------------------------------------------------------
-    if result.report is None:
-        return f"study {result.study!r}: {result.ran} trials run, not finished (other workers?)", None
-    s = result.report.summary
-    line = (f"study `{result.study}`: {s['n_complete']} trained, {s['n_pruned']} pruned by the law, {s['n_failed']} failed; "
-            f"best improvement {s['best_improvement']:+.3f} (trial #{s['best_trial']}); "
-            f"estimated compute saved vs training every trial: {s['saving_seconds_est']:.0%} of seconds. "
-            f"Study report: `{result.report.html}`; parent MLflow run `{result.parent_run_id}`.")
-    return line, Path(result.report.html)
-
-
 def _point_table(points) -> list[str]:
     rows = ["| configuration | seed | gap | improvement | run |", "|---|---|---|---|---|"]
     for r in points.itertuples():
@@ -205,59 +143,3 @@ def look_lines(res: CalibrateLawResult) -> list[str]:
         f"- In Python: `mlflow.set_tracking_uri(\"{res.tracking_uri}\")`, then "
         f"`mlflow.pyfunc.load_model(\"models:/{name}@champion\").predict(pd.DataFrame({{\"gap\": [0.1]}}))`",
     ]
-
-
-def summary_text(res: CalibrateLawResult, search: str, seconds: dict[str, float]) -> str:
-    """The demo's report: what was found and how to look at it (Markdown)."""
-    lines = [
-        "# OPSD demo",
-        "",
-        *law_lines(res),
-        "",
-        "A demo-sized grid (one seed, a few steps) exercises every step; its law is dominated by noise "
-        "(the README's Measured section has calibrated numbers).",
-        "",
-        "## Law-pruned search",
-        "",
-        search,
-        "",
-        "## Time",
-        "",
-        *[f"- {step}: {s:.0f} s" for step, s in seconds.items()],
-        "",
-        *look_lines(res),
-    ]
-    return "\n".join(lines) + "\n"
-
-
-def demo(overrides: Sequence[str] = (), progress: Callable[[str], None] = print) -> DemoResult:
-    """Calibrate a small grid on the embedded default -> fit -> register -> law-pruned search ->
-    report. ``overrides`` come after the demo's own sizes, so any of them can be changed."""
-    from mlflow.tracking import MlflowClient
-
-    from opsd_platform import tracking
-
-    seconds: dict[str, float] = {}
-    start = time.perf_counter()
-    progress("== 1/3 calibration grid, then fit, validate and register the law")
-    section = lambda o: o.lstrip("+").split(".", 1)[0]  # noqa: E731
-    res = calibrate_law([*DEMO_CALIBRATION, *DEMO_TRAINING, *(o for o in overrides if section(o) != "search")],
-                        progress=progress)
-    seconds["calibrate + fit + register"] = time.perf_counter() - start
-
-    progress("== 2/3 law-pruned search")
-    t = time.perf_counter()
-    base = [o for o in [*DEMO_TRAINING, *overrides] if section(o) not in ("calibrate", "law")]
-    search, study_report = law_pruned_search(base, progress=progress)
-    seconds["search"] = time.perf_counter() - t
-    seconds["total"] = time.perf_counter() - start
-
-    progress("== 3/3 report")
-    text = summary_text(res, search, seconds)
-    db = tracking.sqlite_path(res.tracking_uri)
-    out_dir = (db.parent if db else default_home()) / "demo"  # beside the store it describes
-    out_dir.mkdir(parents=True, exist_ok=True)
-    path = out_dir / "summary.md"
-    path.write_text(text, encoding="utf-8")
-    MlflowClient(tracking_uri=res.tracking_uri).log_text(res.law.law_run_id, text, "demo_summary.md")
-    return DemoResult(res, search, study_report, path, seconds)
