@@ -15,7 +15,6 @@ from pathlib import Path
 from typing import Any
 
 from opsd_platform.contexts import CONTEXTS
-from opsd_platform.losses import AGGREGATIONS, DIVERGENCES, SUPPORTS
 from opsd_platform.worlds.base import GRADINGS
 
 MODEL_SOURCES = ("smollm2", "gemma3", "tiny", "hf", "gguf")
@@ -191,6 +190,10 @@ class LossConfig:
                                        "copy of the initial weights is kept"})
 
     def __post_init__(self) -> None:
+        # Imported here, not at the top: losses.py imports torch, and importing the CLI (which
+        # imports this module) should not cost torch's import (~2 s) before a command needs it.
+        from opsd_platform.losses import AGGREGATIONS, DIVERGENCES, SUPPORTS
+
         _one_of(self.divergence, DIVERGENCES, "loss.divergence")
         _one_of(self.support, SUPPORTS, "loss.support")
         _check(0.0 <= self.alpha <= 1.0, "loss.alpha", f"must be in [0, 1], got {self.alpha}")

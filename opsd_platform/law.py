@@ -465,7 +465,7 @@ def fit_law(
     if method == "ols":
         res = sm.OLS(y, exog).fit()
     elif method == "hc3":
-        hat = np.einsum("ij,jk,ik->i", exog, np.linalg.pinv(exog.T @ exog), exog)
+        hat = sm.OLS(y, exog).fit().get_influence().hat_matrix_diag  # each config's leverage
         if (hat > 1 - 1e-9).any():
             cfg = configs[int(np.argmax(hat))]
             raise LawError(
@@ -646,7 +646,7 @@ def family_slopes(points: pd.DataFrame, group: str = "family", *, level: float =
     "pooled_note", "equal_slopes": {"F", "p", "df_num", "df_denom", "families"} or {"note"},
     "excluded"}``.
     """
-    import statsmodels.api as sm
+    import statsmodels.formula.api as smf
 
     agg, pts = _grouped(points, group)
 
@@ -691,19 +691,18 @@ def family_slopes(points: pd.DataFrame, group: str = "family", *, level: float =
         }
     else:
         sub = agg[agg[group].isin(eligible)]
-        gap = sub["gap"].to_numpy(dtype=float)
-        y = sub["improvement"].to_numpy(dtype=float)
-        dummies = [(sub[group] == v).to_numpy(dtype=float) for v in eligible[1:]]
-        reduced_x = np.column_stack([np.ones(len(sub)), gap, *dummies])
-        full_x = np.column_stack([reduced_x, *[gap * d for d in dummies]])
-        if len(sub) <= full_x.shape[1]:
+        # Under a fixed column name, so the formulas hold for any `group` column (a name with a dot
+        # or a space would not parse).
+        data = pd.DataFrame({"improvement": sub["improvement"], "gap": sub["gap"], "family": sub[group]})
+        n_coefficients = 2 * len(eligible)  # an intercept and a slope per family
+        if len(sub) <= n_coefficients:
             equal = {
                 "note": f"the equal-slope test needs more configs ({len(sub)}) than the per-family model has "
-                f"coefficients ({full_x.shape[1]})"
+                f"coefficients ({n_coefficients})"
             }
         else:
-            full = sm.OLS(y, full_x).fit()
-            reduced = sm.OLS(y, reduced_x).fit()
+            full = smf.ols("improvement ~ gap * C(family)", data).fit()
+            reduced = smf.ols("improvement ~ gap + C(family)", data).fit()
             f_value, p_value, df_diff = full.compare_f_test(reduced)
             equal = {
                 "F": float(f_value),

@@ -210,19 +210,16 @@ def _segment_attention(module, query, key, value, attention_mask, dropout=0.0, s
 
 @contextlib.contextmanager
 def _attention_switched(model, name: str) -> Iterator[None]:
-    """Run the model with attention implementation `name` for the duration (restored on exit).
-    transformers reads ``config._attn_implementation`` at each attention call."""
+    """Run the model with attention implementation `name` for the duration (restored on exit)."""
     from transformers import AttentionInterface
 
-    if name not in AttentionInterface._global_mapping:
-        AttentionInterface.register(name, _segment_attention)
-    config = model.config
-    previous = config._attn_implementation
-    config._attn_implementation = name
+    AttentionInterface.register(name, _segment_attention)  # a dict entry: registering again is a no-op
+    previous = _attention(model)
+    model.set_attn_implementation(name)
     try:
         yield
     finally:
-        config._attn_implementation = previous
+        model.set_attn_implementation(previous)
 
 
 def _segment_logits(model, layout: _PackLayout, response_ids: torch.Tensor) -> ResponseLogits:  # response_ids [n, T]

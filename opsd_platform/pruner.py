@@ -324,16 +324,23 @@ class GapLawPruner(optuna.pruners.BasePruner):
         record_decision(study, trial, decision, self.tracking_uri)
 
 
-def stored_attrs(study: "optuna.Study", trial: FrozenTrial) -> dict[str, Any]:
-    """The trial's user attributes as stored now (the FrozenTrial Optuna hands a pruner is a copy
-    cached when the trial started, blind to what was recorded since)."""
+# A decision is made inside ``prune(study, trial)``, where Optuna passes a FrozenTrial: a copy, with
+# no public way to write onto the running trial (``Trial.set_user_attr`` needs the live Trial, which
+# a pruner never sees). So the decision is written through the study's storage, and read back the
+# same way (the live Trial's cached attributes do not see a write that went past it). These two
+# functions are the only ones that touch Optuna's storage; everything else calls them.
+
+
+def stored_attrs(study: "optuna.Study", trial: "FrozenTrial | optuna.Trial") -> dict[str, Any]:
+    """The trial's user attributes as stored now, the decision recorded by ``prune`` included."""
     try:
         return study._storage.get_trial(trial._trial_id).user_attrs
     except Exception:
         return trial.user_attrs
 
 
-def record_decision(study: "optuna.Study", trial: FrozenTrial, decision: Decision, tracking_uri: str | None) -> None:
+def record_decision(study: "optuna.Study", trial: "FrozenTrial | optuna.Trial", decision: Decision,
+                    tracking_uri: str | None) -> None:
     """Write `decision` onto the trial (``pruner.*`` user attributes) and its MLflow run."""
     for key, value in decision.attrs().items():
         study._storage.set_trial_user_attr(trial._trial_id, key, value)

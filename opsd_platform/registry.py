@@ -62,23 +62,22 @@ class RegistryError(LookupError):
 
 @contextlib.contextmanager
 def _using_uri(uri: str) -> Iterator[None]:
-    """Point MLflow's fluent API (log_model, register_model, load_model) at `uri`, then restore.
+    """Point MLflow's fluent API (Model.log, register_model, load_model) at `uri`, then restore.
 
-    mlflow.set_tracking_uri also writes MLFLOW_TRACKING_URI into os.environ; restore both the
-    module state and the environment so callers see no change.
+    Model.log takes no tracking URI, so the process-wide one is set for the duration.
+    mlflow.set_tracking_uri / set_registry_uri also write MLFLOW_TRACKING_URI / MLFLOW_REGISTRY_URI
+    into os.environ; on exit both URIs go back to "not set" and the environment to what it was,
+    so MLflow resolves them as before: from the environment, where a caller's own
+    set_tracking_uri / set_registry_uri also left its URI.
     """
-    from mlflow.tracking._model_registry import utils as registry_utils
-    from mlflow.tracking._tracking_service import utils as tracking_utils
-
     saved_env = {k: os.environ.get(k) for k in ("MLFLOW_TRACKING_URI", "MLFLOW_REGISTRY_URI")}
-    saved_tracking, saved_registry = tracking_utils._tracking_uri, registry_utils._registry_uri
     mlflow.set_tracking_uri(uri)
     mlflow.set_registry_uri(uri)
     try:
         yield
     finally:
-        mlflow.set_tracking_uri(saved_tracking)
-        registry_utils._registry_uri = saved_registry
+        mlflow.set_tracking_uri(None)
+        mlflow.set_registry_uri(None)
         for key, value in saved_env.items():
             if value is None:
                 os.environ.pop(key, None)
@@ -158,15 +157,19 @@ def _versions(client, name: str) -> list:
 
 
 def _alias_version(client, name: str, alias: str) -> str:
-    rm = _registered(client, name)
-    aliases = dict(rm.aliases or {})
-    if alias not in aliases:
-        versions = [str(v.version) for v in _versions(client, name)]
-        have = ", ".join(f"@{a} -> v{v}" for a, v in sorted(aliases.items())) or "none"
-        raise RegistryError(
-            f"registered model {name!r} has no alias {alias!r}; aliases: {have}; versions: {', '.join(versions) or 'none'}"
-        )
-    return str(aliases[alias])
+    from mlflow.exceptions import MlflowException
+
+    try:
+        return str(client.get_model_version_by_alias(name, alias).version)
+    except MlflowException:
+        pass
+    # No such alias (or no such model: _registered raises for that): say what there is.
+    aliases = dict(_registered(client, name).aliases or {})
+    versions = [str(v.version) for v in _versions(client, name)]
+    have = ", ".join(f"@{a} -> v{v}" for a, v in sorted(aliases.items())) or "none"
+    raise RegistryError(
+        f"registered model {name!r} has no alias {alias!r}; aliases: {have}; versions: {', '.join(versions) or 'none'}"
+    )
 
 
 # ----------------------------------------------------------------------------------------------

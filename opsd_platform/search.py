@@ -68,7 +68,7 @@ from optuna.trial import FrozenTrial, TrialState
 from opsd_platform import tracking
 from opsd_platform.compose import conf_dir, train_config
 from opsd_platform.config import ConfigError, TrainConfig, default_home, flatten
-from opsd_platform.pruner import PRUNE, Decision, GapLawPruner, best_completed, record_decision
+from opsd_platform.pruner import PRUNE, Decision, GapLawPruner, best_completed, record_decision, stored_attrs
 from opsd_platform.registry import CHAMPION, DEFAULT_NAME
 
 log = logging.getLogger(__name__)
@@ -497,7 +497,7 @@ class StepReporter(L.Callback):
         if run_id and "mlflow_run_id" not in self.trial.user_attrs:
             self.trial.set_user_attr("mlflow_run_id", run_id)
         if self.decide_at_start and self.trial.should_prune():  # recorded on the trial and its run (rule not_opsd)
-            decision = Decision.from_attrs(self.trial.study._storage.get_trial(self.trial._trial_id).user_attrs)
+            decision = Decision.from_attrs(stored_attrs(self.trial.study, self.trial))
             raise StopTraining(f"pruned: {decision.reason if decision else 'by the pruner'}")
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
@@ -516,7 +516,7 @@ class StepReporter(L.Callback):
                 PRUNE, "median", f"MedianPruner: step {step} running pass rate {value:.3f} is below the median of "
                 f"earlier trials at this step", bar=best[0] if best else None,
                 bar_source=f"best trial #{best[1]}" if best else None)
-            record_decision(self.trial.study, self.trial.study._storage.get_trial(self.trial._trial_id), decision, self.tracking_uri)
+            record_decision(self.trial.study, self.trial, decision, self.tracking_uri)
             raise StopTraining(decision.reason)
 
 
@@ -553,7 +553,7 @@ class Objective:
         try:
             result = train(cfg, parent_run_id=h.parent_run_id, extra_tags=tags, after_gap=after_gap, callbacks=[reporter])
         except (KeyboardInterrupt, RunInterrupted) as exc:
-            frozen = trial.study._storage.get_trial(trial._trial_id)
+            frozen = next(t for t in trial.study.get_trials(deepcopy=False) if t.number == trial.number)
             RetryDeadTrial(h.tracking_uri, h.experiment, s.max_retry, s.grace_period)(
                 trial.study, frozen, reason=f"interrupted ({type(exc).__name__}: {exc})")
             # a KeyboardInterrupt: Optuna marks the trial FAILED and stops the worker (an Exception
@@ -575,7 +575,7 @@ class Objective:
         if result.improvement is None:
             raise RuntimeError("the training reported no improvement (trainer.validate=false?): nothing to optimise")
         trial.set_user_attr("improvement", float(result.improvement))
-        decision = Decision.from_attrs(trial.study._storage.get_trial(trial._trial_id).user_attrs)
+        decision = Decision.from_attrs(stored_attrs(trial.study, trial))
         if decision is not None and decision.action == "calibrate":  # was it a false prune after all?
             trial.set_user_attr("pruner.false_prune", bool(result.improvement > decision.bar))
         return float(result.improvement)
@@ -594,7 +594,7 @@ class Objective:
         for key, value in attrs.items():
             trial.set_user_attr(key, value if (not isinstance(value, float) or math.isfinite(value)) else None)
         if trial.should_prune():
-            decision = Decision.from_attrs(trial.study._storage.get_trial(trial._trial_id).user_attrs)
+            decision = Decision.from_attrs(stored_attrs(trial.study, trial))
             raise StopTraining(f"pruned by the gap law v{decision.law_version}: {decision.reason}")
 
 

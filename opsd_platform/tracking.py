@@ -250,10 +250,8 @@ def log_params(uri: str, run_id: str, params: dict[str, Any]) -> None:
     """Log a flat dict of params (values stringified, MLflow's 6000-char limit respected)."""
     from mlflow.entities import Param
 
-    client = MlflowClient(tracking_uri=uri)
-    items = [Param(k, str(v)[:6000]) for k, v in params.items()]
-    for start in range(0, len(items), 100):
-        client.log_batch(run_id, params=items[start : start + 100])
+    # log_batch splits the list into requests of at most 100 params itself
+    MlflowClient(tracking_uri=uri).log_batch(run_id, params=[Param(k, str(v)[:6000]) for k, v in params.items()])
 
 
 def ui_command(uri: str) -> str:

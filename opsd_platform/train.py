@@ -206,9 +206,11 @@ def gap_token_ratio(cfg: TrainConfig, gap: GapResult) -> float:
 
 
 def _log_gap(client: MlflowClient, run_id: str, cfg: TrainConfig, gap: GapResult) -> None:
+    from mlflow.entities import Metric
+
     metrics = {**gap.metrics(), "gap/cost_tokens_ratio_est": gap_token_ratio(cfg, gap)}
-    for key, value in metrics.items():
-        client.log_metric(run_id, key, value, step=0)
+    now = int(time.time() * 1000)
+    client.log_batch(run_id, metrics=[Metric(key, float(value), now, 0) for key, value in metrics.items()])
     client.log_dict(run_id, gap.to_dict(), "gap.json")
 
 
@@ -336,8 +338,7 @@ def _relog_missing(uri: str, run_id: str, pending: list[dict]) -> int:
     now = int(time.time() * 1000)
     missing = [Metric(k, float(v), now, int(e["step"])) for e in pending for k, v in e.items()
                if k != "step" and int(e["step"]) not in have[k]]
-    for start in range(0, len(missing), 500):
-        client.log_batch(run_id, metrics=missing[start : start + 500])
+    client.log_batch(run_id, metrics=missing)  # split into requests of at most 1000 metrics by MLflow
     logged = have["train/loss"] | {m.step for m in missing if m.key == "train/loss"}
     return max(logged, default=0)
 
