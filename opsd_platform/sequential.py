@@ -22,8 +22,17 @@ clears the bar for every gap in the CS) or None (go on). Since the CS holds at a
 probability >= 1 - alpha, the decision equals the one at the true gap with at least that
 probability.
 
-Pure functions of arrays: nothing here measures anything (gap.py does), and nothing is wired into
-the training config yet; benchmarks/pruning.py uses it on recorded per-problem passes.
+Pure functions: nothing here measures anything. benchmarks/pruning.py uses them on recorded
+per-problem passes; a live search uses them through ``gap.sequential=true`` (config.GapConfig:
+``sequential_batch``, ``sequential_alpha``, ``sequential_rule``): search.Objective builds the
+stopping rule from its pruner with ``policy_gate`` (decide_policy and the bar it would use now),
+and measurements.sequential_gap measures the student and teacher sides a batch at a time
+(``aligned_batch`` problems, on their own resumed sampling streams) and asks it after each batch,
+with the without-replacement CS over the trial's N problems. A measurement that runs to the end
+equals the full one bitwise and is stored as it; one that stops early is not stored (the
+measurement store's docstring says why). Outside a search there is no law and bar to stop on:
+the gap is measured in full. A trial that stops on "train" trains, and its gap (t < N problems) is
+a point of the law's next refit: a noisier point, recorded as such (``gap/sequential_problems``).
 """
 
 from __future__ import annotations
