@@ -324,14 +324,33 @@ class GapConfig:
                           "kept for backward, so the weights are read once for more rows"},
     )
     level: float = field(default=0.95, metadata={"help": "confidence level of the intervals"})
+    sequential: bool = field(default=False, metadata={
+        "help": "in a law-pruned search trial, measure the gap gap.sequential_batch problems at a time and stop once "
+                "the pruning decision is settled (sequential.py); elsewhere it is measured in full"})
+    sequential_batch: int = field(default=8, metadata={
+        "help": "problems per batch of the sequential gap (rounded up so a batch fills whole gap.batch_size "
+                "generate calls: what keeps a measurement that runs to the end equal to the full one)"})
+    sequential_alpha: float = field(default=0.05, metadata={
+        "help": "error level of the sequential gap's confidence sequence (anytime-valid)"})
+    sequential_rule: str = field(default="decision", metadata={
+        "help": "when the sequential gap stops: decision (the pruner's decision is the same for every gap in the "
+                "confidence sequence) or confident (prune as decision; train only once the law's lower bound clears "
+                "the bar)"})
 
     def __post_init__(self) -> None:
+        from opsd_platform.sequential import RULES
+
         _one_of(self.split, ("train", "val"), "gap.split")
         _check(self.n_problems >= 1, "gap.n_problems", f"must be >= 1, got {self.n_problems}")
         _check(self.samples >= 0, "gap.samples", f"must be >= 0, got {self.samples}")
         _check(self.bootstrap >= 100, "gap.bootstrap", f"must be >= 100, got {self.bootstrap}")
         _check(self.batch_size >= 1, "gap.batch_size", f"must be >= 1, got {self.batch_size}")
         _check(0.5 <= self.level < 1.0, "gap.level", f"must be in [0.5, 1), got {self.level}")
+        _check(isinstance(self.sequential, bool), "gap.sequential", f"must be true or false, got {self.sequential!r}")
+        _check(isinstance(self.sequential_batch, int) and not isinstance(self.sequential_batch, bool)
+               and self.sequential_batch >= 1, "gap.sequential_batch", f"must be an int >= 1, got {self.sequential_batch!r}")
+        _check(0.0 < self.sequential_alpha < 1.0, "gap.sequential_alpha", f"must be in (0, 1), got {self.sequential_alpha}")
+        _one_of(self.sequential_rule, RULES, "gap.sequential_rule")
 
 
 @dataclass
@@ -421,6 +440,10 @@ def config_hash(cfg: TrainConfig) -> str:
     d["trainer"] = {k: v for k, v in d["trainer"].items() if k not in how_not_what}
     d.pop("resume")
     d["gap"] = {k: v for k, v in d["gap"].items() if k != "batch_size"}  # how, not what, it measures
+    for key in ("sequential", "sequential_batch", "sequential_alpha", "sequential_rule"):
+        # how much of the gap is measured, not what: one that runs to the end equals the full one
+        # (a stopped one is a prefix of it, recorded as such on the run); dropped always, so older hashes hold
+        d["gap"].pop(key)
     d["rollout"].pop("val_batch_size")  # likewise
     d["optim"] = {k: v for k, v in d["optim"].items() if k != "fused"}  # the same update, another kernel
     for key in ("checkpoint_every", "keep_checkpoints", "checkpoint_dir", "accelerator", "strategy"):

@@ -54,6 +54,78 @@ def seeded_stream(seed: int, label: str) -> Iterator[None]:
         yield
 
 
+class Stream:
+    """A `seeded_stream` that can be entered several times and goes on where it left off: the
+    draws of batches measured one after the other inside ``resume()`` are those one call over all
+    of them would make (the sequential gap measures a side a batch of problems at a time, with the
+    other side's stream in between). Outside ``resume()`` the caller's generator is untouched.
+    CUDA generators are saved and restored too when CUDA is in use (the HF engine samples on the
+    model's device)."""
+
+    def __init__(self, seed: int, label: str) -> None:
+        self.seed, self.label = seed, label
+        self._state: tuple | None = None  # (CPU state, CUDA states) after the last resume()
+
+    @contextlib.contextmanager
+    def resume(self) -> Iterator[None]:
+        import torch
+
+        devices = list(range(torch.cuda.device_count())) if torch.cuda.is_initialized() else []
+        with torch.random.fork_rng(devices=devices):
+            if self._state is None:
+                torch.manual_seed(stream_seed(self.seed, self.label))  # as seeded_stream
+            else:
+                cpu, cuda = self._state
+                torch.set_rng_state(cpu)
+                if devices and cuda:
+                    torch.cuda.set_rng_state_all(cuda)
+            yield
+            self._state = (torch.get_rng_state(), torch.cuda.get_rng_state_all() if devices else [])
+
+
+def concat(parts: Sequence[Evaluation]) -> Evaluation:
+    """The Evaluation of consecutive batches of problems, equal (floats exact) to the one
+    `evaluate` returns for all of them at once when the batches drew the same answers: means are
+    recomputed over the joined rows in the same order, and the prompt-token total of each part is
+    recovered exactly from its mean (an integer sum over its rows)."""
+    if not parts:
+        raise ValueError("concat needs at least one Evaluation")
+    if len(parts) == 1:
+        return parts[0]
+    per_problem = [x for e in parts for x in e.per_problem]
+    judgements = [j for e in parts for j in e.judgements]
+    texts = [t for e in parts for t in e.texts]
+    prompt_total = sum(round(e.prompt_tokens * len(e.texts)) for e in parts)
+    return Evaluation(
+        pass_rate=sum(per_problem) / max(1, len(per_problem)),
+        reward_mean=sum(j.reward for j in judgements) / max(1, len(judgements)),
+        per_problem=per_problem,
+        tokens=sum(e.tokens for e in parts),
+        prompt_tokens=prompt_total / max(1, len(texts)),
+        texts=texts,
+        judgements=judgements,
+    )
+
+
+def take(ev: Evaluation, start: int, stop: int, k: int) -> Evaluation:
+    """Problems [start, stop) of `ev` (k answers each). Tokens are a per-answer mean share
+    (an Evaluation keeps only the total); the whole range returns `ev` itself."""
+    n = len(ev.per_problem)
+    if (start, stop) == (0, n):
+        return ev
+    per_problem = ev.per_problem[start:stop]
+    judgements = ev.judgements[start * k:stop * k]
+    return Evaluation(
+        pass_rate=sum(per_problem) / max(1, len(per_problem)),
+        reward_mean=sum(j.reward for j in judgements) / max(1, len(judgements)),
+        per_problem=per_problem,
+        tokens=round(ev.tokens * (stop - start) / max(1, n)),
+        prompt_tokens=ev.prompt_tokens,
+        texts=ev.texts[start * k:stop * k],
+        judgements=judgements,
+    )
+
+
 def cpu_seconds() -> float:
     """CPU seconds of this process and of its finished children (the sandboxed code runs)."""
     children = resource.getrusage(resource.RUSAGE_CHILDREN)

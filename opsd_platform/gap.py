@@ -33,7 +33,7 @@ from typing import Sequence
 import numpy as np
 
 from opsd_platform.contexts import build_for_rollouts
-from opsd_platform.evaluation import Evaluation, cpu_seconds, evaluate, seeded_stream
+from opsd_platform.evaluation import Evaluation, Stream, cpu_seconds, evaluate, seeded_stream
 from opsd_platform.worlds.base import Problem, World
 
 
@@ -61,6 +61,9 @@ class GapResult:
     student_key: str = ""  # measurement keys of the two sides (measurements.py), "" when not stored
     teacher_key: str = ""
     reused: list[str] = field(default_factory=list)  # sides loaded from earlier measurements
+    # gap.sequential (measurements.py): where the measurement stopped, its confidence sequence and
+    # what stopping saved; None for a full measurement made the usual way
+    sequential: dict | None = None
 
     def metrics(self) -> dict[str, float]:
         """Flat `gap/...` metrics for MLflow."""
@@ -82,6 +85,8 @@ class GapResult:
             "gap/student_cpu_s": self.student_cpu_s,
             "gap/student_tokens": float(self.student_tokens),
             "gap/reused_sides": float(len(self.reused)),
+            **({f"gap/sequential_{k}": float(v) for k, v in self.sequential.items()
+                if isinstance(v, (int, float)) and not isinstance(v, bool)} if self.sequential else {}),
         }
 
     def to_dict(self) -> dict:
@@ -134,10 +139,20 @@ class Side:
     key: str = ""  # the measurement's key (measurements.py), "" when not stored
 
 
-def measure_student(engine, world: World, problems: Sequence[Problem], sampling: Sampling, seed: int) -> Side:
-    """The student side: n answers per problem under the plain prompt, from stream "gap/student"."""
+STUDENT_STREAM = "gap/student"
+
+
+def teacher_stream(context: str, graded_fraction: float = 0.5) -> str:
+    """The teacher side's stream label."""
+    return f"gap/teacher/{context}" + (f"/{graded_fraction!r}" if context == "graded" else "")
+
+
+def measure_student(engine, world: World, problems: Sequence[Problem], sampling: Sampling, seed: int,
+                    stream: Stream | None = None) -> Side:
+    """The student side: n answers per problem under the plain prompt, from stream "gap/student"
+    (`stream`: that stream, resumed where an earlier batch of problems left it)."""
     t0, c0 = time.perf_counter(), cpu_seconds()
-    with seeded_stream(seed, "gap/student"):
+    with stream.resume() if stream is not None else seeded_stream(seed, STUDENT_STREAM):
         ev = evaluate(engine, world, problems, [p.prompt for p in problems], k=sampling.n, **sampling.kwargs())
     return Side(ev, cpu_seconds() - c0, time.perf_counter() - t0)
 
@@ -152,15 +167,15 @@ def teacher_messages(context: str, problems: Sequence[Problem], student: Evaluat
 
 
 def measure_teacher(engine, world: World, problems: Sequence[Problem], context: str, student: Evaluation,
-                    sampling: Sampling, seed: int, graded_fraction: float = 0.5) -> Side:
+                    sampling: Sampling, seed: int, graded_fraction: float = 0.5, stream: Stream | None = None) -> Side:
     """The teacher side: one answer per student sample under its teacher message, from stream
-    "gap/teacher/<context>" (so it does not depend on how the student side was obtained)."""
+    "gap/teacher/<context>" (so it does not depend on how the student side was obtained;
+    `stream`: that stream, resumed where an earlier batch of problems left it)."""
     t0, c0 = time.perf_counter(), cpu_seconds()
     n = sampling.n
     messages, _ = teacher_messages(context, problems, student, n, graded_fraction)
     row_problems = [problems[i // n] for i in range(len(messages))]
-    label = f"gap/teacher/{context}" + (f"/{graded_fraction!r}" if context == "graded" else "")
-    with seeded_stream(seed, label):
+    with stream.resume() if stream is not None else seeded_stream(seed, teacher_stream(context, graded_fraction)):
         ev = evaluate(engine, world, row_problems, messages, k=1, **sampling.kwargs())
     return Side(ev, cpu_seconds() - c0, time.perf_counter() - t0)
 

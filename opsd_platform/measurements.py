@@ -23,10 +23,20 @@ so a setting added later does not orphan the measurements recorded before it.
 
 Two processes that need the same key at the same moment may both measure it; both get the same
 result and the first stored is the one reused afterwards.
+
+The sequential gap (``gap.sequential``, ``sequential_gap`` below) and the store: a side stored in
+full serves it (a stored student side is read a batch at a time, so only the teacher side is
+measured; both stored: the full gap, for free, and nothing to stop). A sequential measurement
+that runs to the end draws exactly what the full one draws, so its sides are stored under the
+full keys. One that stops early is *not* stored: going on from it later would need its sampling
+streams' generator state at the stop, which the store does not keep, and a prefix under a key of
+its own would serve only a configuration with that many problems. A later trial with the same
+key measures its prefix again, which costs no more than the first one did.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import logging
@@ -36,12 +46,14 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Callable
 
+import numpy as np
 from mlflow.tracking import MlflowClient
 
 from opsd_platform import tracking
 from opsd_platform.config import TrainConfig, world_fields
-from opsd_platform.evaluation import Evaluation, cpu_seconds, seeded_stream
-from opsd_platform.gap import GapResult, Sampling, Side, combine, measure_student, measure_teacher
+from opsd_platform.evaluation import Evaluation, Stream, concat, cpu_seconds, seeded_stream, take
+from opsd_platform.gap import (STUDENT_STREAM, GapResult, Sampling, Side, combine, measure_student, measure_teacher,
+                               teacher_stream)
 
 log = logging.getLogger(__name__)
 
@@ -145,18 +157,28 @@ class MeasurementStore:
         return run_id
 
 
+def _stored(store: MeasurementStore | None, kind: str, fields: dict) -> Side | None:
+    """The stored measurement with these key fields, or None."""
+    key = key_of(fields)
+    if store is None or (run_id := store.find(kind, key)) is None:
+        return None
+    evaluation, metrics = store.load(run_id)
+    log.info("reusing %s %s (run %s)", kind, key, run_id)
+    return Side(evaluation, metrics.get("cpu_s", 0.0), metrics.get("seconds", 0.0), reused=True, key=key)
+
+
+def _save(store: MeasurementStore | None, kind: str, fields: dict, side: Side) -> Side:
+    if store is None:
+        return side
+    store.save(kind, fields, side.evaluation, {"cpu_s": side.cpu_s, "seconds": side.seconds,
+                                               "tokens": side.evaluation.tokens})
+    return Side(side.evaluation, side.cpu_s, side.seconds, key=key_of(fields))
+
+
 def _cached(store: MeasurementStore | None, kind: str, fields: dict, measure: Callable[[], Side]) -> Side:
     """Reuse the stored measurement with these key fields, or measure and store it."""
-    key = key_of(fields)
-    if store is not None and (run_id := store.find(kind, key)) is not None:
-        evaluation, metrics = store.load(run_id)
-        log.info("reusing %s %s (run %s)", kind, key, run_id)
-        return Side(evaluation, metrics.get("cpu_s", 0.0), metrics.get("seconds", 0.0), reused=True, key=key)
-    side = measure()
-    if store is not None:
-        store.save(kind, fields, side.evaluation, {"cpu_s": side.cpu_s, "seconds": side.seconds,
-                                                   "tokens": side.evaluation.tokens})
-    return Side(side.evaluation, side.cpu_s, side.seconds, key=key if store is not None else "")
+    stored = _stored(store, kind, fields)
+    return stored if stored is not None else _save(store, kind, fields, measure())
 
 
 # ----------------------------------------------------------------------------- what runs call
@@ -175,12 +197,31 @@ def initial_validation(cfg: TrainConfig, validate: Callable[[], Evaluation],
     return _cached(store, "val_initial", val_key_fields(cfg), measure)
 
 
-def gap(cfg: TrainConfig, engine, world, store: MeasurementStore | None) -> GapResult:
-    """The initial gap of `cfg` (its two sides reused where stored), as configured in `cfg.gap`."""
+_said_full = False  # "gap.sequential=true but no law and bar here" is said once per process
+
+
+def gap(cfg: TrainConfig, engine, world, store: MeasurementStore | None,
+        gate: Callable[[], tuple[Callable | None, str]] | None = None) -> GapResult:
+    """The initial gap of `cfg` (its two sides reused where stored), as configured in `cfg.gap`.
+
+    gate: with ``gap.sequential``, () -> (gate, why) (sequential.policy_gate, built by a search
+    trial from its pruner when the measurement starts): the gap is measured in batches and stops
+    once gate settles the decision (``sequential_gap``); a gate of None measures in full (why)."""
+    global _said_full
     problems = world.problems(cfg.gap.split)[: cfg.gap.n_problems]
     if not problems:
         raise ValueError(f"world {world.name!r} has no {cfg.gap.split} problems to measure the gap on")
     sampling = gap_sampling(cfg)
+    if cfg.gap.sequential:
+        settle, why = gate() if gate is not None else (None, "")
+        if settle is not None:
+            return sequential_gap(cfg, engine, world, store, problems, sampling, settle)
+        if gate is not None:
+            log.info("gap.sequential: measured in full: %s", why)
+        elif not _said_full:
+            _said_full = True
+            log.warning("gap.sequential=true: measured in full, since only a law-pruned search trial has the law "
+                        "and the bar a sequential gap stops on")
     student = _cached(store, "gap_student", student_key_fields(cfg),
                       lambda: measure_student(engine, world, problems, sampling, cfg.seed))
     teacher = _cached(store, "gap_teacher", teacher_key_fields(cfg),
@@ -188,3 +229,75 @@ def gap(cfg: TrainConfig, engine, world, store: MeasurementStore | None) -> GapR
                                               cfg.seed, cfg.graded_fraction))
     return combine(cfg.context, problems, sampling, student, teacher, n_boot=cfg.gap.bootstrap,
                    level=cfg.gap.level, seed=cfg.seed, graded_fraction=cfg.graded_fraction)
+
+
+def sequential_gap(cfg: TrainConfig, engine, world, store: MeasurementStore | None, problems, sampling: Sampling,
+                   gate: Callable[[float, float, dict], str | None]) -> GapResult:
+    """The gap measured ``gap.sequential_batch`` problems at a time (sequential.py): after each
+    batch, the without-replacement CS of the paired differences so far and the law's covariates
+    go to ``gate``, and the measurement stops at its first answer that is not None.
+
+    Each side keeps its own sampling stream across batches (evaluation.Stream), and a batch fills
+    whole generate calls (sequential.aligned_batch), so one that runs to the end equals the full
+    measurement (same answers, same GapResult but for seconds and CPU-s) and is stored as it.
+    Stopped at t < N problems, the GapResult describes those t (``n_problems``, costs, intervals)
+    and its ``gap`` is their mean kept inside the CS, where the settled decision holds for every
+    gap; ``sequential`` records t, N, the CS, the decision and the cost saved (estimated: what was
+    measured now, per problem, times the problems left). Store interaction: module docstring."""
+    from opsd_platform.sequential import aligned_batch, confidence_sequence, paired_differences
+
+    g = cfg.gap
+    n, total = sampling.n, len(problems)
+    step = aligned_batch(g.sequential_batch, n, getattr(engine, "batch_size", None))
+    s_fields, t_fields = student_key_fields(cfg), teacher_key_fields(cfg)
+    s_stored, t_stored = _stored(store, "gap_student", s_fields), _stored(store, "gap_teacher", t_fields)
+    s_stream, t_stream = Stream(cfg.seed, STUDENT_STREAM), Stream(cfg.seed, teacher_stream(cfg.context, cfg.graded_fraction))
+    s_parts: list[Side] = []
+    t_parts: list[Side] = []
+    settled, lo, hi, used = None, float("nan"), float("nan"), 0
+    # both sides stored: one "batch" of every problem, free (the CS is exact there)
+    checks = [total] if s_stored is not None and t_stored is not None else [*range(step, total, step), total]
+    for stop in checks:
+        start, batch = used, problems[used:stop]
+        s_side = (Side(take(s_stored.evaluation, start, stop, n), 0.0, 0.0, reused=True) if s_stored is not None
+                  else measure_student(engine, world, batch, sampling, cfg.seed, stream=s_stream))
+        t_side = (Side(take(t_stored.evaluation, start, stop, n), 0.0, 0.0, reused=True) if t_stored is not None
+                  else measure_teacher(engine, world, batch, cfg.context, s_side.evaluation, sampling, cfg.seed,
+                                       cfg.graded_fraction, stream=t_stream))
+        s_parts.append(s_side)
+        t_parts.append(t_side)
+        used = stop
+        s_ev, t_ev = concat([p.evaluation for p in s_parts]), concat([p.evaluation for p in t_parts])
+        # passes per problem as the replay reads them (benchmarks/replay_table.py): (teacher - student) / samples
+        student_passes = np.rint(np.array(s_ev.per_problem) * n)
+        teacher_passes = np.array(t_ev.per_problem).reshape(used, n).sum(axis=1)  # one answer per student sample
+        diffs = paired_differences(student_passes, teacher_passes, np.full(used, n))
+        cs = confidence_sequence(diffs, alpha=g.sequential_alpha, population=total)
+        lo, hi = float(cs.lo[-1]), float(cs.hi[-1])
+        settled = gate(lo, hi, {"context_tokens": float(t_ev.prompt_tokens)})
+        if settled is not None:
+            break
+
+    def side(parts: list[Side], stored: Side | None, kind: str, fields: dict) -> Side:
+        if stored is not None:  # reused: what it cost when measured, for the problems used
+            share = used / total
+            return Side(take(stored.evaluation, 0, used, n), stored.cpu_s * share, stored.seconds * share,
+                        reused=True, key=stored.key)
+        measured = Side(concat([p.evaluation for p in parts]), sum(p.cpu_s for p in parts),
+                        sum(p.seconds for p in parts))
+        return _save(store, kind, fields, measured) if used == total else measured  # a prefix is not stored
+
+    student = side(s_parts, s_stored, "gap_student", s_fields)
+    teacher = side(t_parts, t_stored, "gap_teacher", t_fields)
+    result = combine(cfg.context, problems[:used], sampling, student, teacher, n_boot=g.bootstrap, level=g.level,
+                     seed=cfg.seed, graded_fraction=cfg.graded_fraction)
+    # cost saved: the sides measured now, at their cost per problem, over the problems not measured
+    now = [sd for sd in (student, teacher) if not sd.reused]
+    left = (total - used) / used
+    info = {"problems": used, "problems_total": total, "batch": step, "alpha": g.sequential_alpha,
+            "rule": g.sequential_rule, "decision": settled, "cs_low": lo, "cs_high": hi,
+            "saved_fraction": 1 - used / total,
+            "saved_tokens_est": left * sum(sd.evaluation.tokens for sd in now),
+            "saved_cpu_s_est": left * sum(sd.cpu_s for sd in now)}
+    value = result.gap if used == total else min(max(result.gap, lo), hi)
+    return dataclasses.replace(result, gap=value, sequential=info)

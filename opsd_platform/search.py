@@ -550,8 +550,10 @@ class Objective:
         reporter = StepReporter(trial, s.median_window, s.pruner == "median", h.tracking_uri,
                                 decide_at_start=s.pruner == "law" and cfg.algorithm != "opsd")
         after_gap = (lambda run_id, gap: self.after_gap(trial, cfg, run_id, gap)) if s.pruner == "law" else None
+        gap_gate = (lambda: self.gap_gate(trial, cfg)) if s.pruner == "law" and cfg.gap.sequential else None
         try:
-            result = train(cfg, parent_run_id=h.parent_run_id, extra_tags=tags, after_gap=after_gap, callbacks=[reporter])
+            result = train(cfg, parent_run_id=h.parent_run_id, extra_tags=tags, after_gap=after_gap, callbacks=[reporter],
+                           gap_gate=gap_gate)
         except (KeyboardInterrupt, RunInterrupted) as exc:
             frozen = next(t for t in trial.study.get_trials(deepcopy=False) if t.number == trial.number)
             RetryDeadTrial(h.tracking_uri, h.experiment, s.max_retry, s.grace_period)(
@@ -580,6 +582,21 @@ class Objective:
             trial.set_user_attr("pruner.false_prune", bool(result.improvement > decision.bar))
         return float(result.improvement)
 
+    @staticmethod
+    def gap_gate(trial: optuna.Trial, cfg: TrainConfig):
+        """gap.sequential: (stopping rule, "") from the study's own pruner (its policy and the bar it
+        would use now, sequential.policy_gate), or (None, why) when the decision will not depend on
+        the gap. Built as the measurement starts, so the bar is as fresh as the pruner's will be."""
+        from opsd_platform.pruner import GAP_RULES, decide_policy
+        from opsd_platform.sequential import policy_gate
+
+        pruner = trial.study.pruner
+        if not isinstance(pruner, GapLawPruner):
+            return None, "the study's pruner is not the gap law"
+        inputs = {**pruner.policy_inputs(trial.study, trial), "calibration_rate": 0.0}  # calibration decides after
+        return policy_gate(lambda attrs: decide_policy(attrs, **inputs), inputs["law"], dict(trial.user_attrs),
+                           rule=cfg.gap.sequential_rule, gap_rules=GAP_RULES)
+
     def after_gap(self, trial: optuna.Trial, cfg: TrainConfig, run_id: str, gap) -> None:
         """Record the gap, then let the pruner decide before any training (StopTraining to prune)."""
         from opsd_platform.train import StopTraining, estimated_training_tokens
@@ -590,6 +607,8 @@ class Objective:
             "context_tokens": float(gap.teacher_prompt_tokens), "cost.gap_tokens": int(gap.tokens_generated),
             "cost.gap_seconds": float(gap.seconds),
             "cost.train_tokens_est": float(estimated_training_tokens(cfg, mean_len)),
+            # gap.sequential: problems measured (of problems_total), the CS, the decision it settled, cost saved
+            **{f"gap.sequential.{k}": v for k, v in (gap.sequential or {}).items()},
         }
         for key, value in attrs.items():
             trial.set_user_attr(key, value if (not isinstance(value, float) or math.isfinite(value)) else None)

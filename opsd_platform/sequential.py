@@ -22,8 +22,17 @@ clears the bar for every gap in the CS) or None (go on). Since the CS holds at a
 probability >= 1 - alpha, the decision equals the one at the true gap with at least that
 probability.
 
-Pure functions of arrays: nothing here measures anything (gap.py does), and nothing is wired into
-the training config yet; benchmarks/pruning.py uses it on recorded per-problem passes.
+Pure functions: nothing here measures anything. benchmarks/pruning.py uses them on recorded
+per-problem passes; a live search uses them through ``gap.sequential=true`` (config.GapConfig:
+``sequential_batch``, ``sequential_alpha``, ``sequential_rule``): search.Objective builds the
+stopping rule from its pruner with ``policy_gate`` (decide_policy and the bar it would use now),
+and measurements.sequential_gap measures the student and teacher sides a batch at a time
+(``aligned_batch`` problems, on their own resumed sampling streams) and asks it after each batch,
+with the without-replacement CS over the trial's N problems. A measurement that runs to the end
+equals the full one bitwise and is stored as it; one that stops early is not stored (the
+measurement store's docstring says why). Outside a search there is no law and bar to stop on:
+the gap is measured in full. A trial that stops on "train" trains, and its gap (t < N problems) is
+a point of the law's next refit: a noisier point, recorded as such (``gap/sequential_problems``).
 """
 
 from __future__ import annotations
@@ -236,3 +245,60 @@ def law_settle(
         return None
 
     return settle
+
+
+# ----------------------------------------------------------------------------- live measurement (gap.sequential)
+
+
+def aligned_batch(batch: int, samples: int, rows_per_call: int | None) -> int:
+    """Problems per batch of a live sequential measurement: `batch` rounded up to the nearest
+    multiple whose rows (``samples`` per problem, on either side) fill whole generate calls of
+    `rows_per_call` rows. The HF engine generates `rows_per_call` rows at a time and its random
+    draws depend on which rows share a call, so only then do the batches draw exactly what one
+    full measurement draws (None: the engine schedules its own rows, nothing to align)."""
+    if isinstance(batch, bool) or not isinstance(batch, int) or batch < 1:
+        raise ValueError(f"batch must be an int >= 1, got {batch!r}")
+    if not rows_per_call:
+        return batch
+    unit = rows_per_call // math.gcd(rows_per_call, samples)  # fewest problems that fill whole calls
+    return -(-batch // unit) * unit
+
+
+Gate = Callable[[float, float, dict], "str | None"]
+
+
+def policy_gate(policy: Callable[[dict], object], law: Callable[[], object], attrs: dict, *,
+                rule: str = "decision", gap_rules: tuple[str, ...]) -> tuple[Gate | None, str]:
+    """The stopping rule of a live sequential gap, built from the pruner's own policy.
+
+    policy(attrs) -> pruner.Decision: ``decide_policy`` with the study's inputs bound (and no
+    calibration draw: calibration decides after the gap, it does not settle it); law() -> the
+    LawView it predicts with; attrs: the trial's user attributes before its gap; gap_rules: the
+    rules whose outcome depends on the gap (pruner.GAP_RULES).
+
+    Returns (None, why) when the decision will not depend on the gap (already decided, not OPSD,
+    startup, no law, no bar): then the gap is measured in full. Otherwise (gate, ""): after each
+    batch, ``gate(lo, hi, covariates)`` (the CS and the law's covariates as measured so far, e.g.
+    ``context_tokens``) asks the policy again at that gap, so the bar is the one the pruner would
+    use now, and applies ``law_settle`` with the law's interval at ``Decision.level``.
+    """
+    probe = policy({**attrs, "gap": 0.0})
+    if probe.rule not in (*gap_rules, "missing_input"):  # a covariate is known only once measured
+        return None, probe.reason
+
+    def gate(lo: float, hi: float, covariates: dict) -> str | None:
+        decision = policy({**attrs, **covariates, "gap": float(lo)})
+        if decision.rule not in gap_rules:  # e.g. the law needs a covariate this trial does not record
+            return None
+        view = law()
+        extra = {c: float(covariates[c]) for c in view.inputs if c != "gap"}
+
+        def bounds(gaps: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+            gaps = np.atleast_1d(np.asarray(gaps, dtype=float))
+            _, lower, upper = view.predict({"gap": gaps, **{c: np.full(gaps.size, v) for c, v in extra.items()}},
+                                           decision.level)
+            return np.asarray(lower, dtype=float), np.asarray(upper, dtype=float)
+
+        return law_settle(lambda g: bounds(g)[1], float(decision.bar), lower=lambda g: bounds(g)[0], rule=rule)(lo, hi)
+
+    return gate, ""

@@ -175,16 +175,17 @@ def measurement_store(cfg: TrainConfig):
     return MeasurementStore.for_config(cfg) if cfg.trainer.reuse_measurements else None
 
 
-def measure_initial_gap(cfg: TrainConfig, engine, world) -> GapResult:
+def measure_initial_gap(cfg: TrainConfig, engine, world, gap_gate=None) -> GapResult:
     """The gap of `cfg` with the model behind `engine`, as configured in `cfg.gap` (each side
-    reused from an earlier measurement with the same key when ``trainer.reuse_measurements``)."""
+    reused from an earlier measurement with the same key when ``trainer.reuse_measurements``);
+    gap_gate: the stopping rule of ``gap.sequential`` (measurements.gap)."""
     from opsd_platform import measurements
 
     batch_size = getattr(engine, "batch_size", None)  # the HF engine's rows per call; vLLM schedules its own
     if batch_size is not None:
         engine.batch_size = cfg.gap.batch_size
     try:
-        return measurements.gap(cfg, engine, world, measurement_store(cfg))
+        return measurements.gap(cfg, engine, world, measurement_store(cfg), gate=gap_gate)
     finally:
         if batch_size is not None:
             engine.batch_size = batch_size
@@ -429,12 +430,15 @@ def train(
     *,
     after_gap: Callable[[str, GapResult], None] | None = None,
     callbacks: Sequence[L.Callback] = (),
+    gap_gate: Callable[[], tuple[Callable | None, str]] | None = None,
 ) -> TrainResult:
     """Run one OPSD training; returns its summary. Raises on failure (after marking the run).
 
     after_gap(run_id, gap): called once the initial gap is measured and logged (``gap.enabled``),
     before training; callbacks: extra Lightning callbacks (e.g. one reporting each step to a
-    search). Either may raise `StopTraining` to end the run early on purpose.
+    search). Either may raise `StopTraining` to end the run early on purpose. gap_gate: with
+    ``gap.sequential``, () -> (stopping rule or None, why), called as the gap measurement starts
+    (a search trial builds it from its pruner: search.Objective).
 
     With ``cfg.resume`` set, continues that run from its newest checkpoint (module docstring)."""
     ckpt = _resolve_resume(cfg) if cfg.resume else None
@@ -460,7 +464,7 @@ def train(
                 module.skip_logging_through = _relog_missing(uri, run_id, meta["pending_metrics"])
             log.warning("resuming run %s from %s (step %d of %d)", run_id, ckpt.path, ckpt.step, cfg.trainer.max_steps)
         if cfg.gap.enabled and ckpt is None and not worker:
-            gap = measure_initial_gap(cfg, module.engine, world)
+            gap = measure_initial_gap(cfg, module.engine, world, gap_gate)
             _log_gap(MlflowClient(tracking_uri=uri), run_id, cfg, gap)
         if cfg.trainer.validate and ckpt is None and not worker:  # before fit: it may be reused
             from opsd_platform.measurements import initial_validation
