@@ -291,7 +291,7 @@ class TrainerConfig:
         default=DEFAULT_PRECISION,
         metadata={"help": "matmul precision of every forward pass (rollout, validation, gap, student, teacher): 32, "
                           "or bf16-mixed (torch.autocast to bfloat16; weights, gradients and optimizer state stay "
-                          "fp32: precision.py; its per-token loss against fp32's: docs/reference.md). Unlike model.dtype=bfloat16, "
+                          "fp32: precision.py; its per-token loss against fp32's: docs/precision.md). Unlike model.dtype=bfloat16, "
                           "which stores the weights in bf16 (too coarse for lr 1e-5 updates)"},
     )
 

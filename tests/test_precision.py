@@ -1,7 +1,7 @@
 """trainer.precision=bf16-mixed: bf16 matmuls under autocast, fp32 master weights and optimizer
 state, a per-token loss within a stated tolerance of fp32's, and measurements keyed apart.
 
-The tolerance (docs/reference.md, "Precision"). bf16 keeps 8 significant bits: unit roundoff
+The tolerance (docs/precision.md). bf16 keeps 8 significant bits: unit roundoff
 u = 2^-8 (~0.004, "about 3 digits"). If every logit of a position is off by at most d, every
 log-prob on the support (the tail bucket too) is off by at most 2d, and the reverse KL
 sum_k p_s (l_s - l_t) by at most 4d (1 + D), D = sum_k p_s |l_s - l_t| (first order: 2d from the
