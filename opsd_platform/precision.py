@@ -6,10 +6,12 @@ the weights in bf16, where an AdamW step of lr 1e-5 on a weight of ~0.05 (bf16 s
 ~2.4e-4) rounds back to the same weight: the default learning rate would not train.
 
 The autocast scopes are opened by us, not by Lightning's ``precision="bf16-mixed"`` plugin, which
-wraps the whole ``training_step`` in one autocast context with its weight-cast cache off (it
-must be off there: our step runs ``optimizer.step()`` inside it, and a cached bf16 copy of a
-weight would outlive the update). Without the cache every decode step of the rollout casts every
-fp32 weight to bf16 again, so a memory-bound decode reads more bytes than in fp32. Our scopes
+wraps the whole ``training_step`` in one autocast context, with autocast's weight-cast cache off.
+Off is the only safe choice there: our step calls ``optimizer.step()`` inside that context, and
+with the cache on, a forward after it would use the bf16 copy of a weight cast before it (torch
+keeps cached casts until the outermost autocast context exits). But without the cache every
+decode step of the rollout casts every fp32 weight to bf16 again: a memory-bound decode would read
+the fp32 weights and write and read their bf16 copies, more bytes than fp32 alone. Our scopes
 each run with fixed weights, so they keep the cache, and it is dropped when they end:
 
     rollout.HFGenerateEngine.generate    rollout, validation and the gap's sampling
