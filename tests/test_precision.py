@@ -100,9 +100,10 @@ def fit(cfg, prepare=None) -> OPSDModule:
     return module
 
 
-def test_one_bf16_step_trains_fp32_master_weights(tiny_overrides, monkeypatch):
+@pytest.mark.parametrize("extra", [[], ["trainer.updates_per_batch=2"]], ids=["one-update", "reused-batch"])
+def test_one_bf16_step_trains_fp32_master_weights(tiny_overrides, monkeypatch, extra):
     cfg = train_config(tiny_overrides + ["trainer.max_steps=1", "context=reference", "optim.lr=1e-3",
-                                         "trainer.validate=false", "trainer.precision=bf16-mixed"])
+                                         "trainer.validate=false", "trainer.precision=bf16-mixed", *extra])
     seen = []  # the logits' dtype of every forward of the step: rollout, student, teacher
     real_forward = torch.nn.Module.__call__
 
