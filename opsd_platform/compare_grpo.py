@@ -330,7 +330,7 @@ def measure_gaps(cfgs: dict[str, TrainConfig],
     def build():
         _, model, tokenizer = _setup(first)
         return make_engine(first.rollout.engine, model, tokenizer, first.gap.batch_size, seed=first.seed,
-                           share_prefix=first.trainer.share_prompt_prefix)
+                           share_prefix=first.trainer.share_prompt_prefix, precision=first.trainer.precision)
 
     engine = LazyEngine(build)
     world = make_world(first.world, seed=first.seed)

@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from opsd_platform.contexts import CONTEXTS
+from opsd_platform.precision import DEFAULT_PRECISION, PRECISIONS
 from opsd_platform.worlds.base import GRADINGS
 
 MODEL_SOURCES = ("smollm2", "gemma3", "tiny", "hf", "gguf")
@@ -285,8 +286,18 @@ class TrainerConfig:
     accelerator: str = field(default="cpu", metadata={"help": f"Lightning accelerator: {', '.join(ACCELERATORS)}"})
     devices: int = field(default=1, metadata={"help": "processes (one per device); > 1 needs strategy=ddp"})
     strategy: str = field(default="auto", metadata={"help": f"Lightning strategy: {', '.join(STRATEGIES)}"})
+    # last, so the key lists of older messages and snapshots keep their order
+    precision: str = field(
+        default=DEFAULT_PRECISION,
+        metadata={"help": "matmul precision of every forward pass (rollout, validation, gap, student, teacher): 32, "
+                          "or bf16-mixed (torch.autocast to bfloat16; weights, gradients and optimizer state stay "
+                          "fp32: precision.py; its per-token loss against fp32's: docs/precision.md). Unlike model.dtype=bfloat16, "
+                          "which stores the weights in bf16 (too coarse for lr 1e-5 updates)"},
+    )
 
     def __post_init__(self) -> None:
+        self.precision = str(self.precision)  # `trainer.precision=32` arrives from YAML or the CLI as an int
+        _one_of(self.precision, PRECISIONS, "trainer.precision")
         _check(self.max_steps >= 1, "trainer.max_steps", f"must be >= 1, got {self.max_steps}")
         _check(self.updates_per_batch >= 1, "trainer.updates_per_batch", f"must be >= 1, got {self.updates_per_batch}")
         _check(self.num_threads >= 0, "trainer.num_threads", f"must be >= 0, got {self.num_threads}")
@@ -409,6 +420,9 @@ class TrainConfig:
         _check(0.0 <= self.graded_fraction <= 1.0, "graded_fraction", f"must be in [0, 1], got {self.graded_fraction}")
         if self.rollout.engine == "vllm":
             _check(not self.model.lora.enabled, "rollout.engine", "vllm does not support model.lora.enabled=true; use hf")
+            _check(self.trainer.precision == DEFAULT_PRECISION, "trainer.precision",
+                   f"{self.trainer.precision} applies to the hf engine only (vllm samples in model.dtype); use "
+                   f"rollout.engine=hf, or trainer.precision={DEFAULT_PRECISION} with model.dtype=bfloat16 for vllm")
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -448,6 +462,8 @@ def config_hash(cfg: TrainConfig) -> str:
     d["optim"] = {k: v for k, v in d["optim"].items() if k != "fused"}  # the same update, another kernel
     for key in ("checkpoint_every", "keep_checkpoints", "checkpoint_dir", "accelerator", "strategy"):
         d["trainer"].pop(key)
+    if d["trainer"]["precision"] == DEFAULT_PRECISION:  # fp32, as every older configuration: keeps their hashes
+        d["trainer"].pop("precision")
     if d["trainer"]["devices"] == 1:  # more ranks sample more problems per step; one keeps older hashes
         d["trainer"].pop("devices")
     d["gap"].pop("enabled")

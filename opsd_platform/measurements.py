@@ -54,6 +54,7 @@ from opsd_platform.config import TrainConfig, world_fields
 from opsd_platform.evaluation import Evaluation, Stream, concat, cpu_seconds, seeded_stream, take
 from opsd_platform.gap import (STUDENT_STREAM, GapResult, Sampling, Side, combine, measure_student, measure_teacher,
                                teacher_stream)
+from opsd_platform.precision import DEFAULT_PRECISION
 
 log = logging.getLogger(__name__)
 
@@ -75,6 +76,8 @@ def _model_fields(cfg: TrainConfig) -> dict:
         m.pop(k)
     if cfg.model.source != "tiny":
         m.pop("tiny")
+    if cfg.trainer.precision != DEFAULT_PRECISION:  # bf16 matmuls sample other tokens; fp32 keeps older keys
+        m["precision"] = cfg.trainer.precision
     return m
 
 

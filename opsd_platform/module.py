@@ -76,6 +76,7 @@ from opsd_platform.config import TrainConfig
 from opsd_platform.contexts import build_for_rollouts
 from opsd_platform.evaluation import Evaluation, cpu_seconds, evaluate, seeded_stream
 from opsd_platform.losses import importance_weights
+from opsd_platform.precision import autocast
 from opsd_platform.rollout import Rollouts, chat_ids, chunks, make_engine
 from opsd_platform.scoring import MicroBatchLoss, micro_batch_loss
 from opsd_platform.worlds.base import World
@@ -165,7 +166,7 @@ class OPSDModule(L.LightningModule):
         if cfg.trainer.gradient_checkpointing:  # after the teacher copy: it never needs it
             model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
         self.engine = make_engine(cfg.rollout.engine, model, tokenizer, cfg.rollout.batch_size, seed=cfg.seed,
-                                  share_prefix=cfg.trainer.share_prompt_prefix)
+                                  share_prefix=cfg.trainer.share_prompt_prefix, precision=cfg.trainer.precision)
         self.train_problems = world.problems("train")
         self.val_problems = world.problems("val")
         if not self.train_problems or not self.val_problems:
@@ -346,6 +347,11 @@ class OPSDModule(L.LightningModule):
         self.logger.experiment.log_dict(self.logger.run_id, rows, f"samples/{name}.json")
 
     def on_fit_start(self) -> None:
+        if self.trainer.precision not in ("32", "32-true"):
+            # trainer.precision is applied by the module's own autocast scopes (precision.py);
+            # Lightning's plugin around them would keep one autocast context over the whole step
+            raise ValueError(f"OPSDModule applies trainer.precision={self.cfg.trainer.precision} itself; build the "
+                             f"Lightning Trainer with its default precision, not {self.trainer.precision!r}")
         for held in (self.teacher, self.reference):
             if held is not None and held.model is not None:  # a plain attribute, so Lightning does not move it
                 held.model.to(self.device)
@@ -564,15 +570,18 @@ class OPSDModule(L.LightningModule):
         resp, mask = ro.response_ids[chunk], ro.response_mask[chunk]
         prompts = [ro.prompt_ids[i] for i in chunk]
         pad = self.tokenizer.pad_token_id
-        if signal.group is not None:  # GRPO: the clipped ratio objective (importance ratio inside)
-            return grpo.micro_batch_loss(
-                self.policy, self.reference.scoring if self.reference is not None else None, chunk, prompts, resp, mask,
-                pad, signal.group, old, lc, share_prefix=cfg.trainer.share_prompt_prefix,
+        # The forward passes' autocast scope (precision.py): student and teacher (or GRPO's KL
+        # reference) of this micro-batch, between two optimizer steps; backward runs after it.
+        with autocast(cfg.trainer.precision, self.device):
+            if signal.group is not None:  # GRPO: the clipped ratio objective (importance ratio inside)
+                return grpo.micro_batch_loss(
+                    self.policy, self.reference.scoring if self.reference is not None else None, chunk, prompts, resp,
+                    mask, pad, signal.group, old, lc, share_prefix=cfg.trainer.share_prompt_prefix,
+                )
+            scored = micro_batch_loss(
+                self.policy, self.teacher.scoring, prompts, [signal.teacher_prompts[i] for i in chunk], resp, mask,
+                pad, lc, need_token_logp=need_token_logp, share_prefix=cfg.trainer.share_prompt_prefix,
             )
-        scored = micro_batch_loss(
-            self.policy, self.teacher.scoring, prompts, [signal.teacher_prompts[i] for i in chunk], resp, mask, pad, lc,
-            need_token_logp=need_token_logp, share_prefix=cfg.trainer.share_prompt_prefix,
-        )
         if old is not None:  # OPSD: reweight by the clipped ratio to the sampling policy
             scored.per_token = scored.per_token * importance_weights(scored.token_logp, old, lc.is_clip)
         return scored

@@ -27,6 +27,8 @@ from typing import Iterator, Protocol, Sequence, runtime_checkable
 
 import torch
 
+from opsd_platform.precision import DEFAULT_PRECISION, autocast
+
 # Alias used in shape comments: N = sequences, T = response positions, P = prompt columns, V = vocab.
 
 ENGINES = ("hf", "vllm")
@@ -227,12 +229,14 @@ class HFGenerateEngine:
     the token is drawn by `_Sampler` (inverse CDF) instead of ``generate``'s multinomial. The
     distribution is the same; the random draws are not those of a plain ``generate``."""
 
-    def __init__(self, model, tokenizer, batch_size: int = 16, share_prefix: bool = True, round_tokens: int = 8):
+    def __init__(self, model, tokenizer, batch_size: int = 16, share_prefix: bool = True, round_tokens: int = 8,
+                 precision: str = DEFAULT_PRECISION):
         self.model = model
         self.tokenizer = tokenizer
         self.batch_size = batch_size
         self.share_prefix = share_prefix
         self.round_tokens = round_tokens  # finished rows leave the batch every this many tokens
+        self.precision = precision  # trainer.precision: the matmuls' dtype while sampling (precision.py)
 
     def sync_weights(self, model: torch.nn.Module) -> None:
         if model is not self.model:
@@ -258,8 +262,11 @@ class HFGenerateEngine:
         self.model.eval()
         pieces: list[tuple[list[int], list[float]]] = []
         try:
-            for sl in chunks(len(rows), self.batch_size):
-                pieces += self._generate_batch(rows[sl], max_new_tokens, temperature, top_p, eos, device)
+            # One autocast scope per call (precision.py): the weights do not change within it, so
+            # their bf16 casts are made once for all decode steps and dropped when it ends.
+            with autocast(self.precision, device):
+                for sl in chunks(len(rows), self.batch_size):
+                    pieces += self._generate_batch(rows[sl], max_new_tokens, temperature, top_p, eos, device)
         finally:
             self.model.train(was_training)
         return _pack(rows, group, pieces, tok, eos)
@@ -394,11 +401,12 @@ class VLLMEngine:
 
 
 def make_engine(name: str, model, tokenizer, batch_size: int = 16, seed: int = 0,
-                share_prefix: bool = True) -> RolloutEngine:
+                share_prefix: bool = True, precision: str = DEFAULT_PRECISION) -> RolloutEngine:
     """The rollout engine `rollout.engine` names, for `model` (``share_prefix``: HF's shared
-    prefill; vLLM shares prompts through its prefix cache anyway)."""
+    prefill; vLLM shares prompts through its prefix cache anyway; ``precision``: trainer.precision,
+    HF only, the config refuses another than fp32 with vLLM)."""
     if name == "hf":
-        return HFGenerateEngine(model, tokenizer, batch_size, share_prefix=share_prefix)
+        return HFGenerateEngine(model, tokenizer, batch_size, share_prefix=share_prefix, precision=precision)
     if name == "vllm":
         return VLLMEngine(model, tokenizer, seed=seed)
     raise ValueError(f"rollout.engine: unknown value {name!r}; valid: {', '.join(ENGINES)}")
