@@ -17,6 +17,7 @@ Choices where the sources leave room (algorithm.md, section 2):
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import Callable, Sequence
 
@@ -202,3 +203,17 @@ def build_for_rollouts(
         rows = range(b * n, (b + 1) * n)
         out += build_group(name, problem, [Attempt(texts[i], judgements[i]) for i in rows], graded_fraction)
     return out
+
+
+def context_label(context: object, graded_fraction: object = None) -> str:
+    """A configuration's context as people read it: the graded context with its revealed share
+    (``graded@0.75``), so configurations that differ only in that share are told apart by name
+    (in tables, plots and the demo) rather than by config hash."""
+    if context == "graded" and graded_fraction is not None:
+        try:
+            share = float(graded_fraction)  # a float, or an MLflow param / CSV cell holding one
+        except (TypeError, ValueError):
+            return str(context)
+        if not math.isnan(share):
+            return f"graded@{share:g}"
+    return str(context)

@@ -35,6 +35,7 @@ from typing import Any, Callable, Sequence
 import pandas as pd
 
 from opsd_platform.config import ConfigError, default_home
+from opsd_platform.contexts import context_label
 
 log = logging.getLogger(__name__)
 
@@ -89,20 +90,13 @@ class Candidate:
 # ============================================================================== choosing (pure)
 
 
-def config_label(context: str, graded_fraction: Any = None) -> str:
-    """How the demo names a configuration of the law slice (they differ only in the context)."""
-    if context == "graded" and graded_fraction is not None and not pd.isna(graded_fraction):
-        return f"graded@{float(graded_fraction):g}"
-    return str(context)
-
-
 def recorded_configs(rows: pd.DataFrame) -> pd.DataFrame:
     """One row per recorded configuration: label, means over its seeds (gap, improvement, costs),
     the seeds it has; sorted by mean gap."""
     if rows.empty:
         raise ConfigError("demo.table: no rows in the chosen slice")
     frac = rows["graded_fraction"] if "graded_fraction" in rows else pd.Series([None] * len(rows), index=rows.index)
-    rows = rows.assign(label=[config_label(c, f) for c, f in zip(rows["context"], frac)])
+    rows = rows.assign(label=[context_label(c, f) for c, f in zip(rows["context"], frac)])
     agg = rows.groupby("config").agg(
         label=("label", "first"), gap=("gap", "mean"), improvement=("improvement", "mean"),
         train_cpu_s=("train_cpu_s", "mean"), val_cpu_s=("val_initial_cpu_s", "mean"),

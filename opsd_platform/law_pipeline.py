@@ -23,6 +23,7 @@ from mlflow.tracking import MlflowClient
 
 from opsd_platform import tracking
 from opsd_platform.config import ConfigError, default_home
+from opsd_platform.contexts import context_label
 from opsd_platform.law import METHODS, LawError, family_slopes, fit_law, grouped_holdout, leave_one_out
 from opsd_platform.registry import DEFAULT_NAME, register_law
 from opsd_platform.report import plot_law
@@ -84,7 +85,8 @@ def collect_points(uri: str, experiment: str, calibration: str | list[str] | Non
         if t.get("algorithm", "opsd") != "opsd":  # the law predicts OPSD's improvement only
             continue
         rows.append({
-            "label": f"{t.get('model_family', '?')}/{t.get('world', '?')}/{t.get('context', '?')}",
+            "label": f"{t.get('model_family', '?')}/{t.get('world', '?')}/"
+                     f"{context_label(t.get('context', '?'), p.get('graded_fraction'))}",
             "config_hash": t.get("config_hash", ""),
             "seed": int(t.get("seed", p.get("seed", 0))),
             "gap": m["gap/value"],
@@ -122,7 +124,8 @@ def points_from_table(table: str, slices: list[str] | None = None) -> pd.DataFra
     if "algorithm" in runs:  # the law predicts OPSD's improvement only (rows without the column are OPSD's)
         runs = runs[runs["algorithm"].fillna("opsd") == "opsd"]
     points = pd.DataFrame({
-        "label": runs["family"].astype(str) + "/" + runs["world"].astype(str) + "/" + runs["context"].astype(str),
+        "label": runs["family"].astype(str) + "/" + runs["world"].astype(str) + "/"
+                 + [context_label(c, f) for c, f in zip(runs["context"], runs.get("graded_fraction", [None] * len(runs)))],
         "config_hash": runs["config"].astype(str), "seed": runs["seed"].astype(int), "gap": runs["gap"].astype(float),
         "improvement": runs["improvement"].astype(float), "context": runs["context"], "world": runs["world"],
         "family": runs["family"], "model": runs["model"], "context_tokens": runs["context_tokens"],
