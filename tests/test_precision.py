@@ -30,6 +30,7 @@ from opsd_platform.rollout import HFGenerateEngine, chat_ids
 from opsd_platform.scoring import micro_batch_loss, scoring_with
 from opsd_platform.train import run_gap
 from opsd_platform.worlds import make_world
+from test_training import fit  # one Lightning fit of the tiny model, as the training tests run it
 
 U = 2.0**-8  # bf16's unit roundoff
 TOLERANCE_FACTOR = 8 * U  # max per-token |diff| <= 8u (1 + max fp32 per-token loss)
@@ -87,17 +88,6 @@ def test_bf16_per_token_loss_is_within_the_stated_tolerance_of_fp32(batch):
           f"{float(loss32[mask].max()):.3g}; largest logit error {float(d[mask].max()):.3g})")
     assert measured < tolerance
     assert measured > 0  # bf16 did change the numbers: the comparison is not fp32 against itself
-
-
-def fit(cfg, prepare=None) -> OPSDModule:
-    L.seed_everything(cfg.seed, verbose=False)
-    model, tok = load_policy(cfg.model, seed=cfg.seed)
-    module = OPSDModule(cfg, model, tok, make_world(cfg.world, seed=cfg.seed))
-    if prepare:
-        prepare(module)
-    L.Trainer(accelerator="cpu", max_epochs=1, logger=False, enable_checkpointing=False,
-              enable_progress_bar=False, enable_model_summary=False).fit(module)
-    return module
 
 
 @pytest.mark.parametrize("extra", [[], ["trainer.updates_per_batch=2"]], ids=["one-update", "reused-batch"])
