@@ -98,7 +98,9 @@ def markdown(rows: list[dict], columns: list[str]) -> str:
 
 
 def covariate_points(runs: pd.DataFrame) -> pd.DataFrame:
-    """Arithmetic points of every slice with the hyper-parameters as numeric covariates."""
+    """Arithmetic points of every slice with the hyper-parameters as numeric covariates (OPSD rows
+    only: the law predicts OPSD, and points_from_table drops the rest, so the covariates follow it)."""
+    runs = runs[runs.get("algorithm", pd.Series("opsd", index=runs.index)).fillna("opsd") == "opsd"]
     pts = points_from_table_frame(runs)
     lr = pd.to_numeric(runs.get("optim.lr", pd.Series(1e-5, index=runs.index)), errors="coerce").fillna(1e-5)
     pts["log10_lr"] = np.log10(lr.to_numpy())
