@@ -111,7 +111,7 @@ def run_case(case: Case, args, device) -> dict:
 
     from opsd_platform.config import (LossConfig, ModelConfig, OptimConfig, RolloutConfig, TeacherConfig,
                                       TrainConfig, TrainerConfig, WorldConfig)
-    from opsd_platform.module import OPSDModule
+    from opsd_platform.training.module import OPSDModule
     from opsd_platform.worlds import make_world
 
     cfg = TrainConfig(

@@ -39,7 +39,7 @@ import pandas as pd
 import statsmodels.formula.api as smf
 from scipy import stats
 
-from opsd_platform.export import STEP_CURVES, ExportError, read_table
+from opsd_platform.law.export import STEP_CURVES, ExportError, read_table
 
 WORLDS = ("arithmetic", "pyfunc")
 NAN = float("nan")

@@ -34,9 +34,9 @@ import numpy as np
 import pandas as pd
 from scipy import stats
 
-from opsd_platform.export import ExportError, read_table
+from opsd_platform.law.export import ExportError, read_table
 from opsd_platform.law import LawError, family_slopes, fit_law, grouped_holdout, leave_one_out
-from opsd_platform.law_pipeline import points_from_table
+from opsd_platform.law.pipeline import points_from_table
 
 
 def seed_noise(runs: pd.DataFrame) -> pd.DataFrame:
@@ -172,7 +172,7 @@ def report(data: Path, level: float, plots: Path | None) -> dict:
         print(markdown(cov_rows, ["fit", "configs", "slope", "slope_lo", "slope_hi", "r2", "loo_rmse", "loo_coverage", "error"]))
 
     if plots is not None:
-        from opsd_platform.report import plot_law
+        from opsd_platform.law.plot import plot_law
 
         plots.mkdir(parents=True, exist_ok=True)
         for row in fits[:-1]:

@@ -38,7 +38,7 @@ import numpy as np
 
 from benchmarks.replay import ARMS, LAW_ARMS, SAMPLERS, Ledger, OrderResult, Replay, Settings, run_topk
 from benchmarks.replay_table import Table, TableError, load_table
-from opsd_platform.sequential import RULES
+from opsd_platform.training.sequential import RULES
 
 CURVE_ARMS = ("median", "successive_halving", "hyperband")
 METRICS = ("compute_ratio", "compute_ratio_tokens", "p_best", "regret_mean", "regret_final_mean", "false_prune_rate")

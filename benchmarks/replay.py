@@ -37,9 +37,9 @@ from optuna.trial import TrialState
 
 from benchmarks.replay_table import Run, Table
 from opsd_platform.law import LawError, LawFit, fit_law
-from opsd_platform.pruner import GAP_RULES, PRUNE, GapLawPruner, LawView, decide_policy, stored_attrs
-from opsd_platform.registry import RegistryError
-from opsd_platform.sequential import confidence_sequence, law_settle, sequential_gap
+from opsd_platform.search.pruner import GAP_RULES, PRUNE, GapLawPruner, LawView, decide_policy, stored_attrs
+from opsd_platform.law.registry import RegistryError
+from opsd_platform.training.sequential import confidence_sequence, law_settle, sequential_gap
 
 optuna.logging.set_verbosity(optuna.logging.ERROR)
 warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)

@@ -78,7 +78,7 @@ def cpu_info() -> dict:
 def our_config(model: str, steps: int, seed: int = 0, engine: str = "hf", share_prefix: bool = True,
                precision: str = "fp32"):
     """The embedded default (conf/train.yaml) with the benchmark's equal settings spelled out."""
-    from opsd_platform.compose import train_config
+    from opsd_platform.config.compose import train_config
 
     overrides = [
         f"model={model}", "context=reference", "world=arithmetic", "world.difficulty=1", "world.n_train=64",
@@ -101,7 +101,7 @@ def run_ours(args, share_prefix: bool = True) -> dict:
     import lightning as L
 
     from opsd_platform.models import load_policy
-    from opsd_platform.module import OPSDModule
+    from opsd_platform.training.module import OPSDModule
     from opsd_platform.worlds import make_world
 
     _threads(args.threads)
@@ -151,8 +151,8 @@ def run_ours(args, share_prefix: bool = True) -> dict:
 
 def measure_gap_cost(cfg, model, tok, args) -> dict:
     """One `opsd gap` measurement (gap.n_problems problems x n samples, student + teacher)."""
-    from opsd_platform.rollout import make_engine
-    from opsd_platform.train import measure_initial_gap
+    from opsd_platform.training.rollout import make_engine
+    from opsd_platform.training.train import measure_initial_gap
     from opsd_platform.worlds import make_world
 
     engine = make_engine(cfg.rollout.engine, model, tok, cfg.rollout.batch_size, share_prefix=cfg.trainer.share_prompt_prefix,
@@ -174,7 +174,7 @@ def run_trl(args) -> dict:
 
     from types import SimpleNamespace
 
-    from opsd_platform.contexts import reference_context
+    from opsd_platform.training.contexts import reference_context
     from opsd_platform.models import load_policy
     from opsd_platform.worlds import make_world
 
@@ -279,13 +279,13 @@ def loss_check(args) -> dict:
     """Per-token loss of both implementations on one batch: the same student and teacher logits."""
     import torch
 
-    from opsd_platform.contexts import build_for_rollouts
-    from opsd_platform.losses import token_divergence
+    from opsd_platform.training.contexts import build_for_rollouts
+    from opsd_platform.training.losses import token_divergence
     from opsd_platform.models import load_policy
-    from opsd_platform.packing import response_logits
-    from opsd_platform.precision import autocast
-    from opsd_platform.rollout import HFGenerateEngine, chat_ids
-    from opsd_platform.scoring import micro_batch_loss, scoring_with
+    from opsd_platform.training.packing import response_logits
+    from opsd_platform.training.precision import autocast
+    from opsd_platform.training.rollout import HFGenerateEngine, chat_ids
+    from opsd_platform.training.scoring import micro_batch_loss, scoring_with
     from opsd_platform.worlds import make_world
     from trl.experimental.sdpo.loss_utils import compute_topk_self_distillation_loss
 

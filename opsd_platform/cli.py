@@ -22,7 +22,7 @@
     opsd dashboard [storage=URL] [tracking.uri=...] [port=8080]
                                       optuna-dashboard on the search's study (the `dashboard` extra)
 
-Configs are composed from ``conf/`` by ``opsd_platform.compose`` and validated by the dataclasses
+Configs are composed from ``conf/`` by ``opsd_platform.config.compose`` and validated by the dataclasses
 of ``opsd_platform.config``; a bad value exits with code 2 and one line naming it.
 """
 
@@ -34,7 +34,7 @@ import subprocess
 import sys
 from typing import Sequence
 
-from opsd_platform.compose import compose, train_config
+from opsd_platform.config.compose import compose, section_config, split_section, train_config
 from opsd_platform.config import ConfigError
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -54,7 +54,7 @@ USER_ERRORS = {
     "opsd_platform.worlds.base": "WorldError",
     "opsd_platform.models": "ModelLoadError",
     "opsd_platform.tracking": "TrackingError",
-    "opsd_platform.registry": "RegistryError",
+    "opsd_platform.law.registry": "RegistryError",
     "opsd_platform.law": "LawError",
 }
 
@@ -69,7 +69,7 @@ def user_error_types() -> tuple[type[BaseException], ...]:
 
 def cmd_train(overrides: Sequence[str]) -> int:
     from opsd_platform import tracking
-    from opsd_platform.train import train
+    from opsd_platform.training.train import train
 
     cfg = train_config(overrides)
     result = train(cfg)
@@ -87,7 +87,7 @@ def cmd_train(overrides: Sequence[str]) -> int:
 
 
 def cmd_gap(overrides: Sequence[str]) -> int:
-    from opsd_platform.train import gap_token_ratio, run_gap
+    from opsd_platform.training.train import gap_token_ratio, run_gap
 
     cfg = train_config(overrides)
     run_id, gap = run_gap(cfg)
@@ -105,33 +105,6 @@ def cmd_gap(overrides: Sequence[str]) -> int:
     return 0
 
 
-def split_section(overrides: Sequence[str], section: str) -> tuple[list[str], list[str]]:
-    """(overrides of `section.` keys, the rest): sections that are not part of the train config."""
-    mine = [o for o in overrides if o.lstrip("+").startswith(section + ".")]
-    return mine, [o for o in overrides if o not in mine]
-
-
-def section_config(schema: type, section: str, overrides: Sequence[str]):
-    """A dataclass for `section` from `section.key=value` overrides (YAML values, e.g. lists)."""
-    from omegaconf import OmegaConf
-    from omegaconf.errors import OmegaConfBaseException
-
-    import dataclasses
-
-    from omegaconf.errors import ConfigKeyError
-
-    try:
-        values = OmegaConf.from_dotlist([o.lstrip("+") for o in overrides]).get(section, {})
-        return OmegaConf.to_object(OmegaConf.merge(OmegaConf.structured(schema), values))
-    except OmegaConfBaseException as exc:
-        key = getattr(exc, "full_key", None)
-        if isinstance(exc, ConfigKeyError) and key:
-            valid = ", ".join(f.name for f in dataclasses.fields(schema))
-            raise ConfigError(f"config error: unknown key {section}.{key}; valid keys here: {valid}") from None
-        where = f"{section}.{key}" if key else f"section {section}"
-        raise ConfigError(f"config error: {where}: {str(exc).splitlines()[0]}") from None
-
-
 def section_and_tracking(overrides: Sequence[str], section: str, command: str):
     """(the `section.*` overrides, the TrackingConfig of the `tracking.*` ones) for a command that
     takes only those two; any other override is an error naming the command."""
@@ -146,7 +119,7 @@ def section_and_tracking(overrides: Sequence[str], section: str, command: str):
 
 
 def cmd_calibrate(overrides: Sequence[str]) -> int:
-    from opsd_platform.calibrate import CalibrateConfig, calibrate
+    from opsd_platform.law.calibrate import CalibrateConfig, calibrate
 
     mine, base = split_section(overrides, "calibrate")
     cal = section_config(CalibrateConfig, "calibrate", mine)
@@ -160,7 +133,8 @@ def cmd_calibrate(overrides: Sequence[str]) -> int:
 
 
 def cmd_search(overrides: Sequence[str]) -> int:
-    from opsd_platform.search import SearchConfig, search
+    from opsd_platform.search.settings import SearchConfig
+    from opsd_platform.search import search
 
     mine, base = split_section(overrides, "search")
     cfg = section_config(SearchConfig, "search", mine)
@@ -187,7 +161,7 @@ def cmd_search(overrides: Sequence[str]) -> int:
 
 
 def cmd_grid(overrides: Sequence[str]) -> int:
-    from opsd_platform.grid import GridConfig, run_grid
+    from opsd_platform.search.grid import GridConfig, run_grid
 
     mine, base = split_section(overrides, "grid")
     cfg = section_config(GridConfig, "grid", mine)
@@ -202,7 +176,7 @@ def cmd_grid(overrides: Sequence[str]) -> int:
 
 
 def cmd_export(overrides: Sequence[str]) -> int:
-    from opsd_platform.export import ExportConfig, export
+    from opsd_platform.law.export import ExportConfig, export
 
     mine, tracking_cfg = section_and_tracking(overrides, "export", "export")
     cfg = section_config(ExportConfig, "export", mine)
@@ -214,7 +188,7 @@ def cmd_export(overrides: Sequence[str]) -> int:
 
 def cmd_fit_law(overrides: Sequence[str]) -> int:
     from opsd_platform.law import LawError
-    from opsd_platform.law_pipeline import FitLawConfig, fit_and_register
+    from opsd_platform.law.pipeline import FitLawConfig, fit_and_register
 
     mine, tracking_cfg = section_and_tracking(overrides, "law", "fit-law")
     cfg = section_config(FitLawConfig, "law", mine)
@@ -254,7 +228,7 @@ def cmd_fit_law(overrides: Sequence[str]) -> int:
 
 def cmd_law(overrides: Sequence[str]) -> int:
     from opsd_platform.config import TrackingConfig
-    from opsd_platform.registry import DEFAULT_NAME, RegistryError, describe, format_table, promote
+    from opsd_platform.law.registry import DEFAULT_NAME, RegistryError, describe, format_table, promote
 
     if not overrides or overrides[0] not in ("show", "promote"):
         raise CLIError("usage: opsd law show|promote [name=...] [version=N] [force=true] [tracking.uri=...]")
@@ -344,7 +318,7 @@ def dashboard_storage(storage: str | None, tracking_uri: str | None) -> str:
     an empty database and show nothing, which reads like "no studies" instead of "wrong path"."""
     from opsd_platform import tracking
     from opsd_platform.config import TrackingConfig
-    from opsd_platform.search import default_storage
+    from opsd_platform.search.study import default_storage
 
     url = storage or default_storage(TrackingConfig(uri=tracking_uri).resolved_uri())
     if url.startswith("sqlite:"):

@@ -28,8 +28,8 @@ from typing import Any, Callable, Sequence
 import pandas as pd
 
 from opsd_platform.config import ConfigError, TrainConfig
-from opsd_platform.contexts import CONTEXTS
-from opsd_platform.registry import CHAMPION, DEFAULT_NAME
+from opsd_platform.training.contexts import CONTEXTS
+from opsd_platform.law.registry import CHAMPION, DEFAULT_NAME
 
 log = logging.getLogger(__name__)
 
@@ -269,8 +269,8 @@ def read_runs(table: str) -> tuple[pd.DataFrame, str]:
 
 def law_view(uri: str, cfg: CompareConfig):
     """The registered law, loaded and predicted with by the search's own pruner code."""
-    from opsd_platform.pruner import GapLawPruner
-    from opsd_platform.registry import RegistryError
+    from opsd_platform.search.pruner import GapLawPruner
+    from opsd_platform.law.registry import RegistryError
 
     try:
         return GapLawPruner(uri, name=cfg.law_name, alias=cfg.law_alias, record=False).law_view()
@@ -314,11 +314,11 @@ def measure_gaps(cfgs: dict[str, TrainConfig],
     """{key: GapResult} through the measurement store, and whether a model had to be loaded.
 
     The configs differ only in `context` (and its settings); they share one world, one model and
-    one engine. The engine is built the way `opsd gap` builds it (train._setup), at the gap's batch
+    one engine. The engine is built the way `opsd gap` builds it (train.setup_run), at the gap's batch
     size. progress: told before each measurement (a side costs ~45 CPU-s on SmolLM2)."""
-    from opsd_platform import measurements
-    from opsd_platform.rollout import make_engine
-    from opsd_platform.train import _setup, measurement_store
+    from opsd_platform.training import measurements
+    from opsd_platform.training.rollout import make_engine
+    from opsd_platform.training.train import measurement_store, setup_run
     from opsd_platform.worlds import make_world
 
     first = next(iter(cfgs.values()))
@@ -328,7 +328,7 @@ def measure_gaps(cfgs: dict[str, TrainConfig],
         torch.set_num_threads(first.trainer.num_threads)
 
     def build():
-        _, model, tokenizer = _setup(first)
+        _, model, tokenizer = setup_run(first)
         return make_engine(first.rollout.engine, model, tokenizer, first.gap.batch_size, seed=first.seed,
                            share_prefix=first.trainer.share_prompt_prefix, precision=first.trainer.precision)
 
@@ -366,7 +366,7 @@ def _finished_grpo_run(cfg: TrainConfig) -> tuple[str, float] | None:
 
 def train_grpo(cfgs: Sequence[TrainConfig], level: float, progress: Callable[[str], None]) -> GrpoBaseline:
     """GRPO trained with the same settings, one run per seed (a finished one is reused)."""
-    from opsd_platform.train import train
+    from opsd_platform.training.train import train
 
     run_ids, improvements = [], []
     for cfg in cfgs:
@@ -388,7 +388,7 @@ def train_grpo(cfgs: Sequence[TrainConfig], level: float, progress: Callable[[st
 
 def configs(base_overrides: Sequence[str], cfg: CompareConfig) -> tuple[dict[str, TrainConfig], list[TrainConfig]]:
     """({context: OPSD config}, [GRPO config per seed, when trained]), all validated before anything runs."""
-    from opsd_platform.compose import train_config
+    from opsd_platform.config.compose import train_config
 
     owned = [o for o in base_overrides if o.split("=", 1)[0].lstrip("+") in OWNED_KEYS]
     if owned:

@@ -35,7 +35,7 @@ from typing import Any, Callable, Sequence
 import pandas as pd
 
 from opsd_platform.config import ConfigError, default_home
-from opsd_platform.contexts import context_label
+from opsd_platform.training.contexts import context_label
 
 log = logging.getLogger(__name__)
 
@@ -185,7 +185,7 @@ def decide_all(inputs: dict[str, dict[str, float]], law: Callable[[], Any], bar:
     """{label: Decision}: the search's own policy (pruner.decide_policy, as GapLawPruner and the
     replay call it) for each candidate's measured inputs (gap, covariates), with the bar as a fixed
     threshold, no startup trials and no calibration share: every candidate is judged by the law."""
-    from opsd_platform.pruner import decide_policy
+    from opsd_platform.search.pruner import decide_policy
 
     return {k: decide_policy(attrs, trial_number=i, n_complete=0, best=lambda: None, law=law, n_startup_trials=0,
                              calibration_rate=0.0, threshold=bar, level=level, seed=0)
@@ -384,7 +384,7 @@ def slice_of(spec: dict, name: str) -> dict:
 
 
 def table_rows(table: str, slice_name: str) -> tuple[pd.DataFrame, Path]:
-    from opsd_platform.export import read_table
+    from opsd_platform.law.export import read_table
 
     path = Path(table)
     path = path / "runs.csv" if path.is_dir() else path
@@ -429,13 +429,13 @@ def run_demo(overrides: Sequence[str], progress: Callable[[str], None] = print) 
     from mlflow.tracking import MlflowClient
 
     from opsd_platform import tracking
-    from opsd_platform.cli import section_config, split_section
+    from opsd_platform.config.compose import section_config, split_section
     from opsd_platform.compare_grpo import measure_gaps
-    from opsd_platform.compose import train_config
+    from opsd_platform.config.compose import train_config
     from opsd_platform.config import config_hash
-    from opsd_platform.grid import GridConfig, load_spec, run_grid
-    from opsd_platform.law_pipeline import FitLawConfig, fit_and_register
-    from opsd_platform.pruner import GapLawPruner
+    from opsd_platform.search.grid import GridConfig, load_spec, run_grid
+    from opsd_platform.law.pipeline import FitLawConfig, fit_and_register
+    from opsd_platform.search.pruner import GapLawPruner
 
     start = time.perf_counter()
     seconds: dict[str, float] = {}
@@ -542,7 +542,7 @@ def measured_runs(uri: str, experiment: str, hashes: dict[str, str], seed: int) 
     """({label: (improvement, run id)}, training CPU-s, initial-validation CPU-s) of the demo's
     finished trainings (export.collect reads them the way the benchmark table was made); the
     initial validation is counted once per key (runs of a seed share it)."""
-    from opsd_platform.export import ExportError, collect
+    from opsd_platform.law.export import ExportError, collect
 
     try:
         runs, _, _ = collect(uri, experiment, GRID_NAME)

@@ -258,3 +258,13 @@ def ui_command(uri: str) -> str:
     return f"mlflow ui --backend-store-uri {uri}" + (
         f" --default-artifact-root {(sqlite_path(uri).parent / 'artifacts').as_uri()}" if sqlite_path(uri) else ""
     )
+
+
+def shown_url(url: str) -> str:
+    """The URL with any password hidden (for messages and tags)."""
+    try:
+        from sqlalchemy.engine import make_url
+
+        return make_url(url).render_as_string(hide_password=True)
+    except Exception:
+        return url

@@ -10,7 +10,7 @@ The same as `opsd calibrate ...` followed by `opsd fit-law law.calibration=<name
 
 import sys
 
-from opsd_platform.pipelines import calibrate_law, law_lines, look_lines, run_job
+from opsd_platform.jobs import calibrate_law, law_lines, look_lines, run_job
 
 
 def job(overrides: list[str]) -> int:

@@ -13,7 +13,7 @@ Re-running resumes: measured gaps and finished trainings are reused from the dem
 import sys
 
 from opsd_platform.demo import SMOKE_OVERRIDES, demo_store, run_demo
-from opsd_platform.pipelines import run_job
+from opsd_platform.jobs import run_job
 
 
 def job(overrides: list[str]) -> int:

@@ -7,7 +7,7 @@
 
 import sys
 
-from opsd_platform.pipelines import opsd_command
+from opsd_platform.jobs import opsd_command
 
 if __name__ == "__main__":
     sys.exit(opsd_command(sys.argv[1], sys.argv[2:]) if len(sys.argv) > 1 else opsd_command("--help", []))

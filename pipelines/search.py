@@ -4,7 +4,7 @@ same search three ways (law pruning, MedianPruner, no pruning) and writes the co
 
 import sys
 
-from opsd_platform.pipelines import opsd_command
+from opsd_platform.jobs import opsd_command
 
 if __name__ == "__main__":
     words = [w for w in sys.argv[1:] if w != "--compare"]

@@ -3,7 +3,7 @@
 
 import sys
 
-from opsd_platform.pipelines import opsd_command
+from opsd_platform.jobs import opsd_command
 
 if __name__ == "__main__":
     sys.exit(opsd_command("train", sys.argv[1:]))

@@ -7,8 +7,8 @@ from mlflow.tracking import MlflowClient
 
 from opsd_platform.cli import main
 from opsd_platform.law import LawError
-from opsd_platform.law_pipeline import collect_points
-from opsd_platform.registry import describe
+from opsd_platform.law.pipeline import collect_points
+from opsd_platform.law.registry import describe
 
 
 @pytest.fixture(scope="module")

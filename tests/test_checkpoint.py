@@ -13,10 +13,10 @@ import pytest
 import torch
 from mlflow.tracking import MlflowClient
 
-from opsd_platform import checkpoint
-from opsd_platform.checkpoint import CheckpointError
-from opsd_platform.compose import train_config
-from opsd_platform.train import train
+from opsd_platform.training import checkpoint
+from opsd_platform.training.checkpoint import CheckpointError
+from opsd_platform.config.compose import train_config
+from opsd_platform.training.train import train
 
 # ----------------------------------------------------------------------------- pure helpers
 
@@ -124,7 +124,7 @@ def test_a_failed_lora_run_resumes_in_process_without_duplicate_steps(tiny_overr
 def test_resume_relogs_what_a_kill_mid_flush_left_out(tmp_path):
     """A SIGKILL while a checkpoint's metrics are being sent (step by step) leaves a prefix of them
     in the store; the resume logs the rest from the checkpoint's held-back metrics, each step once."""
-    from opsd_platform.train import _relog_missing
+    from opsd_platform.training.train import _relog_missing
 
     client = MlflowClient(tracking_uri=f"sqlite:///{tmp_path}/mlflow.db")
     run_id = client.create_run(client.create_experiment("opsd")).info.run_id

@@ -3,7 +3,7 @@
 import pytest
 
 from opsd_platform.cli import main
-from opsd_platform.compose import train_config
+from opsd_platform.config.compose import train_config
 from opsd_platform.config import ConfigError, LossConfig, TrainConfig, WorldConfig, config_hash
 
 

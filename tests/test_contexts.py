@@ -2,9 +2,9 @@
 
 import pytest
 
-from opsd_platform.contexts import CONTEXTS, STATIC_PREAMBLE, Attempt, build_group, get_builder
+from opsd_platform.training.contexts import CONTEXTS, STATIC_PREAMBLE, Attempt, build_group, get_builder
 from opsd_platform.models import build_char_tokenizer
-from opsd_platform.rollout import chat_ids
+from opsd_platform.training.rollout import chat_ids
 from opsd_platform.worlds.base import Judgement, Problem
 
 PROBLEM = Problem(id="p1", prompt="What is 7 + 5?", reference="7 + 5 = 12. The answer is 12.", data={"answer": 12})
@@ -99,7 +99,7 @@ def test_base_model_without_chat_template_gets_the_plain_message():
 
 
 def test_graded_reveals_the_chosen_share_of_the_reference():
-    from opsd_platform.contexts import reference_prefix
+    from opsd_platform.training.contexts import reference_prefix
 
     ref = "one two three four five six seven eight"
     assert reference_prefix(ref, 0.0) == ""

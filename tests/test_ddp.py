@@ -7,8 +7,8 @@ from pathlib import Path
 
 from mlflow.tracking import MlflowClient
 
-from opsd_platform.checkpoint import tensors_digest
-from opsd_platform.compose import train_config
+from opsd_platform.training.checkpoint import tensors_digest
+from opsd_platform.config.compose import train_config
 from opsd_platform.models import load_policy
 
 

@@ -10,14 +10,14 @@ import pytest
 import yaml
 from mlflow.tracking import MlflowClient
 
-from opsd_platform.compose import train_config
+from opsd_platform.config.compose import train_config
 from opsd_platform.config import ConfigError, config_hash
 from opsd_platform.demo import (Candidate, DemoReport, Outcome, Plan, best_recorded, choose_candidates, decide_all,
                                 law_verdict, new_seed, outcome_rows, outcome_table, plan, recorded_configs, savings,
                                 summary_text, training_cap)
 from opsd_platform.law import fit_law
-from opsd_platform.pipelines import run_job
-from opsd_platform.pruner import Decision, LawView
+from opsd_platform.jobs import run_job
+from opsd_platform.search.pruner import Decision, LawView
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -61,7 +61,7 @@ def noise(g, s):  # improvements unrelated to the gap, scattered widely (the law
 
 
 def points(table: Path) -> pd.DataFrame:
-    from opsd_platform.law_pipeline import points_from_table
+    from opsd_platform.law.pipeline import points_from_table
 
     return points_from_table(str(table), ["law"])
 

@@ -18,9 +18,9 @@ import yaml
 from mlflow.tracking import MlflowClient
 from optuna.trial import TrialState
 
-from opsd_platform.compose import train_config
+from opsd_platform.config.compose import train_config
 from opsd_platform.config import config_hash
-from opsd_platform.export import STEP_COLUMNS, STEP_CURVES
+from opsd_platform.law.export import STEP_COLUMNS, STEP_CURVES
 
 REPO = Path(__file__).resolve().parents[1]
 TINY_GRID = REPO / "tests" / "data" / "grid_tiny.yaml"
@@ -133,7 +133,7 @@ def test_a_sigkilled_workers_point_is_failed_by_heartbeat_and_rerun_once(tmp_pat
 def test_reused_measurements_give_bitwise_the_same_gap_and_improvement(tmp_path, tiny_overrides):
     """A run whose initial validation and gap come from the measurement store equals a run that
     measures them itself, to the last bit of its gap, pass rates and final weights."""
-    from opsd_platform.train import train
+    from opsd_platform.training.train import train
 
     base = [o for o in tiny_overrides if not o.startswith("tracking.uri")]
     base += ["trainer.max_steps=2", "gap.enabled=true", "gap.n_problems=4", "gap.bootstrap=100",
@@ -161,7 +161,7 @@ def test_measurement_keys_ignore_settings_that_change_nothing_measured(tiny_over
     """A world setting that has no effect (the code judge of a world that runs no code, or the
     judge every older key had) leaves the keys as they were, as config_hash does; one that has an
     effect (another judge of code) changes them."""
-    from opsd_platform.measurements import key_of, student_key_fields, teacher_key_fields, val_key_fields
+    from opsd_platform.training.measurements import key_of, student_key_fields, teacher_key_fields, val_key_fields
 
     def keys(*extra):
         cfg = train_config([*tiny_overrides, *extra])
@@ -174,8 +174,8 @@ def test_measurement_keys_ignore_settings_that_change_nothing_measured(tiny_over
 
 
 def test_export_round_trips_and_the_law_from_the_table_equals_the_law_from_the_store(tmp_path):
-    from opsd_platform.export import ExportConfig, export, read_table
-    from opsd_platform.law_pipeline import collect_points, points_from_table
+    from opsd_platform.law.export import ExportConfig, export, read_table
+    from opsd_platform.law.pipeline import collect_points, points_from_table
 
     uri = f"sqlite:///{tmp_path}/mlflow.db"
     assert opsd("grid", f"grid.spec={TINY_GRID}", "grid.workers=0", "grid.exported=null", f"tracking.uri={uri}").returncode == 0
@@ -266,7 +266,7 @@ def test_fit_law_from_a_table_matches_statsmodels(tmp_path):
     means = pd.read_csv(table / "runs.csv").groupby("config")[["gap", "improvement"]].mean()
     ols = sm.OLS(means["improvement"], sm.add_constant(means["gap"])).fit()
     from opsd_platform.law import fit_law
-    from opsd_platform.law_pipeline import points_from_table
+    from opsd_platform.law.pipeline import points_from_table
 
     fit = fit_law(points_from_table(str(table)))
     assert fit.slope == pytest.approx(ols.params["gap"], rel=1e-9)

@@ -14,7 +14,7 @@ import pytest
 from scipy import stats
 
 from benchmarks.grpo_report import report
-from opsd_platform.export import RUN_COLUMNS, STEP_COLUMNS, STEP_CURVES
+from opsd_platform.law.export import RUN_COLUMNS, STEP_COLUMNS, STEP_CURVES
 
 REPO = Path(__file__).resolve().parents[1]
 LEVEL = 0.9

@@ -6,7 +6,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from opsd_platform.losses import (
+from opsd_platform.training.losses import (
     divergence_terms,
     importance_weights,
     masked_mean,

@@ -14,8 +14,8 @@ import pytest
 from mlflow.projects import _project_spec
 from mlflow.tracking import MlflowClient
 
-from opsd_platform.compose import train_config
-from opsd_platform.pipelines import project_overrides
+from opsd_platform.config.compose import train_config
+from opsd_platform.jobs import project_overrides
 
 ROOT = Path(__file__).resolve().parents[1]
 ENTRY_POINTS = {"train", "gap", "calibrate", "fit_law", "calibrate_law", "search", "demo"}
@@ -164,7 +164,7 @@ def test_entry_point_parameters_compose_a_valid_config(project, entry_point, tmp
     base = [o for o in overrides if not o.startswith(("calibrate.", "law.", "demo."))]
     if entry_point == "demo":  # the demo trains at the recorded benchmark's settings, the overrides after them
         from opsd_platform.demo import slice_of
-        from opsd_platform.grid import load_spec
+        from opsd_platform.search.grid import load_spec
 
         spec = load_spec("benchmark")
         base = [*spec["base"], *slice_of(spec, "law-arithmetic")["overrides"], *base]

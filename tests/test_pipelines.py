@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 from mlflow.tracking import MlflowClient
 
-from opsd_platform.pipelines import project_overrides, run_job
+from opsd_platform.jobs import project_overrides, run_job
 
 ROOT = Path(__file__).resolve().parents[1]
 TINY = ["model=tiny", "rollout.max_new_tokens=12", "world.n_train=8", "world.n_val=4", "gap.n_problems=4",

@@ -16,7 +16,7 @@ from benchmarks.pruning import main, parse_arms, per_order, run_order, summarize
 from benchmarks.replay import ARMS, Ledger, LawMemory, Replay, Settings, fast_ols, fast_view, run_topk
 from benchmarks.replay_table import TableError, load_table
 from opsd_platform.law import fit_law, leave_one_out
-from opsd_platform.pruner import GapLawPruner, LawView
+from opsd_platform.search.pruner import GapLawPruner, LawView
 
 FIXTURE = Path(__file__).parent / "data" / "replay_fixture"
 
@@ -127,7 +127,7 @@ def test_every_arm_pays_what_its_trials_reached(table, arm):
 
 def test_law_arm_decides_as_the_live_gap_law_pruner(table, tmp_path):
     """The same trials through GapLawPruner with the law registered in a real MLflow registry."""
-    from opsd_platform.registry import register_law
+    from opsd_platform.law.registry import register_law
 
     uri = f"sqlite:///{tmp_path}/mlflow.db"
     fit = fit_law(table.law_points, level=0.9)

@@ -9,8 +9,10 @@ import pandas as pd
 import pytest
 from mlflow.tracking import MlflowClient
 
-from opsd_platform import law, registry, report, tracking
-from opsd_platform.registry import RegistryError
+from opsd_platform import law, tracking
+from opsd_platform.law import registry
+from opsd_platform.law import plot as report
+from opsd_platform.law.registry import RegistryError
 
 
 def make_points(n_configs=7, seeds=3, noise=0.03, seed=0, families=("smollm2",)):
@@ -184,3 +186,13 @@ def test_source_run_ids_are_truncated_at_whole_ids():
     kept = text.split(",...")[0].split(",")
     assert all(k in ids for k in kept) and text.endswith(f"(+{500 - len(kept)} more)")
     assert registry._join_ids(["a", "b"]) == "a,b"
+
+
+def test_a_law_registered_before_the_move_still_loads():
+    """A model directory written by the flat package (tests/data/law_model_pre_move, provenance
+    there) loads with today's code and predicts what it predicted when it was written."""
+    model = mlflow.pyfunc.load_model(str(Path(__file__).parent / "data" / "law_model_pre_move"))
+    pred = model.predict(pd.DataFrame({"gap": [0.0, 0.2]}))
+    np.testing.assert_allclose(pred["predicted_improvement"], [0.002239, 0.308280], atol=1e-6)
+    np.testing.assert_allclose(pred["lower"], [-0.029772, 0.278254], atol=1e-6)
+    assert (pred["upper"] > pred["predicted_improvement"]).all()

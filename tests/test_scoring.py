@@ -10,9 +10,9 @@ import torch.nn.functional as F
 
 from opsd_platform.config import ModelConfig, TinyModelConfig
 from opsd_platform.models import load_policy
-from opsd_platform.packing import position_logits, response_logits
-from opsd_platform.rollout import HFGenerateEngine, chat_ids, chunks
-from opsd_platform.scoring import LossSettings, micro_batch_loss, scoring_with
+from opsd_platform.training.packing import position_logits, response_logits
+from opsd_platform.training.rollout import HFGenerateEngine, chat_ids, chunks
+from opsd_platform.training.scoring import LossSettings, micro_batch_loss, scoring_with
 
 
 @pytest.fixture(scope="module")
@@ -37,7 +37,7 @@ def test_shared_prompt_prefix_gives_the_one_pass_logits_and_gradients(batch, way
     per-segment attention; one padded row per prompt with a block mask; or its KV cache gathered
     out to them): the logits and the gradients equal one pass per row, also when the rows' prompt
     and response lengths differ."""
-    import opsd_platform.packing as packing
+    import opsd_platform.training.packing as packing
 
     if way == "packed":  # what eager-attention models get (and any model under gradient checkpointing)
         monkeypatch.setattr(packing, "_attention", lambda model: "eager")
@@ -85,7 +85,7 @@ def test_shared_prompt_prefix_gives_the_one_pass_logits_and_gradients(batch, way
 def test_segment_attention_is_only_switched_on_for_its_own_pass():
     """The segments' attention function is the model's only while `position_logits` runs it (also
     when that pass fails), and refuses to run without its segments."""
-    import opsd_platform.packing as packing
+    import opsd_platform.training.packing as packing
 
     policy, tok = load_policy(ModelConfig(source="tiny"), seed=0)
     vocab = policy.config.vocab_size

@@ -12,11 +12,11 @@ from optuna.trial import TrialState
 
 from opsd_platform.cli import main
 from opsd_platform.config import ConfigError
-from opsd_platform.law_pipeline import FitLawConfig, fit_and_register
-from opsd_platform.pruner import GapLawPruner
-from opsd_platform.registry import describe
+from opsd_platform.law.pipeline import FitLawConfig, fit_and_register
+from opsd_platform.search.pruner import GapLawPruner
+from opsd_platform.law.registry import describe
 from opsd_platform.search import SearchConfig, TrialSeededSampler, load_space, parse_space, sample, to_overrides
-from opsd_platform.study_report import comparison_rows, summarize
+from opsd_platform.search.report import comparison_rows, summarize
 from test_calibrate import log_points
 
 # improvement = -0.5 + 1.5 * gap, with seed noise: a law that predicts a loss near gap 0
@@ -147,7 +147,7 @@ def test_a_grpo_trial_is_never_pruned_by_the_law(law_uri):
 
 
 def test_algorithm_space_samples_each_algorithms_own_keys():
-    from opsd_platform.compose import train_config
+    from opsd_platform.config.compose import train_config
 
     space = load_space("algorithm")
     study = optuna.create_study(sampler=TrialSeededSampler(0))
@@ -179,7 +179,7 @@ def test_a_trial_is_decided_once(law_uri):
 
 
 def test_default_space_composes_valid_configs_and_respects_conditions():
-    from opsd_platform.compose import train_config
+    from opsd_platform.config.compose import train_config
 
     space = load_space("default")
     assert {p.key for p in space} >= {"context", "optim.lr", "loss.divergence", "loss.alpha", "loss.top_k", "teacher.kind",

@@ -11,16 +11,16 @@ import pytest
 from mlflow.tracking import MlflowClient
 from optuna.trial import TrialState
 
-from opsd_platform import measurements
+from opsd_platform.training import measurements
 from opsd_platform.cli import main
-from opsd_platform.compose import train_config
+from opsd_platform.config.compose import train_config
 from opsd_platform.config import ConfigError, config_hash
-from opsd_platform.gap import measure_student, measure_teacher
+from opsd_platform.training.gap import measure_student, measure_teacher
 from opsd_platform.models import load_policy
-from opsd_platform.pruner import GapLawPruner
-from opsd_platform.rollout import HFGenerateEngine
+from opsd_platform.search.pruner import GapLawPruner
+from opsd_platform.training.rollout import HFGenerateEngine
 from opsd_platform.search import Objective
-from opsd_platform.sequential import PRUNE, TRAIN, aligned_batch
+from opsd_platform.training.sequential import PRUNE, TRAIN, aligned_batch
 from opsd_platform.worlds import make_world
 from test_search import FAST, law_uri  # noqa: F401  (the module-scoped fixture: a registered law)
 
@@ -86,7 +86,7 @@ def test_a_bar_far_from_the_gap_stops_after_the_first_batch(setup):
 def test_outside_a_search_it_measures_in_full_and_says_why_once(setup, caplog, monkeypatch):
     cfg, engine, world = setup
     monkeypatch.setattr(measurements, "_said_full", False)
-    with caplog.at_level(logging.WARNING, logger="opsd_platform.measurements"):
+    with caplog.at_level(logging.WARNING, logger="opsd_platform.training.measurements"):
         first = measurements.gap(cfg, engine, world, None)
         measurements.gap(cfg, engine, world, None)
     said = [r for r in caplog.records if "gap.sequential" in r.getMessage()]

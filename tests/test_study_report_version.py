@@ -2,7 +2,7 @@
 
 import math
 
-from opsd_platform.study_report import _version
+from opsd_platform.search.report import _version
 
 
 def test_law_version_cell():

@@ -12,10 +12,10 @@ import pytest
 import torch
 from mlflow.tracking import MlflowClient
 
-from opsd_platform.compose import train_config
+from opsd_platform.config.compose import train_config
 from opsd_platform.models import load_policy
-from opsd_platform.module import OPSDModule
-from opsd_platform.train import train
+from opsd_platform.training.module import OPSDModule
+from opsd_platform.training.train import train
 from opsd_platform.worlds import make_world
 
 

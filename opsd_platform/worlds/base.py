@@ -12,7 +12,7 @@ from typing import Any, Protocol, Sequence, runtime_checkable
 
 SPLITS = ("train", "val")
 # How code worlds grade: LiveCodeBench's own verdicts, or the friendlier judge (docs/code-judge.md)
-GRADINGS = ("lcb", "lenient")
+from opsd_platform.config.choices import GRADINGS  # noqa: F401  (offered by world.grading)
 
 
 @dataclass(frozen=True)

