@@ -282,6 +282,9 @@ def plot_anytime(table: Table, results: list[dict[str, OrderResult]], arms: list
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m benchmarks.pruning", description=__doc__.split("\n")[0])
     p.add_argument("--data", default="benchmarks/data", help="directory with runs.csv, steps.csv, gap_problems.csv")
+    p.add_argument("--search-slices", default="", help="grid slices replayed as the search (default: the search-* slices), "
+                   "e.g. law-arithmetic: a search over its contexts")
+    p.add_argument("--law-slices", default="", help="grid slices the first law is fitted on (default: the law-* slices not searched)")
     p.add_argument("--orders", type=int, default=200, help="random trial orders (and sampler seeds) per arm")
     p.add_argument("--first-order", type=int, default=0, help="seed of the first order")
     p.add_argument("--arms", default=",".join(ARMS), help=f"comma-separated, of: {', '.join(ARMS)}")
@@ -320,7 +323,9 @@ def main(argv: list[str] | None = None) -> int:
                             refit_every=args.refit_every, method=args.method,
                             covariates=tuple(c for c in args.covariates.split(",") if c), seq_alpha=args.seq_alpha,
                             seq_batch=args.seq_batch, seq_rule=args.seq_rule, topk_k=args.topk_k)
-        table = load_table(args.data, problems="law_sequential" in arms)
+        split = lambda text: tuple(x.strip() for x in text.split(",") if x.strip())  # noqa: E731
+        table = load_table(args.data, problems="law_sequential" in arms, search_slices=split(args.search_slices),
+                           law_slices=split(args.law_slices))
         for cov in settings.covariates:
             if any(cov not in r.covariates for r in table.runs.values()):
                 raise TableError(f"{Path(args.data) / 'runs.csv'}: column {cov!r}: not a numeric column of every run (--covariates)")

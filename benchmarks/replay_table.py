@@ -32,7 +32,19 @@ RUN_NUMERIC = (
 RUN_KEYS = ("run_id", "config", "seed", "slice", "gap_key", "gap_student_key", "val_key")
 STEP_COLUMNS = ("run_id", "step", "rollout_pass_rate", "val_pass_rate", "cpu_s", "tokens", "val_cpu_s")
 PROBLEM_COLUMNS = ("run_id", "problem", "student_passes", "teacher_passes", "samples")
-SLICES = ("law", "search")
+SLICES = ("law", "search")  # what a row is to the replay: a point of the first law, or a searchable run
+# The grid names its slices `<kind>-<world>` (conf/grid/benchmark.yaml: law-arithmetic, search-arithmetic,
+# grpo-pyfunc...); a bare `law` or `search` is the older fixtures' form. GRPO rows are not OPSD
+# configurations a gap-law search chooses between: the replay leaves them out.
+IGNORED_KINDS = ("grpo",)
+
+
+def slice_kind(name: str) -> str | None:
+    """`law`, `search`, or None (a slice the replay leaves out) for a grid slice name."""
+    kind = name.split("-", 1)[0]
+    if kind in SLICES:
+        return kind
+    return None if kind in IGNORED_KINDS else "unknown"
 
 
 class TableError(ValueError):
@@ -130,23 +142,46 @@ def problem_order(student_key: str, problem: str) -> int:
     return zlib.crc32(f"{student_key}\0{problem}".encode())
 
 
-def load_table(directory: str | Path, *, problems: bool = False) -> Table:
-    """Read and check the table in `directory` (gap_problems.csv only when `problems`)."""
+def load_table(directory: str | Path, *, problems: bool = False, search_slices: tuple[str, ...] = (),
+               law_slices: tuple[str, ...] = ()) -> Table:
+    """Read and check the table in `directory` (gap_problems.csv only when `problems`).
+
+    Which rows are searched: the `search-*` slices, or the grid slices named in `search_slices`
+    (e.g. ``law-arithmetic``: a search over its configurations, the contexts); the first law is
+    fitted on the `law-*` slices, or on those in `law_slices`, never on a searched one."""
     directory = Path(directory)
     runs_path, steps_path = directory / "runs.csv", directory / "steps.csv"
     runs = _read(runs_path, RUN_COLUMNS)
     for col in RUN_KEYS:
         _keys(runs, col, runs_path)
+    kinds = runs["slice"].map(slice_kind)
+    bad_slice = (kinds == "unknown").to_numpy()
+    if bad_slice.any():
+        i = int(np.flatnonzero(bad_slice)[0])
+        raise TableError(f"{runs_path}: column 'slice': value {runs['slice'].iloc[i]!r} in row {i + 2}; valid: law, search "
+                         f"or law-<world>, search-<world> ({', '.join(k + '-<world>' for k in IGNORED_KINDS)} rows are left out)")
+    names = set(runs["slice"])
+    for given in (*search_slices, *law_slices):
+        if given not in names:
+            raise TableError(f"{runs_path}: column 'slice': no row of slice {given!r}; slices there: {', '.join(sorted(names))}")
+    if set(search_slices) & set(law_slices):
+        raise TableError(f"{runs_path}: column 'slice': {sorted(set(search_slices) & set(law_slices))} both searched and "
+                         "fitted: the first law would have seen the search's answers")
+    slice_of = runs["slice"]
+    kinds = kinds.astype(object)
+    if search_slices:  # these are searched, and no other search-* slice
+        kinds[:] = np.where(slice_of.isin(search_slices), "search", np.where(kinds == "search", None, kinds))
+    if law_slices:  # the first law is fitted on these only
+        kinds[:] = np.where(slice_of.isin(law_slices), "law", np.where(kinds == "law", None, kinds))
+    all_ids = set(runs["run_id"])  # steps and problems of left-out rows are there too
+    keep = kinds.notna().to_numpy()
+    runs = runs[keep].reset_index(drop=True).assign(slice=kinds[keep].to_numpy())
     num = {col: _numbers(runs, col, runs_path) for col in RUN_NUMERIC}
     dup = runs["run_id"].duplicated()
     if dup.any():
         raise TableError(f"{runs_path}: column 'run_id': duplicate {runs['run_id'][dup].iloc[0]!r}")
-    bad_slice = ~runs["slice"].isin(SLICES)
-    if bad_slice.any():
-        i = int(np.flatnonzero(bad_slice.to_numpy())[0])
-        raise TableError(f"{runs_path}: column 'slice': value {runs['slice'].iloc[i]!r} in row {i + 2}; valid: {', '.join(SLICES)}")
     if not (runs["slice"] == "search").any():
-        raise TableError(f"{runs_path}: column 'slice': no row with slice=search (nothing to replay)")
+        raise TableError(f"{runs_path}: column 'slice': no row to search (no search-* slice; name one with --search-slices)")
     for col in ("gap_cpu_s", "gap_tokens", "gap_student_cpu_s", "gap_student_tokens", "val_initial_cpu_s", "val_initial_tokens",
                 "train_cpu_s", "train_tokens"):
         if (num[col] < 0).any():
@@ -166,7 +201,7 @@ def load_table(directory: str | Path, *, problems: bool = False) -> Table:
     val = _numbers(steps, "val_pass_rate", steps_path, empty_ok=True)
     _numbers(steps, "val_cpu_s", steps_path, empty_ok=True)
     known = set(runs["run_id"])
-    unknown = ~steps["run_id"].isin(known)
+    unknown = ~steps["run_id"].isin(all_ids)
     if unknown.any():
         i = int(np.flatnonzero(unknown.to_numpy())[0])
         raise TableError(f"{steps_path}: column 'run_id': {steps['run_id'].iloc[i]!r} (row {i + 2}) is not in runs.csv")
@@ -174,7 +209,7 @@ def load_table(directory: str | Path, *, problems: bool = False) -> Table:
 
     diffs_of: dict[str, np.ndarray] = {}
     if problems:
-        diffs_of = _load_problems(directory / "gap_problems.csv", runs, known)
+        diffs_of = _load_problems(directory / "gap_problems.csv", runs, all_ids)
 
     warnings: list[str] = []
     table_runs: dict[str, Run] = {}
@@ -247,6 +282,8 @@ def _load_problems(path: Path, runs: pd.DataFrame, known: set[str]) -> dict[str,
     keys = runs.set_index("run_id")[["gap_key", "gap_student_key"]]
     out: dict[str, np.ndarray] = {}
     for rid, part in frame.groupby("run_id", sort=True):
+        if rid not in keys.index:  # a row the replay leaves out (a GRPO slice)
+            continue
         gap_key, student_key = keys.loc[rid, "gap_key"], keys.loc[rid, "gap_student_key"]
         if gap_key in out:
             continue

@@ -250,7 +250,7 @@ def set_cell(row, column, value):
     (lambda d: rewrite(d / "runs.csv", lambda f: f.drop(columns=["gap_key"])), ["runs.csv", "'gap_key'"]),
     (lambda d: rewrite(d / "runs.csv", set_cell(3, "improvement", "nan")), ["runs.csv", "'improvement'", "r003"]),
     (lambda d: rewrite(d / "runs.csv", set_cell(0, "gap_cpu_s", "fast")), ["runs.csv", "'gap_cpu_s'"]),
-    (lambda d: rewrite(d / "runs.csv", set_cell(1, "slice", "train")), ["runs.csv", "'slice'", "law, search"]),
+    (lambda d: rewrite(d / "runs.csv", set_cell(1, "slice", "train")), ["runs.csv", "'slice'", "law-<world>"]),
     (lambda d: rewrite(d / "steps.csv", set_cell(5, "cpu_s", "inf")), ["steps.csv", "'cpu_s'"]),
     (lambda d: rewrite(d / "steps.csv", set_cell(7, "run_id", "r999")), ["steps.csv", "'run_id'", "r999"]),
     (lambda d: rewrite(d / "steps.csv", lambda f: f.drop(columns=["tokens"])), ["steps.csv", "'tokens'"]),
@@ -273,3 +273,37 @@ def test_unknown_arm_lists_the_valid_ones(capsys):
     assert "'lawful'" in err and all(arm in err for arm in ARMS)
     with pytest.raises(ValueError, match="valid arms"):
         parse_arms("nope")
+
+
+def test_grid_slice_names_are_read_and_grpo_rows_left_out(tmp_path):
+    """The exported table names slices as the grid does (law-<world>, search-<world>, grpo-<world>):
+    the same runs as the fixture's law/search, plus GRPO rows the replay leaves out."""
+    def grid_names(frame):
+        frame["slice"] = frame["slice"].map({"law": "law-arithmetic", "search": "search-arithmetic"})
+        extra = frame.iloc[:2].copy()
+        extra["slice"], extra["run_id"] = "grpo-arithmetic", ["g000", "g001"]
+        return pd.concat([frame, extra], ignore_index=True)
+
+    data = broken_copy(tmp_path, lambda d: rewrite(d / "runs.csv", grid_names))
+    steps = pd.read_csv(data / "steps.csv", dtype=str, keep_default_na=False)
+    first = steps[steps["run_id"] == steps["run_id"].iloc[0]]
+    pd.concat([steps, first.assign(run_id="g000"), first.assign(run_id="g001")]).to_csv(data / "steps.csv", index=False)
+    ours, theirs = load_table(data, problems=True), load_table(FIXTURE, problems=True)
+    assert ours.configs == theirs.configs and set(ours.runs) == set(theirs.runs)
+    assert {r.slice for r in ours.runs.values()} == {"law", "search"}
+    assert ours.true_mean == theirs.true_mean and len(ours.law_points) == len(theirs.law_points)
+
+
+def test_a_law_slice_can_be_replayed_as_the_search(tmp_path):
+    """--search-slices law-arithmetic: its configurations are searched, and the first law is fitted
+    on no searched row (here none is left: the law is learned in the loop)."""
+    data = broken_copy(tmp_path, lambda d: rewrite(d / "runs.csv", lambda f: f.assign(slice=f["slice"].map(
+        {"law": "law-arithmetic", "search": "search-arithmetic"}))))
+    t = load_table(data, search_slices=("law-arithmetic",))
+    law_rows = pd.read_csv(data / "runs.csv").query("slice == 'law-arithmetic'")
+    assert set(t.runs) == set(law_rows["run_id"]) and len(t.law_points) == 0
+    assert t.configs == sorted(set(law_rows["config"]))
+    with pytest.raises(TableError, match="both searched and fitted"):
+        load_table(data, search_slices=("law-arithmetic",), law_slices=("law-arithmetic",))
+    with pytest.raises(TableError, match="no row of slice 'law-pyfunc'; slices there: law-arithmetic, search-arithmetic"):
+        load_table(data, search_slices=("law-pyfunc",))
