@@ -18,7 +18,7 @@ import lightning as L
 from mlflow.tracking import MlflowClient
 
 from opsd_platform import tracking
-from opsd_platform.config import TrainConfig, default_home, flatten
+from opsd_platform.config import how_fields, TrainConfig, default_home, flatten
 from opsd_platform.training import checkpoint
 from opsd_platform.training.checkpoint import Checkpoint, CheckpointError
 from opsd_platform.training.module import OPSDModule
@@ -29,11 +29,9 @@ log = logging.getLogger(__name__)
 DDP_RUN_ENV = "OPSD_DDP_RUN_ID"  # set by rank 0 for the ranks Lightning starts
 PROCESS_TAG = "opsd.process"  # host:pid of the process training the run
 # Settings a resume may change: they do not change what is computed.
-RESUME_MAY_CHANGE = {
-    "resume", "tracking.run_name", "trainer.progress_bar", "trainer.num_threads", "trainer.checkpoint_every",
-    "trainer.keep_checkpoints", "trainer.checkpoint_dir", "trainer.gradient_checkpointing",
-    "trainer.share_prompt_prefix", "optim.fused",
-}
+# What a resume may change: the run's name, and the fields config/schema.py marks how-not-what
+# at level "resume" (threads, progress bar, checkpoints, kernels); anything else must be as trained.
+RESUME_MAY_CHANGE = {"resume", "tracking.run_name", *how_fields("resume")}
 
 
 def checkpoint_root(cfg: TrainConfig) -> Path:
