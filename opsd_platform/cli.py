@@ -358,6 +358,35 @@ def cmd_setup(overrides: Sequence[str]) -> int:
 COMMANDS = {"train": cmd_train, "gap": cmd_gap, "calibrate": cmd_calibrate, "fit-law": cmd_fit_law, "search": cmd_search, "grid": cmd_grid, "export": cmd_export, "law": cmd_law, "compare-grpo": cmd_compare_grpo, "judge": cmd_judge, "ui": cmd_ui, "setup": cmd_setup, "dashboard": cmd_dashboard}
 
 
+# The config sections each command composes, for `opsd <command> --help`: (prefix, "module:Class").
+HELP_SECTIONS = {
+    "train": [("", "opsd_platform.config:TrainConfig")],
+    "gap": [("", "opsd_platform.config:TrainConfig")],
+    "calibrate": [("calibrate.", "opsd_platform.law.calibrate:CalibrateConfig"), ("", "opsd_platform.config:TrainConfig")],
+    "search": [("search.", "opsd_platform.search.settings:SearchConfig"), ("", "opsd_platform.config:TrainConfig")],
+    "grid": [("grid.", "opsd_platform.search.grid:GridConfig")],
+    "export": [("export.", "opsd_platform.law.export:ExportConfig"), ("tracking.", "opsd_platform.config:TrackingConfig")],
+    "fit-law": [("law.", "opsd_platform.law.pipeline:FitLawConfig"), ("tracking.", "opsd_platform.config:TrackingConfig")],
+    "compare-grpo": [("compare.", "opsd_platform.compare_grpo:CompareConfig"), ("", "opsd_platform.config:TrainConfig")],
+}
+
+
+def command_help(command: str) -> str:
+    """The command's usage line and every key it takes, with its default and help text."""
+    import importlib
+
+    from opsd_platform.config.compose import describe_fields
+
+    usage = [line for line in USAGE.splitlines() if line.strip().startswith(f"opsd {command}")]
+    out = usage or [f"opsd {command}"]
+    for prefix, target in HELP_SECTIONS.get(command, []):
+        module, _, name = target.partition(":")
+        out += [f"\n{prefix.rstrip('.') or 'training'} keys ({name}):", *describe_fields(getattr(importlib.import_module(module), name), prefix)]
+    if command in HELP_SECTIONS:
+        out.append("\n[how]: changes how a result is computed, not what (config_hash leaves it out)")
+    return "\n".join(out)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     if not argv or argv[0] in ("-h", "--help", "help"):
@@ -367,6 +396,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     if command not in COMMANDS:
         print(f"opsd: unknown command {command!r}; valid: {', '.join(COMMANDS)}", file=sys.stderr)
         return 2
+    if any(o in ("-h", "--help") for o in overrides):
+        print(command_help(command))
+        return 0
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     for noisy in ("alembic", "mlflow", "httpx", "urllib3"):
         logging.getLogger(noisy).setLevel(logging.WARNING)

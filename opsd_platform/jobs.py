@@ -3,7 +3,7 @@
 
     calibrate_law(overrides)   a calibration grid, then fit + validate + register the law on it
 
-(The demo, `make demo`, is opsd_platform/demo.py.)
+(The demo, `make demo`, is opsd_platform/demo/.)
 
 Overrides are the ``opsd`` command line's: Hydra ``key=value`` words for the training config,
 plus ``calibrate.*`` and ``law.*`` sections. ``project_overrides`` turns what ``mlflow run`` passes

@@ -1,7 +1,7 @@
 """The end-to-end demo (README command one, `make demo`): the gap law fitted on the recorded
 benchmark, live gaps of configurations the table does not hold, each prediction with its interval
 before training, the law's pruning, the survivors trained at the benchmark's settings, and
-predicted vs measured at the end. The flow and its reasons: opsd_platform/demo.py.
+predicted vs measured at the end. The flow and its reasons: opsd_platform/demo/.
 
     python pipelines/demo.py [demo.key=value ...] [training overrides ...]
     python pipelines/demo.py --smoke      the same flow on the tiny model (a wiring check, ~minutes;

@@ -124,7 +124,7 @@ def test_a_failed_lora_run_resumes_in_process_without_duplicate_steps(tiny_overr
 def test_resume_relogs_what_a_kill_mid_flush_left_out(tmp_path):
     """A SIGKILL while a checkpoint's metrics are being sent (step by step) leaves a prefix of them
     in the store; the resume logs the rest from the checkpoint's held-back metrics, each step once."""
-    from opsd_platform.training.train import _relog_missing
+    from opsd_platform.training.resume import relog_missing
 
     client = MlflowClient(tracking_uri=f"sqlite:///{tmp_path}/mlflow.db")
     run_id = client.create_run(client.create_experiment("opsd")).info.run_id
@@ -132,7 +132,7 @@ def test_resume_relogs_what_a_kill_mid_flush_left_out(tmp_path):
         client.log_metric(run_id, "train/loss", 1.0 / step, step=step)
         client.log_metric(run_id, "rollout/reward_mean", 0.1 * step, step=step)
     pending = [{"step": s, "train/loss": 1.0 / s, "rollout/reward_mean": 0.1 * s} for s in (3, 4)]
-    assert _relog_missing(client.tracking_uri, run_id, pending) == 4
+    assert relog_missing(client.tracking_uri, run_id, pending) == 4
     for key in ("train/loss", "rollout/reward_mean"):
         steps = sorted(m.step for m in client.get_metric_history(run_id, key))
         assert steps == [1, 2, 3, 4], key

@@ -15,14 +15,14 @@ from opsd_platform.sandbox import SandboxLimits
 from opsd_platform.worlds.base import Judgement, World, WorldError
 from opsd_platform.worlds.code import (
     CodeJsonlWorld,
-    PyFuncWorld,
     TestCase,
     decode_lcb_tests,
     extract_code,
     judge_code,
 )
 from opsd_platform.worlds.jsonl import judge_responses, read_jsonl
-from opsd_platform.worlds.pyfunc_bank import templates
+from opsd_platform.worlds.pyfunc import PyFuncWorld
+from opsd_platform.worlds.pyfunc.bank import templates
 
 FIXTURE = Path(__file__).parent / "data" / "lcb_sample.jsonl"
 FAST = SandboxLimits(wall_s=10.0, cpu_s=10)
@@ -457,7 +457,8 @@ def test_lcb_time_limit_applies_per_test(hidden):
 
 
 def test_lcb_defaults_to_livecodebench_time_limit():
-    from opsd_platform.worlds.code import LCB_TIMEOUT_S, _Run
+    from opsd_platform.worlds.code.extract import LCB_TIMEOUT_S
+    from opsd_platform.worlds.code.judge import _Run
 
     assert LCB_TIMEOUT_S == 6.0
     run = _Run("", None, "lcb", LCB_TIMEOUT_S, FAST, [{}, {}, {}], {})

@@ -1,4 +1,4 @@
-"""The demo (opsd_platform/demo.py, `make demo`): its pure parts on a tiny recorded table, and the
+"""The demo (opsd_platform/demo/, `make demo`): its pure parts on a tiny recorded table, and the
 whole flow once on the tiny model in this process (a second run resumes: nothing trains again)."""
 
 import re

@@ -78,7 +78,7 @@ def hostile(code: str, **kw) -> sandbox.SandboxResult:
         return path
 
     with pytest.MonkeyPatch.context() as mp:
-        mp.setattr(sandbox.tempfile, "mkdtemp", recording_mkdtemp)
+        mp.setattr(tempfile, "mkdtemp", recording_mkdtemp)
         r = run_python(_PRELUDE + code, **kw)
     m = re.search(r"SANDBOX-UID=(\d+)", r.stderr)
     _stray_check(int(m.group(1)) if m else None, roots)

@@ -83,13 +83,28 @@ def test_a_bar_far_from_the_gap_stops_after_the_first_batch(setup):
         assert len(seq.per_problem) == 4 and seq.metrics()["gap/sequential_problems"] == 4
 
 
-def test_outside_a_search_it_measures_in_full_and_says_why_once(setup, caplog, monkeypatch):
+def test_outside_a_search_it_measures_in_full_and_says_why_once(setup, monkeypatch):
     cfg, engine, world = setup
     monkeypatch.setattr(measurements, "_said_full", False)
-    with caplog.at_level(logging.WARNING, logger="opsd_platform.training.measurements"):
+    # Listen on the module's own logger: earlier tests in the same process may have left global
+    # logging state behind (a library's logging.config call disables existing loggers, or changes
+    # levels and propagation), which is not what this test is about.
+    logger = logging.getLogger(measurements.__name__)
+    monkeypatch.setattr(logger, "disabled", False)
+    monkeypatch.setattr(logging.root.manager, "disable", logging.NOTSET)
+    said: list[logging.LogRecord] = []
+    handler = logging.Handler(logging.WARNING)
+    handler.emit = said.append
+    logger.addHandler(handler)
+    level, logger_level = logger.level, logging.WARNING
+    logger.setLevel(logger_level)
+    try:
         first = measurements.gap(cfg, engine, world, None)
         measurements.gap(cfg, engine, world, None)
-    said = [r for r in caplog.records if "gap.sequential" in r.getMessage()]
+    finally:
+        logger.removeHandler(handler)
+        logger.setLevel(level)
+    said = [r for r in said if "gap.sequential" in r.getMessage()]
     assert len(said) == 1 and "search trial" in said[0].getMessage()
     assert first.sequential is None and first.n_problems == 12
 

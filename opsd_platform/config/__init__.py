@@ -23,5 +23,7 @@ from opsd_platform.config.schema import (  # noqa: F401
     TrainConfig,
     world_fields,
     config_hash,
+    how_fields,
+    HOW_LEVELS,
     flatten,
 )

@@ -130,3 +130,19 @@ def section_config(schema: type, section: str, overrides: Sequence[str]):
             raise ConfigError(f"config error: unknown key {section}.{key}; valid keys here: {valid}") from None
         where = f"{section}.{key}" if key else f"section {section}"
         raise ConfigError(f"config error: {where}: {str(exc).splitlines()[0]}") from None
+
+
+def describe_fields(schema: type, prefix: str = "") -> list[str]:
+    """One line per field of a config dataclass (sections walked): ``key = default  help``, with
+    ``[how]`` on the fields that change how a result is computed, not what (config_hash ignores them)."""
+    lines: list[str] = []
+    instance = schema()
+    for f in dataclasses.fields(schema):
+        name = f"{prefix}{f.name}"
+        value = getattr(instance, f.name)
+        if dataclasses.is_dataclass(value):
+            lines += describe_fields(type(value), name + ".")
+            continue
+        mark = "  [how]" if f.metadata.get("how") else ""
+        lines.append(f"  {name} = {value!r}{mark}\n      {f.metadata.get('help', '')}".rstrip())
+    return lines

@@ -10,7 +10,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, field, fields, is_dataclass
 from pathlib import Path
 from typing import Any
 
@@ -136,7 +136,7 @@ class WorldConfig:
 class RolloutConfig:
     prompts_per_step: int = field(default=4, metadata={"help": "problems per OPSD step"})
     samples_per_prompt: int = field(default=4, metadata={"help": "student samples per problem (n)"})
-    max_new_tokens: int = field(default=64, metadata={"help": "response length cap"})
+    max_new_tokens: int = field(default=48, metadata={"help": "response length cap"})
     temperature: float = field(default=1.0, metadata={"help": "rollout sampling temperature"})
     top_p: float = field(default=1.0, metadata={"help": "rollout nucleus sampling"})
     val_samples: int = field(default=2, metadata={"help": "samples per validation problem (mean@k)"})
@@ -145,7 +145,7 @@ class RolloutConfig:
     batch_size: int = field(default=16, metadata={"help": "sequences per generate/forward micro-batch"})
     val_batch_size: int = field(
         default=64,
-        metadata={"help": "rows per generate call in validation (HF engine): like gap.batch_size, larger than "
+        metadata={"how": "run", "help": "rows per generate call in validation (HF engine): like gap.batch_size, larger than "
                           "training's micro-batch since nothing is kept for backward"},
     )
     engine: str = field(
@@ -231,7 +231,7 @@ class OptimConfig:
     grad_clip: float = field(default=1.0, metadata={"help": "max gradient norm (0 = off)"})
     fused: bool = field(
         default=True,
-        metadata={"help": "torch's fused AdamW kernel (one pass over all parameters; same update to float precision, "
+        metadata={"how": "resume", "help": "torch's fused AdamW kernel (one pass over all parameters; same update to float precision, "
                           "~5x less optimizer time on CPU than the per-parameter loop torch uses there by default: "
                           "python -m benchmarks.optimizer); falls back to that loop where fused is unsupported"},
     )
@@ -246,44 +246,44 @@ class OptimConfig:
 class TrainerConfig:
     max_steps: int = field(default=30, metadata={"help": "OPSD steps (rollout batches)"})
     updates_per_batch: int = field(default=1, metadata={"help": "optimizer steps per rollout batch (>1 uses the IS clip)"})
-    num_threads: int = field(default=0, metadata={"help": "torch CPU threads (0 = leave as is)"})
-    progress_bar: bool = field(default=True, metadata={"help": "show a progress bar"})
+    num_threads: int = field(default=0, metadata={"how": "resume", "help": "torch CPU threads (0 = leave as is)"})
+    progress_bar: bool = field(default=True, metadata={"how": "resume", "help": "show a progress bar"})
     validate: bool = field(default=True, metadata={"help": "validation pass rate before and after training"})
     val_every: int = field(
         default=0,
-        metadata={"help": "also validate every N steps (0 = only before and after): the curve curve-based pruners "
+        metadata={"how": "run", "help": "also validate every N steps (0 = only before and after): the curve curve-based pruners "
                           "read. Each validation samples from its own seeded stream, so it does not change the "
                           "training; its cost is logged as val/cpu_s"},
     )
     reuse_measurements: bool = field(
         default=True,
-        metadata={"help": "reuse the initial validation and the gap's student and teacher sides measured before "
+        metadata={"how": "run", "help": "reuse the initial validation and the gap's student and teacher sides measured before "
                           "with the same key (model, world, problems, sampling settings, seed, and context for the "
                           "teacher side), stored as MLflow runs in the '<experiment>-measurements' experiment; "
                           "results are identical to measuring again (measurements.py)"},
     )
     gradient_checkpointing: bool = field(
-        default=False, metadata={"help": "recompute activations in backward (less memory, ~30% more compute)"}
+        default=False, metadata={"how": "resume", "help": "recompute activations in backward (less memory, ~30% more compute)"}
     )
     share_prompt_prefix: bool = field(
         default=True,
-        metadata={"help": "run each distinct prompt of a micro-batch once for the rows (samples) that share it: in "
+        metadata={"how": "resume", "help": "run each distinct prompt of a micro-batch once for the rows (samples) that share it: in "
                           "scoring (packed into unpadded segments, or its KV cache reused) and in the HF engine's prefill; "
                           "same samples and loss to float precision, less compute"},
     )
     checkpoint_every: int = field(
         default=10,
-        metadata={"help": "write a resumable checkpoint every N steps and at the last (0 = never; a run of at most "
+        metadata={"how": "resume", "help": "write a resumable checkpoint every N steps and at the last (0 = never; a run of at most "
                           "N steps writes none: its only checkpoint would be its end)"},
     )
-    keep_checkpoints: int = field(default=2, metadata={"help": "newest checkpoints kept per run (>= 1)"})
+    keep_checkpoints: int = field(default=2, metadata={"how": "resume", "help": "newest checkpoints kept per run (>= 1)"})
     checkpoint_dir: str | None = field(
         default=None,
-        metadata={"help": "checkpoint root (default: checkpoints/ beside a local sqlite store, else $OPSD_HOME/checkpoints)"},
+        metadata={"how": "resume", "help": "checkpoint root (default: checkpoints/ beside a local sqlite store, else $OPSD_HOME/checkpoints)"},
     )
-    accelerator: str = field(default="cpu", metadata={"help": f"Lightning accelerator: {', '.join(ACCELERATORS)}"})
+    accelerator: str = field(default="cpu", metadata={"how": "run", "help": f"Lightning accelerator: {', '.join(ACCELERATORS)}"})
     devices: int = field(default=1, metadata={"help": "processes (one per device); > 1 needs strategy=ddp"})
-    strategy: str = field(default="auto", metadata={"help": f"Lightning strategy: {', '.join(STRATEGIES)}"})
+    strategy: str = field(default="auto", metadata={"how": "run", "help": f"Lightning strategy: {', '.join(STRATEGIES)}"})
     # last, so the key lists of older messages and snapshots keep their order
     precision: str = field(
         default=DEFAULT_PRECISION,
@@ -322,26 +322,26 @@ class TrainerConfig:
 
 @dataclass
 class GapConfig:
-    enabled: bool = field(default=False, metadata={"help": "measure the initial gap before training (calibrate sets it)"})
+    enabled: bool = field(default=False, metadata={"how": "run", "help": "measure the initial gap before training (calibrate sets it)"})
     split: str = field(default="train", metadata={"help": "problems the gap is measured on: train or val"})
     n_problems: int = field(default=16, metadata={"help": "problems (first n of the split)"})
     samples: int = field(default=0, metadata={"help": "student samples per problem (0 = rollout.samples_per_prompt)"})
     bootstrap: int = field(default=2000, metadata={"help": "bootstrap resamples over problems"})
     batch_size: int = field(
         default=64,
-        metadata={"help": "rows per generate call (HF engine): larger than training's micro-batch, since nothing is "
+        metadata={"how": "run", "help": "rows per generate call (HF engine): larger than training's micro-batch, since nothing is "
                           "kept for backward, so the weights are read once for more rows"},
     )
     level: float = field(default=0.95, metadata={"help": "confidence level of the intervals"})
-    sequential: bool = field(default=False, metadata={
+    sequential: bool = field(default=False, metadata={"how": "run", 
         "help": "in a law-pruned search trial, measure the gap gap.sequential_batch problems at a time and stop once "
                 "the pruning decision is settled (sequential.py); elsewhere it is measured in full"})
-    sequential_batch: int = field(default=8, metadata={
+    sequential_batch: int = field(default=8, metadata={"how": "run", 
         "help": "problems per batch of the sequential gap (rounded up so a batch fills whole gap.batch_size "
                 "generate calls: what keeps a measurement that runs to the end equal to the full one)"})
-    sequential_alpha: float = field(default=0.05, metadata={
+    sequential_alpha: float = field(default=0.05, metadata={"how": "run", 
         "help": "error level of the sequential gap's confidence sequence (anytime-valid)"})
-    sequential_rule: str = field(default="decision", metadata={
+    sequential_rule: str = field(default="decision", metadata={"how": "run", 
         "help": "when the sequential gap stops: decision (the pruner's decision is the same for every gap in the "
                 "confidence sequence) or confident (prune as decision; train only once the law's lower bound clears "
                 "the bar)"})
@@ -435,6 +435,28 @@ def world_fields(world: WorldConfig) -> dict[str, Any]:
     return d
 
 
+# How, not what: a field whose metadata has "how" changes how a result is computed (threads, batch
+# sizes, checkpoints, kernels, how much of the gap is measured), never the result. The mark is the
+# one place this is said: `config_hash` leaves every marked field out (runs that differ only there
+# are one configuration), and a resume (training/resume.py) may change those marked "resume"; those
+# marked "run" stay fixed for a run's life (they decide what it logs or where it runs).
+HOW_LEVELS = ("resume", "run")
+
+
+def how_fields(level: str | None = None) -> dict[str, str]:
+    """{"section.key": level} of the fields marked how-not-what (only `level`'s when given)."""
+    out: dict[str, str] = {}
+    for f in fields(TrainConfig):
+        section = f.default_factory() if callable(f.default_factory) else None  # a section dataclass
+        if section is None or not is_dataclass(section):
+            continue
+        for sub in fields(section):
+            mark = sub.metadata.get("how")
+            if mark is not None and (level is None or mark == level):
+                out[f"{f.name}.{sub.name}"] = mark
+    return out
+
+
 def config_hash(cfg: TrainConfig) -> str:
     """Short hash of what defines a configuration: everything but the seed, where it is logged,
     and settings that change how it is computed, not what (threads, progress bar, checkpoints,
@@ -446,24 +468,14 @@ def config_hash(cfg: TrainConfig) -> str:
     d.pop("tracking")
     if cfg.context != "graded":  # only the graded context reads it; dropping it keeps older hashes
         d.pop("graded_fraction")
-    how_not_what = ("progress_bar", "num_threads", "gradient_checkpointing", "share_prompt_prefix",
-                    "val_every", "reuse_measurements")
-    d["trainer"] = {k: v for k, v in d["trainer"].items() if k not in how_not_what}
+    for name in how_fields():  # how, not what (the fields' "how" mark): never in the hash
+        section, key = name.split(".")
+        d[section].pop(key)
     d.pop("resume")
-    d["gap"] = {k: v for k, v in d["gap"].items() if k != "batch_size"}  # how, not what, it measures
-    for key in ("sequential", "sequential_batch", "sequential_alpha", "sequential_rule"):
-        # how much of the gap is measured, not what: one that runs to the end equals the full one
-        # (a stopped one is a prefix of it, recorded as such on the run); dropped always, so older hashes hold
-        d["gap"].pop(key)
-    d["rollout"].pop("val_batch_size")  # likewise
-    d["optim"] = {k: v for k, v in d["optim"].items() if k != "fused"}  # the same update, another kernel
-    for key in ("checkpoint_every", "keep_checkpoints", "checkpoint_dir", "accelerator", "strategy"):
-        d["trainer"].pop(key)
     if d["trainer"]["precision"] == DEFAULT_PRECISION:  # fp32, as every older configuration: keeps their hashes
         d["trainer"].pop("precision")
     if d["trainer"]["devices"] == 1:  # more ranks sample more problems per step; one keeps older hashes
         d["trainer"].pop("devices")
-    d["gap"].pop("enabled")
     d["world"] = world_fields(cfg.world)
     if cfg.algorithm == "opsd":  # the default: dropping the field and GRPO's options keeps older hashes
         d.pop("algorithm")

@@ -21,8 +21,8 @@ from typing import Sequence
 from mlflow.tracking import MlflowClient
 
 from opsd_platform import tracking
-from opsd_platform.config.compose import train_config
 from opsd_platform.config import ConfigError, TrainConfig, config_hash
+from opsd_platform.config.compose import train_config
 
 log = logging.getLogger(__name__)
 

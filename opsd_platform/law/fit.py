@@ -1,20 +1,6 @@
-"""The gap law: improvement = a + b * gap, fitted across configurations, with honest intervals.
-
-A *configuration* (string key, e.g. ``"smollm2/arithmetic/reference"``) is trained with several
-seeds; each training run is one raw point with columns ``config``, ``seed``, ``gap`` (initial
-self-teacher minus student pass rate; may be negative) and ``improvement`` (final minus initial
-validation pass rate), plus grouping columns (``context``, ``world``, ``family``) and optional
-numeric covariates (``model_params``, ``context_tokens``, ``steps`` ...).
-
-As in the paper, the law is fitted on one point per configuration (the mean over its seeds).
-Unlike the paper, this module also gives what a referee asked for: prediction intervals for a new
-configuration, leave-one-configuration-out and held-out-group error, a test that families share a
-slope, and covariates as extra regressors (confounder check).
-
-Fitting uses statsmodels; the resulting :class:`LawFit` keeps only plain numbers (coefficients,
-their covariance, sigma^2, residual degrees of freedom), so predicting with intervals needs only
-numpy/scipy, reproduces statsmodels' ``get_prediction(x).summary_frame(alpha)`` ``obs_ci_*``
-exactly, and round-trips through JSON (the registered MLflow model is built from ``to_dict()``).
+"""The law fitted: improvement = a + b * gap (+ covariates) by OLS, WLS or HC3 over configuration
+means, kept as plain numbers (LawFit) that predict with statsmodels' intervals exactly and
+round-trip through JSON (the registered MLflow model is built from ``to_dict()``).
 """
 
 from __future__ import annotations
@@ -27,123 +13,18 @@ from typing import Any, Mapping, Sequence
 import numpy as np
 import pandas as pd
 
-__all__ = [
-    "GROUP_COLUMNS",
-    "METHODS",
-    "LawError",
-    "LawFit",
-    "aggregate",
-    "family_slopes",
-    "fit_law",
-    "grouped_holdout",
-    "leave_one_out",
-]
-
-REQUIRED_COLUMNS = ("config", "seed", "gap", "improvement")
-GROUP_COLUMNS = ("context", "world", "family")
-METHODS = ("ols", "wls", "hc3")
-FORMAT_VERSION = 1
-
-# WLS: the variance of a configuration's mean improvement is floored at this fraction of the
-# median positive variance, so a config whose seeds happen to agree exactly (or a lucky pair)
-# does not get (near-)infinite weight.
-WLS_VARIANCE_FLOOR_FRACTION = 0.1
-_ABS_VARIANCE_FLOOR = 1e-12
-
-
-class LawError(ValueError):
-    """Bad input for fitting or predicting with the gap law; the message says what and where."""
-
-
-# ----------------------------------------------------------------------------------------------
-# aggregation
-
-
-def _check_columns(frame: pd.DataFrame, columns: Sequence[str], what: str) -> None:
-    if not isinstance(frame, pd.DataFrame):
-        raise LawError(f"{what}: expected a pandas DataFrame, got {type(frame).__name__}")
-    for col in columns:
-        if col not in frame.columns:
-            raise LawError(f"{what}: missing column {col!r} (have: {', '.join(map(str, frame.columns)) or 'none'})")
-
-
-def _numeric_column(frame: pd.DataFrame, col: str, what: str) -> np.ndarray:
-    series = frame[col]
-    if pd.api.types.is_bool_dtype(series) or not pd.api.types.is_numeric_dtype(series):
-        converted = pd.to_numeric(series, errors="coerce")
-        bad = series[converted.isna() & series.notna()]
-        if len(bad) or pd.api.types.is_bool_dtype(series):
-            example = bad.iloc[0] if len(bad) else series.iloc[0]
-            raise LawError(f"{what}: column {col!r} must be numeric, got dtype {series.dtype} (e.g. {example!r})")
-        series = converted
-    return series.to_numpy(dtype=float)
-
-
-def _show(value: Any) -> str:
-    """A cell value for an error message (numpy scalars as plain Python)."""
-    return repr(value.item() if isinstance(value, np.generic) else value)
-
-
-def aggregate(points: pd.DataFrame) -> pd.DataFrame:
-    """One row per configuration: the means the law is fitted on, and the error bars.
-
-    Columns: ``config``, ``gap``, ``improvement`` (means over seeds), ``gap_std``,
-    ``improvement_std`` (std over seeds, ddof=1; 0 for a single seed), ``n_seeds``; the grouping
-    columns present among ``context``/``world``/``family`` (each must be constant within a
-    config); every other numeric column (covariates) averaged; other non-numeric columns kept when
-    constant within every config. Rows keep the order in which configs first appear.
-    """
-    _check_columns(points, REQUIRED_COLUMNS, "points")
-    if len(points) == 0:
-        raise LawError("points: no rows")
-    pts = points.copy()
-    pts["config"] = pts["config"].astype(str)
-    for col in ("gap", "improvement"):
-        values = _numeric_column(pts, col, "points")
-        bad = ~np.isfinite(values)
-        if bad.any():
-            i = int(np.flatnonzero(bad)[0])
-            row = pts.iloc[i]
-            raise LawError(
-                f"points: non-finite {col}={float(values[i])} for config {row['config']!r} seed {_show(row['seed'])}"
-                + (f" (and {int(bad.sum()) - 1} more rows)" if bad.sum() > 1 else "")
-            )
-        pts[col] = values
-    dup = pts.duplicated(["config", "seed"], keep=False)
-    if dup.any():
-        row = pts[dup].iloc[0]
-        raise LawError(f"points: config {row['config']!r} seed {_show(row['seed'])} appears {int(dup.sum())} times")
-
-    grouped = pts.groupby("config", sort=False)
-    out = pd.DataFrame(
-        {
-            "gap": grouped["gap"].mean(),
-            "improvement": grouped["improvement"].mean(),
-            "gap_std": grouped["gap"].std(ddof=1).fillna(0.0),
-            "improvement_std": grouped["improvement"].std(ddof=1).fillna(0.0),
-            "n_seeds": grouped.size().astype(int),
-        }
-    )
-    for col in GROUP_COLUMNS:
-        if col not in pts.columns:
-            continue
-        counts = grouped[col].nunique(dropna=False)
-        if (counts > 1).any():
-            cfg = counts[counts > 1].index[0]
-            values = sorted(map(str, pts.loc[pts["config"] == cfg, col].unique()))
-            raise LawError(f"points: column {col!r} must be constant within a config; config {cfg!r} has {values}")
-        out[col] = grouped[col].first()
-    skip = set(REQUIRED_COLUMNS) | set(GROUP_COLUMNS)
-    for col in pts.columns:
-        if col in skip:
-            continue
-        series = pts[col]
-        if pd.api.types.is_numeric_dtype(series) and not pd.api.types.is_bool_dtype(series):
-            out[col] = grouped[col].mean()
-        elif (grouped[col].nunique(dropna=False) <= 1).all():
-            out[col] = grouped[col].first()
-    return out.reset_index()
-
+from opsd_platform.law.points import (
+    ABS_VARIANCE_FLOOR,
+    FORMAT_VERSION,
+    GROUP_COLUMNS,
+    METHODS,
+    REQUIRED_COLUMNS,
+    WLS_VARIANCE_FLOOR_FRACTION,
+    LawError,
+    aggregate,
+    numeric_column,
+    show_value,
+)
 
 # ----------------------------------------------------------------------------------------------
 # the fit
@@ -387,7 +268,7 @@ def _wls_weights(agg: pd.DataFrame) -> np.ndarray:
     positive = var[np.isfinite(var) & (var > 0)]
     if positive.size == 0:
         return np.ones(len(agg))
-    floor = max(WLS_VARIANCE_FLOOR_FRACTION * float(np.median(positive)), _ABS_VARIANCE_FLOOR)
+    floor = max(WLS_VARIANCE_FLOOR_FRACTION * float(np.median(positive)), ABS_VARIANCE_FLOOR)
     weights = 1.0 / np.maximum(var, floor)
     return weights / weights.mean()
 
@@ -449,12 +330,12 @@ def fit_law(
         if isinstance(points, pd.DataFrame) and cov not in points.columns:
             raise LawError(f"points: missing covariate column {cov!r}")
         if isinstance(points, pd.DataFrame) and "config" in points.columns and "seed" in points.columns:
-            values = _numeric_column(points, cov, "points")
+            values = numeric_column(points, cov, "points")
             bad = ~np.isfinite(values)
             if bad.any():
                 row = points.iloc[int(np.flatnonzero(bad)[0])]
                 raise LawError(
-                    f"points: non-finite covariate {cov}={_show(row[cov])} for config {row['config']!r} seed {_show(row['seed'])}"
+                    f"points: non-finite covariate {cov}={show_value(row[cov])} for config {row['config']!r} seed {show_value(row['seed'])}"
                 )
     agg = aggregate(points)
     exog = _check_fittable(agg, covariates)
@@ -520,202 +401,3 @@ def fit_law(
     )
 
 
-# ----------------------------------------------------------------------------------------------
-# out-of-sample evidence
-
-
-def _metrics(table: pd.DataFrame) -> dict[str, float]:
-    if len(table) == 0:
-        return {"mae": float("nan"), "rmse": float("nan"), "coverage": float("nan"), "n": 0}
-    r = table["residual"].to_numpy(dtype=float)
-    return {
-        "mae": float(np.abs(r).mean()),
-        "rmse": float(np.sqrt((r**2).mean())),
-        "coverage": float(table["covered"].mean()),
-        "n": int(len(table)),
-    }
-
-
-def _holdout_rows(fit: LawFit, held: pd.DataFrame) -> pd.DataFrame:
-    pred = fit.predict(held.reset_index(drop=True))
-    observed = held["improvement"].to_numpy(dtype=float)
-    return pd.DataFrame(
-        {
-            "config": held["config"].to_numpy(),
-            "gap": held["gap"].to_numpy(dtype=float),
-            "observed": observed,
-            "predicted": pred["predicted_improvement"].to_numpy(),
-            "residual": observed - pred["predicted_improvement"].to_numpy(),
-            "lower": pred["lower"].to_numpy(),
-            "upper": pred["upper"].to_numpy(),
-            "covered": (observed >= pred["lower"].to_numpy()) & (observed <= pred["upper"].to_numpy()),
-        }
-    )
-
-
-_TABLE_COLUMNS = ["config", "gap", "observed", "predicted", "residual", "lower", "upper", "covered"]
-
-
-def leave_one_out(points: pd.DataFrame, **fit_kwargs: Any) -> dict[str, Any]:
-    """Leave each configuration out, refit on the rest (``fit_law(**fit_kwargs)``), predict it.
-
-    Returns ``{"kind": "leave_one_out", "method", "level", "table", "mae", "rmse", "coverage",
-    "n", "skipped"}``: ``table`` is a DataFrame (config, gap, observed, predicted, residual =
-    observed - predicted, lower, upper, covered); coverage is the fraction of held-out config
-    means inside their prediction interval at ``level``; ``skipped`` lists configs whose removal
-    leaves an unfittable set (with the reason). For OLS the residuals equal statsmodels'
-    ``get_influence().resid_press``. For WLS the weights are recomputed on each reduced set.
-    """
-    agg = aggregate(points)
-    pts = points.assign(config=points["config"].astype(str))
-    rows, skipped = [], []
-    for i, cfg in enumerate(agg["config"]):
-        try:
-            fit = fit_law(pts[pts["config"] != cfg], **fit_kwargs)
-        except LawError as exc:
-            skipped.append({"config": cfg, "reason": str(exc)})
-            continue
-        rows.append(_holdout_rows(fit, agg.iloc[[i]]))
-    table = pd.concat(rows, ignore_index=True) if rows else pd.DataFrame(columns=_TABLE_COLUMNS)
-    return {
-        "kind": "leave_one_out",
-        "method": fit_kwargs.get("method", "ols"),
-        "level": float(fit_kwargs.get("level", 0.9)),
-        "table": table,
-        **_metrics(table),
-        "skipped": skipped,
-    }
-
-
-def _grouped(points: pd.DataFrame, group: str) -> tuple[pd.DataFrame, pd.DataFrame]:
-    """(per-config means, points with string config ids), checking every config has a `group`."""
-    _check_columns(points, [group], "points")
-    agg = aggregate(points)
-    if agg[group].isna().any():
-        cfg = agg.loc[agg[group].isna(), "config"].iloc[0]
-        raise LawError(f"points: config {cfg!r} has no value in group column {group!r}")
-    return agg, points.assign(config=points["config"].astype(str))
-
-
-def grouped_holdout(points: pd.DataFrame, group: str, **fit_kwargs: Any) -> dict[str, Any]:
-    """Leave one whole group out (e.g. ``group="family"``: every config of one model family),
-    refit on the others, predict the held-out configs.
-
-    Returns ``{"kind": "grouped", "group", "method", "level", "table" (with a ``group`` column),
-    "per_group" (list of {group, n_configs, mae, rmse, coverage}), "mae", "rmse", "coverage",
-    "n", "skipped" (list of {group, reason})}``. A group whose removal leaves fewer than 3 configs
-    or all-equal gaps is skipped with the reason, not an error.
-    """
-    agg, pts = _grouped(points, group)
-    rows, per_group, skipped = [], [], []
-    for value in agg[group].unique():
-        held = agg[agg[group] == value]
-        try:
-            fit = fit_law(pts[~pts["config"].isin(held["config"])], **fit_kwargs)
-        except LawError as exc:
-            skipped.append({"group": value, "reason": f"the law fitted without it: {exc}"})
-            continue
-        part = _holdout_rows(fit, held)
-        part.insert(0, "group", value)
-        rows.append(part)
-        per_group.append({"group": value, "n_configs": len(part), **{k: v for k, v in _metrics(part).items() if k != "n"}})
-    table = pd.concat(rows, ignore_index=True) if rows else pd.DataFrame(columns=["group", *_TABLE_COLUMNS])
-    return {
-        "kind": "grouped",
-        "group": group,
-        "method": fit_kwargs.get("method", "ols"),
-        "level": float(fit_kwargs.get("level", 0.9)),
-        "table": table,
-        "per_group": per_group,
-        **_metrics(table),
-        "skipped": skipped,
-    }
-
-
-# ----------------------------------------------------------------------------------------------
-# families
-
-
-def family_slopes(points: pd.DataFrame, group: str = "family", *, level: float = 0.9) -> dict[str, Any]:
-    """Per-family laws, the pooled law, and an F-test that all families share one slope.
-
-    The test compares OLS ``improvement ~ gap * C(group)`` (a slope per family) with
-    ``improvement ~ gap + C(group)`` (own intercepts, one slope) on config means, using only
-    families whose own slope is estimable (>= 2 configs at distinct gaps; the others are listed
-    in ``excluded``). Returns ``{"group", "families": {name: {...}}, "pooled": LawFit | None,
-    "pooled_note", "equal_slopes": {"F", "p", "df_num", "df_denom", "families"} or {"note"},
-    "excluded"}``.
-    """
-    import statsmodels.formula.api as smf
-
-    agg, pts = _grouped(points, group)
-
-    families: dict[str, dict[str, Any]] = {}
-    for value in agg[group].unique():
-        cfgs = agg.loc[agg[group] == value, "config"]
-        entry: dict[str, Any] = {"n_configs": int(len(cfgs))}
-        try:
-            fit = fit_law(pts[pts["config"].isin(cfgs)], level=level)
-        except LawError as exc:
-            entry.update(fit=None, note=str(exc))
-        else:
-            gap = fit.coefficient("gap")
-            entry.update(
-                fit=fit,
-                slope=fit.slope,
-                slope_ci=[gap["ci_lower"], gap["ci_upper"]],
-                intercept=fit.intercept,
-                r2=fit.r2,
-            )
-        families[str(value)] = entry
-
-    try:
-        pooled, pooled_note = fit_law(pts, level=level), None
-    except LawError as exc:
-        pooled, pooled_note = None, str(exc)
-
-    eligible, excluded = [], []
-    for value in agg[group].unique():
-        gaps = agg.loc[agg[group] == value, "gap"].to_numpy(dtype=float)
-        if len(gaps) >= 2 and np.ptp(gaps) > 1e-12:
-            eligible.append(value)
-        else:
-            excluded.append(str(value))
-    equal: dict[str, Any]
-    if len(agg[group].unique()) < 2:
-        equal = {"note": f"the equal-slope test needs >= 2 families; all configs are in {group}={agg[group].iloc[0]!r}"}
-    elif len(eligible) < 2:
-        equal = {
-            "note": f"the equal-slope test needs >= 2 families with >= 2 configs at distinct gaps each; "
-            f"estimable: {[str(e) for e in eligible] or 'none'}"
-        }
-    else:
-        sub = agg[agg[group].isin(eligible)]
-        # Under a fixed column name, so the formulas hold for any `group` column (a name with a dot
-        # or a space would not parse).
-        data = pd.DataFrame({"improvement": sub["improvement"], "gap": sub["gap"], "family": sub[group]})
-        n_coefficients = 2 * len(eligible)  # an intercept and a slope per family
-        if len(sub) <= n_coefficients:
-            equal = {
-                "note": f"the equal-slope test needs more configs ({len(sub)}) than the per-family model has "
-                f"coefficients ({n_coefficients})"
-            }
-        else:
-            full = smf.ols("improvement ~ gap * C(family)", data).fit()
-            reduced = smf.ols("improvement ~ gap + C(family)", data).fit()
-            f_value, p_value, df_diff = full.compare_f_test(reduced)
-            equal = {
-                "F": float(f_value),
-                "p": float(p_value),
-                "df_num": float(df_diff),
-                "df_denom": float(full.df_resid),
-                "families": [str(e) for e in eligible],
-            }
-    return {
-        "group": group,
-        "families": families,
-        "pooled": pooled,
-        "pooled_note": pooled_note,
-        "equal_slopes": equal,
-        "excluded": excluded,
-    }

@@ -130,7 +130,7 @@ def law_signature(fit: LawFit) -> ModelSignature:
 
 def _pip_requirements() -> list[str]:
     # Explicit, so MLflow does not load the model in a subprocess to infer them (seconds per log).
-    # opsd_platform itself must be importable where the model is loaded (law_model.py imports it).
+    # opsd_platform itself must be importable where the model is loaded (law/pyfunc_model.py imports it).
     from importlib.metadata import version
 
     return [f"{pkg}=={version(pkg)}" for pkg in ("mlflow", "numpy", "pandas", "scipy")]

@@ -117,7 +117,7 @@ class LawView:
 
     @classmethod
     def of_pyfunc(cls, version: int, law: Any) -> "LawView":
-        """A registered law (MLflow pyfunc of law_model.GapLawModel)."""
+        """A registered law (MLflow pyfunc of law.pyfunc_model.GapLawModel)."""
         schema = law.metadata.get_input_schema()
         inputs = tuple(schema.input_names()) if schema is not None else ("gap",)
 

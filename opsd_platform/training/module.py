@@ -59,89 +59,25 @@ Several processes (``trainer.strategy=ddp``, ``trainer.devices`` > 1; Lightning'
 
 from __future__ import annotations
 
-import contextlib
-import copy
 import math
 import random
 import time
 from dataclasses import dataclass, field
 
-import numpy as np
-
 import lightning as L
+import numpy as np
 import torch
 
-from opsd_platform.training import grpo
 from opsd_platform.config import TrainConfig
+from opsd_platform.training import grpo
 from opsd_platform.training.contexts import build_for_rollouts
 from opsd_platform.training.evaluation import Evaluation, cpu_seconds, evaluate, seeded_stream
 from opsd_platform.training.losses import importance_weights
 from opsd_platform.training.precision import autocast
 from opsd_platform.training.rollout import Rollouts, chat_ids, chunks, make_engine
 from opsd_platform.training.scoring import MicroBatchLoss, micro_batch_loss
+from opsd_platform.training.teacher import Teacher, adamw
 from opsd_platform.worlds.base import World
-
-
-def adamw(params: list[torch.nn.Parameter], lr: float, weight_decay: float, fused: bool) -> torch.optim.AdamW:
-    """AdamW, with torch's fused kernel when asked and torch has one for these parameters. Without
-    it torch updates CPU parameters one tensor and one elementwise op at a time: ~0.4 s per step
-    for a 135M model on one thread, against ~0.08 s fused (``python -m benchmarks.optimizer``).
-    Same update to float precision (tests/test_training.py)."""
-    if fused:
-        try:
-            return torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay, fused=True)
-        except RuntimeError:  # a device type or dtype without the kernel: the default loop below
-            pass
-    return torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay)
-
-
-class Teacher:
-    """The self-teacher's weights: an EMA copy, the frozen initial weights, or the live student."""
-
-    def __init__(self, kind: str, policy: torch.nn.Module, ema_rate: float):
-        self.kind = kind
-        self.ema_rate = ema_rate
-        self.policy = policy
-        self._uses_adapter_off = kind == "fixed" and hasattr(policy, "disable_adapter")
-        if kind == "live" or self._uses_adapter_off:
-            self.model = None  # scores with the policy itself (adapter disabled for a fixed LoRA teacher)
-        else:
-            self.model = copy.deepcopy(policy).eval()
-            for p in self.model.parameters():
-                p.requires_grad_(False)
-
-    @contextlib.contextmanager
-    def scoring(self):
-        """Yield the module to score with, under no grad."""
-        with torch.no_grad():
-            if self.model is not None:
-                yield self.model
-            elif self._uses_adapter_off:
-                with self.policy.disable_adapter():
-                    yield self.policy
-            else:
-                yield self.policy
-
-    def state_dict(self, keys: set[str] | None = None) -> dict[str, torch.Tensor] | None:
-        """The EMA copy's weights (only `keys`, e.g. a LoRA adapter's); None for fixed and live
-        teachers, which are rebuilt from the initial weights or are the policy itself."""
-        if self.kind != "ema" or self.model is None:
-            return None
-        return {k: v for k, v in self.model.state_dict().items() if keys is None or k in keys}
-
-    def load_state_dict(self, state: dict[str, torch.Tensor] | None) -> None:
-        if state is None or self.model is None:
-            return
-        _, unexpected = self.model.load_state_dict(state, strict=False)
-        if unexpected:
-            raise ValueError(f"teacher checkpoint has keys this model lacks: {unexpected[:5]}")
-
-    @torch.no_grad()
-    def update(self) -> None:
-        if self.kind != "ema":
-            return
-        for t, s in zip(self.model.parameters(), self.policy.parameters()):
-            t.lerp_(s.detach(), self.ema_rate)
 
 
 @dataclass

@@ -45,13 +45,28 @@ from lightning.pytorch.loggers import MLFlowLogger
 from mlflow.tracking import MlflowClient
 
 from opsd_platform import tracking
-from opsd_platform.training import checkpoint
-from opsd_platform.training.checkpoint import Checkpoint, CheckpointError
-from opsd_platform.config import TrainConfig, config_hash, default_home, flatten
-from opsd_platform.training.gap import GapResult, measure_gap
+from opsd_platform.config import TrainConfig, config_hash, flatten
 from opsd_platform.models import load_policy
+from opsd_platform.training.checkpoint import Checkpoint
+from opsd_platform.training.gap import GapResult
 from opsd_platform.training.module import OPSDModule
+from opsd_platform.training.resume import (
+    DDP_RUN_ENV,
+    PROCESS_TAG,
+    Checkpointer,
+    check_same_config,
+    checkpoint_root,
+    die_with_rank0,
+    is_ddp_worker,
+    relog_missing,
+    reopen_run,
+    resolve_resume,
+)
 from opsd_platform.training.rollout import make_engine
+
+log = logging.getLogger(__name__)
+
+
 from opsd_platform.worlds import make_world
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")  # never reach for the Hub: it is not reachable here
@@ -229,175 +244,13 @@ def run_gap(cfg: TrainConfig, parent_run_id: str | None = None) -> tuple[str, Ga
     return run_id, gap
 
 
-# --------------------------------------------------------------------------- checkpoints and resume
-
-DDP_RUN_ENV = "OPSD_DDP_RUN_ID"  # set by rank 0 for the ranks Lightning starts
-PROCESS_TAG = "opsd.process"  # host:pid of the process training the run
-# Settings a resume may change: they do not change what is computed.
-RESUME_MAY_CHANGE = {
-    "resume", "tracking.run_name", "trainer.progress_bar", "trainer.num_threads", "trainer.checkpoint_every",
-    "trainer.keep_checkpoints", "trainer.checkpoint_dir", "trainer.gradient_checkpointing",
-    "trainer.share_prompt_prefix", "optim.fused",
-}
-
-
-def checkpoint_root(cfg: TrainConfig) -> Path:
-    """``trainer.checkpoint_dir``, else ``checkpoints/`` beside a local SQLite store, else
-    ``$OPSD_HOME/checkpoints``."""
-    if cfg.trainer.checkpoint_dir:
-        return Path(cfg.trainer.checkpoint_dir).expanduser().resolve()
-    db = tracking.sqlite_path(cfg.tracking.resolved_uri())
-    return (db.parent if db is not None else default_home()) / "checkpoints"
-
-
-def _resolve_resume(cfg: TrainConfig) -> Checkpoint:
-    try:
-        return checkpoint.resolve(cfg.resume, checkpoint_root(cfg))
-    except CheckpointError:
-        uri = cfg.tracking.resolved_uri()
-        db = tracking.sqlite_path(uri)
-        status = None
-        if db is None or db.exists():
-            with contextlib.suppress(Exception):
-                status = MlflowClient(tracking_uri=uri).get_run(cfg.resume).info.status
-        if status == "FINISHED":
-            raise CheckpointError(f"resume={cfg.resume}: run {cfg.resume} is FINISHED (a finished run's checkpoints "
-                                  "are removed); there is nothing to resume") from None
-        raise
-
-
-def _is_ddp_worker() -> bool:
-    """A rank > 0 that Lightning started for a run rank 0 owns."""
-    return bool(os.environ.get(DDP_RUN_ENV)) and os.environ.get("LOCAL_RANK", "0") != "0"
-
-
-def _die_with_rank0() -> None:
-    """Make this DDP rank > 0 die when rank 0 (its parent) does, even by SIGKILL, instead of
-    waiting in a collective (Linux ``PR_SET_PDEATHSIG``; elsewhere gloo's broken sockets do it)."""
-    import ctypes
-
-    parent = os.getppid()
-    with contextlib.suppress(Exception):
-        ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGKILL)  # 1 = PR_SET_PDEATHSIG
-    if os.getppid() != parent:  # rank 0 died before the line above
-        os._exit(1)
-
-
-def _check_same_config(cfg: TrainConfig, saved: dict, ckpt: Checkpoint) -> None:
-    now, then = flatten(cfg.to_dict()), flatten(saved)
-    then.setdefault("algorithm", "opsd")  # a checkpoint from before there was a choice
-    differ = [k for k in now if k in then and k not in RESUME_MAY_CHANGE and now[k] != then[k]]
-    if differ:
-        shown = ", ".join(f"{k} (checkpoint {then[k]!r}, now {now[k]!r})" for k in differ[:6])
-        raise CheckpointError(
-            f"resume={cfg.resume}: the config differs from the one {ckpt.path} was trained with: {shown}"
-            f"{' ...' if len(differ) > 6 else ''}; pass the run's own overrides (its config.yaml artifact)")
-
-
-def _owner_alive(tag: str | None) -> int | None:
-    """The pid in a ``host:pid`` tag if that process still runs `opsd` on this host."""
-    host, _, pid = (tag or "").rpartition(":")
-    if host != socket.gethostname() or not pid.isdigit() or int(pid) == os.getpid():
-        return None
-    try:
-        cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()
-    except OSError:
-        return None
-    return int(pid) if b"opsd" in cmdline else None
-
-
-def _reopen_run(uri: str, ckpt: Checkpoint, resume: str) -> str:
-    """Make the checkpoint's MLflow run RUNNING again, after checking it may be resumed."""
-    client = MlflowClient(tracking_uri=uri)
-    run_id = ckpt.run_id
-    try:
-        run = client.get_run(run_id)
-    except Exception:
-        raise CheckpointError(f"resume={resume}: checkpoint {ckpt.path} belongs to MLflow run {run_id}, "
-                              f"which is not in the store {uri} (pass its tracking.uri)") from None
-    status = run.info.status
-    if status == "FINISHED":
-        raise CheckpointError(f"resume={resume}: run {run_id} is FINISHED; there is nothing to resume "
-                              "(start a new run instead)")
-    if status == "RUNNING" and (pid := _owner_alive(run.data.tags.get(PROCESS_TAG))):
-        raise CheckpointError(f"resume={resume}: run {run_id} is still being trained by process {pid}; "
-                              "stop it first")
-    client.update_run(run_id, status="RUNNING")
-    if tracking.FAILURE_TAG in run.data.tags:
-        client.delete_tag(run_id, tracking.FAILURE_TAG)
-    resumes = int(run.data.tags.get("opsd.resumes", "0")) + 1
-    client.set_tag(run_id, "opsd.resumes", str(resumes))
-    client.set_tag(run_id, f"opsd.resume{resumes}_from", f"{ckpt.step} (was {status})")
-    return run_id
-
-
-def _relog_missing(uri: str, run_id: str, pending: list[dict]) -> int:
-    """Log the checkpoint's held-back metrics that the store lacks (a SIGKILL between writing the
-    checkpoint and sending them); returns the last train step the store holds."""
-    from mlflow.entities import Metric
-
-    client = MlflowClient(tracking_uri=uri)
-    keys = {k for entry in pending for k in entry if k != "step"} | {"train/loss"}
-    have = {k: {m.step for m in client.get_metric_history(run_id, k)} for k in keys}
-    now = int(time.time() * 1000)
-    missing = [Metric(k, float(v), now, int(e["step"])) for e in pending for k, v in e.items()
-               if k != "step" and int(e["step"]) not in have[k]]
-    client.log_batch(run_id, metrics=missing)  # split into requests of at most 1000 metrics by MLflow
-    logged = have["train/loss"] | {m.step for m in missing if m.key == "train/loss"}
-    return max(logged, default=0)
-
-
-class _Checkpointer(L.Callback):
-    """Writes a checkpoint every `every` steps and at the last, then sends the metrics it covers;
-    restores the RNG states of a resume just before the first resumed step."""
-
-    def __init__(self, cfg: TrainConfig, run_dir: Path, run_id: str, resume_ranks: list[dict] | None):
-        self.every, self.keep, self.max_steps = cfg.trainer.checkpoint_every, cfg.trainer.keep_checkpoints, cfg.trainer.max_steps
-        self.run_dir, self.run_id, self.config = run_dir, run_id, cfg.to_dict()
-        self.resume_ranks = resume_ranks
-        self.saved: list[int] = []
-
-    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
-        ranks, self.resume_ranks = self.resume_ranks, None
-        if ranks is None:
-            return
-        if len(ranks) == trainer.world_size:
-            mine = ranks[trainer.global_rank]
-            checkpoint.set_rng_state(mine["rng"])
-            pl_module.tokens_generated = int(mine["tokens_generated"])
-        else:  # another number of processes: data and weights resume exactly, sampling does not
-            log.warning("checkpoint written by %d processes, resuming with %d: RNG streams start afresh",
-                        len(ranks), trainer.world_size)
-            if trainer.is_global_zero:
-                pl_module.tokens_generated = sum(int(r["tokens_generated"]) for r in ranks)
-
-    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
-        step = pl_module.start_step + batch_idx + 1
-        if step % self.every == 0 or step == self.max_steps:
-            self.save(trainer, pl_module, step)
-
-    def save(self, trainer, module: OPSDModule, step: int) -> None:
-        mine = {"rng": checkpoint.rng_state(), "tokens_generated": module.tokens_generated}
-        ranks = [mine]
-        if trainer.world_size > 1:
-            import torch.distributed as dist
-
-            ranks = [{} for _ in range(trainer.world_size)]
-            dist.all_gather_object(ranks, mine)
-        if trainer.is_global_zero:
-            meta = {"run_id": self.run_id, "config": self.config, "world_size": trainer.world_size,
-                    **module.training_meta()}
-            checkpoint.save(self.run_dir, step, {**module.training_state(), "ranks": ranks}, meta)
-            checkpoint.prune(self.run_dir, self.keep)
-            self.saved.append(step)
-        module.flush_metrics()  # only now: a resume will not run these steps again
 
 
 @contextlib.contextmanager
 def _training_run(cfg: TrainConfig, parent_run_id, extra_tags, ckpt: Checkpoint | None):
     """The MLflow run this process trains: a new one, a resumed one, or (a DDP rank > 0) rank 0's.
     Yields ``(run_id, reasons)`` like `_mlflow_run`."""
-    if _is_ddp_worker():
+    if is_ddp_worker():
         yield os.environ[DDP_RUN_ENV], []
         return
     uri = cfg.tracking.resolved_uri()
@@ -406,7 +259,7 @@ def _training_run(cfg: TrainConfig, parent_run_id, extra_tags, ckpt: Checkpoint 
             MlflowClient(tracking_uri=uri).set_tag(run_id, PROCESS_TAG, f"{socket.gethostname()}:{os.getpid()}")
             yield run_id, reasons
         return
-    run_id = _reopen_run(uri, ckpt, cfg.resume)
+    run_id = reopen_run(uri, ckpt, cfg.resume)
     with tracking.closing_run(uri, run_id) as reasons, _sigterm_raises():
         MlflowClient(tracking_uri=uri).set_tag(run_id, PROCESS_TAG, f"{socket.gethostname()}:{os.getpid()}")
         yield run_id, reasons
@@ -444,12 +297,12 @@ def train(
     (a search trial builds it from its pruner: search.Objective).
 
     With ``cfg.resume`` set, continues that run from its newest checkpoint (module docstring)."""
-    ckpt = _resolve_resume(cfg) if cfg.resume else None
+    ckpt = resolve_resume(cfg) if cfg.resume else None
     if ckpt is not None:  # before loading anything: a wrong config fails in a second
-        _check_same_config(cfg, ckpt.meta()["config"], ckpt)
-    worker = _is_ddp_worker()
+        check_same_config(cfg, ckpt.meta()["config"], ckpt)
+    worker = is_ddp_worker()
     if worker:
-        _die_with_rank0()
+        die_with_rank0()
     world, model, tokenizer = setup_run(cfg)
     uri = cfg.tracking.resolved_uri()
     started = time.perf_counter()
@@ -464,7 +317,7 @@ def train(
             module.load_training_state(state, meta)
             resume_ranks = state["ranks"]
             if not worker:
-                module.skip_logging_through = _relog_missing(uri, run_id, meta["pending_metrics"])
+                module.skip_logging_through = relog_missing(uri, run_id, meta["pending_metrics"])
             log.warning("resuming run %s from %s (step %d of %d)", run_id, ckpt.path, ckpt.step, cfg.trainer.max_steps)
         if cfg.gap.enabled and ckpt is None and not worker:
             gap = measure_initial_gap(cfg, module.engine, world, gap_gate)
@@ -476,7 +329,7 @@ def train(
         logger = False if worker else MLFlowLogger(experiment_name=cfg.tracking.experiment, tracking_uri=uri, run_id=run_id)
         checkpointer = None
         if cfg.trainer.checkpointing:
-            checkpointer = _Checkpointer(cfg, checkpoint_root(cfg) / run_id, run_id, resume_ranks)
+            checkpointer = Checkpointer(cfg, checkpoint_root(cfg) / run_id, run_id, resume_ranks)
         trainer = L.Trainer(
             accelerator=cfg.trainer.accelerator,
             devices=cfg.trainer.devices,
@@ -539,3 +392,5 @@ def train(
         tokens_generated=tokens,
         stopped=stopped,
     )
+
+

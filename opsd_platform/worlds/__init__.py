@@ -13,8 +13,8 @@ from opsd_platform.worlds.base import Judgement, Problem, World, WorldError
 WORLD_CLASSES = {
     "arithmetic": "opsd_platform.worlds.arithmetic:ArithmeticWorld",
     "hidden_rule": "opsd_platform.worlds.hidden_rule:HiddenRuleWorld",
-    "pyfunc": "opsd_platform.worlds.code:PyFuncWorld",
-    "code": "opsd_platform.worlds.code:CodeJsonlWorld",
+    "pyfunc": "opsd_platform.worlds.pyfunc:PyFuncWorld",
+    "code": "opsd_platform.worlds.code.world:CodeJsonlWorld",
 }
 
 

@@ -17,7 +17,7 @@ import string
 from dataclasses import dataclass
 from typing import Any, Callable
 
-from .base import Problem, WorldError
+from opsd_platform.worlds.base import Problem, WorldError
 
 DIFFICULTIES = (1, 2, 3)
 N_TESTS = 5

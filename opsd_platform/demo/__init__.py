@@ -1,0 +1,26 @@
+"""The demo (README command one, `make demo`): predict before training, on configurations the
+recorded benchmark does not hold.
+
+    1. the law      fit-law on the recorded table (benchmarks/data/runs.csv, slice
+                    law-arithmetic: real runs, each row naming the MLflow run that produced it),
+                    registered in a fresh local store ($OPSD_HOME/demo/mlflow.db)
+    2. live gaps    a new seed (one the table lacks) of a few of the slice's configurations,
+                    at the benchmark's gap settings; the student side is measured once and shared
+    3. decide       each candidate's prediction and interval, printed before anything trains, and
+                    the search's own decision (pruner.decide_policy) against the best recorded
+                    configuration; the survivors train at the benchmark's settings, as a grid of
+                    2 worker processes x 1 torch thread (grid.run_grid), capped to the time budget
+    4. report       predicted vs measured per trained configuration, and the compute the
+                    pruning saved; a law whose slope interval holds 0 is said to be noise
+
+Re-running resumes: the gaps come from the measurement store, finished trainings from the grid's
+runs. ``demo.*`` overrides change the demo (``DemoConfig``); any other override is a training
+setting applied after the benchmark's (``model=tiny ...``: the smoke run of pipelines/demo.py).
+
+Modules: decide.py, the pure functions (``recorded_configs``, ``choose_candidates``, ``new_seed``, ``best_recorded``,
+``law_verdict``, ``training_cap``, ``plan``, ``savings``, ``outcome_rows``, ``summary_text``)
+hold every choice and every number of the report; run.py's ``run_demo`` only gathers their inputs.
+"""
+
+from opsd_platform.demo.decide import SMOKE_OVERRIDES, DEMO_ALIAS, GRID_NAME, DemoConfig, Candidate, recorded_configs, choose_candidates, new_seed, best_recorded, Verdict, law_verdict, training_cap, decide_all, Plan, plan, Outcome, outcome_rows, outcome_table, Savings, savings, DemoReport, decision_line, summary_text  # noqa: F401
+from opsd_platform.demo.run import demo_store, slice_of, table_rows, provenance, write_spec, DemoResult, run_demo, measured_runs  # noqa: F401
