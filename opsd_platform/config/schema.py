@@ -435,11 +435,9 @@ def world_fields(world: WorldConfig) -> dict[str, Any]:
     return d
 
 
-# How, not what: a field whose metadata has "how" changes how a result is computed (threads, batch
-# sizes, checkpoints, kernels, how much of the gap is measured), never the result. The mark is the
-# one place this is said: `config_hash` leaves every marked field out (runs that differ only there
-# are one configuration), and a resume (training/resume.py) may change those marked "resume"; those
-# marked "run" stay fixed for a run's life (they decide what it logs or where it runs).
+# How, not what: a field marked "how" changes how a result is computed (threads, batch sizes,
+# checkpoints, kernels), never the result. `config_hash` leaves every marked field out, and a resume
+# may change those marked "resume"; those marked "run" stay fixed for a run's life.
 HOW_LEVELS = ("resume", "run")
 
 

@@ -26,35 +26,8 @@ Where this departs from the sources:
 - A step whose loss is not finite is skipped (no optimizer step, no teacher update) and counted
   in ``train/skipped_nonfinite``; the run goes on.
 
-Checkpoints and metrics (``trainer.checkpointing``, see train.py and checkpoint.py):
-- Metrics are held back and reach MLflow only once a checkpoint covering their step is on disk
-  (and at the end of the run, finished or failed). A run killed with SIGKILL therefore has in its
-  store exactly the steps its newest checkpoint covers; a resume re-runs the steps after it and
-  logs them once. MLflow cannot delete one step of a metric, so this is how "no step missing or
-  duplicated" holds; the price is that live metrics lag by up to ``checkpoint_every`` steps.
-- A failure that the process survives (an exception, Ctrl-C, SIGTERM) flushes the held-back
-  metrics so the failed run shows everything it did. Resuming it re-runs the steps after its
-  newest checkpoint without logging them again (``skip_logging_through``): the store keeps the
-  values of the first attempt, which on CPU equal the re-run's except for timings.
-- A resume restores weights (or the LoRA adapter), optimizer, EMA teacher, the counters, the
-  initial validation (so ``improvement`` is still against the original initial pass rate), the
-  data position and, at the first resumed step, every RNG: on CPU the resumed run's weights are
-  bitwise those of an uninterrupted run with the same seed and thread count (with
-  ``rollout.engine=hf``; vLLM's own sampler state is not checkpointed, and GPU kernels need not
-  be deterministic, so there a resume is exact in everything but the sampled tokens).
-
-Several processes (``trainer.strategy=ddp``, ``trainer.devices`` > 1; Lightning's DDP):
-- Each rank takes its own ``prompts_per_step`` problems per step (rank r takes slice r of the
-  step's shuffled problems) and samples with its own RNG stream, so a step trains on
-  ``devices x prompts_per_step`` problems. Validation runs on rank 0 only.
-- Gradients are all-reduced by DDP's reducer in each ``manual_backward``. Ranks have different
-  numbers of teacher-scored rows, so a rank with fewer micro-batches runs zero-loss backward
-  passes (touching every trainable parameter, no forward) until all ranks ran the same number;
-  the loss is normalised by the global token count / world size, so DDP's average equals the
-  global token mean. A non-finite loss anywhere skips the step on every rank.
-- Identical gradients make identical AdamW steps and identical EMA teachers; at the end the
-  ranks' weight and teacher digests are compared (a mismatch fails the run) and logged.
-- Step metrics are means over ranks (token counts are sums); only rank 0 logs to MLflow.
+Checkpoints, held-back metrics and resume: resume.py. Several processes (``trainer.strategy=ddp``,
+Lightning's DDP): distributed.py.
 """
 
 from __future__ import annotations
@@ -69,7 +42,7 @@ import numpy as np
 import torch
 
 from opsd_platform.config import TrainConfig
-from opsd_platform.training import grpo
+from opsd_platform.training import distributed, grpo
 from opsd_platform.training.contexts import build_for_rollouts
 from opsd_platform.training.evaluation import Evaluation, cpu_seconds, evaluate, seeded_stream
 from opsd_platform.training.losses import importance_weights
@@ -247,28 +220,18 @@ class OPSDModule(L.LightningModule):
         return {"cost/cpu_s": spent, "cost/tokens": float(self.tokens_generated + self.val_tokens)}
 
     def validate_policy(self) -> Evaluation:
+        """Mean@k pass rate on the validation split, at the validation's sampling settings."""
         r = self.cfg.rollout
         batch_size = getattr(self.engine, "batch_size", None)  # the HF engine's rows per call
         if batch_size is not None:
             self.engine.batch_size = r.val_batch_size
         try:
-            return self._validate()
+            return evaluate(self.engine, self.world, self.val_problems, [p.prompt for p in self.val_problems],
+                            k=r.val_samples, max_new_tokens=r.max_new_tokens, temperature=r.val_temperature,
+                            top_p=r.val_top_p)
         finally:
             if batch_size is not None:
                 self.engine.batch_size = batch_size
-
-    def _validate(self) -> Evaluation:
-        r = self.cfg.rollout
-        return evaluate(
-            self.engine,
-            self.world,
-            self.val_problems,
-            [p.prompt for p in self.val_problems],
-            k=r.val_samples,
-            max_new_tokens=r.max_new_tokens,
-            temperature=r.val_temperature,
-            top_p=r.val_top_p,
-        )
 
     def log_samples(self, name: str, evaluation: Evaluation, limit: int = 24) -> None:
         """Validation answers with their verdicts as a run artifact: what the numbers are made of."""
@@ -317,7 +280,7 @@ class OPSDModule(L.LightningModule):
 
     def on_train_end(self) -> None:
         if self.world_size() > 1:
-            self.rank_report = self._compare_ranks()
+            self.rank_report = distributed.compare_ranks(self)
         if not self.trainer.is_global_zero:
             return
         if not self.cfg.trainer.validate:  # the last step's cost/* already is the training's cost
@@ -376,7 +339,7 @@ class OPSDModule(L.LightningModule):
         }
         metrics["time/step_s"] = sum(v for k, v in times.items() if k.startswith("time/"))
         if self.world_size() > 1:
-            metrics = self._reduce_over_ranks(metrics)
+            metrics = distributed.reduce_over_ranks(metrics, self.world_size(), self.device)
         every = cfg.trainer.val_every
         if cfg.trainer.validate and every and step % every == 0 and step < cfg.trainer.max_steps and self.trainer.is_global_zero:
             metrics.update(self.validate_at(step)[1])  # the last step's validation is the final one
@@ -401,8 +364,8 @@ class OPSDModule(L.LightningModule):
         normaliser = tokens if signal.normaliser is None else signal.normaliser
         n_chunks = len(range(0, len(rows), cfg.rollout.batch_size))
         if world > 1:  # every rank must run the same backward passes (module docstring)
-            tokens, n_chunks = self._all_reduce(tokens, "sum"), int(self._all_reduce(n_chunks, "max"))
-            normaliser = tokens if signal.normaliser is None else self._all_reduce(signal.normaliser, "sum")
+            tokens, n_chunks = distributed.all_reduce(tokens, "sum", self.device), int(distributed.all_reduce(n_chunks, "max", self.device))
+            normaliser = tokens if signal.normaliser is None else distributed.all_reduce(signal.normaliser, "sum", self.device)
         if tokens == 0:  # no sample (on any rank) has a teacher (OPSD) or a signal (GRPO): nothing to learn from
             return 0.0, 0.0
         denominator = torch.tensor(normaliser / world)  # DDP averages over ranks: this makes it the global mean
@@ -434,8 +397,8 @@ class OPSDModule(L.LightningModule):
                 update_s += time.perf_counter() - t0 - scored.teacher_seconds
             if world > 1:
                 for _ in range(n_chunks - backwards):  # keep DDP's all-reduces in step with other ranks
-                    self.manual_backward(self._zero_loss())
-                finite = self._all_reduce(float(finite), "min") > 0
+                    self.manual_backward(distributed.zero_loss(self.policy))
+                finite = distributed.all_reduce(float(finite), "min", self.device) > 0
             t2 = time.perf_counter()
             if finite:
                 params = [p for p in self.policy.parameters() if p.requires_grad]
@@ -532,50 +495,6 @@ class OPSDModule(L.LightningModule):
 
     # ------------------------------------------------------------------ several processes
 
-    def _zero_loss(self) -> torch.Tensor:
-        """A loss whose backward adds zeros to every trainable parameter's gradient (no forward)."""
-        return sum((p * 0.0).sum() for p in self.policy.parameters() if p.requires_grad)
-
-    def _all_reduce(self, value: float, op: str) -> float:
-        import torch.distributed as dist
-
-        ops = {"sum": dist.ReduceOp.SUM, "max": dist.ReduceOp.MAX, "min": dist.ReduceOp.MIN}
-        t = torch.tensor([float(value)], dtype=torch.float64, device=self.device)
-        dist.all_reduce(t, op=ops[op])
-        return float(t.item())
-
-    SUMMED_METRICS = ("rollout/tokens_total", "teacher/tokens")
-
-    def _reduce_over_ranks(self, metrics: dict[str, float]) -> dict[str, float]:
-        """Step metrics averaged over ranks (token counts summed)."""
-        import torch.distributed as dist
-
-        keys = sorted(metrics)
-        t = torch.tensor([float(metrics[k]) for k in keys], dtype=torch.float64, device=self.device)
-        dist.all_reduce(t)
-        world = self.world_size()
-        return {k: v if k in self.SUMMED_METRICS else v / world for k, v in zip(keys, t.tolist())}
-
     def digests(self) -> dict[str, str]:
         """sha256 of the policy's weights, the teacher's, and the optimizer's state tensors."""
-        from opsd_platform.training.checkpoint import tensors_digest
-
-        policy = tensors_digest(self.policy.state_dict())
-        held = self.teacher if self.teacher is not None else self.reference  # GRPO: the KL reference, if any
-        teacher = tensors_digest(held.model.state_dict()) if held is not None and held.model is not None else policy
-        opt = self.trainer.optimizers[0].state_dict()["state"]
-        optimizer = tensors_digest({f"{i}.{k}": v for i, st in opt.items() for k, v in st.items() if torch.is_tensor(v)})
-        return {"policy": policy, "teacher": teacher, "optimizer": optimizer}
-
-    def _compare_ranks(self) -> list[dict]:
-        """Gather every rank's digests and problems; raise if the ranks' weights differ."""
-        import torch.distributed as dist
-
-        mine = {"rank": self.global_rank, **self.digests(), "problems": list(self.seen_problems)}
-        report: list[dict] = [{} for _ in range(self.world_size())]
-        dist.all_gather_object(report, mine)
-        for key in ("policy", "teacher", "optimizer"):
-            if len({r[key] for r in report}) != 1:
-                raise RuntimeError(f"ranks out of sync: {key} weights differ: " + ", ".join(
-                    f"rank {r['rank']} {r[key][:12]}" for r in report))
-        return report
+        return distributed.digests(self)

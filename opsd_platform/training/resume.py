@@ -2,6 +2,23 @@
 the checks that the resumed config is the same, the MLflow run reopened (and what a crash left
 unlogged logged again), the callback that writes a checkpoint and only then releases the metrics
 it covers, and how DDP ranks other than 0 find the run.
+
+What a checkpoint promises (the module's side: ``OPSDModule.training_state``, ``log_metrics``):
+- Metrics are held back and reach MLflow only once a checkpoint covering their step is on disk
+  (and at the end of the run, finished or failed). A run killed with SIGKILL therefore has in its
+  store exactly the steps its newest checkpoint covers; a resume re-runs the steps after it and
+  logs them once. MLflow cannot delete one step of a metric, so this is how "no step missing or
+  duplicated" holds; the price is that live metrics lag by up to ``checkpoint_every`` steps.
+- A failure that the process survives (an exception, Ctrl-C, SIGTERM) flushes the held-back
+  metrics so the failed run shows everything it did. Resuming it re-runs the steps after its
+  newest checkpoint without logging them again (``skip_logging_through``): the store keeps the
+  values of the first attempt, which on CPU equal the re-run's except for timings.
+- A resume restores weights (or the LoRA adapter), optimizer, EMA teacher, the counters, the
+  initial validation (so ``improvement`` is still against the original initial pass rate), the
+  data position and, at the first resumed step, every RNG: on CPU the resumed run's weights are
+  bitwise those of an uninterrupted run with the same seed and thread count (with
+  ``rollout.engine=hf``; vLLM's own sampler state is not checkpointed, and GPU kernels need not
+  be deterministic, so there a resume is exact in everything but the sampled tokens).
 """
 
 from __future__ import annotations

@@ -8,7 +8,7 @@ the reason in the ``failure_reason`` tag; metrics already logged stay.
 
 Crash safety: every ``trainer.checkpoint_every`` steps (and at the last; none for a run no longer
 than that) a checkpoint is written to ``<checkpoint root>/<run id>/step-NNNNNN`` (checkpoint.py),
-and only then are the metrics of the steps it covers sent to MLflow (module.py explains why).
+and only then are the metrics of the steps it covers sent to MLflow (resume.py explains why).
 ``resume=<run id or path>`` reopens the same MLflow run (RUNNING again, ``failure_reason``
 removed), restores the checkpoint and goes on from the next step without a second initial
 validation or gap. A FINISHED run cannot be resumed; a RUNNING one only when the process that ran
