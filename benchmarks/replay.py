@@ -37,7 +37,7 @@ from optuna.trial import TrialState
 
 from benchmarks.replay_table import Run, Table
 from opsd_platform.law import LawError, LawFit, fit_law
-from opsd_platform.search.pruner import GAP_RULES, PRUNE, GapLawPruner, LawView, decide_policy, stored_attrs
+from opsd_platform.search.pruner import GAP_RULES, PRUNE, GapLawPruner, LawView, decide_policy
 from opsd_platform.law.registry import RegistryError
 from opsd_platform.training.sequential import confidence_sequence, law_settle, sequential_gap
 
@@ -382,7 +382,7 @@ class Replay:
             self.ledger.gap(run)
             return run.gap, 1.0, None
         inputs = self.law.policy_inputs(trial.study, trial)
-        attrs = {**stored_attrs(trial.study, trial), **run.covariates}
+        attrs = {**trial.user_attrs, **run.covariates}
         probe = decide_policy({**attrs, "gap": 0.0}, **inputs)  # which rule, which bar: they do not depend on the gap's value
         if probe.rule not in GAP_RULES:  # startup, no law, no bar: decided without the gap (measured in full, for the law's points)
             self.ledger.gap(run)
@@ -417,8 +417,8 @@ class Replay:
             trial.set_user_attr("gap", gap)
             for key, value in run.covariates.items():
                 trial.set_user_attr(key, value)
-            pruned = trial.should_prune()
-            attrs = stored_attrs(trial.study, trial)
+            pruned = self.law.judge(trial).prune  # as the live search's Objective.after_gap asks it
+            attrs = dict(trial.user_attrs)
             record.action, record.rule = attrs.get("pruner.action"), attrs.get("pruner.rule")
             record.decision = {k: v for k, v in attrs.items() if k.startswith("pruner.")}
             if pruned:

@@ -45,12 +45,15 @@ def study_with(pruner, completed=()):
 
 
 def decide(study, **attrs):
-    """Ask a trial, record its measurements, ask the pruner; returns (pruned, stored user attrs)."""
+    """Ask a trial, record its measurements, let the pruner judge it as the search does; returns
+    (pruned, the user attributes stored for the trial)."""
     trial = study.ask()
     for key, value in attrs.items():
         trial.set_user_attr(key, value)
-    pruned = trial.should_prune()
-    return pruned, study._storage.get_trial(trial._trial_id).user_attrs
+    pruned = study.pruner.judge(trial).prune
+    assert trial.should_prune() == pruned  # Optuna's interface says the same, with no side effect
+    stored = next(t for t in study.get_trials(deepcopy=False) if t.number == trial.number)
+    return pruned, stored.user_attrs
 
 
 # ------------------------------------------------------------------------------------------ pruner

@@ -25,7 +25,6 @@ from opsd_platform.search.pruner import (
     GapLawPruner,
     best_completed,
     record_decision,
-    stored_attrs,
 )
 from opsd_platform.search.space import sample, to_overrides
 from opsd_platform.search.study import (
@@ -58,9 +57,11 @@ class StepReporter(L.Callback):
         run_id = getattr(trainer.logger, "run_id", None)
         if run_id and "mlflow_run_id" not in self.trial.user_attrs:
             self.trial.set_user_attr("mlflow_run_id", run_id)
-        if self.decide_at_start and self.trial.should_prune():  # recorded on the trial and its run (rule not_opsd)
-            decision = Decision.from_attrs(stored_attrs(self.trial.study, self.trial))
-            raise StopTraining(f"pruned: {decision.reason if decision else 'by the pruner'}")
+        pruner = self.trial.study.pruner
+        if self.decide_at_start and isinstance(pruner, GapLawPruner):  # recorded on the trial and its run (rule not_opsd)
+            decision = pruner.judge(self.trial)
+            if decision.prune:
+                raise StopTraining(f"pruned: {decision.reason}")
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
         from opsd_platform.training.train import StopTraining
@@ -78,7 +79,7 @@ class StepReporter(L.Callback):
                 PRUNE, "median", f"MedianPruner: step {step} running pass rate {value:.3f} is below the median of "
                 f"earlier trials at this step", bar=best[0] if best else None,
                 bar_source=f"best trial #{best[1]}" if best else None)
-            record_decision(self.trial.study, self.trial, decision, self.tracking_uri)
+            record_decision(self.trial, decision, self.tracking_uri)
             raise StopTraining(decision.reason)
 
 
@@ -139,7 +140,7 @@ class Objective:
         if result.improvement is None:
             raise RuntimeError("the training reported no improvement (trainer.validate=false?): nothing to optimise")
         trial.set_user_attr("improvement", float(result.improvement))
-        decision = Decision.from_attrs(stored_attrs(trial.study, trial))
+        decision = Decision.from_attrs(trial.user_attrs)
         if decision is not None and decision.action == "calibrate":  # was it a false prune after all?
             trial.set_user_attr("pruner.false_prune", bool(result.improvement > decision.bar))
         return float(result.improvement)
@@ -174,9 +175,11 @@ class Objective:
         }
         for key, value in attrs.items():
             trial.set_user_attr(key, value if (not isinstance(value, float) or math.isfinite(value)) else None)
-        if trial.should_prune():
-            decision = Decision.from_attrs(stored_attrs(trial.study, trial))
-            raise StopTraining(f"pruned by the gap law v{decision.law_version}: {decision.reason}")
+        pruner = trial.study.pruner
+        if isinstance(pruner, GapLawPruner):
+            decision = pruner.judge(trial)
+            if decision.prune:
+                raise StopTraining(f"pruned by the gap law v{decision.law_version}: {decision.reason}")
 
 
 # ============================================================================== callbacks

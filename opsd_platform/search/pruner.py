@@ -275,17 +275,24 @@ class GapLawPruner(optuna.pruners.BasePruner):
     # ------------------------------------------------------------------ Optuna entry point
 
     def prune(self, study: "optuna.Study", trial: FrozenTrial) -> bool:
-        decision = self.decide(study, trial)
+        """Optuna's interface (``trial.should_prune()``): the decision, without side effects. The
+        search asks ``judge`` instead, which also records the decision on the trial."""
+        return self.decide(study, trial).prune
+
+    def judge(self, trial: "optuna.Trial") -> Decision:
+        """The decision for the live `trial`, recorded on it and its MLflow run (``record``) the
+        first time it is made; asked again, the recorded one (rule ``decided``)."""
+        decision = self.decide(trial.study, trial)
         if self.record and decision.rule != "decided":
-            self._record(study, trial, decision)
-        return decision.prune
+            record_decision(trial, decision, self.tracking_uri)
+        return decision
 
     # ------------------------------------------------------------------ the policy
 
     def decide(self, study: "optuna.Study", trial: FrozenTrial) -> Decision:
         """The decision for `trial` (no side effects besides loading the law): ``decide_policy``
         on what the study and the trial hold now."""
-        return decide_policy(stored_attrs(study, trial), **self.policy_inputs(study, trial))
+        return decide_policy(dict(trial.user_attrs), **self.policy_inputs(study, trial))
 
     def policy_inputs(self, study: "optuna.Study", trial: FrozenTrial) -> dict[str, Any]:
         """Everything ``decide_policy`` needs besides the trial's attributes."""
@@ -321,31 +328,13 @@ class GapLawPruner(optuna.pruners.BasePruner):
             self._cache = (version, load_law(self.tracking_uri, self.name, self.alias))
         return self._cache
 
-    def _record(self, study: "optuna.Study", trial: FrozenTrial, decision: Decision) -> None:
-        record_decision(study, trial, decision, self.tracking_uri)
 
-
-# A decision is made inside ``prune(study, trial)``, where Optuna passes a FrozenTrial: a copy, with
-# no public way to write onto the running trial (``Trial.set_user_attr`` needs the live Trial, which
-# a pruner never sees). So the decision is written through the study's storage, and read back the
-# same way (the live Trial's cached attributes do not see a write that went past it). These two
-# functions are the only ones that touch Optuna's storage; everything else calls them.
-
-
-def stored_attrs(study: "optuna.Study", trial: "FrozenTrial | optuna.Trial") -> dict[str, Any]:
-    """The trial's user attributes as stored now, the decision recorded by ``prune`` included."""
-    try:
-        return study._storage.get_trial(trial._trial_id).user_attrs
-    except Exception:
-        return trial.user_attrs
-
-
-def record_decision(study: "optuna.Study", trial: "FrozenTrial | optuna.Trial", decision: Decision,
-                    tracking_uri: str | None) -> None:
-    """Write `decision` onto the trial (``pruner.*`` user attributes) and its MLflow run."""
+def record_decision(trial: "optuna.Trial", decision: Decision, tracking_uri: str | None) -> None:
+    """Write `decision` onto the live trial (``pruner.*`` user attributes, ``Trial.set_user_attr``)
+    and onto its MLflow run."""
     for key, value in decision.attrs().items():
-        study._storage.set_trial_user_attr(trial._trial_id, key, value)
-    run_id = stored_attrs(study, trial).get("mlflow_run_id")
+        trial.set_user_attr(key, value)
+    run_id = trial.user_attrs.get("mlflow_run_id")
     if not (tracking_uri and run_id):
         return
     from mlflow.tracking import MlflowClient
