@@ -174,9 +174,9 @@ def test_a_trial_is_decided_once(law_uri):
     study = study_with(GapLawPruner(law_uri, n_startup_trials=0, threshold=0.0))
     trial = study.ask()
     trial.set_user_attr("gap", 0.0)
-    assert trial.should_prune()
+    assert study.pruner.judge(trial).prune  # the search's decision, recorded on the trial
     trial.set_user_attr("gap", 0.9)  # a later call (e.g. per step) does not re-decide
-    assert trial.should_prune()
+    assert trial.should_prune() and study.pruner.judge(trial).prune
 
 
 # ------------------------------------------------------------------------------------------ space
