@@ -40,8 +40,6 @@ def compare(base_overrides: Sequence[str], settings: SearchConfig, progress: Cal
     """The same search three ways on the same per-trial-seeded configurations: no pruning (every
     trial trained fully: the reference), Optuna's MedianPruner, and the gap law. Writes
     comparison.json/.csv/.png and logs them on a ``kind=search-compare`` run."""
-    from opsd_platform.search.report import write_comparison
-
     if settings.sampler != "random":
         raise ConfigError("search.compare: needs search.sampler=random (the arms must see the same configurations)")
     results: dict[str, SearchResult] = {}
