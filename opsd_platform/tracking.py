@@ -79,14 +79,14 @@ def check_uri(uri: str) -> None:
         )
 
 
-def _shown(uri: str) -> str:
-    """`uri` with any password hidden (for messages)."""
+def shown_url(url: str) -> str:
+    """The URL with any password hidden (for messages and tags)."""
     try:
         from sqlalchemy.engine import make_url
 
-        return make_url(uri).render_as_string(hide_password=True)
+        return make_url(url).render_as_string(hide_password=True)
     except Exception:
-        return uri
+        return url
 
 
 def _first_line(exc: BaseException) -> str:
@@ -123,11 +123,11 @@ def _check_database(uri: str) -> None:
             pass
     except ImportError as exc:
         raise TrackingError(
-            f"tracking.uri={_shown(uri)}: no database driver installed ({exc}); install it, or name a "
+            f"tracking.uri={shown_url(uri)}: no database driver installed ({exc}); install it, or name a "
             "driver you have in the URI (e.g. postgresql+psycopg2://)"
         ) from None
     except Exception as exc:
-        raise TrackingError(f"tracking.uri={_shown(uri)}: cannot connect: {_first_line(exc)}") from None
+        raise TrackingError(f"tracking.uri={shown_url(uri)}: cannot connect: {_first_line(exc)}") from None
 
 
 @contextlib.contextmanager
@@ -178,7 +178,7 @@ def init_store(uri: str) -> MlflowClient:
         try:
             client.search_experiments(max_results=1)  # forces schema creation / check
         except Exception as exc:
-            raise TrackingError(f"tracking.uri={_shown(uri)}: cannot open the tracking store: {_first_line(exc)}") from None
+            raise TrackingError(f"tracking.uri={shown_url(uri)}: cannot open the tracking store: {_first_line(exc)}") from None
     _ready.add(uri)
     return client
 
@@ -258,13 +258,3 @@ def ui_command(uri: str) -> str:
     return f"mlflow ui --backend-store-uri {uri}" + (
         f" --default-artifact-root {(sqlite_path(uri).parent / 'artifacts').as_uri()}" if sqlite_path(uri) else ""
     )
-
-
-def shown_url(url: str) -> str:
-    """The URL with any password hidden (for messages and tags)."""
-    try:
-        from sqlalchemy.engine import make_url
-
-        return make_url(url).render_as_string(hide_password=True)
-    except Exception:
-        return url

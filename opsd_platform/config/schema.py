@@ -190,9 +190,6 @@ class LossConfig:
                                        "copy of the initial weights is kept"})
 
     def __post_init__(self) -> None:
-        # Imported here, not at the top: losses.py imports torch, and importing the CLI (which
-        # imports this module) should not cost torch's import (~2 s) before a command needs it.
-
         _one_of(self.divergence, DIVERGENCES, "loss.divergence")
         _one_of(self.support, SUPPORTS, "loss.support")
         _check(0.0 <= self.alpha <= 1.0, "loss.alpha", f"must be in [0, 1], got {self.alpha}")
@@ -333,21 +330,20 @@ class GapConfig:
                           "kept for backward, so the weights are read once for more rows"},
     )
     level: float = field(default=0.95, metadata={"help": "confidence level of the intervals"})
-    sequential: bool = field(default=False, metadata={"how": "run", 
+    sequential: bool = field(default=False, metadata={"how": "run",
         "help": "in a law-pruned search trial, measure the gap gap.sequential_batch problems at a time and stop once "
                 "the pruning decision is settled (sequential.py); elsewhere it is measured in full"})
-    sequential_batch: int = field(default=8, metadata={"how": "run", 
+    sequential_batch: int = field(default=8, metadata={"how": "run",
         "help": "problems per batch of the sequential gap (rounded up so a batch fills whole gap.batch_size "
                 "generate calls: what keeps a measurement that runs to the end equal to the full one)"})
-    sequential_alpha: float = field(default=0.05, metadata={"how": "run", 
+    sequential_alpha: float = field(default=0.05, metadata={"how": "run",
         "help": "error level of the sequential gap's confidence sequence (anytime-valid)"})
-    sequential_rule: str = field(default="decision", metadata={"how": "run", 
+    sequential_rule: str = field(default="decision", metadata={"how": "run",
         "help": "when the sequential gap stops: decision (the pruner's decision is the same for every gap in the "
                 "confidence sequence) or confident (prune as decision; train only once the law's lower bound clears "
                 "the bar)"})
 
     def __post_init__(self) -> None:
-
         _one_of(self.split, ("train", "val"), "gap.split")
         _check(self.n_problems >= 1, "gap.n_problems", f"must be >= 1, got {self.n_problems}")
         _check(self.samples >= 0, "gap.samples", f"must be >= 0, got {self.samples}")
@@ -445,11 +441,12 @@ def how_fields(level: str | None = None) -> dict[str, str]:
     """{"section.key": level} of the fields marked how-not-what (only `level`'s when given)."""
     out: dict[str, str] = {}
     for f in fields(TrainConfig):
-        section = f.default_factory() if callable(f.default_factory) else None  # a section dataclass
-        if section is None or not is_dataclass(section):
-            continue
-        for sub in fields(section):
+        if not (isinstance(f.default_factory, type) and is_dataclass(f.default_factory)):
+            continue  # not a section
+        for sub in fields(f.default_factory):
             mark = sub.metadata.get("how")
+            if mark is not None and mark not in HOW_LEVELS:
+                raise ValueError(f"{f.name}.{sub.name}: how mark {mark!r}; valid: {', '.join(HOW_LEVELS)}")
             if mark is not None and (level is None or mark == level):
                 out[f"{f.name}.{sub.name}"] = mark
     return out

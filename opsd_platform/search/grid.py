@@ -197,8 +197,10 @@ def exported_points(path: str | None, grid: str) -> dict[str, dict[str, Any]]:
 
 
 def default_storage(uri: str) -> str:
-    db = tracking.sqlite_path(uri)
-    return f"sqlite:///{(db.parent if db else default_home()) / 'grid.db'}"
+    """The grid's queue: grid.db where a search keeps optuna.db."""
+    from opsd_platform.search.study import default_storage as beside_store
+
+    return beside_store(uri, "grid.db")
 
 
 class RetryDeadPoint:

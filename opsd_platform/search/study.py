@@ -30,9 +30,10 @@ def worker_id() -> str:
     return f"{socket.gethostname()}:{os.getpid()}"
 
 
-def default_storage(tracking_uri: str) -> str:
+def default_storage(tracking_uri: str, name: str = "optuna.db") -> str:
+    """SQLite file `name` beside a local SQLite tracking store, else in $OPSD_HOME."""
     db = tracking.sqlite_path(tracking_uri)
-    return f"sqlite:///{(db.parent if db else default_home()) / 'optuna.db'}"
+    return f"sqlite:///{(db.parent if db else default_home()) / name}"
 
 
 def open_storage(url: str, settings: SearchConfig, on_stale: Callable | None) -> optuna.storages.RDBStorage:
