@@ -67,6 +67,49 @@ def user_error_types() -> tuple[type[BaseException], ...]:
 # --------------------------------------------------------------------------- commands
 
 
+# The config sections each command composes: (prefix, "module:Class"), "" for the train config. One
+# table, read by the commands (`command_sections` composes each section with Hydra) and by
+# `opsd <command> --help` (which describes each section's keys).
+SECTIONS = {
+    "train": [("", "opsd_platform.config:TrainConfig")],
+    "gap": [("", "opsd_platform.config:TrainConfig")],
+    "calibrate": [("calibrate.", "opsd_platform.law.calibrate:CalibrateConfig"), ("", "opsd_platform.config:TrainConfig")],
+    "search": [("search.", "opsd_platform.search.settings:SearchConfig"), ("", "opsd_platform.config:TrainConfig")],
+    "grid": [("grid.", "opsd_platform.search.grid:GridConfig"), ("", "opsd_platform.config:TrainConfig")],
+    "export": [("export.", "opsd_platform.law.export:ExportConfig"), ("tracking.", "opsd_platform.config:TrackingConfig")],
+    "fit-law": [("law.", "opsd_platform.law.pipeline:FitLawConfig"), ("tracking.", "opsd_platform.config:TrackingConfig")],
+    "compare-grpo": [("compare.", "opsd_platform.compare_grpo:CompareConfig"), ("", "opsd_platform.config:TrainConfig")],
+}
+
+
+
+
+def section_class(target: str) -> type:
+    """The config dataclass named by a ``"module:Class"`` entry of SECTIONS."""
+    import importlib
+
+    module, _, name = target.partition(":")
+    return getattr(importlib.import_module(module), name)
+
+
+def command_sections(command: str, overrides: Sequence[str]) -> tuple[dict, list[str]]:
+    """(the command's section configs by name, the overrides left for its train config). A command
+    without a train config refuses any override outside its sections, naming them."""
+    configs: dict = {}
+    rest = list(overrides)
+    for prefix, target in SECTIONS[command]:
+        if prefix:
+            name = prefix.rstrip(".")
+            mine, rest = split_section(rest, name)
+            configs[name] = section_config(section_class(target), name, mine)
+    if rest and all(prefix for prefix, _ in SECTIONS[command]):
+        takes = " and ".join(f"{prefix}*" for prefix, _ in SECTIONS[command])
+        raise CLIError(f"unknown override(s) {', '.join(rest)}; {command} takes {takes} keys")
+    return configs, rest
+
+
+
+
 def cmd_train(overrides: Sequence[str]) -> int:
     from opsd_platform import tracking
     from opsd_platform.training.train import train
@@ -105,24 +148,11 @@ def cmd_gap(overrides: Sequence[str]) -> int:
     return 0
 
 
-def section_and_tracking(overrides: Sequence[str], section: str, command: str):
-    """(the `section.*` overrides, the TrackingConfig of the `tracking.*` ones) for a command that
-    takes only those two; any other override is an error naming the command."""
-    from opsd_platform.config import TrackingConfig
-
-    mine, rest = split_section(overrides, section)
-    tracking_cfg = section_config(TrackingConfig, "tracking", rest)
-    unknown = [o for o in rest if not o.lstrip("+").startswith("tracking.")]
-    if unknown:
-        raise CLIError(f"unknown override(s) {', '.join(unknown)}; {command} takes {section}.* and tracking.* keys")
-    return mine, tracking_cfg
-
-
 def cmd_calibrate(overrides: Sequence[str]) -> int:
     from opsd_platform.law.calibrate import CalibrateConfig, calibrate
 
-    mine, base = split_section(overrides, "calibrate")
-    cal = section_config(CalibrateConfig, "calibrate", mine)
+    sections, base = command_sections("calibrate", overrides)
+    cal: CalibrateConfig = sections["calibrate"]
     result = calibrate(base, cal)
     print(
         f"\ncalibration {cal.name!r}: {len(result.done)} trained, {len(result.skipped)} already in the store, "
@@ -136,8 +166,8 @@ def cmd_search(overrides: Sequence[str]) -> int:
     from opsd_platform.search.settings import SearchConfig
     from opsd_platform.search import search
 
-    mine, base = split_section(overrides, "search")
-    cfg = section_config(SearchConfig, "search", mine)
+    sections, base = command_sections("search", overrides)
+    cfg: SearchConfig = sections["search"]
     try:
         result = search(base, cfg)
     except KeyboardInterrupt:
@@ -163,8 +193,9 @@ def cmd_search(overrides: Sequence[str]) -> int:
 def cmd_grid(overrides: Sequence[str]) -> int:
     from opsd_platform.search.grid import GridConfig, run_grid
 
-    mine, base = split_section(overrides, "grid")
-    cfg = section_config(GridConfig, "grid", mine)
+    sections, base = command_sections("grid", overrides)
+    cfg: GridConfig = sections["grid"]
+    mine, _ = split_section(overrides, "grid")  # as given: the workers are started with them
     try:
         st = run_grid(base, cfg, grid_overrides=mine)
     except KeyboardInterrupt:
@@ -178,8 +209,9 @@ def cmd_grid(overrides: Sequence[str]) -> int:
 def cmd_export(overrides: Sequence[str]) -> int:
     from opsd_platform.law.export import ExportConfig, export
 
-    mine, tracking_cfg = section_and_tracking(overrides, "export", "export")
-    cfg = section_config(ExportConfig, "export", mine)
+    sections, _ = command_sections("export", overrides)
+    cfg: ExportConfig = sections["export"]
+    tracking_cfg = sections["tracking"]
     out = export(tracking_cfg.resolved_uri(), tracking_cfg.experiment, cfg)
     for name, n in out.items():
         print(f"{name}: {n} rows")
@@ -190,8 +222,9 @@ def cmd_fit_law(overrides: Sequence[str]) -> int:
     from opsd_platform.law import LawError
     from opsd_platform.law.pipeline import FitLawConfig, fit_and_register
 
-    mine, tracking_cfg = section_and_tracking(overrides, "law", "fit-law")
-    cfg = section_config(FitLawConfig, "law", mine)
+    sections, _ = command_sections("fit-law", overrides)
+    cfg: FitLawConfig = sections["law"]
+    tracking_cfg = sections["tracking"]
     if cfg.experiment == "opsd" and tracking_cfg.experiment != "opsd":
         cfg.experiment = tracking_cfg.experiment
     uri = tracking_cfg.resolved_uri()
@@ -256,8 +289,8 @@ def cmd_law(overrides: Sequence[str]) -> int:
 def cmd_compare_grpo(overrides: Sequence[str]) -> int:
     from opsd_platform.compare_grpo import CompareConfig, compare_grpo, format_table
 
-    mine, base = split_section(overrides, "compare")
-    cfg = section_config(CompareConfig, "compare", mine)
+    sections, base = command_sections("compare-grpo", overrides)
+    cfg: CompareConfig = sections["compare"]
     result = compare_grpo(base, cfg)
     g = result.grpo
     print(f"\n{result.world} / {result.model} (family {result.family}), seed {result.seed}; law {result.law['name']} "
@@ -358,31 +391,16 @@ def cmd_setup(overrides: Sequence[str]) -> int:
 COMMANDS = {"train": cmd_train, "gap": cmd_gap, "calibrate": cmd_calibrate, "fit-law": cmd_fit_law, "search": cmd_search, "grid": cmd_grid, "export": cmd_export, "law": cmd_law, "compare-grpo": cmd_compare_grpo, "judge": cmd_judge, "ui": cmd_ui, "setup": cmd_setup, "dashboard": cmd_dashboard}
 
 
-# The config sections each command composes, for `opsd <command> --help`: (prefix, "module:Class").
-HELP_SECTIONS = {
-    "train": [("", "opsd_platform.config:TrainConfig")],
-    "gap": [("", "opsd_platform.config:TrainConfig")],
-    "calibrate": [("calibrate.", "opsd_platform.law.calibrate:CalibrateConfig"), ("", "opsd_platform.config:TrainConfig")],
-    "search": [("search.", "opsd_platform.search.settings:SearchConfig"), ("", "opsd_platform.config:TrainConfig")],
-    "grid": [("grid.", "opsd_platform.search.grid:GridConfig")],
-    "export": [("export.", "opsd_platform.law.export:ExportConfig"), ("tracking.", "opsd_platform.config:TrackingConfig")],
-    "fit-law": [("law.", "opsd_platform.law.pipeline:FitLawConfig"), ("tracking.", "opsd_platform.config:TrackingConfig")],
-    "compare-grpo": [("compare.", "opsd_platform.compare_grpo:CompareConfig"), ("", "opsd_platform.config:TrainConfig")],
-}
-
-
 def command_help(command: str) -> str:
     """The command's usage line and every key it takes, with its default and help text."""
-    import importlib
-
     from opsd_platform.config.compose import describe_fields
 
     usage = [line for line in USAGE.splitlines() if line.strip().startswith(f"opsd {command}")]
     out = usage or [f"opsd {command}"]
-    for prefix, target in HELP_SECTIONS.get(command, []):
-        module, _, name = target.partition(":")
-        out += [f"\n{prefix.rstrip('.') or 'training'} keys ({name}):", *describe_fields(getattr(importlib.import_module(module), name), prefix)]
-    if command in HELP_SECTIONS:
+    for prefix, target in SECTIONS.get(command, []):
+        schema = section_class(target)
+        out += [f"\n{prefix.rstrip('.') or 'training'} keys ({schema.__name__}):", *describe_fields(schema, prefix)]
+    if command in SECTIONS:
         out.append("\n[how]: changes how a result is computed, not what (config_hash leaves it out)")
     return "\n".join(out)
 

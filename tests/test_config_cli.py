@@ -167,3 +167,27 @@ def test_help_lists_every_key_with_its_default_and_help(capsys):
     assert "trainer.num_threads = 0  [how]" in out and "torch CPU threads" in out
     assert main(["search", "--help"]) == 0
     assert "search.n_trials = 12" in capsys.readouterr().out
+
+
+def test_every_section_is_composed_by_hydra_from_its_dataclass():
+    """One config path: each command's sections compose with Hydra's grammar (lists, null), start
+    from the dataclass defaults, and refuse a key the dataclass lacks, also one added with `+`."""
+    from dataclasses import asdict
+
+    from opsd_platform.cli import SECTIONS, command_sections, section_class
+
+    for command, sections in SECTIONS.items():
+        configs, _ = command_sections(command, [])
+        for prefix, target in sections:
+            if prefix:
+                assert asdict(configs[prefix.rstrip(".")]) == asdict(section_class(target)()), (command, prefix)
+    configs, rest = command_sections("calibrate", ["calibrate.contexts=[none,reference]", "calibrate.seeds=[3]", "model=tiny"])
+    assert configs["calibrate"].contexts == ["none", "reference"] and configs["calibrate"].seeds == [3]
+    assert rest == ["model=tiny"]
+    configs, _ = command_sections("search", ["search.storage=null", "search.n_trials=5"])
+    assert configs["search"].storage is None and configs["search"].n_trials == 5
+    for bad in ("search.trials=4", "+search.trials=4"):
+        with pytest.raises(ConfigError, match="unknown key search.trials; valid keys here: study, space, n_trials"):
+            command_sections("search", [bad])
+    with pytest.raises(ConfigError, match="Error merging override search.n_trials=many"):
+        command_sections("search", ["search.n_trials=many"])

@@ -3,7 +3,9 @@
 Uses Hydra's compose API (not ``@hydra.main``: no working-directory change, no output folders,
 and a search or calibration can compose one config per trial in-process). The dataclasses of
 ``opsd_platform.config`` are bound to Hydra's ConfigStore as ``train_schema``, so every field can
-be overridden by name and types are checked while composing. Every problem is a ``ConfigError``
+be overridden by name and types are checked while composing; each command's own section (``search.``,
+``calibrate.``, ``law.``, ``grid.``, ...) is composed the same way from its dataclass, stored as
+``opsd_section_<name>``. Every problem is a ``ConfigError``
 whose one-line message names the key.
 """
 
@@ -24,8 +26,10 @@ def conf_dir() -> Path:
     return here
 
 
-def compose(config_name: str, overrides: Sequence[str]):
-    """Compose `conf/<config_name>.yaml` with command-line overrides into an OmegaConf object."""
+def compose(config_name: str, overrides: Sequence[str], schema: type | None = None, section: str = ""):
+    """Compose `conf/<config_name>.yaml` (or a node of Hydra's ConfigStore) with command-line
+    overrides into an OmegaConf object. `schema` (under the key `section`, when given), if any,
+    names the valid keys in the message for an unknown one."""
     from hydra import compose as hydra_compose, initialize_config_dir
     from hydra.core.global_hydra import GlobalHydra
     from hydra.errors import HydraException
@@ -37,7 +41,7 @@ def compose(config_name: str, overrides: Sequence[str]):
         with initialize_config_dir(config_dir=str(conf_dir()), version_base="1.3"):
             return hydra_compose(config_name=config_name, overrides=list(overrides))
     except (HydraException, OmegaConfBaseException) as exc:
-        unknown = _unknown_override(exc) if config_name == "train" else None
+        unknown = _unknown_override(exc, schema, section) if schema is not None else None
         if unknown:
             raise ConfigError(unknown) from None
         message = str(exc).split("Config search path")[0]  # Hydra appends its search path: noise here
@@ -46,8 +50,8 @@ def compose(config_name: str, overrides: Sequence[str]):
         raise ConfigError(f"bad config override: {' '.join(message.split())}") from None
 
 
-def _unknown_override(exc: Exception) -> str | None:
-    """The message for an override of a key TrainConfig does not have, naming the valid keys
+def _unknown_override(exc: Exception, schema: type, section: str = "") -> str | None:
+    """The message for an override of a key the schema does not have, naming the valid keys
     (Hydra's own suggests `+key=value`, which `_reject_unknown_keys` then refuses)."""
     from omegaconf.errors import ConfigAttributeError, ConfigKeyError
 
@@ -55,8 +59,12 @@ def _unknown_override(exc: Exception) -> str | None:
     key = getattr(cause, "full_key", None)
     if not isinstance(cause, (ConfigAttributeError, ConfigKeyError)) or not key:
         return None
-    schema: type = TrainConfig
-    for name in key.split(".")[:-1]:
+    parts = key.split(".")
+    if section:  # a section's node is {section: schema}
+        if parts[0] != section:
+            return None
+        parts = parts[1:]
+    for name in parts[:-1]:
         sub = {f.name: f.default_factory for f in dataclasses.fields(schema)}.get(name)
         if not (isinstance(sub, type) and dataclasses.is_dataclass(sub)):
             return None
@@ -106,7 +114,7 @@ def _where(exc) -> str:
 
 def train_config(overrides: Sequence[str]) -> TrainConfig:
     """The validated `opsd train` config for these overrides."""
-    return to_train_config(compose("train", overrides))
+    return to_train_config(compose("train", overrides, schema=TrainConfig))
 
 
 def split_section(overrides: Sequence[str], section: str) -> tuple[list[str], list[str]]:
@@ -116,18 +124,26 @@ def split_section(overrides: Sequence[str], section: str) -> tuple[list[str], li
 
 
 def section_config(schema: type, section: str, overrides: Sequence[str]):
-    """A dataclass for `section` from `section.key=value` overrides (YAML values, e.g. lists)."""
+    """The `section` dataclass (search, calibrate, law, grid, ...) composed by Hydra from the
+    `section.key=value` overrides among `overrides`: the same override grammar, type checks and
+    messages as the train config (one config path), the dataclass's defaults as the only defaults.
+    The section's schema is a node of Hydra's ConfigStore, ``{section: schema}``."""
+    from hydra.core.config_store import ConfigStore
     from omegaconf import OmegaConf
-    from omegaconf.errors import ConfigKeyError, OmegaConfBaseException
+    from omegaconf.errors import OmegaConfBaseException
 
+    mine, _ = split_section(overrides, section)
+    node = f"opsd_section_{section}"
+    ConfigStore.instance().store(name=node, node={section: schema})
+    composed = compose(node, mine, schema=schema, section=section)
     try:
-        values = OmegaConf.from_dotlist([o.lstrip("+") for o in overrides]).get(section, {})
-        return OmegaConf.to_object(OmegaConf.merge(OmegaConf.structured(schema), values))
+        _reject_unknown_keys(OmegaConf.to_container(composed[section]), schema, f"{section}.")
+    except ConfigError as exc:  # a key added with `+section.key=...`
+        raise ConfigError(f"config error: {exc}") from None
+    try:
+        return OmegaConf.to_object(composed[section])  # the dataclass's own checks raise ConfigError as they are
     except OmegaConfBaseException as exc:
         key = getattr(exc, "full_key", None)
-        if isinstance(exc, ConfigKeyError) and key:
-            valid = ", ".join(f.name for f in dataclasses.fields(schema))
-            raise ConfigError(f"config error: unknown key {section}.{key}; valid keys here: {valid}") from None
         where = f"{section}.{key}" if key else f"section {section}"
         raise ConfigError(f"config error: {where}: {str(exc).splitlines()[0]}") from None
 
