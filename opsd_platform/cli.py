@@ -34,34 +34,13 @@ import subprocess
 import sys
 from typing import Sequence
 
+from opsd_platform.errors import CLIError, UserError
 from opsd_platform.config.compose import compose, section_config, split_section, train_config
 from opsd_platform.config import ConfigError
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 USAGE = __doc__
-
-
-class CLIError(Exception):
-    """A user-facing error: printed as one line, exit code 2."""
-
-
-# The library's own user-facing errors, whose message is the whole story (the key, the file and
-# line, the name and what exists): one line on stderr, exit code 2, no traceback. Looked up by
-# module, so that `opsd` need not import torch or mlflow to catch them: a module that was never
-# imported raised nothing.
-USER_ERRORS = {
-    "opsd_platform.worlds.base": "WorldError",
-    "opsd_platform.models": "ModelLoadError",
-    "opsd_platform.tracking": "TrackingError",
-    "opsd_platform.law.registry": "RegistryError",
-    "opsd_platform.law": "LawError",
-}
-
-
-def user_error_types() -> tuple[type[BaseException], ...]:
-    loaded = [getattr(sys.modules[m], name) for m, name in USER_ERRORS.items() if m in sys.modules]
-    return (CLIError, ConfigError, *loaded)
 
 
 # --------------------------------------------------------------------------- commands
@@ -80,8 +59,6 @@ SECTIONS = {
     "fit-law": [("law.", "opsd_platform.law.pipeline:FitLawConfig"), ("tracking.", "opsd_platform.config:TrackingConfig")],
     "compare-grpo": [("compare.", "opsd_platform.compare_grpo:CompareConfig"), ("", "opsd_platform.config:TrainConfig")],
 }
-
-
 
 
 def section_class(target: str) -> type:
@@ -106,8 +83,6 @@ def command_sections(command: str, overrides: Sequence[str]) -> tuple[dict, list
         takes = " and ".join(f"{prefix}*" for prefix, _ in SECTIONS[command])
         raise CLIError(f"unknown override(s) {', '.join(rest)}; {command} takes {takes} keys")
     return configs, rest
-
-
 
 
 def cmd_train(overrides: Sequence[str]) -> int:
@@ -422,9 +397,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         logging.getLogger(noisy).setLevel(logging.WARNING)
     try:
         return COMMANDS[command](overrides)
-    except Exception as exc:
-        if not isinstance(exc, user_error_types()):
-            raise
+    except UserError as exc:  # the message is the whole story (opsd_platform/errors.py): no traceback
         print(f"opsd {command}: {exc}", file=sys.stderr)
         return 2
 

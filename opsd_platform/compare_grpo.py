@@ -27,7 +27,8 @@ from typing import Any, Callable, Sequence
 
 import pandas as pd
 
-from opsd_platform.config import ConfigError, TrainConfig
+from opsd_platform.errors import CompareError  # noqa: F401 (re-exported)
+from opsd_platform.config import TrainConfig
 from opsd_platform.training.contexts import CONTEXTS
 from opsd_platform.law.registry import CHAMPION, DEFAULT_NAME
 
@@ -35,10 +36,6 @@ log = logging.getLogger(__name__)
 
 # Keys the command sets itself: a candidate's context and each side's algorithm.
 OWNED_KEYS = ("context", "algorithm")
-
-
-class CompareError(ConfigError):
-    """Bad input or a missing prerequisite (law, GRPO rows): the message names it and the way out."""
 
 
 @dataclass

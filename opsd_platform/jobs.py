@@ -84,19 +84,17 @@ def run_job(name: str, job: Callable[[list[str]], int], words: Sequence[str]) ->
     import logging
     import sys
 
-    from opsd_platform.cli import CLIError
-    from opsd_platform.config import ConfigError
-    from opsd_platform.law import LawError
+    from opsd_platform.errors import LawError, UserError
 
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     for noisy in ("alembic", "mlflow", "httpx", "urllib3"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
     try:
         return job(project_overrides(words))
-    except (CLIError, ConfigError) as exc:
-        print(f"{name}: {exc}", file=sys.stderr)
     except LawError as exc:
         print(f"{name}: the law could not be fitted: {exc} (nothing was registered)", file=sys.stderr)
+    except UserError as exc:
+        print(f"{name}: {exc}", file=sys.stderr)
     return 2
 
 

@@ -37,6 +37,7 @@ from pathlib import Path
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer, LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
 
+from opsd_platform.errors import ModelLoadError  # noqa: F401 (re-exported)
 from opsd_platform.config import ModelConfig, default_home
 
 log = logging.getLogger(__name__)
@@ -53,10 +54,6 @@ TINY_CHAT_TEMPLATE = (
     "{% for message in messages %}{{ '<|im_start|>' + message['role'] + '\n' + message['content'] "
     "+ '<|im_end|>\n' }}{% endfor %}{% if add_generation_prompt %}{{ '<|im_start|>assistant\n' }}{% endif %}"
 )
-
-
-class ModelLoadError(RuntimeError):
-    """The model could not be found or loaded; the message says what to do."""
 
 
 def sha256_file(path: Path, chunk: int = 1 << 22) -> str:

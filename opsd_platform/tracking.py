@@ -19,7 +19,6 @@ request instead of MLflow's minutes of retries), a database without its driver o
 from __future__ import annotations
 
 import contextlib
-import fcntl
 import logging
 import os
 import traceback
@@ -28,6 +27,7 @@ from typing import Any, Iterator
 
 from mlflow.entities import RunStatus
 from mlflow.tracking import MlflowClient
+from opsd_platform.errors import TrackingError  # noqa: F401 (re-exported)
 
 log = logging.getLogger(__name__)
 # No network here (and none wanted from a training job): MLflow's usage telemetry stays off.
@@ -41,10 +41,6 @@ def sqlite_path(uri: str) -> Path | None:
     if not uri.startswith("sqlite:///"):
         return None
     return Path(uri[len("sqlite:///") :])
-
-
-class TrackingError(RuntimeError):
-    """The tracking store named by ``tracking.uri`` cannot be used; the message says why."""
 
 
 SERVER_SCHEMES = ("http", "https")
@@ -132,19 +128,15 @@ def _check_database(uri: str) -> None:
 
 @contextlib.contextmanager
 def file_lock(path: Path) -> Iterator[None]:
-    """An exclusive advisory lock on `path` (created if missing), released on exit. In a
+    """An exclusive lock on `path` (filelock's, created if missing), released on exit. In a
     directory we cannot write to, no lock (and no one can be creating a database there)."""
-    try:
-        fh = open(path, "a")
-    except OSError:
+    from filelock import FileLock
+
+    if not os.access(path.parent, os.W_OK):
         yield
         return
-    with fh:
-        fcntl.flock(fh, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(fh, fcntl.LOCK_UN)
+    with FileLock(path):
+        yield
 
 
 def init_store(uri: str) -> MlflowClient:

@@ -157,3 +157,30 @@ def test_every_from_import_of_the_package_resolves():
                         except ImportError:
                             bad.append(f"{path.relative_to(ROOT)}:{node.lineno} {node.module}.{alias.name}")
     assert not bad, "imports of names that do not exist:\n" + "\n".join(bad)
+
+
+# Exceptions that stay where they are raised: failures of the machine or of our code, not of the
+# user's input, so they keep their traceback (opsd_platform/errors.py says why).
+INTERNAL_EXCEPTIONS = {"SandboxError", "_Deadline"}
+
+
+def test_every_deliberate_exception_is_defined_in_errors():
+    """One hierarchy: a class derived from an exception is defined in errors.py (or declared
+    internal above), and every user error there is one the CLI prints as one line (exit 2)."""
+    import opsd_platform.errors as errors
+
+    defined = {name for name, obj in vars(errors).items() if isinstance(obj, type) and issubclass(obj, BaseException)}
+    stray = []
+    for path in PACKAGE.rglob("*.py"):
+        if path.name == "errors.py":
+            continue
+        for node in ast.walk(ast.parse(path.read_text())):
+            bases = [getattr(b, "id", getattr(b, "attr", "")) for b in getattr(node, "bases", [])]
+            if isinstance(node, ast.ClassDef) and any(b in defined or b.endswith(("Error", "Exception", "Interrupt")) for b in bases):
+                if node.name not in INTERNAL_EXCEPTIONS:
+                    stray.append(f"{path.relative_to(ROOT)}:{node.lineno} {node.name}")
+    assert not stray, f"define these in opsd_platform/errors.py: {stray}"
+    user = {n for n in defined if issubclass(getattr(errors, n), errors.UserError)}
+    assert user == {"UserError", "ConfigError", "CLIError", "WorldError", "ModelLoadError", "TrackingError",
+                    "CheckpointError", "LawError", "RegistryError", "ExportError", "CompareError"}
+    assert not issubclass(errors.StopTraining, errors.UserError) and issubclass(errors.WorkerInterrupted, KeyboardInterrupt)

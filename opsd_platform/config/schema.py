@@ -14,6 +14,7 @@ from dataclasses import asdict, dataclass, field, fields, is_dataclass
 from pathlib import Path
 from typing import Any
 
+from opsd_platform.errors import ConfigError  # noqa: F401 (re-exported)
 from opsd_platform.config.choices import (AGGREGATIONS, CONTEXTS, DEFAULT_PRECISION, DIVERGENCES, GRADINGS, PRECISIONS,
                                           RULES, SUPPORTS)
 
@@ -23,10 +24,6 @@ TEACHER_KINDS = ("ema", "fixed", "live")
 ACCELERATORS = ("cpu", "gpu", "auto")
 STRATEGIES = ("auto", "ddp")
 ALGORITHMS = ("opsd", "grpo")
-
-
-class ConfigError(ValueError):
-    """A configuration value is wrong; the message names the field and the value."""
 
 
 def _check(ok: bool, where: str, message: str) -> None:

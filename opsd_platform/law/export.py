@@ -30,10 +30,10 @@ from typing import Any
 import pandas as pd
 import yaml
 
+from opsd_platform.errors import ExportError  # noqa: F401 (re-exported)
 from opsd_platform import tracking
 
 os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")  # one download per run: no bars
-from opsd_platform.config import ConfigError
 
 RUN_COLUMNS = ["run_id", "model", "family", "world", "context", "config", "seed", "steps", "gap", "gap_lower",
                "gap_upper", "gap_tokens", "gap_cpu_s", "val_initial", "val_final", "improvement", "train_tokens",
@@ -67,10 +67,6 @@ VAL_KEY_PARAMS = ("model.", "world.", "rollout.val_samples", "rollout.val_temper
 class ExportConfig:
     grid: str | None = field(default="bench-v1", metadata={"help": "the grid's name (grid files' 'name'); null = every train run with a gap"})
     out: str = field(default="benchmarks/data", metadata={"help": "directory of the three CSV files (merged into)"})
-
-
-class ExportError(ConfigError):
-    """Nothing to export, or a table that cannot be merged: the message names the store or file."""
 
 
 def _value(text: str | None) -> Any:

@@ -8,6 +8,7 @@ from typing import Any, Sequence
 
 import numpy as np
 import pandas as pd
+from opsd_platform.errors import LawError  # noqa: F401 (re-exported)
 
 REQUIRED_COLUMNS = ("config", "seed", "gap", "improvement")
 GROUP_COLUMNS = ("context", "world", "family")
@@ -19,10 +20,6 @@ FORMAT_VERSION = 1
 # does not get (near-)infinite weight.
 WLS_VARIANCE_FLOOR_FRACTION = 0.1
 ABS_VARIANCE_FLOOR = 1e-12
-
-
-class LawError(ValueError):
-    """Bad input for fitting or predicting with the gap law; the message says what and where."""
 
 
 # ----------------------------------------------------------------------------------------------

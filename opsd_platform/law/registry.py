@@ -28,6 +28,7 @@ import pandas as pd
 from mlflow.models import Model, ModelSignature
 from mlflow.types import ColSpec, ParamSchema, ParamSpec, Schema
 
+from opsd_platform.errors import RegistryError  # noqa: F401 (re-exported)
 from opsd_platform import tracking
 from opsd_platform.law import LawFit
 
@@ -50,10 +51,6 @@ METRIC_TAGS = (
     "holdout_mae",
     "holdout_coverage",
 )
-
-
-class RegistryError(LookupError):
-    """A registered model name, alias or version that does not exist (the message lists what does)."""
 
 
 # ----------------------------------------------------------------------------------------------

@@ -15,6 +15,7 @@ import numpy as np
 import optuna
 from optuna.trial import FrozenTrial, TrialState
 
+from opsd_platform.errors import WorkerInterrupted  # noqa: F401 (re-exported)
 from opsd_platform import tracking
 from opsd_platform.config import TrainConfig
 from opsd_platform.config.compose import train_config
@@ -33,10 +34,6 @@ from opsd_platform.search.study import (
     trial_run_id,
     worker_id,
 )
-
-
-class WorkerInterrupted(KeyboardInterrupt):
-    """Ctrl-C or SIGTERM during a trial: the trial is re-queued and this worker stops."""
 
 
 class StepReporter(L.Callback):

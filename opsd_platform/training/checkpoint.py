@@ -30,17 +30,12 @@ from typing import Any, Mapping
 import numpy as np
 import torch
 
-from opsd_platform.config import ConfigError
+from opsd_platform.errors import CheckpointError  # noqa: F401 (re-exported)
 
 STATE_FILE = "state.pt"
 META_FILE = "meta.json"
 FORMAT_VERSION = 1
 _STEP_DIR = re.compile(r"^step-(\d+)$")
-
-
-class CheckpointError(ConfigError):
-    """A checkpoint is missing or unusable; the message names it and lists what exists (a config
-    error: `resume=` named it, so the CLI prints one line and exits 2)."""
 
 
 @dataclass(frozen=True)

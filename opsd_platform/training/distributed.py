@@ -24,24 +24,19 @@ def zero_loss(policy: torch.nn.Module) -> torch.Tensor:
     return sum((p * 0.0).sum() for p in policy.parameters() if p.requires_grad)
 
 
-def all_reduce(value: float, op: str, device) -> float:
-    """`value` summed (or max / min) over the ranks."""
-    import torch.distributed as dist
-
-    ops = {"sum": dist.ReduceOp.SUM, "max": dist.ReduceOp.MAX, "min": dist.ReduceOp.MIN}
-    t = torch.tensor([float(value)], dtype=torch.float64, device=device)
-    dist.all_reduce(t, op=ops[op])
-    return float(t.item())
+def all_reduce(value: float, op: str, strategy) -> float:
+    """`value` summed (or max / min) over the ranks, through the Lightning strategy's `reduce`."""
+    t = torch.tensor([float(value)], dtype=torch.float64, device=strategy.root_device)
+    return float(strategy.reduce(t, reduce_op=op).item())
 
 
-def reduce_over_ranks(metrics: dict[str, float], world: int, device) -> dict[str, float]:
-    """Step metrics averaged over ranks (token counts summed)."""
-    import torch.distributed as dist
-
+def reduce_over_ranks(metrics: dict[str, float], strategy) -> dict[str, float]:
+    """Step metrics averaged over ranks (token counts summed): one all-reduce of all of them."""
     keys = sorted(metrics)
-    t = torch.tensor([float(metrics[k]) for k in keys], dtype=torch.float64, device=device)
-    dist.all_reduce(t)
-    return {k: v if k in SUMMED_METRICS else v / world for k, v in zip(keys, t.tolist())}
+    t = torch.tensor([float(metrics[k]) for k in keys], dtype=torch.float64, device=strategy.root_device)
+    summed = strategy.reduce(t, reduce_op="sum").tolist()
+    world = strategy.world_size
+    return {k: v if k in SUMMED_METRICS else v / world for k, v in zip(keys, summed)}
 
 
 def digests(module) -> dict[str, str]:

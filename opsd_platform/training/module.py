@@ -339,7 +339,7 @@ class OPSDModule(L.LightningModule):
         }
         metrics["time/step_s"] = sum(v for k, v in times.items() if k.startswith("time/"))
         if self.world_size() > 1:
-            metrics = distributed.reduce_over_ranks(metrics, self.world_size(), self.device)
+            metrics = distributed.reduce_over_ranks(metrics, self.trainer.strategy)
         every = cfg.trainer.val_every
         if cfg.trainer.validate and every and step % every == 0 and step < cfg.trainer.max_steps and self.trainer.is_global_zero:
             metrics.update(self.validate_at(step)[1])  # the last step's validation is the final one
@@ -357,15 +357,14 @@ class OPSDModule(L.LightningModule):
         """(Teacher) scoring, loss and optimizer step(s). Returns (loss, grad norm); a skipped
         (non-finite) step is counted in `self.skipped_nonfinite`."""
         cfg = self.cfg
-        opt = self.optimizers()
-        world = self.world_size()
+        opt, world, strategy = self.optimizers(), self.world_size(), self.trainer.strategy
         rows = signal.rows
         tokens = float(ro.response_mask[rows].sum()) if rows else 0.0
         normaliser = tokens if signal.normaliser is None else signal.normaliser
         n_chunks = len(range(0, len(rows), cfg.rollout.batch_size))
         if world > 1:  # every rank must run the same backward passes (module docstring)
-            tokens, n_chunks = distributed.all_reduce(tokens, "sum", self.device), int(distributed.all_reduce(n_chunks, "max", self.device))
-            normaliser = tokens if signal.normaliser is None else distributed.all_reduce(signal.normaliser, "sum", self.device)
+            tokens, n_chunks = distributed.all_reduce(tokens, "sum", strategy), int(distributed.all_reduce(n_chunks, "max", strategy))
+            normaliser = tokens if signal.normaliser is None else distributed.all_reduce(signal.normaliser, "sum", strategy)
         if tokens == 0:  # no sample (on any rank) has a teacher (OPSD) or a signal (GRPO): nothing to learn from
             return 0.0, 0.0
         denominator = torch.tensor(normaliser / world)  # DDP averages over ranks: this makes it the global mean
@@ -398,7 +397,7 @@ class OPSDModule(L.LightningModule):
             if world > 1:
                 for _ in range(n_chunks - backwards):  # keep DDP's all-reduces in step with other ranks
                     self.manual_backward(distributed.zero_loss(self.policy))
-                finite = distributed.all_reduce(float(finite), "min", self.device) > 0
+                finite = strategy.reduce_boolean_decision(finite, all=True)
             t2 = time.perf_counter()
             if finite:
                 params = [p for p in self.policy.parameters() if p.requires_grad]

@@ -44,6 +44,7 @@ import yaml
 from lightning.pytorch.loggers import MLFlowLogger
 from mlflow.tracking import MlflowClient
 
+from opsd_platform.errors import RunInterrupted, StopTraining  # noqa: F401 (re-exported)
 from opsd_platform import tracking
 from opsd_platform.config import TrainConfig, config_hash, flatten
 from opsd_platform.models import load_policy
@@ -75,16 +76,6 @@ log = logging.getLogger(__name__)
 for _name in ("lightning.pytorch", "lightning.fabric", "pytorch_lightning"):
     logging.getLogger(_name).setLevel(logging.WARNING)
 warnings.filterwarnings("ignore", message=r".*isinstance\(treespec, LeafSpec\).*")
-
-
-class RunInterrupted(RuntimeError):
-    """Raised inside a run when the process receives SIGTERM, or when Lightning stops early."""
-
-
-class StopTraining(Exception):
-    """Raised on purpose by an ``after_gap`` hook or a Lightning callback given to `train` (a search
-    pruning the trial): training stops there, the run ends FINISHED with the reason in its
-    ``stopped`` tag and without a final validation, so it has no ``improvement``."""
 
 
 @dataclass(frozen=True)
@@ -242,8 +233,6 @@ def run_gap(cfg: TrainConfig, parent_run_id: str | None = None) -> tuple[str, Ga
         gap = measure_initial_gap(cfg, engine, world)
         _log_gap(MlflowClient(tracking_uri=cfg.tracking.resolved_uri()), run_id, cfg, gap)
     return run_id, gap
-
-
 
 
 @contextlib.contextmanager

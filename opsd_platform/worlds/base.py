@@ -12,6 +12,7 @@ from typing import Any, Protocol, Sequence, runtime_checkable
 
 SPLITS = ("train", "val")
 # How code worlds grade: LiveCodeBench's own verdicts, or the friendlier judge (docs/code-judge.md)
+from opsd_platform.errors import WorldError  # noqa: F401 (re-exported)
 from opsd_platform.config.choices import GRADINGS  # noqa: F401  (offered by world.grading)
 
 
@@ -52,10 +53,6 @@ class World(Protocol):
     def judge_many(self, problems: Sequence[Problem], responses: Sequence[str]) -> list[Judgement]:
         """Judge pairs; worlds that run code may parallelise. Same order as the inputs."""
         ...
-
-
-class WorldError(ValueError):
-    """Bad world input (malformed dataset line, unknown split, ...). The message names the place."""
 
 
 def check_split(split: str) -> None:

@@ -1,0 +1,83 @@
+"""Every exception the platform raises on purpose, at the bottom of the layers (anyone may import it).
+
+Two kinds:
+
+- **User errors** (`UserError` and its subclasses): bad input or a missing prerequisite. The message
+  is the whole story (the key, the file and line, the name and what exists), so `opsd` prints it as
+  one line on stderr and exits 2, without a traceback. Each also derives from the builtin it used to
+  be (`ValueError`, `LookupError`, `RuntimeError`), so code that catches those keeps working.
+- **Control flow** inside a run or a search (`StopTraining`, `RunInterrupted`,
+  `WorkerInterrupted`): not errors of the user; the training loop, the grid and the search catch them.
+
+The modules that raise an error re-export it where it always lived (``from opsd_platform.law
+import LawError`` still works); this module is where it is defined. Internal failures (a sandbox
+that cannot start, an import guard) stay where they are raised: they are bugs or broken machines,
+not bad input, and they keep their traceback.
+"""
+
+from __future__ import annotations
+
+
+class UserError(Exception):
+    """Bad input or a missing prerequisite: printed as one line by the CLI, exit code 2."""
+
+
+# ----------------------------------------------------------------------------- user errors
+
+
+class ConfigError(UserError, ValueError):
+    """A configuration value is wrong; the message names the field and the value."""
+
+
+class CLIError(UserError):
+    """A command line the commands cannot take (an override outside the command's sections, ...)."""
+
+
+class WorldError(UserError, ValueError):
+    """Bad world input (malformed dataset line, unknown split, ...). The message names the place."""
+
+
+class ModelLoadError(UserError, RuntimeError):
+    """The model could not be found or loaded; the message says what to do."""
+
+
+class TrackingError(UserError, RuntimeError):
+    """The tracking store named by ``tracking.uri`` cannot be used; the message says why."""
+
+
+class CheckpointError(ConfigError):
+    """A checkpoint is missing or unusable; the message names it and lists what exists (a config
+    error: `resume=` named it)."""
+
+
+class LawError(UserError, ValueError):
+    """Bad input for fitting or predicting with the gap law; the message says what and where."""
+
+
+class RegistryError(UserError, LookupError):
+    """A registered model name, alias or version that does not exist (the message lists what does)."""
+
+
+class ExportError(ConfigError):
+    """Nothing to export, or a table that cannot be merged: the message names the store or file."""
+
+
+class CompareError(ConfigError):
+    """Bad input or a missing prerequisite (law, GRPO rows): the message names it and the way out."""
+
+
+# ----------------------------------------------------------------------------- control flow
+
+
+class StopTraining(Exception):
+    """Raised on purpose by an ``after_gap`` hook or a Lightning callback given to `train` (a search
+    pruning the trial): training stops there, the run ends FINISHED with the reason in its
+    ``stopped`` tag and without a final validation, so it has no ``improvement``."""
+
+
+class RunInterrupted(RuntimeError):
+    """Raised inside a run when the process receives SIGTERM, or when Lightning stops early."""
+
+
+class WorkerInterrupted(KeyboardInterrupt):
+    """Ctrl-C or SIGTERM during a trial: the trial is re-queued and this worker stops."""
