@@ -29,7 +29,9 @@ class Teacher:
         self.kind = kind
         self.ema_rate = ema_rate
         self.policy = policy
-        self._uses_adapter_off = kind == "fixed" and hasattr(policy, "disable_adapter")
+        from peft import PeftModel
+
+        self._uses_adapter_off = kind == "fixed" and isinstance(policy, PeftModel)
         if kind == "live" or self._uses_adapter_off:
             self.model = None  # scores with the policy itself (adapter disabled for a fixed LoRA teacher)
         else:
