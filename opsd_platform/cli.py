@@ -57,8 +57,12 @@ SECTIONS = {
     "grid": [("grid.", "opsd_platform.search.grid:GridConfig"), ("", "opsd_platform.config:TrainConfig")],
     "export": [("export.", "opsd_platform.law.export:ExportConfig"), ("tracking.", "opsd_platform.config:TrackingConfig")],
     "fit-law": [("law.", "opsd_platform.law.pipeline:FitLawConfig"), ("tracking.", "opsd_platform.config:TrackingConfig")],
+    "law": [("", "opsd_platform.law.registry:LawCommandConfig")],
     "compare-grpo": [("compare.", "opsd_platform.compare_grpo:CompareConfig"), ("", "opsd_platform.config:TrainConfig")],
 }
+
+
+TRAIN_CONFIG = "opsd_platform.config:TrainConfig"
 
 
 def section_class(target: str) -> type:
@@ -79,6 +83,9 @@ def command_sections(command: str, overrides: Sequence[str]) -> tuple[dict, list
             name = prefix.rstrip(".")
             mine, rest = split_section(rest, name)
             configs[name] = section_config(section_class(target), name, mine)
+        elif target != TRAIN_CONFIG:  # a command whose own config takes the whole command line
+            configs[""] = section_config(section_class(target), "", rest)
+            rest = []
     if rest and all(prefix for prefix, _ in SECTIONS[command]):
         takes = " and ".join(f"{prefix}*" for prefix, _ in SECTIONS[command])
         raise CLIError(f"unknown override(s) {', '.join(rest)}; {command} takes {takes} keys")
@@ -235,26 +242,19 @@ def cmd_fit_law(overrides: Sequence[str]) -> int:
 
 
 def cmd_law(overrides: Sequence[str]) -> int:
-    from opsd_platform.config import TrackingConfig
-    from opsd_platform.law.registry import DEFAULT_NAME, RegistryError, describe, format_table, promote
+    from opsd_platform.law.registry import RegistryError, describe, format_table, promote
 
     if not overrides or overrides[0] not in ("show", "promote"):
         raise CLIError("usage: opsd law show|promote [name=...] [version=N] [force=true] [tracking.uri=...]")
-    action, rest = overrides[0], overrides[1:]
-    from omegaconf import OmegaConf
-
-    values = OmegaConf.to_container(OmegaConf.from_dotlist(list(rest)))
-    unknown = set(values) - {"name", "version", "force", "tracking"}
-    if unknown:
-        raise CLIError(f"unknown key(s) {', '.join(sorted(unknown))}; valid: name, version, force, tracking.uri")
-    uri = TrackingConfig(uri=(values.get("tracking") or {}).get("uri")).resolved_uri()
-    name = str(values.get("name", DEFAULT_NAME))
+    action = overrides[0]
+    sections, _ = command_sections("law", overrides[1:])
+    cfg = sections[""]
+    uri = cfg.tracking.resolved_uri()
     try:
         if action == "show":
-            print(format_table(describe(uri, name)))
+            print(format_table(describe(uri, cfg.name)))
         else:
-            version = values.get("version")
-            out = promote(name, None if version is None else str(version), tracking_uri=uri, force=bool(values.get("force", False)))
+            out = promote(cfg.name, cfg.version, tracking_uri=uri, force=cfg.force)
             print(f"{out['decision']}: {out['reason']} (champion: version {out['champion']})")
     except RegistryError as exc:
         raise CLIError(str(exc)) from None

@@ -41,7 +41,7 @@ CASES = [
     Case("unknown config group option", f"{TRAIN} world=chess",
          "opsd train: bad config override: In 'train': Could not find 'world/chess' Available options in 'world': arithmetic code hidden_rule pyfunc"),
     Case("unknown key of law show", "law show version_name=1",
-         "opsd law: unknown key(s) version_name; valid: name, version, force, tracking.uri"),
+         "opsd law: config error: unknown key version_name; valid keys here: name, version, force, tracking"),
     Case("unknown key of fit-law", "fit-law law.methd=ols",
          "opsd fit-law: config error: unknown key law.methd; valid keys here: experiment, calibration, calibrations, method, ..."),
     Case("train key given to fit-law", "fit-law model=tiny",

@@ -191,3 +191,5 @@ def test_every_section_is_composed_by_hydra_from_its_dataclass():
             command_sections("search", [bad])
     with pytest.raises(ConfigError, match="Error merging override search.n_trials=many"):
         command_sections("search", ["search.n_trials=many"])
+    law = command_sections("law", ["version=7", "force=true", "tracking.uri=sqlite:////tmp/x.db"])[0][""]  # the whole line
+    assert (law.name, law.version, law.force, law.tracking.uri) == ("opsd-gap-law", "7", True, "sqlite:////tmp/x.db")

@@ -1,7 +1,6 @@
 """The OPSD loop on a tiny locally built model: it updates, it learns, it is tracked."""
 
 import math
-import os
 import signal
 import subprocess
 import sys

@@ -127,24 +127,27 @@ def section_config(schema: type, section: str, overrides: Sequence[str]):
     """The `section` dataclass (search, calibrate, law, grid, ...) composed by Hydra from the
     `section.key=value` overrides among `overrides`: the same override grammar, type checks and
     messages as the train config (one config path), the dataclass's defaults as the only defaults.
-    The section's schema is a node of Hydra's ConfigStore, ``{section: schema}``."""
+    The section's schema is a node of Hydra's ConfigStore, ``{section: schema}``; with ``section=""``
+    the schema is a command's whole config (``opsd law``: ``name=... version=...``)."""
     from hydra.core.config_store import ConfigStore
     from omegaconf import OmegaConf
     from omegaconf.errors import OmegaConfBaseException
 
-    mine, _ = split_section(overrides, section)
-    node = f"opsd_section_{section}"
-    ConfigStore.instance().store(name=node, node={section: schema})
+    mine = split_section(overrides, section)[0] if section else list(overrides)
+    node = f"opsd_section_{section or schema.__name__}"
+    ConfigStore.instance().store(name=node, node={section: schema} if section else schema)
     composed = compose(node, mine, schema=schema, section=section)
+    values = composed[section] if section else composed
+    prefix = f"{section}." if section else ""
     try:
-        _reject_unknown_keys(OmegaConf.to_container(composed[section]), schema, f"{section}.")
+        _reject_unknown_keys(OmegaConf.to_container(values), schema, prefix)
     except ConfigError as exc:  # a key added with `+section.key=...`
         raise ConfigError(f"config error: {exc}") from None
     try:
-        return OmegaConf.to_object(composed[section])  # the dataclass's own checks raise ConfigError as they are
+        return OmegaConf.to_object(values)  # the dataclass's own checks raise ConfigError as they are
     except OmegaConfBaseException as exc:
         key = getattr(exc, "full_key", None)
-        where = f"{section}.{key}" if key else f"section {section}"
+        where = f"{prefix}{key}" if key else f"section {section or schema.__name__}"
         raise ConfigError(f"config error: {where}: {str(exc).splitlines()[0]}") from None
 
 

@@ -28,6 +28,9 @@ import pandas as pd
 from mlflow.models import Model, ModelSignature
 from mlflow.types import ColSpec, ParamSchema, ParamSpec, Schema
 
+from dataclasses import dataclass, field
+
+from opsd_platform.config import TrackingConfig
 from opsd_platform.errors import RegistryError  # noqa: F401 (re-exported)
 from opsd_platform import tracking
 from opsd_platform.law import LawFit
@@ -35,6 +38,16 @@ from opsd_platform.law import LawFit
 DEFAULT_NAME = "opsd-gap-law"
 CHAMPION = "champion"
 CHALLENGER = "challenger"
+
+
+@dataclass
+class LawCommandConfig:
+    """`opsd law show|promote`: which registered law, and for promote which version."""
+
+    name: str = field(default=DEFAULT_NAME, metadata={"help": "the registered model's name"})
+    version: str | None = field(default=None, metadata={"help": "promote: the version to make @champion (default: @challenger's)"})
+    force: bool = field(default=False, metadata={"help": "promote: even when the challenger is not better on held-out data"})
+    tracking: TrackingConfig = field(default_factory=TrackingConfig)
 MODEL_CODE = Path(__file__).with_name("pyfunc_model.py")
 ARTIFACT_NAME = "law"
 # Version tag values are capped by the store (5000 chars in MLflow's SQL schema).
