@@ -77,13 +77,14 @@ def decode_step(model, batch: int, context: int, static: bool, repeats: int, pre
     """CPU-s of one forward of one token per row with `context` (+ up to `repeats`) tokens cached."""
     from transformers import DynamicCache, StaticCache
 
-    from opsd_platform.training.precision import autocast
+    from opsd_platform.training.precision import autocast, sampling_attention
 
     gen = torch.Generator().manual_seed(0)
     vocab = model.config.vocab_size
     prompt = torch.randint(0, vocab, (batch, context), generator=gen)
     token = torch.randint(0, vocab, (batch, 1), generator=gen)
-    with torch.no_grad(), autocast(precision, torch.device("cpu")):
+    cpu = torch.device("cpu")
+    with torch.no_grad(), autocast(precision, cpu), sampling_attention(model, precision, cpu):  # as the engine samples
         # each timed step appends its token, like decoding does: room for the warm-up and the repeats
         room = context + repeats + 1
         cache = StaticCache(config=model.config, max_cache_len=room) if static else DynamicCache(config=model.config)

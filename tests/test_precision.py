@@ -150,3 +150,33 @@ def test_precision_setting_is_validated_and_hashed_only_when_set():
         train_config(["trainer.precision=bf16"])
     with pytest.raises(ConfigError, match="trainer.precision: bf16-mixed applies to the hf engine only"):
         train_config(["rollout.engine=vllm", "trainer.precision=bf16-mixed"])
+
+
+def test_bf16_sampling_runs_attention_in_fp32_then_restores_the_model(monkeypatch):
+    """Under bf16 on CPU the rollout's attention gets fp32 q, k, v (precision.sampling_attention:
+    torch's bf16 CPU kernel is slow for one-token queries), its matmuls stay bf16, and the model's
+    own attention implementation is back once sampling ends; fp32 sampling is untouched."""
+    cfg = train_config(["model=tiny"])
+    policy, tok = load_policy(cfg.model, seed=0)
+    own = policy.config._attn_implementation
+    seen: list[torch.dtype] = []
+    real_sdpa = torch.nn.functional.scaled_dot_product_attention
+
+    def record(query, *args, **kwargs):  # the dtype the kernel runs in: autocast casts inside the call
+        seen.append(torch.bfloat16 if torch.is_autocast_enabled("cpu") else query.dtype)
+        return real_sdpa(query, *args, **kwargs)
+
+    monkeypatch.setattr(torch.nn.functional, "scaled_dot_product_attention", record)
+    logits_dtypes = []
+    hook = policy.register_forward_hook(lambda m, a, out: logits_dtypes.append(out.logits.dtype))
+    for precision, attention in (("bf16-mixed", torch.float32), ("32", torch.float32)):
+        seen.clear(), logits_dtypes.clear()
+        ro = HFGenerateEngine(policy, tok, batch_size=8, precision=precision).generate(["What is 2 + 3?"], n=4, max_new_tokens=6, temperature=1.0)
+        assert ro.num_tokens > 0 and seen and set(seen) == {attention}, (precision, set(seen))
+        assert set(logits_dtypes) == {torch.bfloat16 if precision == "bf16-mixed" else torch.float32}
+        assert policy.config._attn_implementation == own
+    hook.remove()
+    with torch.autocast("cpu", dtype=torch.bfloat16):  # outside sampling, autocast's bf16 attention is left as it is
+        seen.clear()
+        policy(input_ids=torch.tensor([chat_ids(tok, "hi")]))
+    assert set(seen) == {torch.bfloat16}

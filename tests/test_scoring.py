@@ -11,6 +11,7 @@ import torch.nn.functional as F
 from opsd_platform.config import ModelConfig, TinyModelConfig
 from opsd_platform.models import load_policy
 from opsd_platform.training.packing import position_logits, response_logits
+from opsd_platform.training.precision import attention_switched
 from opsd_platform.training.rollout import HFGenerateEngine, chat_ids, chunks
 from opsd_platform.training.scoring import LossSettings, micro_batch_loss, scoring_with
 
@@ -92,7 +93,7 @@ def test_segment_attention_is_only_switched_on_for_its_own_pass():
     with pytest.raises(IndexError):
         position_logits(policy, [[5, 6, 7], [5, 6, 7]], torch.tensor([[vocab + 5, 3], [4, 3]]), torch.ones(2, 2), 0)
     assert policy.config._attn_implementation == "sdpa"
-    with packing._attention_switched(policy, packing.SEGMENT_ATTENTION), pytest.raises(RuntimeError, match="segments"):
+    with attention_switched(policy, packing.SEGMENT_ATTENTION, packing._segment_attention), pytest.raises(RuntimeError, match="segments"):
         policy(input_ids=torch.tensor([[5, 6, 7]]))
     assert policy.config._attn_implementation == "sdpa"
 

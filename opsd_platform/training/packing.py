@@ -31,13 +31,13 @@ for callers that want it.
 
 from __future__ import annotations
 
-import contextlib
 from dataclasses import dataclass
-from typing import Iterator, Sequence
+from typing import Sequence
 
 import torch
 
 from opsd_platform.training.losses import as_flat
+from opsd_platform.training.precision import attention_switched
 from opsd_platform.training.rollout import model_device, prompt_cache, left_pad
 
 SEGMENT_ATTENTION = "opsd_segments"  # the name `_segment_attention` is registered under in transformers
@@ -208,20 +208,6 @@ def _segment_attention(module, query, key, value, attention_mask, dropout=0.0, s
     return torch.cat(out, dim=1), None
 
 
-@contextlib.contextmanager
-def _attention_switched(model, name: str) -> Iterator[None]:
-    """Run the model with attention implementation `name` for the duration (restored on exit)."""
-    from transformers import AttentionInterface
-
-    AttentionInterface.register(name, _segment_attention)  # a dict entry: registering again is a no-op
-    previous = _attention(model)
-    model.set_attn_implementation(name)
-    try:
-        yield
-    finally:
-        model.set_attn_implementation(previous)
-
-
 def _segment_logits(model, layout: _PackLayout, response_ids: torch.Tensor) -> ResponseLogits:  # response_ids [n, T]
     """All segments one after another in one row (module docstring):
 
@@ -243,7 +229,7 @@ def _segment_logits(model, layout: _PackLayout, response_ids: torch.Tensor) -> R
         kept += [start + len(p) - 1] + list(range(start + len(p), start + width))
         segments.append((start, start + width, _block_mask(seg).view(1, 1, width, width).to(device)))
         start += width
-    with _attention_switched(model, SEGMENT_ATTENTION):
+    with attention_switched(model, SEGMENT_ATTENTION, _segment_attention):
         out = model(input_ids=torch.cat(ids).unsqueeze(0).to(device), position_ids=torch.cat(positions).unsqueeze(0).to(device),
                     use_cache=False, logits_to_keep=torch.tensor(kept, device=device), opsd_segments=segments)
     where = torch.tensor(base).unsqueeze(1)[layout.segment_of_rows().squeeze(1)] + layout.kept_column(t)  # [n, T]

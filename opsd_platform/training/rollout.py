@@ -27,7 +27,7 @@ from typing import Iterator, Protocol, Sequence, runtime_checkable
 
 import torch
 
-from opsd_platform.training.precision import DEFAULT_PRECISION, autocast
+from opsd_platform.training.precision import DEFAULT_PRECISION, autocast, sampling_attention
 
 # Alias used in shape comments: N = sequences, T = response positions, P = prompt columns, V = vocab.
 
@@ -264,7 +264,7 @@ class HFGenerateEngine:
         try:
             # One autocast scope per call (precision.py): the weights do not change within it, so
             # their bf16 casts are made once for all decode steps and dropped when it ends.
-            with autocast(self.precision, device):
+            with autocast(self.precision, device), sampling_attention(self.model, self.precision, device):
                 for sl in chunks(len(rows), self.batch_size):
                     pieces += self._generate_batch(rows[sl], max_new_tokens, temperature, top_p, eos, device)
         finally:
