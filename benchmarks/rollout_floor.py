@@ -21,7 +21,9 @@ with ``--context`` tokens in the KV cache it measures:
    decode step's, and its model forwards by kind and batch size (the engine also runs the prefill
    and drops finished rows, so the rows left pay a whole forward for fewer tokens);
 6. **one decode forward by batch size** (1, 4, 8, ``--batch``): what the rows left after the
-   others ended pay per step.
+   others ended pay per step;
+7. **a validation's sampling** (``--val-problems`` x 4 samples) in fixed batches of ``--val-batch``
+   rows against ``rollout.refill`` (a pool of as many slots), alternated twice.
 
 Times are process CPU seconds, the fastest of ``--repeats`` (a shared machine inflates wall
 time, less so CPU time; the JSON records the load average at the start). Writes
@@ -138,12 +140,39 @@ def engine_rollout(model, tokenizer, repeats: int, precision: str) -> dict:
     return best
 
 
+def validation_rollouts(model, tokenizer, n_problems: int, batch: int) -> list[dict]:
+    """A validation's sampling (rollout.val_*: `n_problems` x 4 samples, temperature 0.6, top-p 0.95,
+    48 tokens) with fixed batches of `batch` rows and with refill (a pool of `batch` slots),
+    alternated twice: CPU-s, row-tokens and decode forwards of each."""
+    from opsd_platform.config.compose import train_config
+    from opsd_platform.training.rollout import HFGenerateEngine
+    from opsd_platform.worlds import make_world
+
+    cfg = train_config(["world=arithmetic", "world.difficulty=1", f"world.n_val={n_problems}"])
+    messages = [p.prompt for p in make_world(cfg.world, seed=0).problems("val")[:n_problems]]
+    out = []
+    for repeat in range(2):
+        for refill in (False, True):
+            forwards = []
+            hook = model.register_forward_pre_hook(lambda m, a, kw: forwards.append(kw["input_ids"].shape[1] == 1), with_kwargs=True)
+            torch.manual_seed(repeat)
+            t0 = time.process_time()
+            ro = HFGenerateEngine(model, tokenizer, batch_size=batch, refill=refill).generate(messages, 4, 48, 0.6, 0.95)
+            took = time.process_time() - t0
+            hook.remove()
+            out.append({"refill": refill, "repeat": repeat, "cpu_s": took, "row_tokens": int(ro.num_tokens),
+                        "decode_forwards": sum(forwards), "forwards": len(forwards)})
+    return out
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--batch", type=int, default=16, help="rows decoded together (the engine's micro-batch)")
     parser.add_argument("--context", type=int, default=96, help="tokens in the KV cache (prompt + some answer)")
     parser.add_argument("--repeats", type=int, default=5, help="timings per measurement (the fastest counts)")
     parser.add_argument("--precisions", default="32,bf16-mixed", help="comma-separated trainer.precision values")
+    parser.add_argument("--val-problems", type=int, default=64, help="validation problems for the refill comparison (0: skip)")
+    parser.add_argument("--val-batch", type=int, default=64, help="rows per call / pool slots there (rollout.val_batch_size)")
     parser.add_argument("--out", default=os.environ.get("OUT", "bench_out"), help="folder for rollout-floor.json")
     args = parser.parse_args(argv)
     torch.set_num_threads(1)
@@ -186,6 +215,7 @@ def main(argv: list[str] | None = None) -> int:
     for batch in sorted({1, 4, 8, args.batch}):
         sweep.append({"batch": batch, "matmul_floor_s": matmul_floor(model, batch, torch.float32, args.repeats)["cpu_s"],
                       "decode_dynamic_s": decode_step(model, batch, args.context, False, args.repeats, "32")})
+    validation = validation_rollouts(model, tokenizer, args.val_problems, args.val_batch) if args.val_problems else []
     print(f"SmolLM2-135M decode step: batch {args.batch}, {args.context} cached tokens, 1 thread; "
           f"read bandwidth {bandwidth / 1e9:.1f} GB/s; load average {load:.2f} at the start")
     print("| precision | matmul floor | memory floor | decode (DynamicCache) | decode (StaticCache) | engine per step of 16 rows | engine / floor |")
@@ -201,11 +231,17 @@ def main(argv: list[str] | None = None) -> int:
     print("\none decode forward by batch size (fp32): | batch | matmuls alone | decode step |")
     for r in sweep:
         print(f"  | {r['batch']} | {ms(r['matmul_floor_s'])} | {ms(r['decode_dynamic_s'])} |")
+    if validation:
+        print(f"\na validation's sampling ({args.val_problems} problems x 4, {args.val_batch} rows per call or pool slots; fp32):")
+        print("| refill | repeat | CPU-s | row-tokens | decode forwards | CPU-s per 1000 row-tokens |\n|---|---|---|---|---|---|")
+        for v in validation:
+            print(f"| {v['refill']} | {v['repeat']} | {v['cpu_s']:.1f} | {v['row_tokens']} | {v['decode_forwards']} | "
+                  f"{v['cpu_s'] / v['row_tokens'] * 1e3:.2f} |")
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     result = {"cpu": cpu_info(), "batch": args.batch, "context": args.context, "repeats": args.repeats,
               "load_average_at_start": load, "read_bandwidth_gb_s": bandwidth / 1e9, "weight_bytes": weight_bytes,
-              "kv_bytes_fp32": kv_bytes, "rows": rows, "batch_sweep": sweep,
+              "kv_bytes_fp32": kv_bytes, "rows": rows, "batch_sweep": sweep, "validation_refill": validation,
               "command": "python -m benchmarks.rollout_floor " + " ".join(argv if argv is not None else __import__("sys").argv[1:])}
     (out / "rollout-floor.json").write_text(json.dumps(result, indent=2))
     print(f"written: {out / 'rollout-floor.json'}")

@@ -327,7 +327,8 @@ def measure_gaps(cfgs: dict[str, TrainConfig],
     def build():
         _, model, tokenizer = setup_run(first)
         return make_engine(first.rollout.engine, model, tokenizer, first.gap.batch_size, seed=first.seed,
-                           share_prefix=first.trainer.share_prompt_prefix, precision=first.trainer.precision)
+                           share_prefix=first.trainer.share_prompt_prefix, precision=first.trainer.precision,
+                           refill=first.rollout.refill)
 
     engine = LazyEngine(build)
     world = make_world(first.world, seed=first.seed)

@@ -184,3 +184,8 @@ def test_every_deliberate_exception_is_defined_in_errors():
     assert user == {"UserError", "ConfigError", "CLIError", "WorldError", "ModelLoadError", "TrackingError",
                     "CheckpointError", "LawError", "RegistryError", "ExportError", "CompareError"}
     assert not issubclass(errors.StopTraining, errors.UserError) and issubclass(errors.WorkerInterrupted, KeyboardInterrupt)
+
+
+def test_the_readme_is_a_front_door_of_at_most_200_lines():
+    lines = (ROOT / "README.md").read_text().splitlines()
+    assert len(lines) <= 200, f"README.md has {len(lines)} lines; move reference material to docs/"

@@ -132,6 +132,43 @@ def test_hf_shared_prefill_gives_the_same_samples_and_log_probs(tiny):
     assert max(w[1] for w in runs["widthsTrue"] if w[0] == 4) == 1  # generate went on from the cache
 
 
+def test_refill_keeps_every_rows_samples_and_log_probs_exact(tiny):
+    """rollout.refill (continuous batching): rows that have not started take the slots of rows that
+    ended, their prompts (of other lengths) prefilled and their caches joined to the running batch.
+    On the fp64 tiny model: greedy rows give the same tokens and log-probs as the fixed batches;
+    sampled rows' recorded log-probs are the model's own for each token (teacher-forced); at most
+    `batch_size` rows decode at once, and later rows join before the first ones have all ended."""
+    model, tok = tiny
+    model = model.double()
+    model.generation_config.eos_token_id = list(range(3, 40))  # many "EOS" tokens: rows end early
+    messages = ["What is 2 + 3?", "Reverse the string 'abcdef' please.", "Hi"]
+    greedy = {refill: HFGenerateEngine(model, tok, batch_size=4, round_tokens=2, refill=refill).generate(
+        messages, n=3, max_new_tokens=10, temperature=0.0) for refill in (False, True)}
+    assert torch.equal(greedy[False].response_ids, greedy[True].response_ids)
+    assert torch.equal(greedy[False].response_mask, greedy[True].response_mask)
+    torch.testing.assert_close(greedy[True].logprobs, greedy[False].logprobs, rtol=1e-9, atol=1e-9)
+
+    calls = []  # (rows, width) of every forward
+    hook = model.register_forward_pre_hook(lambda m, a, kw: calls.append(tuple(kw["input_ids"].shape)), with_kwargs=True)
+    torch.manual_seed(3)
+    ro = HFGenerateEngine(model, tok, batch_size=4, round_tokens=2, refill=True).generate(
+        messages, n=3, max_new_tokens=10, temperature=1.0)
+    hook.remove()
+    assert len(ro) == 9 and ro.group == [0, 0, 0, 1, 1, 1, 2, 2, 2]
+    decode_rows = [rows for rows, width in calls if width == 1]
+    assert max(decode_rows) == 4 and len([w for r, w in calls if w > 1]) >= 2  # one prefill per joining group
+    with torch.no_grad():
+        logits = response_logits(model, ro.prompt_ids, ro.response_ids, ro.response_mask, tok.pad_token_id)
+    expected = torch.log_softmax(logits, -1).gather(-1, ro.response_ids.unsqueeze(-1)).squeeze(-1)
+    # the engine records float32 log-probs: equal to the fp64 teacher-forced ones to float32's precision
+    torch.testing.assert_close(ro.logprobs[ro.response_mask], expected[ro.response_mask].float(), rtol=1e-6, atol=1e-6)
+    lengths = ro.response_mask.sum(dim=1)
+    ended = torch.zeros(len(ro), dtype=torch.bool)
+    for e in model.generation_config.eos_token_id:
+        ended |= ((ro.response_ids == e) & ro.response_mask).any(dim=1)
+    assert (lengths[~ended] == 10).all() and (lengths >= 1).all()
+
+
 @pytest.mark.parametrize("name", ["hf", pytest.param("vllm", marks=pytest.mark.skipif(
     not vllm_available(), reason="vLLM is not installed here (make vllm-env, then run this test with .venv-vllm)"))])
 def test_engine_samples_from_the_updated_policy(tiny, name):

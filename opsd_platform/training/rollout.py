@@ -1,4 +1,5 @@
-"""Rollout engines behind one small interface, and the helpers they share with scoring.
+"""Rollout engines behind one small interface (the sequence helpers they share with scoring are in
+``sequences.py``).
 
 Sequences are laid out as ``[left-padded prompt | right-padded response]``; position ids are
 computed from the attention mask so left padding does not shift positions. Scoring given response
@@ -23,11 +24,23 @@ import os
 import shutil
 import tempfile
 from dataclasses import dataclass
-from typing import Iterator, Protocol, Sequence, runtime_checkable
+from typing import Protocol, Sequence, runtime_checkable
 
 import torch
 
 from opsd_platform.training.precision import DEFAULT_PRECISION, autocast, sampling_attention
+from opsd_platform.training.sequences import (  # noqa: F401 (chat_ids, chunks, left_pad, model_device: re-exported)
+    chat_ids,
+    chunks,
+    eos_ids,
+    is_eos,
+    join_caches,
+    left_pad,
+    model_device,
+    pad_left,
+    prompt_cache,
+    response_mask_from,
+)
 
 # Alias used in shape comments: N = sequences, T = response positions, P = prompt columns, V = vocab.
 
@@ -66,65 +79,6 @@ class RolloutEngine(Protocol):
     def sync_weights(self, model: torch.nn.Module) -> None:
         """Bring the engine's weights up to date with `model` (called after each optimizer step)."""
         ...
-
-
-def chat_ids(tokenizer, message: str) -> list[int]:
-    """Token ids of a one-turn chat prompt ending where the assistant starts to answer.
-
-    A base model without a chat template gets the plain message and a newline (after BOS)."""
-    if not getattr(tokenizer, "chat_template", None):
-        return list(tokenizer(message + "\n", add_special_tokens=True)["input_ids"])
-    out = tokenizer.apply_chat_template(
-        [{"role": "user", "content": message}], add_generation_prompt=True, tokenize=True, return_dict=True
-    )
-    return list(out["input_ids"])
-
-
-def left_pad(rows: Sequence[Sequence[int]], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """Left-pad id lists -> (ids [N, P], attention mask [N, P])."""
-    width = max(len(r) for r in rows)
-    ids = torch.full((len(rows), width), pad_id, dtype=torch.long)
-    mask = torch.zeros((len(rows), width), dtype=torch.long)
-    for i, row in enumerate(rows):
-        if row:
-            ids[i, width - len(row) :] = torch.tensor(row, dtype=torch.long)
-            mask[i, width - len(row) :] = 1
-    return ids, mask
-
-
-def response_mask_from(ids: torch.Tensor, eos_ids: set[int]) -> torch.Tensor:
-    """True up to and including the first EOS of each row (the EOS is a token the model chose)."""
-    is_eos = _is_eos(ids, eos_ids)
-    # count of EOS strictly before each position; positions with none before are kept
-    before = torch.cumsum(is_eos.long(), dim=1) - is_eos.long()
-    return before == 0
-
-
-def _is_eos(ids: torch.Tensor, eos_ids: set[int]) -> torch.Tensor:  # ids [N, T] -> bool [N, T]
-    is_eos = torch.zeros_like(ids, dtype=torch.bool)
-    for e in eos_ids:
-        is_eos |= ids == e
-    return is_eos
-
-
-def chunks(n: int, size: int) -> Iterator[slice]:
-    """Slices covering range(n) in pieces of at most `size` (micro-batches)."""
-    for start in range(0, n, size):
-        yield slice(start, min(n, start + size))
-
-
-def eos_ids(tokenizer, model) -> set[int]:
-    ids = {tokenizer.eos_token_id}
-    gen_eos = getattr(getattr(model, "generation_config", None), "eos_token_id", None)
-    if isinstance(gen_eos, int):
-        ids.add(gen_eos)
-    elif isinstance(gen_eos, (list, tuple)):
-        ids.update(gen_eos)
-    return {i for i in ids if i is not None}
-
-
-def model_device(model) -> torch.device:
-    return next(model.parameters()).device
 
 
 def _pack(
@@ -227,16 +181,25 @@ class HFGenerateEngine:
     rounds of ``round_tokens`` and drops the rows that ended between rounds (``generate`` runs every
     row to the longest; with SmolLM2 on arithmetic ~40 % of its row-steps were past an EOS), and
     the token is drawn by `_Sampler` (inverse CDF) instead of ``generate``'s multinomial. The
-    distribution is the same; the random draws are not those of a plain ``generate``."""
+    distribution is the same; the random draws are not those of a plain ``generate``.
+
+    With ``refill`` (``rollout.refill``, continuous batching), the rows of one call share a pool of
+    ``batch_size`` slots instead of running in fixed micro-batches: when rows end between rounds,
+    rows not started yet take their places (their prompts prefilled, their cache joined to the
+    running one). The rows left at the end of a fixed micro-batch no longer decode nearly alone: a
+    decode forward of SmolLM2 costs ~70 ms at batch 1 and ~150 ms at 16 on one core, so a tail of
+    3 long rows paid ~45 % of a measured rollout (benchmarks/README.md, "The rollout's floor").
+    Same distribution; other random draws (they are drawn per forward, over the rows in it)."""
 
     def __init__(self, model, tokenizer, batch_size: int = 16, share_prefix: bool = True, round_tokens: int = 8,
-                 precision: str = DEFAULT_PRECISION):
+                 precision: str = DEFAULT_PRECISION, refill: bool = False):
         self.model = model
         self.tokenizer = tokenizer
         self.batch_size = batch_size
         self.share_prefix = share_prefix
         self.round_tokens = round_tokens  # finished rows leave the batch every this many tokens
         self.precision = precision  # trainer.precision: the matmuls' dtype while sampling (precision.py)
+        self.refill = refill  # continuous batching over the call's rows (class docstring)
 
     def sync_weights(self, model: torch.nn.Module) -> None:
         if model is not self.model:
@@ -265,8 +228,11 @@ class HFGenerateEngine:
             # One autocast scope per call (precision.py): the weights do not change within it, so
             # their bf16 casts are made once for all decode steps and dropped when it ends.
             with autocast(self.precision, device), sampling_attention(self.model, self.precision, device):
-                for sl in chunks(len(rows), self.batch_size):
-                    pieces += self._generate_batch(rows[sl], max_new_tokens, temperature, top_p, eos, device)
+                if self.refill:
+                    pieces = self._generate_refilling(rows, max_new_tokens, temperature, top_p, eos, device)
+                else:
+                    for sl in chunks(len(rows), self.batch_size):
+                        pieces += self._generate_batch(rows[sl], max_new_tokens, temperature, top_p, eos, device)
         finally:
             self.model.train(was_training)
         return _pack(rows, group, pieces, tok, eos)
@@ -301,7 +267,7 @@ class HFGenerateEngine:
                 tokens[active[line]] += t.tolist()
                 logprobs[active[line]] += lp.tolist()
             left -= new.shape[1]
-            keep = (~_is_eos(new, eos).any(dim=1)).nonzero().squeeze(1)  # [a'] lines still going
+            keep = (~is_eos(new, eos).any(dim=1)).nonzero().squeeze(1)  # [a'] lines still going
             if left <= 0 or len(keep) == 0:
                 break
             # generate left the last sampled token unfed: the cache covers all but it, and the
@@ -313,6 +279,70 @@ class HFGenerateEngine:
             mask = torch.cat([mask, torch.ones_like(new)], dim=1)[keep]
             active = [active[line] for line in keep.tolist()]
         return list(zip(tokens, logprobs))
+
+    def _generate_refilling(self, rows: list[list[int]], max_new_tokens: int, temperature: float, top_p: float,
+                            eos: set[int], device) -> list[tuple[list[int], list[float]]]:
+        """Tokens and raw log-probs of every row, at most `batch_size` rows decoding at once: rounds
+        of `round_tokens` as `_generate_batch`, and after each round the rows that ended leave and
+        rows not started yet join (`_join`), until every row has ended."""
+        from transformers import LogitsProcessorList
+
+        pad = self.tokenizer.pad_token_id
+        sampling = dict(do_sample=False, temperature=None, top_p=None, top_k=None)  # as in _generate_batch
+        tokens: list[list[int]] = [[] for _ in rows]
+        logprobs: list[list[float]] = [[] for _ in rows]
+        waiting = list(range(len(rows)))  # rows not started, in order
+        active: list[int] = []  # row of each batch line
+        left: dict[int, int] = {}  # tokens each active row may still generate
+        ids = mask = cache = None  # [a, W], [a, W], the cache of all but the last column
+        while waiting or active:
+            joining, waiting = waiting[: self.batch_size - len(active)], waiting[self.batch_size - len(active) :]
+            if joining:
+                ids, mask, cache = self._join([rows[r] for r in joining], ids, mask, cache, device)
+                active += joining
+                left.update({r: max_new_tokens for r in joining})
+            recorder = _SampledLogprobs()
+            processors = [recorder] + ([_Sampler(temperature, top_p)] if temperature > 0 else [])
+            out = self.model.generate(
+                input_ids=ids, attention_mask=mask, max_new_tokens=min(self.round_tokens, *(left[r] for r in active)),
+                pad_token_id=pad, eos_token_id=sorted(eos), logits_processor=LogitsProcessorList(processors),
+                past_key_values=cache, return_dict_in_generate=True, **sampling,
+            )
+            new = out.sequences[:, ids.shape[1] :]  # [a, s]
+            lps = recorder.finish(new[:, -1]) if new.shape[1] else torch.zeros(new.shape)
+            for line, (t, lp) in enumerate(zip(new.cpu(), lps)):
+                tokens[active[line]] += t.tolist()
+                logprobs[active[line]] += lp.tolist()
+                left[active[line]] -= new.shape[1]
+            going = ~is_eos(new, eos).any(dim=1) & torch.tensor([left[r] > 0 for r in active], device=new.device)
+            keep = going.nonzero().squeeze(1)  # [a'] lines still going
+            if len(keep) == 0:
+                active, ids, mask, cache = [], None, None, None
+                continue
+            cache = out.past_key_values  # all but the last sampled token, as after a prefill
+            if len(keep) < len(new):
+                cache.batch_select_indices(keep)
+            ids = out.sequences[keep]
+            mask = torch.cat([mask, torch.ones_like(new)], dim=1)[keep]
+            active = [active[line] for line in keep.tolist()]
+        return list(zip(tokens, logprobs))
+
+    def _join(self, prompts: list[list[int]], ids, mask, cache, device):
+        """The running batch (ids [a, W], mask [a, W], cache of W - 1 columns; None when empty) with
+        `prompts` appended: each distinct prompt but its last token prefilled once, both sides
+        left-padded to the wider, the caches joined (`sequences.join_caches`)."""
+        pad = self.tokenizer.pad_token_id
+        if min(map(len, prompts)) < 2:
+            raise ValueError("rollout.refill needs prompts of at least 2 tokens (a chat prompt always is)")
+        keyed = [tuple(p) for p in prompts]
+        _, new_cache, _, _ = prompt_cache(self.model, list(dict.fromkeys(keyed)), keyed, pad, drop_last=True)
+        new_ids, new_mask = (t.to(device) for t in left_pad(prompts, pad))
+        if ids is None:
+            return new_ids, new_mask, new_cache
+        width = max(ids.shape[1], new_ids.shape[1])
+        ids = torch.cat([pad_left(ids, width, pad), pad_left(new_ids, width, pad)])
+        mask = torch.cat([pad_left(mask, width, 0), pad_left(new_mask, width, 0)])
+        return ids, mask, join_caches(cache, new_cache)
 
     def _shared_prefill(self, rows: list[list[int]], device) -> dict:
         """``{"past_key_values": cache}`` holding each row's prompt but its last token, computed
@@ -401,37 +431,13 @@ class VLLMEngine:
 
 
 def make_engine(name: str, model, tokenizer, batch_size: int = 16, seed: int = 0,
-                share_prefix: bool = True, precision: str = DEFAULT_PRECISION) -> RolloutEngine:
+                share_prefix: bool = True, precision: str = DEFAULT_PRECISION, refill: bool = False) -> RolloutEngine:
     """The rollout engine `rollout.engine` names, for `model` (``share_prefix``: HF's shared
     prefill; vLLM shares prompts through its prefix cache anyway; ``precision``: trainer.precision,
-    HF only, the config refuses another than fp32 with vLLM)."""
+    HF only, the config refuses another than fp32 with vLLM; ``refill``: rollout.refill, HF only,
+    vLLM batches continuously anyway)."""
     if name == "hf":
-        return HFGenerateEngine(model, tokenizer, batch_size, share_prefix=share_prefix, precision=precision)
+        return HFGenerateEngine(model, tokenizer, batch_size, share_prefix=share_prefix, precision=precision, refill=refill)
     if name == "vllm":
         return VLLMEngine(model, tokenizer, seed=seed)
     raise ValueError(f"rollout.engine: unknown value {name!r}; valid: {', '.join(ENGINES)}")
-
-
-def prompt_cache(
-    model,
-    distinct: list[tuple[int, ...]],  # [u][P_j] the distinct prompts
-    rows: list[tuple[int, ...]],  # [n][P_i] each row's prompt (one of `distinct`)
-    pad_id: int,
-    drop_last: bool = False,
-) -> tuple[torch.Tensor, object, torch.Tensor, torch.Tensor]:
-    """Run each distinct prompt once, left-padded to one width P (without its last column when
-    ``drop_last``), with the KV cache on, and gather the cache out to the rows. Returns the logits
-    of each prompt's last column [u, 1, V], the rows' cache, the prompts' mask [u, P] and the
-    index [n] of each row's prompt. Shared by scoring and the HF engine's prefill."""
-    device = model_device(model)
-    where = {p: j for j, p in enumerate(distinct)}
-    index = torch.tensor([where[r] for r in rows], dtype=torch.long, device=device)  # [n] row -> prompt
-    prompt, mask = left_pad(distinct, pad_id)  # [u, P]
-    if drop_last:
-        prompt, mask = prompt[:, :-1], mask[:, :-1]
-    prompt, mask = prompt.to(device), mask.to(device)
-    positions = (mask.cumsum(dim=1) - 1).clamp(min=0)
-    out = model(input_ids=prompt, attention_mask=mask, position_ids=positions, use_cache=True, logits_to_keep=1)
-    cache = out.past_key_values
-    cache.batch_select_indices(index)
-    return out.logits, cache, mask, index

@@ -228,7 +228,8 @@ def run_gap(cfg: TrainConfig, parent_run_id: str | None = None) -> tuple[str, Ga
     """`opsd gap`: measure one configuration's initial gap as its own MLflow run (kind=gap)."""
     world, model, tokenizer = setup_run(cfg)
     engine = make_engine(cfg.rollout.engine, model, tokenizer, cfg.rollout.batch_size, seed=cfg.seed,
-                         share_prefix=cfg.trainer.share_prompt_prefix, precision=cfg.trainer.precision)
+                         share_prefix=cfg.trainer.share_prompt_prefix, precision=cfg.trainer.precision,
+                         refill=cfg.rollout.refill)
     with _mlflow_run(cfg, "gap", parent_run_id, None) as (run_id, _):
         gap = measure_initial_gap(cfg, engine, world)
         _log_gap(MlflowClient(tracking_uri=cfg.tracking.resolved_uri()), run_id, cfg, gap)
