@@ -148,7 +148,7 @@ def validation_rollouts(model, tokenizer, n_problems: int, batch: int) -> list[d
     from opsd_platform.training.rollout import HFGenerateEngine
     from opsd_platform.worlds import make_world
 
-    cfg = train_config(["world=arithmetic", "world.difficulty=1", f"world.n_val={n_problems}"])
+    cfg = train_config(["world=arithmetic", "world.difficulty=1", "world.n_train=36", f"world.n_val={n_problems}"])  # as the grid
     messages = [p.prompt for p in make_world(cfg.world, seed=0).problems("val")[:n_problems]]
     out = []
     for repeat in range(2):
