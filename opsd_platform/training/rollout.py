@@ -237,46 +237,55 @@ class HFGenerateEngine:
             self.model.train(was_training)
         return _pack(rows, group, pieces, tok, eos)
 
+    def _round(self, ids, mask, cache, n_tokens: int, temperature: float, top_p: float, eos: set[int],
+               lines: list[int], tokens: list[list[int]], logprobs: list[list[float]]):
+        """One generate call of up to `n_tokens` on the batch (ids [a, W], mask [a, W], `cache` of
+        all but the last column or None), each line's tokens and raw log-probs appended to its row
+        (`lines`: the row of each line). Returns (generate's output, the new tokens [a, s])."""
+        from transformers import LogitsProcessorList
+
+        recorder = _SampledLogprobs()
+        processors = [recorder] + ([_Sampler(temperature, top_p)] if temperature > 0 else [])
+        out = self.model.generate(
+            input_ids=ids, attention_mask=mask, max_new_tokens=n_tokens, pad_token_id=self.tokenizer.pad_token_id,
+            eos_token_id=sorted(eos), logits_processor=LogitsProcessorList(processors), past_key_values=cache,
+            return_dict_in_generate=True, do_sample=False, temperature=None, top_p=None, top_k=None,
+        )  # greedy in generate's eyes; with a temperature, `_Sampler` draws the token first
+        new = out.sequences[:, ids.shape[1] :]  # [a, s]
+        lps = recorder.finish(new[:, -1]) if new.shape[1] else torch.zeros(new.shape)
+        for line, (t, lp) in enumerate(zip(new.cpu(), lps)):
+            tokens[lines[line]] += t.tolist()
+            logprobs[lines[line]] += lp.tolist()
+        return out, new
+
+    @staticmethod
+    def _kept(out, new, mask, keep):
+        """(ids, mask, cache) of the lines `keep` [a'] after a round. generate left the last sampled
+        token unfed: the cache covers all but it, and the next call runs it first (as after a prefill)."""
+        cache = out.past_key_values
+        if len(keep) < len(new):
+            cache.batch_select_indices(keep)
+        return out.sequences[keep], torch.cat([mask, torch.ones_like(new)], dim=1)[keep], cache
+
     def _generate_batch(self, rows: list[list[int]], max_new_tokens: int, temperature: float, top_p: float,
                         eos: set[int], device) -> list[tuple[list[int], list[float]]]:
         """Tokens and raw log-probs of one micro-batch, generated in rounds of `round_tokens`:
         after each round the rows that ended (an EOS) leave the batch, and generate goes on
         from the kept rows' KV cache, so a finished row stops costing a forward per token."""
-        from transformers import LogitsProcessorList
-
-        pad = self.tokenizer.pad_token_id
-        ids, mask = (t.to(device) for t in left_pad(rows, pad))  # [a, L], the active rows so far
+        ids, mask = (t.to(device) for t in left_pad(rows, self.tokenizer.pad_token_id))  # [a, L], the active rows so far
         cache = self._shared_prefill(rows, device).get("past_key_values") if self.share_prefix else None
-        # greedy in generate's eyes; with a temperature, `_Sampler` draws the token first
-        sampling = dict(do_sample=False, temperature=None, top_p=None, top_k=None)
         tokens: list[list[int]] = [[] for _ in rows]
         logprobs: list[list[float]] = [[] for _ in rows]
         active = list(range(len(rows)))  # row of each active batch line
         left = max_new_tokens
         while left > 0:
-            recorder = _SampledLogprobs()
-            processors = [recorder] + ([_Sampler(temperature, top_p)] if temperature > 0 else [])
-            out = self.model.generate(
-                input_ids=ids, attention_mask=mask, max_new_tokens=min(left, self.round_tokens), pad_token_id=pad,
-                eos_token_id=sorted(eos), logits_processor=LogitsProcessorList(processors), past_key_values=cache,
-                return_dict_in_generate=True, **sampling,
-            )
-            new = out.sequences[:, ids.shape[1] :]  # [a, s]
-            lps = recorder.finish(new[:, -1]) if new.shape[1] else torch.zeros(new.shape)
-            for line, (t, lp) in enumerate(zip(new.cpu(), lps)):
-                tokens[active[line]] += t.tolist()
-                logprobs[active[line]] += lp.tolist()
+            out, new = self._round(ids, mask, cache, min(left, self.round_tokens), temperature, top_p, eos,
+                                   active, tokens, logprobs)
             left -= new.shape[1]
             keep = (~is_eos(new, eos).any(dim=1)).nonzero().squeeze(1)  # [a'] lines still going
             if left <= 0 or len(keep) == 0:
                 break
-            # generate left the last sampled token unfed: the cache covers all but it, and the
-            # next call runs it first (as after the shared prefill)
-            cache = out.past_key_values
-            if len(keep) < len(new):
-                cache.batch_select_indices(keep)
-            ids = out.sequences[keep]
-            mask = torch.cat([mask, torch.ones_like(new)], dim=1)[keep]
+            ids, mask, cache = self._kept(out, new, mask, keep)
             active = [active[line] for line in keep.tolist()]
         return list(zip(tokens, logprobs))
 
@@ -285,10 +294,6 @@ class HFGenerateEngine:
         """Tokens and raw log-probs of every row, at most `batch_size` rows decoding at once: rounds
         of `round_tokens` as `_generate_batch`, and after each round the rows that ended leave and
         rows not started yet join (`_join`), until every row has ended."""
-        from transformers import LogitsProcessorList
-
-        pad = self.tokenizer.pad_token_id
-        sampling = dict(do_sample=False, temperature=None, top_p=None, top_k=None)  # as in _generate_batch
         tokens: list[list[int]] = [[] for _ in rows]
         logprobs: list[list[float]] = [[] for _ in rows]
         waiting = list(range(len(rows)))  # rows not started, in order
@@ -301,29 +306,16 @@ class HFGenerateEngine:
                 ids, mask, cache = self._join([rows[r] for r in joining], ids, mask, cache, device)
                 active += joining
                 left.update({r: max_new_tokens for r in joining})
-            recorder = _SampledLogprobs()
-            processors = [recorder] + ([_Sampler(temperature, top_p)] if temperature > 0 else [])
-            out = self.model.generate(
-                input_ids=ids, attention_mask=mask, max_new_tokens=min(self.round_tokens, *(left[r] for r in active)),
-                pad_token_id=pad, eos_token_id=sorted(eos), logits_processor=LogitsProcessorList(processors),
-                past_key_values=cache, return_dict_in_generate=True, **sampling,
-            )
-            new = out.sequences[:, ids.shape[1] :]  # [a, s]
-            lps = recorder.finish(new[:, -1]) if new.shape[1] else torch.zeros(new.shape)
-            for line, (t, lp) in enumerate(zip(new.cpu(), lps)):
-                tokens[active[line]] += t.tolist()
-                logprobs[active[line]] += lp.tolist()
-                left[active[line]] -= new.shape[1]
+            n_tokens = min(self.round_tokens, *(left[r] for r in active))
+            out, new = self._round(ids, mask, cache, n_tokens, temperature, top_p, eos, active, tokens, logprobs)
+            for r in active:
+                left[r] -= new.shape[1]
             going = ~is_eos(new, eos).any(dim=1) & torch.tensor([left[r] > 0 for r in active], device=new.device)
             keep = going.nonzero().squeeze(1)  # [a'] lines still going
             if len(keep) == 0:
                 active, ids, mask, cache = [], None, None, None
                 continue
-            cache = out.past_key_values  # all but the last sampled token, as after a prefill
-            if len(keep) < len(new):
-                cache.batch_select_indices(keep)
-            ids = out.sequences[keep]
-            mask = torch.cat([mask, torch.ones_like(new)], dim=1)[keep]
+            ids, mask, cache = self._kept(out, new, mask, keep)
             active = [active[line] for line in keep.tolist()]
         return list(zip(tokens, logprobs))
 
