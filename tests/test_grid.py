@@ -342,3 +342,20 @@ def test_law_report_runs_on_an_exported_table(tmp_path):
     pooled = [f for f in report["fits"] if f["fit"] == "pooled (law slices)"][0]
     assert 0.5 < pooled["slope"] < 0.8 and pooled["configs"] == 5
     assert (tmp_path / "plots" / "law-f-arithmetic.png").is_file()
+
+
+def test_export_from_a_store_of_one_new_run_fills_the_tables_hyper_parameter_columns():
+    """A session that lost its store exports its next point from a fresh one, where nothing varies:
+    the merged table must still carry that run's values in the columns the table has, and gain no
+    column for a setting that is the same everywhere."""
+    from opsd_platform.law.export import hyper_columns_kept, merge
+
+    old = pd.DataFrame({"run_id": ["a", "b"], "context": ["none", "graded"], "graded_fraction": [0.5, 0.25],
+                        "algorithm": ["opsd", "grpo"]})
+    new = pd.DataFrame({"run_id": ["c"], "context": ["graded"], "graded_fraction": [0.75], "algorithm": ["opsd"],
+                        "trainer.max_steps": [20]})
+    table = hyper_columns_kept(merge(old, new), old, new)
+    assert list(table.columns) == ["run_id", "context", "graded_fraction", "algorithm"]
+    assert table.set_index("run_id").loc["c", ["graded_fraction", "algorithm"]].tolist() == [0.75, "opsd"]
+    two = pd.concat([new, new.assign(run_id="d", **{"trainer.max_steps": 40})])  # new rows that differ: a new column
+    assert "trainer.max_steps" in hyper_columns_kept(merge(old, two), old, two)

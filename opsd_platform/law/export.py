@@ -93,7 +93,8 @@ def _gap_json(client, run_id: str) -> dict:
         return json.loads(Path(client.download_artifacts(run_id, "gap.json", tmp)).read_text())
 
 
-def collect(uri: str, experiment: str, grid: str | None) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame]:
+def collect(uri: str, experiment: str, grid: str | None,
+            every_hyper: bool = False) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame]:
     """The three tables of the store's FINISHED training runs of `grid` that have an improvement."""
     client = tracking.init_store(uri)
     exp = client.get_experiment_by_name(experiment)
@@ -143,8 +144,10 @@ def collect(uri: str, experiment: str, grid: str | None) -> tuple[pd.DataFrame, 
                              "teacher_passes": round(pp["teacher"] * n), "samples": n})
     runs_df = pd.DataFrame(rows)
     param_cols = [c for c in runs_df if c.startswith("param:")]
-    varying = [c for c in param_cols if not c[6:].startswith(NOT_HYPER)
-               and runs_df[c].astype(str).nunique(dropna=False) > 1 and c[6:] != "context"]
+    # the hyper-parameters that vary among these runs (with `every_hyper`, all of them: `export`
+    # decides over the merged table, where a store holding a single new run varies in nothing)
+    varying = [c for c in param_cols if not c[6:].startswith(NOT_HYPER) and c[6:] != "context"
+               and (every_hyper or runs_df[c].astype(str).nunique(dropna=False) > 1)]
     runs_df = runs_df.drop(columns=[c for c in param_cols if c not in varying]).rename(columns={c: c[6:] for c in varying})
     return runs_df, pd.DataFrame(steps, columns=STEP_COLUMNS + list(STEP_CURVES)), pd.DataFrame(problems, columns=GAP_COLUMNS)
 
@@ -171,13 +174,22 @@ def order_steps(steps: pd.DataFrame) -> pd.DataFrame:
     return steps.sort_values(["run_id", "step"]).reset_index(drop=True)
 
 
+def hyper_columns_kept(merged: pd.DataFrame, old: pd.DataFrame | None, new: pd.DataFrame) -> pd.DataFrame:
+    """`merged` without the hyper-parameter columns that do not vary: a column the old table has is
+    kept (its new rows filled in); one only the new rows have is kept when it varies among them."""
+    have = set(old.columns) if old is not None else set()
+    fixed = set(RUN_COLUMNS + META_COLUMNS)
+    drop = [c for c in new if c not in fixed and c not in have and new[c].astype(str).nunique(dropna=False) <= 1]
+    return merged.drop(columns=drop)
+
+
 def export(uri: str, experiment: str, cfg: ExportConfig) -> dict[str, int]:
     """Write (merge into) the three files under `cfg.out`; returns rows per file."""
-    runs, steps, problems = collect(uri, experiment, cfg.grid)
+    runs, steps, problems = collect(uri, experiment, cfg.grid, every_hyper=True)
     out = Path(cfg.out)
     out.mkdir(parents=True, exist_ok=True)
     old = {name: read_table(out / name) if (out / name).exists() else None for name in FILES}
-    tables = {"runs.csv": order(merge(old["runs.csv"], runs)),
+    tables = {"runs.csv": order(hyper_columns_kept(merge(old["runs.csv"], runs), old["runs.csv"], runs)),
               "steps.csv": order_steps(merge(old["steps.csv"], steps)),
               "gap_problems.csv": merge(old["gap_problems.csv"], problems).sort_values(["run_id", "problem"])}
     for name, table in tables.items():  # all validated before any is written
