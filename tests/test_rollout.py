@@ -169,6 +169,18 @@ def test_refill_keeps_every_rows_samples_and_log_probs_exact(tiny):
     assert (lengths[~ended] == 10).all() and (lengths >= 1).all()
 
 
+def test_refill_refuses_a_sliding_window_model():
+    """Gemma 3's sliding-window layers keep a rolling cache that joined rows would misalign: a
+    config error when the engine is built, not a wrong sample later."""
+    from transformers import Gemma3ForCausalLM, Gemma3TextConfig
+
+    model = Gemma3ForCausalLM(Gemma3TextConfig(vocab_size=128, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                                               num_attention_heads=2, num_key_value_heads=1, head_dim=16))
+    with pytest.raises(ConfigError, match="rollout.refill: this model has sliding-window attention layers"):
+        HFGenerateEngine(model, tokenizer=None, refill=True)
+    HFGenerateEngine(model, tokenizer=None, refill=False)  # without refill the model samples as before
+
+
 @pytest.mark.parametrize("name", ["hf", pytest.param("vllm", marks=pytest.mark.skipif(
     not vllm_available(), reason="vLLM is not installed here (make vllm-env, then run this test with .venv-vllm)"))])
 def test_engine_samples_from_the_updated_policy(tiny, name):

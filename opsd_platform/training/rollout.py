@@ -28,6 +28,7 @@ from typing import Protocol, Sequence, runtime_checkable
 
 import torch
 
+from opsd_platform.errors import ConfigError
 from opsd_platform.training.precision import DEFAULT_PRECISION, autocast, sampling_attention
 from opsd_platform.training.sequences import (  # noqa: F401 (chat_ids, chunks, left_pad, model_device: re-exported)
     chat_ids,
@@ -200,6 +201,10 @@ class HFGenerateEngine:
         self.round_tokens = round_tokens  # finished rows leave the batch every this many tokens
         self.precision = precision  # trainer.precision: the matmuls' dtype while sampling (precision.py)
         self.refill = refill  # continuous batching over the call's rows (class docstring)
+        if refill and "sliding_attention" in (getattr(getattr(model, "config", None), "layer_types", None) or ()):
+            # a sliding-window layer's cache is a rolling buffer: left padding would misalign it
+            raise ConfigError("rollout.refill: this model has sliding-window attention layers (e.g. Gemma 3), whose "
+                              "KV cache cannot be joined across rows; use rollout.refill=false")
 
     def sync_weights(self, model: torch.nn.Module) -> None:
         if model is not self.model:
