@@ -49,20 +49,18 @@ USAGE = __doc__
 # The config sections each command composes: (prefix, "module:Class"), "" for the train config. One
 # table, read by the commands (`command_sections` composes each section with Hydra) and by
 # `opsd <command> --help` (which describes each section's keys).
+TRAIN_CONFIG = "opsd_platform.config:TrainConfig"
 SECTIONS = {
-    "train": [("", "opsd_platform.config:TrainConfig")],
-    "gap": [("", "opsd_platform.config:TrainConfig")],
-    "calibrate": [("calibrate.", "opsd_platform.law.calibrate:CalibrateConfig"), ("", "opsd_platform.config:TrainConfig")],
-    "search": [("search.", "opsd_platform.search.settings:SearchConfig"), ("", "opsd_platform.config:TrainConfig")],
-    "grid": [("grid.", "opsd_platform.search.grid:GridConfig"), ("", "opsd_platform.config:TrainConfig")],
+    "train": [("", TRAIN_CONFIG)],
+    "gap": [("", TRAIN_CONFIG)],
+    "calibrate": [("calibrate.", "opsd_platform.law.calibrate:CalibrateConfig"), ("", TRAIN_CONFIG)],
+    "search": [("search.", "opsd_platform.search.settings:SearchConfig"), ("", TRAIN_CONFIG)],
+    "grid": [("grid.", "opsd_platform.search.grid:GridConfig"), ("", TRAIN_CONFIG)],
     "export": [("export.", "opsd_platform.law.export:ExportConfig"), ("tracking.", "opsd_platform.config:TrackingConfig")],
     "fit-law": [("law.", "opsd_platform.law.pipeline:FitLawConfig"), ("tracking.", "opsd_platform.config:TrackingConfig")],
     "law": [("", "opsd_platform.law.registry:LawCommandConfig")],
-    "compare-grpo": [("compare.", "opsd_platform.compare_grpo:CompareConfig"), ("", "opsd_platform.config:TrainConfig")],
+    "compare-grpo": [("compare.", "opsd_platform.compare_grpo:CompareConfig"), ("", TRAIN_CONFIG)],
 }
-
-
-TRAIN_CONFIG = "opsd_platform.config:TrainConfig"
 
 
 def section_class(target: str) -> type:
@@ -242,7 +240,7 @@ def cmd_fit_law(overrides: Sequence[str]) -> int:
 
 
 def cmd_law(overrides: Sequence[str]) -> int:
-    from opsd_platform.law.registry import RegistryError, describe, format_table, promote
+    from opsd_platform.law.registry import describe, format_table, promote
 
     if not overrides or overrides[0] not in ("show", "promote"):
         raise CLIError("usage: opsd law show|promote [name=...] [version=N] [force=true] [tracking.uri=...]")
@@ -250,14 +248,11 @@ def cmd_law(overrides: Sequence[str]) -> int:
     sections, _ = command_sections("law", overrides[1:])
     cfg = sections[""]
     uri = cfg.tracking.resolved_uri()
-    try:
-        if action == "show":
-            print(format_table(describe(uri, cfg.name)))
-        else:
-            out = promote(cfg.name, cfg.version, tracking_uri=uri, force=cfg.force)
-            print(f"{out['decision']}: {out['reason']} (champion: version {out['champion']})")
-    except RegistryError as exc:
-        raise CLIError(str(exc)) from None
+    if action == "show":  # a missing name, alias or version is a RegistryError: one line, exit 2
+        print(format_table(describe(uri, cfg.name)))
+    else:
+        out = promote(cfg.name, cfg.version, tracking_uri=uri, force=cfg.force)
+        print(f"{out['decision']}: {out['reason']} (champion: version {out['champion']})")
     return 0
 
 

@@ -27,6 +27,7 @@ from typing import Any, Iterator
 
 from mlflow.entities import RunStatus
 from mlflow.tracking import MlflowClient
+
 from opsd_platform.errors import TrackingError  # noqa: F401 (re-exported)
 
 log = logging.getLogger(__name__)

@@ -8,6 +8,7 @@ from typing import Any, Sequence
 
 import numpy as np
 import pandas as pd
+
 from opsd_platform.errors import LawError  # noqa: F401 (re-exported)
 
 REQUIRED_COLUMNS = ("config", "seed", "gap", "improvement")

@@ -20,6 +20,7 @@ import json
 import math
 import os
 import tempfile
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterator, Mapping, Sequence
 
@@ -27,8 +28,6 @@ import mlflow
 import pandas as pd
 from mlflow.models import Model, ModelSignature
 from mlflow.types import ColSpec, ParamSchema, ParamSpec, Schema
-
-from dataclasses import dataclass, field
 
 from opsd_platform.config import TrackingConfig
 from opsd_platform.errors import RegistryError  # noqa: F401 (re-exported)
@@ -48,6 +47,8 @@ class LawCommandConfig:
     version: str | None = field(default=None, metadata={"help": "promote: the version to make @champion (default: @challenger's)"})
     force: bool = field(default=False, metadata={"help": "promote: even when the challenger is not better on held-out data"})
     tracking: TrackingConfig = field(default_factory=TrackingConfig)
+
+
 MODEL_CODE = Path(__file__).with_name("pyfunc_model.py")
 ARTIFACT_NAME = "law"
 # Version tag values are capped by the store (5000 chars in MLflow's SQL schema).
