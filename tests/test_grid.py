@@ -20,6 +20,7 @@ from optuna.trial import TrialState
 
 from opsd_platform.config.compose import train_config
 from opsd_platform.config import config_hash
+from opsd_platform.errors import ConfigError
 from opsd_platform.law.export import STEP_COLUMNS, STEP_CURVES
 
 REPO = Path(__file__).resolve().parents[1]
@@ -312,6 +313,18 @@ def test_a_grid_file_with_a_bad_slice_names_it(tmp_path):
     spec.write_text("name: g\nslices:\n  - name: a\n    configs: [[context=oracle]]\n")
     out = opsd("grid", f"grid.spec={spec}", "grid.dry_run=true", f"tracking.uri=sqlite:///{tmp_path}/mlflow.db")
     assert out.returncode == 2 and "slice a" in out.stderr and "oracle" in out.stderr
+
+
+def test_only_runs_the_slices_listed_in_the_order_listed():
+    from opsd_platform.search.grid import load_spec, points
+
+    spec = load_spec("benchmark")
+    listed = [p.slice for p in points(spec, only=["grpo-pyfunc", "grpo-arithmetic"])]
+    assert listed == ["grpo-pyfunc"] * 2 + ["grpo-arithmetic"] * 2
+    in_file_order = [p.slice for p in points(spec, only=["grpo-arithmetic", "law-arithmetic"])]
+    assert in_file_order[:2] == ["grpo-arithmetic"] * 2 and set(in_file_order[2:]) == {"law-arithmetic"}
+    with pytest.raises(ConfigError, match="grid.only: unknown slice"):
+        points(spec, only=["grpo"])
 
 
 def test_law_report_runs_on_an_exported_table(tmp_path):

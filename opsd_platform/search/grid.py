@@ -51,7 +51,7 @@ class GridConfig:
     spec: str = field(default="benchmark", metadata={"help": "conf/grid/<spec>.yaml, or a path to a grid file"})
     workers: int = field(default=2, metadata={"help": "worker processes to start (0 = run as one worker in this process)"})
     threads: int = field(default=1, metadata={"help": "torch threads per worker (one per core is fastest here)"})
-    only: list[str] = field(default_factory=list, metadata={"help": "run only these slices (empty = all, in file order)"})
+    only: list[str] = field(default_factory=list, metadata={"help": "run only these slices, in the order listed (empty = all, in file order)"})
     storage: str | None = field(default=None, metadata={"help": "Optuna storage URL (default: grid.db beside a SQLite MLflow store)"})
     exported: str | None = field(
         default="benchmarks/data/runs.csv",
@@ -136,16 +136,16 @@ def draw_configs(space: str, n: int, seed: int, base: Sequence[str]) -> list[lis
 
 
 def points(spec: dict, user_overrides: Sequence[str] = (), only: Sequence[str] = ()) -> list[GridPoint]:
-    """Every point of the grid, in file order (slice, configuration, seed); every config is
+    """Every point of the grid, in order (slice, configuration, seed): slices in file order, or in
+    the order `only` lists them (so a user can put the slice they need first); every config is
     composed and validated before anything runs. User overrides come last (e.g. tracking.uri)."""
     unknown = set(only) - {s["name"] for s in spec["slices"]}
     if unknown:
         raise ConfigError(f"grid.only: unknown slice(s) {', '.join(sorted(unknown))}; "
                           f"valid: {', '.join(s['name'] for s in spec['slices'])}")
+    by_name = {s["name"]: s for s in spec["slices"]}
     out: list[GridPoint] = []
-    for s in spec["slices"]:
-        if only and s["name"] not in only:
-            continue
+    for s in [by_name[name] for name in dict.fromkeys(only)] if only else spec["slices"]:
         base = [*spec.get("base", []), *s.get("overrides", [])]
         configs = s["configs"] if "configs" in s else draw_configs(
             s["draw"]["space"], int(s["draw"]["n"]), int(s["draw"].get("seed", 0)), [*base, *user_overrides])
