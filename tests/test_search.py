@@ -318,6 +318,8 @@ def test_fast_search_prunes_some_trials_trains_others_and_reports(law_uri, tmp_p
         assert r.info.status == "FINISHED"
         if r.data.tags["search.state"] == "PRUNED":
             assert "improvement" not in r.data.metrics and "search/predicted_improvement" in r.data.metrics
+            # decided before the initial validation: a pruned trial pays (and counts) the gap only
+            assert study.trials[int(r.data.tags["search.trial"])].user_attrs["cost.tokens"] == r.data.metrics["gap/tokens"]
             assert r.data.tags["stopped"].startswith("pruned by the gap law")
         else:
             assert "improvement" in r.data.metrics and "gap/value" in r.data.metrics

@@ -281,7 +281,8 @@ def train(
     """Run one OPSD training; returns its summary. Raises on failure (after marking the run).
 
     after_gap(run_id, gap): called once the initial gap is measured and logged (``gap.enabled``),
-    before training; callbacks: extra Lightning callbacks (e.g. one reporting each step to a
+    before the initial validation and training (a trial the law prunes pays for the gap only);
+    callbacks: extra Lightning callbacks (e.g. one reporting each step to a
     search). Either may raise `StopTraining` to end the run early on purpose. gap_gate: with
     ``gap.sequential``, () -> (stopping rule or None, why), called as the gap measurement starts
     (a search trial builds it from its pruner: search.Objective).
@@ -312,10 +313,6 @@ def train(
         if cfg.gap.enabled and ckpt is None and not worker:
             gap = measure_initial_gap(cfg, module.engine, world, gap_gate)
             _log_gap(MlflowClient(tracking_uri=uri), run_id, cfg, gap)
-        if cfg.trainer.validate and ckpt is None and not worker:  # before fit: it may be reused
-            from opsd_platform.training.measurements import initial_validation
-
-            module.set_initial_validation(initial_validation(cfg, module.validate_policy, measurement_store(cfg)))
         logger = False if worker else MLFlowLogger(experiment_name=cfg.tracking.experiment, tracking_uri=uri, run_id=run_id)
         checkpointer = None
         if cfg.trainer.checkpointing:
@@ -335,8 +332,12 @@ def train(
             log_every_n_steps=1,
         )
         try:
-            if after_gap is not None and gap is not None:
+            if after_gap is not None and gap is not None:  # the law decides first: a pruned trial pays no validation
                 after_gap(run_id, gap)
+            if cfg.trainer.validate and ckpt is None and not worker:  # before fit: it may be reused
+                from opsd_platform.training.measurements import initial_validation
+
+                module.set_initial_validation(initial_validation(cfg, module.validate_policy, measurement_store(cfg)))
             with _env(DDP_RUN_ENV, run_id if cfg.trainer.devices > 1 and not worker else None):
                 trainer.fit(module)
         except StopTraining as stop:
