@@ -3,6 +3,7 @@ real MLflow registry, the search space, and the fast end-to-end search on the ti
 
 import json
 import math
+import re
 
 import numpy as np
 import optuna
@@ -206,6 +207,34 @@ def test_default_space_composes_valid_configs_and_respects_conditions():
     assert lora["model.lora.r"] in (4, 8, 16, 32)
 
 
+def test_a_space_of_listed_configurations_picks_one_then_samples_the_rest():
+    """`configs:` (how a search runs over a grid slice's configurations): a trial picks one whole
+    configuration, then samples the space's keys; the composed config hashes as the grid's point does."""
+    from opsd_platform.config import config_hash
+    from opsd_platform.config.compose import train_config
+
+    doc = {"configs": [["context=reference"], ["context=graded", "graded_fraction=0.25"]],
+           "space": {"seed": {"type": "categorical", "choices": [0, 1]},
+                     "loss.top_k": {"type": "int", "low": 5, "high": 9, "when": {"context": "graded"}}}}
+    space = parse_space(doc, "x.yaml")
+    assert [p.key for p in space] == ["config", "seed", "loss.top_k"]
+    study = optuna.create_study(sampler=TrialSeededSampler(0))
+    seen = set()
+    for _ in range(30):
+        trial = study.ask()
+        params = sample(trial, space, {"context": "none"})
+        assert trial.params["config"] in ("context=reference", "context=graded graded_fraction=0.25")
+        assert ("loss.top_k" in params) == (params["context"] == "graded")  # `when` sees the picked configuration
+        if params["context"] == "graded":
+            assert params["graded_fraction"] == 0.25
+        seen.add((params["context"], params["seed"]))
+        study.tell(trial, 0.0)
+    assert len(seen) == 4
+    picked = {"context": "graded", "graded_fraction": 0.25, "seed": 1}
+    assert config_hash(train_config(["model=tiny", *to_overrides(picked)])) == config_hash(
+        train_config(["model=tiny", "context=graded", "graded_fraction=0.25"]))
+
+
 def test_trial_seeded_sampler_repeats_per_trial_number():
     space = load_space("default")
 
@@ -224,9 +253,15 @@ def test_trial_seeded_sampler_repeats_per_trial_number():
     ({"space": {"context": {"type": "categorical", "choices": []}}}, "choices"),
     ({"space": {"loss.alpha": {"type": "float", "low": 0, "high": 1, "when": {"loss.div": "jsd"}}}}, "'loss.div'"),
     ({"spaces": {}}, "expected a mapping 'space:'"),
+    ({"configs": [["context=none"], ["contxt=reference"]]}, "configs[1]: 'contxt' is not a training-config key"),
+    ({"configs": [["context=none"], ["context=none"]]}, "configs[1]: the same configuration twice"),
+    ({"configs": [["context"]]}, "configs[0]: expected a non-empty list of key=value overrides"),
+    ({"configs": []}, "configs: expected a non-empty list"),
+    ({"configs": [["context=none"]], "space": {"context": {"type": "categorical", "choices": ["a"]}}},
+     "space.context: also set by the configs: list"),
 ])
 def test_bad_space_names_file_and_key(doc, message):
-    with pytest.raises(ConfigError, match=message.replace("(", r"\(").replace(".", r"\.")) as err:
+    with pytest.raises(ConfigError, match=re.escape(message)) as err:
         parse_space(doc, "conf/search/x.yaml")
     assert "conf/search/x.yaml" in str(err.value)
 

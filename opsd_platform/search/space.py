@@ -1,5 +1,10 @@
 """The search space: ``conf/search/<name>.yaml`` keys with their distributions, sampled in order
 (``when`` makes a key conditional on earlier ones), and the per-trial-seeded sampler.
+
+A space may also list whole configurations (``configs:``, each a list of overrides): a trial then
+first picks one of them (the categorical parameter ``config``, its overrides joined by spaces) and
+samples the ``space:`` keys after it. That is how a search runs over configurations a table holds
+(benchmarks/live_search.py searches a recorded grid slice this way).
 """
 
 from __future__ import annotations
@@ -36,6 +41,7 @@ class Param:
     step: int | None = None
     choices: tuple | None = None
     when: tuple[tuple[str, Any], ...] = ()
+    configs: tuple[tuple[tuple[str, Any], ...], ...] = ()  # type "configs": each choice's (key, value) pairs
 
     def distribution(self):
         if self.type == "float":
@@ -62,16 +68,50 @@ def space_path(space: str) -> Path:
     return path
 
 
+CONFIG_PARAM = "config"  # the trial parameter of a space's `configs:` list
+
+
+def parse_configs(configs: Any, valid_keys: set[str], where: str) -> Param:
+    """The `configs:` list as one categorical `Param` (choices: each configuration's overrides
+    joined by spaces; values parsed as YAML, as Hydra would)."""
+    if not isinstance(configs, list) or not configs:
+        raise ConfigError(f"{where}: configs: expected a non-empty list of configurations (lists of key=value)")
+    labels, parsed = [], []
+    for i, conf in enumerate(configs):
+        at = f"{where}: configs[{i}]"
+        if not isinstance(conf, list) or not conf or not all(isinstance(o, str) and "=" in o for o in conf):
+            raise ConfigError(f"{at}: expected a non-empty list of key=value overrides, got {conf!r}")
+        pairs = []
+        for o in conf:
+            key, value = o.split("=", 1)
+            if key not in valid_keys:
+                raise ConfigError(f"{at}: {key!r} is not a training-config key (see opsd_platform/config/schema.py)")
+            pairs.append((key, yaml.safe_load(value) if value else value))
+        label = " ".join(conf)
+        if label in labels:
+            raise ConfigError(f"{at}: the same configuration twice ({label})")
+        labels.append(label)
+        parsed.append(tuple(pairs))
+    return Param(CONFIG_PARAM, "configs", choices=tuple(labels), configs=tuple(parsed))
+
+
 def parse_space(doc: Any, where: str) -> list[Param]:
-    """Validated `Param`s from a space document ({"space": {key: spec}}); errors name the file and key."""
-    if not isinstance(doc, dict) or not isinstance(doc.get("space"), dict) or not doc["space"]:
-        raise ConfigError(f"{where}: expected a mapping 'space:' with at least one key")
+    """Validated `Param`s from a space document ({"space": {key: spec}}, and/or {"configs": [[...], ...]},
+    which is sampled first); errors name the file and key."""
+    has_configs = isinstance(doc, dict) and "configs" in doc
+    if not isinstance(doc, dict) or not (has_configs or isinstance(doc.get("space"), dict) and doc["space"]):
+        raise ConfigError(f"{where}: expected a mapping 'space:' with at least one key (or a 'configs:' list)")
+    if not isinstance(doc.get("space", {}) or {}, dict):
+        raise ConfigError(f"{where}: space: expected a mapping of keys, got {doc['space']!r}")
     valid_keys = set(flatten(TrainConfig().to_dict()))
-    params: list[Param] = []
-    for key, spec in doc["space"].items():
+    params: list[Param] = [parse_configs(doc["configs"], valid_keys, where)] if has_configs else []
+    in_configs = {k for p in params for pairs in p.configs for k, _ in pairs}
+    for key, spec in (doc.get("space") or {}).items():
         at = f"{where}: space.{key}"
         if key not in valid_keys:
             raise ConfigError(f"{at}: not a training-config key (see opsd_platform/config/schema.py)")
+        if key in in_configs:
+            raise ConfigError(f"{at}: also set by the configs: list (a key is either picked with a configuration or sampled)")
         if not isinstance(spec, dict):
             raise ConfigError(f"{at}: expected a mapping with 'type', got {spec!r}")
         unknown = set(spec) - {"type", "low", "high", "log", "step", "choices", "when"}
@@ -115,11 +155,17 @@ def load_space(space: str) -> list[Param]:
 
 
 def sample(trial: optuna.Trial, space: Sequence[Param], base_values: dict[str, Any]) -> dict[str, Any]:
-    """Sample the active keys of `space` in order; returns {key: value} of the sampled ones."""
+    """Sample the active keys of `space` in order; returns {key: value} of the sampled ones (a
+    picked configuration's keys included, not the `config` parameter itself)."""
     values = dict(base_values)
     chosen: dict[str, Any] = {}
     for p in space:
         if not p.active(values):
+            continue
+        if p.type == "configs":  # a whole configuration: its keys join the values, as if sampled
+            pairs = p.configs[p.choices.index(trial.suggest_categorical(p.key, list(p.choices)))]
+            values.update(pairs)
+            chosen.update(pairs)
             continue
         if p.type == "float":
             value = trial.suggest_float(p.key, float(p.low), float(p.high), log=p.log)
