@@ -28,7 +28,7 @@ from __future__ import annotations
 import math
 import warnings
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Sequence
 
 import numpy as np
 import optuna
@@ -349,8 +349,15 @@ def make_sampler(settings: Settings, order: int) -> optuna.samplers.BaseSampler:
 class Replay:
     """One arm on one order: the study, its objective (module docstring) and its bookkeeping."""
 
-    def __init__(self, table: Table, arm: str, order: int, settings: Settings, law_pruner: GapLawPruner | None = None) -> None:
+    def __init__(self, table: Table, arm: str, order: int, settings: Settings, law_pruner: GapLawPruner | None = None,
+                 given: Sequence[tuple[str, str]] | None = None) -> None:
+        """given: (configuration, run_id) of each trial in turn, instead of a drawn order and seeds
+        (a live search's trials, replayed: benchmarks/live_search.py)."""
         self.table, self.arm, self.order, self.s = table, arm, order, settings
+        self.given = list(given) if given is not None else None
+        for config, run_id in self.given or ():
+            if table.runs.get(run_id) is None or table.runs[run_id].config != config:
+                raise ValueError(f"given trial ({config}, {run_id}): not a run of that configuration in the table")
         self.ledger = Ledger()
         self.memory = LawMemory(table, settings) if arm in LAW_ARMS and law_pruner is None else None
         self.pruner = make_pruner(arm, table, settings, order, self.memory, law_pruner)
@@ -409,7 +416,8 @@ class Replay:
     # -- the objective
     def objective(self, trial: optuna.Trial) -> float:
         config = trial.suggest_categorical("config", self.table.configs)
-        run = _draw(self.table, config, self.order, trial.number, self.drawn)
+        run = (self.table.runs[self.given[trial.number][1]] if self.given is not None
+               else _draw(self.table, config, self.order, trial.number, self.drawn))
         trial.set_user_attr("run_id", run.run_id)
         record = TrialRecord(trial.number, run.run_id, config, "complete", run.steps, run.improvement, None)
         if self.arm in LAW_ARMS:
@@ -448,11 +456,12 @@ class Replay:
                             {c: self.table.runs[record.run_id].covariates[c] for c in self.s.covariates})
 
     def run(self) -> OrderResult:
-        n = self.s.n_trials or len(self.table.configs)
+        n = len(self.given) if self.given is not None else self.s.n_trials or len(self.table.configs)
         study = optuna.create_study(direction="maximize", sampler=make_sampler(self.s, self.order), pruner=self.pruner,
                                     study_name=f"replay-{self.arm}-{self.order}")
-        if self.s.sampler == "permutation":
-            for config in _permutation(self.table, self.order, n):
+        if self.given is not None or self.s.sampler == "permutation":
+            order = [c for c, _ in self.given] if self.given is not None else _permutation(self.table, self.order, n)
+            for config in order:
                 study.enqueue_trial({"config": config})
         self.pending = self.pending_gap = None
         study.optimize(self.objective, n_trials=n, callbacks=[self.after_trial], gc_after_trial=False)

@@ -79,16 +79,16 @@ def _value(text: str | None) -> Any:
         return text
 
 
-def _key(params: dict[str, str], prefixes: tuple[str, ...]) -> str:
+def param_key(params: dict[str, str], prefixes: tuple[str, ...]) -> str:
     chosen = {k: v for k, v in params.items() if k.startswith(prefixes) and k not in ("model.name", "model.family", "model.cache_dir")}
     return hashlib.sha256(json.dumps(chosen, sort_keys=True).encode()).hexdigest()[:16]
 
 
-def _history(client, run_id: str, key: str) -> dict[int, float]:
+def metric_history(client, run_id: str, key: str) -> dict[int, float]:
     return {m.step: m.value for m in client.get_metric_history(run_id, key)}
 
 
-def _gap_json(client, run_id: str) -> dict:
+def gap_json(client, run_id: str) -> dict:
     with tempfile.TemporaryDirectory() as tmp:
         return json.loads(Path(client.download_artifacts(run_id, "gap.json", tmp)).read_text())
 
@@ -109,11 +109,11 @@ def collect(uri: str, experiment: str, grid: str | None,
     rows, steps, problems = [], [], []
     for r in runs:
         m, t, p, rid = r.data.metrics, r.data.tags, r.data.params, r.info.run_id
-        gap = _gap_json(client, rid)
+        gap = gap_json(client, rid)
         n_steps = int(p["trainer.max_steps"])
-        val = _history(client, rid, "val/pass_rate")
-        val_cost = _history(client, rid, "val/cpu_s")
-        val_tokens = _history(client, rid, "val/tokens")
+        val = metric_history(client, rid, "val/pass_rate")
+        val_cost = metric_history(client, rid, "val/cpu_s")
+        val_tokens = metric_history(client, rid, "val/tokens")
         rows.append({
             "run_id": rid, "model": t.get("model"), "family": t.get("model_family"), "world": t.get("world"),
             "context": t.get("context"), "config": t.get("config_hash"), "seed": int(t.get("seed", p.get("seed", 0))),
@@ -124,13 +124,13 @@ def collect(uri: str, experiment: str, grid: str | None,
             "grid": t.get("grid.name"), "slice": t.get("grid.slice"), "point": t.get("grid.key"),
             "gap_key": gap.get("teacher_key"), "gap_student_key": gap.get("student_key"),
             "gap_student_cpu_s": m.get("gap/student_cpu_s"), "gap_student_tokens": m.get("gap/student_tokens"),
-            "val_key": _key(p, VAL_KEY_PARAMS), "val_initial_cpu_s": val_cost.get(0), "val_initial_tokens": val_tokens.get(0),
+            "val_key": param_key(p, VAL_KEY_PARAMS), "val_initial_cpu_s": val_cost.get(0), "val_initial_tokens": val_tokens.get(0),
             "context_tokens": m.get("gap/teacher_prompt_tokens"), "teacher_coverage": m.get("gap/teacher_coverage"),
             **{f"param:{k}": _value(v) for k, v in p.items()},
         })
-        rollout = _history(client, rid, "rollout/pass_rate")
-        curves = {col: _history(client, rid, key) for col, key in STEP_CURVES.items()}
-        cpu, tokens = _history(client, rid, "cost/cpu_s"), _history(client, rid, "cost/tokens")
+        rollout = metric_history(client, rid, "rollout/pass_rate")
+        curves = {col: metric_history(client, rid, key) for col, key in STEP_CURVES.items()}
+        cpu, tokens = metric_history(client, rid, "cost/cpu_s"), metric_history(client, rid, "cost/tokens")
         cpu[n_steps] = m.get("cost/train_cpu_s", cpu.get(n_steps))  # the last step's cost includes the final validation
         tokens[n_steps] = m.get("cost/train_tokens", tokens.get(n_steps))
         for s in range(0, n_steps + 1):
