@@ -23,7 +23,10 @@ with ``--context`` tokens in the KV cache it measures:
 6. **one decode forward by batch size** (1, 4, 8, ``--batch``): what the rows left after the
    others ended pay per step;
 7. **a validation's sampling** (``--val-problems`` x 4 samples) in fixed batches of ``--val-batch``
-   rows against ``rollout.refill`` (a pool of as many slots), alternated twice.
+   rows against ``rollout.refill`` (a pool of as many slots), alternated twice;
+8. with ``--compile``: **the decode step compiled** by ``torch.compile`` (inductor; plain and with
+   its freezing, the CPU inference recipe) against eager, with a StaticCache so that the shapes
+   are fixed, and what the compile costs.
 
 Times are process CPU seconds, the fastest of ``--repeats`` (a shared machine inflates wall
 time, less so CPU time; the JSON records the load average at the start). Writes
@@ -92,6 +95,40 @@ def decode_step(model, batch: int, context: int, static: bool, repeats: int, pre
         cache = StaticCache(config=model.config, max_cache_len=room) if static else DynamicCache(config=model.config)
         model(input_ids=prompt, past_key_values=cache, use_cache=True)
         return best_cpu_s(lambda: model(input_ids=token, past_key_values=cache, use_cache=True, logits_to_keep=1), repeats)
+
+
+def compiled_decode(model, batch: int, context: int, repeats: int, how: str) -> dict:
+    """One fp32 decode forward with a StaticCache (the shapes fixed, as torch.compile wants them):
+    eager, or compiled by inductor (`how` = "compile"), or compiled with inductor's freezing (weights
+    folded in as constants and prepacked for oneDNN: its CPU inference recipe, `how` = "freezing").
+    Returns the first two calls' wall seconds (the compile) and the step's CPU-s."""
+    import torch._inductor.config as inductor
+    from transformers import StaticCache
+
+    gen = torch.Generator().manual_seed(0)
+    prompt = torch.randint(0, model.config.vocab_size, (batch, context), generator=gen)
+    token = torch.randint(0, model.config.vocab_size, (batch, 1), generator=gen)
+    torch._dynamo.reset()  # each variant compiles afresh
+    inductor.freezing = how == "freezing"
+    try:
+        with torch.no_grad():
+            cache = StaticCache(config=model.config, max_cache_len=context + 2 * repeats + 8)
+            model(input_ids=prompt, past_key_values=cache, use_cache=True)
+            forward = model.forward if how == "eager" else torch.compile(model.forward, dynamic=False)
+            position = [context]
+
+            def step():
+                out = forward(input_ids=token, past_key_values=cache, use_cache=True, logits_to_keep=1,
+                              cache_position=torch.tensor([position[0]]))
+                position[0] += 1
+                return out
+
+            t0 = time.perf_counter()
+            step(), step()
+            first = time.perf_counter() - t0
+            return {"how": how, "first_two_calls_s": first, "decode_s": best_cpu_s(step, repeats)}
+    finally:
+        inductor.freezing = False
 
 
 def engine_rollout(model, tokenizer, repeats: int, precision: str) -> dict:
@@ -173,6 +210,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--precisions", default="32,bf16-mixed", help="comma-separated trainer.precision values")
     parser.add_argument("--val-problems", type=int, default=64, help="validation problems for the refill comparison (0: skip)")
     parser.add_argument("--val-batch", type=int, default=64, help="rows per call / pool slots there (rollout.val_batch_size)")
+    parser.add_argument("--compile", action="store_true",
+                        help="also: the fp32 decode step compiled by torch.compile (inductor, with and without freezing) "
+                             "against eager, alternated (minutes: each variant compiles)")
+    parser.add_argument("--compile-only", action="store_true", help="only the --compile comparison")
     parser.add_argument("--out", default=os.environ.get("OUT", "bench_out"), help="folder for rollout-floor.json")
     args = parser.parse_args(argv)
     torch.set_num_threads(1)
@@ -187,8 +228,14 @@ def main(argv: list[str] | None = None) -> int:
     weight_bytes = sum(p.numel() * p.element_size() for p in model.parameters())
     cfg = model.config
     kv_bytes = 2 * cfg.num_hidden_layers * cfg.num_key_value_heads * (cfg.hidden_size // cfg.num_attention_heads) * args.context * args.batch * 4
+    compiled = []
+    if args.compile or args.compile_only:  # eager first and last: the machine's drift shows
+        for how in ("eager", "compile", "freezing", "eager"):
+            compiled.append(compiled_decode(model, args.batch, args.context, args.repeats, how))
+            print(f"decode step, StaticCache, fp32, {how}: {compiled[-1]['decode_s'] * 1e3:.1f} ms "
+                  f"(first two calls {compiled[-1]['first_two_calls_s']:.1f} s)", flush=True)
     rows = []
-    for precision in args.precisions.split(","):
+    for precision in ([] if args.compile_only else args.precisions.split(",")):
         dtype = torch.bfloat16 if precision.startswith("bf16") else torch.float32
         mm = matmul_floor(model, args.batch, dtype, args.repeats)
         # bf16 autocast reads the fp32 weights once per call and converts them (precision.py): the
@@ -212,10 +259,11 @@ def main(argv: list[str] | None = None) -> int:
         })
     # The cost of one decode forward by batch size: what the rows left after others ended pay
     sweep = []
-    for batch in sorted({1, 4, 8, args.batch}):
+    for batch in ([] if args.compile_only else sorted({1, 4, 8, args.batch})):
         sweep.append({"batch": batch, "matmul_floor_s": matmul_floor(model, batch, torch.float32, args.repeats)["cpu_s"],
                       "decode_dynamic_s": decode_step(model, batch, args.context, False, args.repeats, "32")})
-    validation = validation_rollouts(model, tokenizer, args.val_problems, args.val_batch) if args.val_problems else []
+    validation = (validation_rollouts(model, tokenizer, args.val_problems, args.val_batch)
+                  if args.val_problems and not args.compile_only else [])
     print(f"SmolLM2-135M decode step: batch {args.batch}, {args.context} cached tokens, 1 thread; "
           f"read bandwidth {bandwidth / 1e9:.1f} GB/s; load average {load:.2f} at the start")
     print("| precision | matmul floor | memory floor | decode (DynamicCache) | decode (StaticCache) | engine per step of 16 rows | engine / floor |")
@@ -224,10 +272,11 @@ def main(argv: list[str] | None = None) -> int:
     for r in rows:
         print(f"| {r['precision']} | {ms(r['matmul_floor_s'])} | {ms(r['memory_floor_s'])} | {ms(r['decode_dynamic_s'])} | "
               f"{ms(r['decode_static_s'])} | {ms(r['engine_s_per_decode_step'])} | {r['engine_s_per_decode_step'] / r['floor_s']:.2f}x |")
-    print("\nwhere the engine's CPU-s go (model forwards by kind x rows; fp32):")
-    for kind, f in rows[0]["engine_forwards"].items():
-        print(f"  {kind}: {f['n']} forwards, {f['cpu_s']:.2f} CPU-s ({f['cpu_s'] / f['n'] * 1e3:.0f} ms each)")
-    print(f"  of {rows[0]['engine_cpu_s']:.2f} CPU-s; response lengths {rows[0]['engine_lengths']}")
+    if rows:
+        print("\nwhere the engine's CPU-s go (model forwards by kind x rows; fp32):")
+        for kind, f in rows[0]["engine_forwards"].items():
+            print(f"  {kind}: {f['n']} forwards, {f['cpu_s']:.2f} CPU-s ({f['cpu_s'] / f['n'] * 1e3:.0f} ms each)")
+        print(f"  of {rows[0]['engine_cpu_s']:.2f} CPU-s; response lengths {rows[0]['engine_lengths']}")
     print("\none decode forward by batch size (fp32): | batch | matmuls alone | decode step |")
     for r in sweep:
         print(f"  | {r['batch']} | {ms(r['matmul_floor_s'])} | {ms(r['decode_dynamic_s'])} |")
@@ -242,6 +291,7 @@ def main(argv: list[str] | None = None) -> int:
     result = {"cpu": cpu_info(), "batch": args.batch, "context": args.context, "repeats": args.repeats,
               "load_average_at_start": load, "read_bandwidth_gb_s": bandwidth / 1e9, "weight_bytes": weight_bytes,
               "kv_bytes_fp32": kv_bytes, "rows": rows, "batch_sweep": sweep, "validation_refill": validation,
+              "compiled_decode": compiled,
               "command": "python -m benchmarks.rollout_floor " + " ".join(argv if argv is not None else __import__("sys").argv[1:])}
     (out / "rollout-floor.json").write_text(json.dumps(result, indent=2))
     print(f"written: {out / 'rollout-floor.json'}")
