@@ -165,11 +165,11 @@ def live_trials(storage: str, study_name: str, uri: str, base: list[str]) -> lis
             raise ValueError(f"study {study_name}: trial #{t.number} is {t.state.name}; finish the search first (run it again)")
         label, seed = t.params["config"], int(t.params["seed"])
         cfg = train_config([*base, *label.split(" "), f"seed={seed}", "gap.enabled=true"])
-        a = t.user_attrs
-        out.append(LiveTrial(t.number, t.state.name.lower(), label, seed, config_hash(cfg), a["mlflow_run_id"], float(a["gap"]),
+        config, a = config_hash(cfg), t.user_attrs
+        out.append(LiveTrial(t.number, t.state.name.lower(), label, seed, config, a["mlflow_run_id"], float(a["gap"]),
                              a.get("pruner.action"), a.get("pruner.rule"), a.get("pruner.bar"),
                              float(t.value) if t.value is not None else None,
-                             _live_run(client, t, config_hash(cfg), seed, cfg.trainer.max_steps)))
+                             _live_run(client, t, config, seed, cfg.trainer.max_steps)))
     return out
 
 

@@ -78,16 +78,20 @@ def read_bandwidth(repeats: int) -> float:
     return big.numel() * 4 / s
 
 
+def decode_inputs(model, batch: int, context: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """A seeded random prompt [batch, context] and the next token [batch, 1] (the same in every measurement)."""
+    gen = torch.Generator().manual_seed(0)
+    vocab = model.config.vocab_size
+    return torch.randint(0, vocab, (batch, context), generator=gen), torch.randint(0, vocab, (batch, 1), generator=gen)
+
+
 def decode_step(model, batch: int, context: int, static: bool, repeats: int, precision: str) -> float:
     """CPU-s of one forward of one token per row with `context` (+ up to `repeats`) tokens cached."""
     from transformers import DynamicCache, StaticCache
 
     from opsd_platform.training.precision import autocast, sampling_attention
 
-    gen = torch.Generator().manual_seed(0)
-    vocab = model.config.vocab_size
-    prompt = torch.randint(0, vocab, (batch, context), generator=gen)
-    token = torch.randint(0, vocab, (batch, 1), generator=gen)
+    prompt, token = decode_inputs(model, batch, context)
     cpu = torch.device("cpu")
     with torch.no_grad(), autocast(precision, cpu), sampling_attention(model, precision, cpu):  # as the engine samples
         # each timed step appends its token, like decoding does: room for the warm-up and the repeats
@@ -105,9 +109,7 @@ def compiled_decode(model, batch: int, context: int, repeats: int, how: str) -> 
     import torch._inductor.config as inductor
     from transformers import StaticCache
 
-    gen = torch.Generator().manual_seed(0)
-    prompt = torch.randint(0, model.config.vocab_size, (batch, context), generator=gen)
-    token = torch.randint(0, model.config.vocab_size, (batch, 1), generator=gen)
+    prompt, token = decode_inputs(model, batch, context)
     torch._dynamo.reset()  # each variant compiles afresh
     inductor.freezing = how == "freezing"
     try:
