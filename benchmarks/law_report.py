@@ -14,8 +14,9 @@ Reads ``runs.csv`` (benchmarks/data/README.md) and prints Markdown tables:
   leave-one-configuration-out MAE/RMSE and interval coverage, leave-one-world-out and
   leave-one-family-out errors, the equal-slope F-test across families;
 - **confounder check**: the teacher prompt's length (``context_tokens``) as a covariate;
-- **hyper-parameters as covariates** on arithmetic (law + search slices): does log10(lr),
-  the divergence or the teacher kind predict beyond the gap, out of sample (leave-one-
+- **hyper-parameters as covariates** on arithmetic (law + search slices, of the family the
+  search slice ran: another family's points would confound the model with the settings): does
+  log10(lr), the divergence or the teacher kind predict beyond the gap, out of sample (leave-one-
   configuration-out RMSE with and without)?
 
 and writes the numbers as JSON and one plot per fit. Whatever the numbers are, they are printed.
@@ -158,7 +159,10 @@ def report(data: Path, level: float, plots: Path | None) -> dict:
     if eq:
         print(f"\nequal slopes across families: {eq}")
 
-    arith = runs[runs["world"] == "arithmetic"]
+    # The covariates are the search slice's hyper-parameters, searched on one family: another
+    # family's arithmetic points would confound them with the model, so only that family enters.
+    searched = runs.loc[runs["slice"].astype(str).str.startswith("search"), "family"].unique()
+    arith = runs[(runs["world"] == "arithmetic") & (runs["family"].isin(searched) if len(searched) else True)]
     cov_rows = []
     if arith["slice"].nunique() > 1 or "optim.lr" in arith:
         cpts = covariate_points(arith)
@@ -168,7 +172,7 @@ def report(data: Path, level: float, plots: Path | None) -> dict:
             cov_rows.append(law_row(f"gap + {c}", cpts, level, [c]))
         if len(extra) > 1:
             cov_rows.append(law_row("gap + all", cpts, level, extra))
-        print("\n## Hyper-parameters as covariates (arithmetic, every slice)\n")
+        print(f"\n## Hyper-parameters as covariates (arithmetic, every slice of {', '.join(sorted(arith['family'].unique()))})\n")
         print(markdown(cov_rows, ["fit", "configs", "slope", "slope_lo", "slope_hi", "r2", "loo_rmse", "loo_coverage", "error"]))
 
     if plots is not None:

@@ -372,3 +372,24 @@ def test_export_from_a_store_of_one_new_run_fills_the_tables_hyper_parameter_col
     assert table.set_index("run_id").loc["c", ["graded_fraction", "algorithm"]].tolist() == [0.75, "opsd"]
     two = pd.concat([new, new.assign(run_id="d", **{"trainer.max_steps": 40})])  # new rows that differ: a new column
     assert "trainer.max_steps" in hyper_columns_kept(merge(old, two), old, two)
+
+
+def test_law_report_covariates_use_only_the_searched_family(tmp_path):
+    """The covariate law is fitted on the family the search slice ran; a second family's law
+    slice enters the per-family and pooled fits but not the covariates."""
+    table = law_table(tmp_path / "law", [-0.2, -0.1, 0.0, 0.1, 0.3], [-0.15, -0.02, 0.01, 0.09, 0.2])
+    t = pd.read_csv(table / "runs.csv")
+    t["slice"] = ["search-arithmetic"] * 6 + ["law-arithmetic"] * 4
+    t["optim.lr"] = 1e-5
+    other = t.iloc[:6].assign(family="g", run_id=lambda d: d["run_id"] + "g", config=lambda d: d["config"] + "g",
+                              slice="law-g-arithmetic")
+    t = pd.concat([t, other]).assign(gap_key=lambda d: d["run_id"], gap_student_key=lambda d: d["run_id"],
+                                     val_key=lambda d: d["run_id"], gap_student_cpu_s=0.5, val_initial_cpu_s=2.0)
+    t.to_csv(table / "runs.csv", index=False)
+    from benchmarks.law_report import report
+
+    out = report(table, 0.9, None)
+    gap_only = [r for r in out["covariates"] if r["fit"] == "gap only"][0]
+    assert gap_only["configs"] == 5
+    fits = {r["fit"]: r for r in out["fits"]}
+    assert fits["g / arithmetic"]["configs"] == 3 and fits["pooled (law slices)"]["configs"] == 5
