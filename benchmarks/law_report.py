@@ -6,6 +6,7 @@ the exported table alone (no store, no training).
 
 Reads ``runs.csv`` (benchmarks/data/README.md) and prints Markdown tables:
 
+- **each law slice's configurations**: gap and improvement per seed, training CPU-s;
 - **seed noise vs configuration spread**, per slice: the std of the improvement over seeds within
   a configuration against the std of the configuration means, and a one-way ANOVA F-test (are
   the configurations' improvements different at all, given the seeds?);
@@ -52,6 +53,24 @@ def seed_noise(runs: pd.DataFrame) -> pd.DataFrame:
                      "seed_std": within, "config_mean_std": float(means.std(ddof=1)) if len(means) > 1 else float("nan"),
                      "anova_F": float(f), "anova_p": float(p)})
     return pd.DataFrame(rows)
+
+
+def configurations(part: pd.DataFrame) -> pd.DataFrame:
+    """One law slice's configurations, a row each: its context (with the revealed share of a graded
+    one), gap and improvement per seed and their means, and the training CPU-s per seed."""
+    label = part["context"].astype(str)
+    if "graded_fraction" in part:
+        share = pd.to_numeric(part["graded_fraction"], errors="coerce")
+        label = label.where(part["context"] != "graded", label + " " + share.map("{:g}".format))
+    rows = []
+    for (config, name), g in part.assign(label=label).groupby(["config", "label"]):
+        g = g.sort_values("seed")
+        seeds = " / ".join
+        rows.append({"context": name, "seeds": seeds(g["seed"].astype(int).astype(str)),
+                     "gap": seeds(g["gap"].map("{:+.3f}".format)), "improvement": seeds(g["improvement"].map("{:+.3f}".format)),
+                     "gap_mean": float(g["gap"].mean()), "improvement_mean": float(g["improvement"].mean()),
+                     "train_cpu_s": seeds(g["train_cpu_s"].map("{:.0f}".format)), "config": config})
+    return pd.DataFrame(rows).sort_values("gap_mean", ascending=False)
 
 
 def reuse_saving(runs: pd.DataFrame) -> dict:
@@ -135,6 +154,12 @@ def report(data: Path, level: float, plots: Path | None) -> dict:
     print(markdown(out["seed_noise"], list(noise.columns)))
 
     law = runs[runs["slice"].astype(str).str.startswith("law")]
+    out["configurations"] = {}
+    for name, part in law.groupby("slice"):
+        table = configurations(part)
+        out["configurations"][name] = table.to_dict(orient="records")
+        print(f"\n## {name}: the configurations (by mean gap)\n")
+        print(markdown(out["configurations"][name], ["context", "seeds", "gap", "improvement", "train_cpu_s"]))
     fits = []
     for world, part in law.groupby("world"):
         for family, sub in part.groupby("family"):

@@ -393,3 +393,6 @@ def test_law_report_covariates_use_only_the_searched_family(tmp_path):
     assert gap_only["configs"] == 5
     fits = {r["fit"]: r for r in out["fits"]}
     assert fits["g / arithmetic"]["configs"] == 3 and fits["pooled (law slices)"]["configs"] == 5
+    cfg = {r["context"]: r for r in out["configurations"]["law-g-arithmetic"]}
+    assert list(cfg) == ["c2", "c1", "c0"]  # by mean gap, largest first
+    assert cfg["c1"]["seeds"] == "0 / 1" and cfg["c1"]["gap"] == "-0.100 / -0.100"
