@@ -180,9 +180,24 @@ def report(data: Path, level: float, plots: Path | None) -> dict:
     if grouped:
         print("\n## Grouped hold-out (the law fitted without a group predicts it)\n")
         print(markdown([{"left out": g, **v} for g, v in grouped.items()], ["left out", "mae", "rmse", "coverage", "n"]))
-    eq = family_slopes(pooled, "family", level=level).get("equal_slopes", {}) if pooled["family"].nunique() >= 2 else {}
-    if eq:
-        print(f"\nequal slopes across families: {eq}")
+    # Families on their own: each direction of the leave-one-family-out, over every law slice and
+    # over arithmetic alone (one world, so a difference is the family's, not the world's).
+    family_rows, eqs = [], {}
+    for scope, pts in (("law slices", pooled), ("arithmetic", pooled[pooled["world"] == "arithmetic"])):
+        if pts["family"].nunique() < 2:
+            continue
+        res = grouped_holdout(pts, "family", level=level)
+        family_rows += [{"scope": scope, "left out": g["group"], **{k: g[k] for k in ("n_configs", "mae", "rmse", "coverage")}}
+                        for g in res["per_group"]]
+        family_rows += [{"scope": scope, "left out": g["group"], "skipped": g["reason"]} for g in res["skipped"]]
+        eqs[scope] = family_slopes(pts, "family", level=level).get("equal_slopes", {})
+    if family_rows:
+        print("\n## Leave one family out (fitted on the other family, predicting this one)\n")
+        print(markdown(family_rows, ["scope", "left out", "n_configs", "mae", "rmse", "coverage", "skipped"]))
+        for scope, e in eqs.items():
+            print(f"\nequal slopes across families ({scope}): " + (
+                f"F = {e['F']:.3g}, p = {e['p']:.3g} ({e['df_num']:g} and {e['df_denom']:g} df)" if "F" in e else str(e)))
+    eq = eqs.get("law slices", {})
 
     # The covariates are the search slice's hyper-parameters, searched on one family: another
     # family's arithmetic points would confound them with the model, so only that family enters.
@@ -211,7 +226,8 @@ def report(data: Path, level: float, plots: Path | None) -> dict:
                     law[(law["family"] + " / " + law["world"]) == row["fit"]])
                 row["plot"] = str(plot_law(sub, row["_fit"], holdout=row["_loo"], path=plots / f"law-{name}.png"))
     strip = lambda rows: [{k: v for k, v in r.items() if not k.startswith("_")} for r in rows]  # noqa: E731
-    out.update({"fits": strip(fits), "grouped_holdout": grouped, "equal_slopes": eq, "covariates": strip(cov_rows)})
+    out.update({"fits": strip(fits), "grouped_holdout": grouped, "equal_slopes": eq, "equal_slopes_by_scope": eqs,
+                "family_holdout": family_rows, "covariates": strip(cov_rows)})
     return out
 
 

@@ -396,3 +396,7 @@ def test_law_report_covariates_use_only_the_searched_family(tmp_path):
     cfg = {r["context"]: r for r in out["configurations"]["law-g-arithmetic"]}
     assert list(cfg) == ["c2", "c1", "c0"]  # by mean gap, largest first
     assert cfg["c1"]["seeds"] == "0 / 1" and cfg["c1"]["gap"] == "-0.100 / -0.100"
+    held = {(r["scope"], r["left out"]): r for r in out["family_holdout"]}
+    # g's law (3 configurations) predicts f's 2; without g only 2 remain: that direction is skipped, said why
+    assert held[("law slices", "f")]["n_configs"] == 2 and "at least 3" in held[("law slices", "g")]["skipped"]
+    assert set(out["equal_slopes_by_scope"]) == {"law slices", "arithmetic"}
