@@ -39,6 +39,7 @@ from scipy import stats
 from opsd_platform.law.export import ExportError, read_table
 from opsd_platform.law import LawError, family_slopes, fit_law, grouped_holdout, leave_one_out
 from opsd_platform.law.pipeline import points_from_table
+from opsd_platform.training.contexts import context_label
 
 
 def seed_noise(runs: pd.DataFrame) -> pd.DataFrame:
@@ -58,18 +59,16 @@ def seed_noise(runs: pd.DataFrame) -> pd.DataFrame:
 def configurations(part: pd.DataFrame) -> pd.DataFrame:
     """One law slice's configurations, a row each: its context (with the revealed share of a graded
     one), gap and improvement per seed and their means, and the training CPU-s per seed."""
-    label = part["context"].astype(str)
-    if "graded_fraction" in part:
-        share = pd.to_numeric(part["graded_fraction"], errors="coerce")
-        label = label.where(part["context"] != "graded", label + " " + share.map("{:g}".format))
+    fractions = part["graded_fraction"] if "graded_fraction" in part else [None] * len(part)
+    label = [context_label(c, f) for c, f in zip(part["context"], fractions)]
+    per_seed = " / ".join
     rows = []
     for (config, name), g in part.assign(label=label).groupby(["config", "label"]):
         g = g.sort_values("seed")
-        seeds = " / ".join
-        rows.append({"context": name, "seeds": seeds(g["seed"].astype(int).astype(str)),
-                     "gap": seeds(g["gap"].map("{:+.3f}".format)), "improvement": seeds(g["improvement"].map("{:+.3f}".format)),
+        rows.append({"context": name, "seeds": per_seed(g["seed"].astype(int).astype(str)),
+                     "gap": per_seed(g["gap"].map("{:+.3f}".format)), "improvement": per_seed(g["improvement"].map("{:+.3f}".format)),
                      "gap_mean": float(g["gap"].mean()), "improvement_mean": float(g["improvement"].mean()),
-                     "train_cpu_s": seeds(g["train_cpu_s"].map("{:.0f}".format)), "config": config})
+                     "train_cpu_s": per_seed(g["train_cpu_s"].map("{:.0f}".format)), "config": config})
     return pd.DataFrame(rows).sort_values("gap_mean", ascending=False)
 
 
@@ -172,10 +171,10 @@ def report(data: Path, level: float, plots: Path | None) -> dict:
             "loo_rmse", "loo_coverage", "error"]
     print(f"\n## The law (OLS on configuration means, {level:.0%} intervals)\n")
     print(markdown(fits, cols))
-    grouped = {}
+    grouped, holdouts = {}, {}
     for group in ("world", "family", "context"):
         if pooled[group].nunique() >= 2:
-            res = grouped_holdout(pooled, group, level=level)
+            res = holdouts[group] = grouped_holdout(pooled, group, level=level)
             grouped[group] = {k: res.get(k) for k in ("mae", "rmse", "coverage", "n")}
     if grouped:
         print("\n## Grouped hold-out (the law fitted without a group predicts it)\n")
@@ -186,7 +185,7 @@ def report(data: Path, level: float, plots: Path | None) -> dict:
     for scope, pts in (("law slices", pooled), ("arithmetic", pooled[pooled["world"] == "arithmetic"])):
         if pts["family"].nunique() < 2:
             continue
-        res = grouped_holdout(pts, "family", level=level)
+        res = holdouts["family"] if pts is pooled else grouped_holdout(pts, "family", level=level)
         family_rows += [{"scope": scope, "left out": g["group"], **{k: g[k] for k in ("n_configs", "mae", "rmse", "coverage")}}
                         for g in res["per_group"]]
         family_rows += [{"scope": scope, "left out": g["group"], "skipped": g["reason"]} for g in res["skipped"]]
