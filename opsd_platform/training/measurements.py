@@ -103,6 +103,8 @@ def teacher_key_fields(cfg: TrainConfig) -> dict:
     context = {"context": cfg.context}
     if cfg.context == "graded":
         context["graded_fraction"] = cfg.graded_fraction
+    if cfg.context_form != 1:  # bench-v1's wording: older keys have no form
+        context["context_form"] = cfg.context_form
     return {**student_key_fields(cfg), "kind": "gap_teacher", **context}
 
 
@@ -229,9 +231,9 @@ def gap(cfg: TrainConfig, engine, world, store: MeasurementStore | None,
                       lambda: measure_student(engine, world, problems, sampling, cfg.seed))
     teacher = _cached(store, "gap_teacher", teacher_key_fields(cfg),
                       lambda: measure_teacher(engine, world, problems, cfg.context, student.evaluation, sampling,
-                                              cfg.seed, cfg.graded_fraction))
+                                              cfg.seed, cfg.graded_fraction, form=cfg.context_form))
     return combine(cfg.context, problems, sampling, student, teacher, n_boot=cfg.gap.bootstrap,
-                   level=cfg.gap.level, seed=cfg.seed, graded_fraction=cfg.graded_fraction)
+                   level=cfg.gap.level, seed=cfg.seed, graded_fraction=cfg.graded_fraction, form=cfg.context_form)
 
 
 def sequential_gap(cfg: TrainConfig, engine, world, store: MeasurementStore | None, problems, sampling: Sampling,
@@ -266,7 +268,7 @@ def sequential_gap(cfg: TrainConfig, engine, world, store: MeasurementStore | No
                   else measure_student(engine, world, batch, sampling, cfg.seed, stream=s_stream))
         t_side = (Side(take(t_stored.evaluation, start, stop, n), 0.0, 0.0, reused=True) if t_stored is not None
                   else measure_teacher(engine, world, batch, cfg.context, s_side.evaluation, sampling, cfg.seed,
-                                       cfg.graded_fraction, stream=t_stream))
+                                       cfg.graded_fraction, stream=t_stream, form=cfg.context_form))
         s_parts.append(s_side)
         t_parts.append(t_side)
         used = stop
@@ -293,7 +295,7 @@ def sequential_gap(cfg: TrainConfig, engine, world, store: MeasurementStore | No
     student = side(s_parts, s_stored, "gap_student", s_fields)
     teacher = side(t_parts, t_stored, "gap_teacher", t_fields)
     result = combine(cfg.context, problems[:used], sampling, student, teacher, n_boot=g.bootstrap, level=g.level,
-                     seed=cfg.seed, graded_fraction=cfg.graded_fraction)
+                     seed=cfg.seed, graded_fraction=cfg.graded_fraction, form=cfg.context_form)
     # cost saved: the sides measured now, at their cost per problem, over the problems not measured
     now = [sd for sd in (student, teacher) if not sd.reused]
     left = (total - used) / used

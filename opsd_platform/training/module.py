@@ -455,7 +455,7 @@ class OPSDModule(L.LightningModule):
             return StepSignal(group.rows, group.normaliser, group=group)
         # OPSD's contexts: rows are prompt-major, so groups of n consecutive rows share a problem
         teacher_messages = build_for_rollouts(cfg.context, problems, ro.texts, judgements, r.samples_per_prompt,
-                                              cfg.graded_fraction)
+                                              cfg.graded_fraction, cfg.context_form)
         rows = [i for i, m in enumerate(teacher_messages) if m is not None]
         teacher_prompts = {i: chat_ids(self.tokenizer, teacher_messages[i]) for i in rows}
         return StepSignal(rows, teacher_prompts=teacher_prompts)
