@@ -130,7 +130,7 @@ def diagnose_slice(spec: dict, slice_name: str, n_problems: int | None, extra: l
     import torch
 
     from opsd_platform.models import load_policy
-    from opsd_platform.training.rollout import make_engine
+    from opsd_platform.training.rollout import engine_for
     from opsd_platform.worlds import make_world
 
     torch.set_num_threads(1)
@@ -143,7 +143,7 @@ def diagnose_slice(spec: dict, slice_name: str, n_problems: int | None, extra: l
     n = cfg.gap.samples or cfg.rollout.samples_per_prompt
     model, tokenizer = load_policy(cfg.model, seed=cfg.seed)
     world = make_world(cfg.world, seed=cfg.seed)
-    engine = make_engine(cfg.rollout.engine, model, tokenizer, batch_size=cfg.gap.batch_size, seed=cfg.seed)
+    engine = engine_for(cfg, model, tokenizer, cfg.gap.batch_size)
     problems = world.problems(cfg.gap.split)[: n_problems or cfg.gap.n_problems]
     temps = {"rollout": (cfg.rollout.temperature, cfg.rollout.top_p),
              "validation": (cfg.rollout.val_temperature, cfg.rollout.val_top_p)}

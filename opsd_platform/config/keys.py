@@ -63,6 +63,10 @@ def config_hash(cfg: TrainConfig) -> str:
         section, key = name.split(".")
         d[section].pop(key)
     d.pop("resume")
+    if not cfg.rollout.stop:  # no stop rule, as every older configuration
+        d["rollout"].pop("stop")
+    if cfg.gap.sampling == "rollout":  # the gap at the rollout temperature, as every older configuration
+        d["gap"].pop("sampling")
     if cfg.context_form == 1:  # bench-v1's wording: dropping the field keeps its hashes
         d.pop("context_form")
     if d["trainer"]["precision"] == DEFAULT_PRECISION:  # fp32, as every older configuration: keeps their hashes

