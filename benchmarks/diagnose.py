@@ -79,7 +79,7 @@ def side_row(cfg, ev: Evaluation, lengths, ended) -> dict:
     stats = length_stats(lengths, ended, cfg.rollout.max_new_tokens)
     fmt = float(np.mean([extractable(cfg, t) for t in ev.texts]))
     return {"pass": ev.pass_rate, "mean_tokens": stats.mean_tokens, "capped": stats.capped, "ended": stats.eos,
-            "format": fmt}
+            "format": fmt, "examples": list(ev.texts[:3])}
 
 
 def divergence(model, tokenizer, ro, messages_t: list[str], has_context: list[bool], top_k: int) -> dict:
