@@ -126,7 +126,8 @@ def opsd_contexts(slice_points) -> list[tuple[str, float]]:
     return list(seen.values())
 
 
-def diagnose_slice(spec: dict, slice_name: str, n_problems: int | None, extra: list[str]) -> dict:
+def diagnose_slice(spec: dict, slice_name: str, n_problems: int | None, extra: list[str],
+                   student_only: bool = False) -> dict:
     import torch
 
     from opsd_platform.models import load_policy
@@ -157,7 +158,7 @@ def diagnose_slice(spec: dict, slice_name: str, n_problems: int | None, extra: l
         students[name] = (ev, ro)
         out["student"][name] = {**side_row(cfg, ev, lengths, ended), "cpu_s": cpu_seconds() - t0}
         print(f"[{slice_name}] student @{name} T={temp}: {out['student'][name]}", flush=True)
-    for context, share in contexts:
+    for context, share in [] if student_only else contexts:
         label = context_label(context, share if context == "graded" else None)
         row = {"context": label}
         for name, (temp, top_p) in temps.items():
@@ -237,11 +238,12 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--slice", action="append", required=True, help="slice to diagnose (repeatable)")
     ap.add_argument("--problems", type=int, default=None, help="gap problems (default: the slice's gap.n_problems)")
     ap.add_argument("--out", default=None, help="results name (default: <grid>-<slices>)")
+    ap.add_argument("--student-only", action="store_true", help="only the student's samples (a token cap check)")
     ap.add_argument("overrides", nargs="*", help="extra train overrides (e.g. rollout.max_new_tokens=256)")
     args = ap.parse_args(argv)
     spec = load_spec(args.grid)
     t0 = time.time()
-    results = [diagnose_slice(spec, s, args.problems, args.overrides) for s in args.slice]
+    results = [diagnose_slice(spec, s, args.problems, args.overrides, args.student_only) for s in args.slice]
     name = args.out or f"{spec['name']}-{'-'.join(args.slice)}"
     commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True).stdout.strip()
     doc = {"command": "python -m benchmarks.diagnose " + " ".join(sys.argv[1:] if argv is None else argv),

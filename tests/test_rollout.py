@@ -235,3 +235,22 @@ def test_stop_rule_ends_a_generation_at_the_stop_string(tiny):
             assert len(text) == int(mask.sum())  # one character a token: the mask ends at the stop
         assert stops[0] not in text[:-1]
     assert any(f != t for f, t in zip(free.texts, ro.texts))
+
+
+def test_the_qa_template_of_a_base_model_and_its_stop():
+    """model.template=qa (bench-v2, Gemma-3 base): the message as 'Question: ...\\nAnswer:' and the
+    response ended at its first line break; refused for a model with a chat template of its own."""
+    from opsd_platform.models import PROMPT_TEMPLATES, ModelLoadError, build_char_tokenizer, template_stops
+    from opsd_platform.training.sequences import chat_ids
+
+    tok = build_char_tokenizer()
+    tok.chat_template = PROMPT_TEMPLATES["qa"][0]
+    assert tok.decode(chat_ids(tok, "What is 2 + 3?"), skip_special_tokens=True) == "Question: What is 2 + 3?\nAnswer:"
+    assert template_stops("qa") == ("\n",) and template_stops(None) == ()
+    with pytest.raises(ModelLoadError, match="model.template=qa"):
+        load_policy(ModelConfig(source="tiny", template="qa"))
+    cfg = train_config(["model=tiny", "model.template=qa", "rollout.stop=[END]"])
+    from opsd_platform.training.rollout import engine_for
+
+    model, tok = load_policy(ModelConfig(source="tiny"))
+    assert engine_for(cfg, model, tok).stop == ("\n", "END")

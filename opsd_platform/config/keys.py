@@ -63,6 +63,8 @@ def config_hash(cfg: TrainConfig) -> str:
         section, key = name.split(".")
         d[section].pop(key)
     d.pop("resume")
+    if cfg.model.template is None:  # the model's own prompt form, as every older configuration
+        d["model"].pop("template")
     if not cfg.rollout.stop:  # no stop rule, as every older configuration
         d["rollout"].pop("stop")
     if cfg.gap.sampling == "rollout":  # the gap at the rollout temperature, as every older configuration

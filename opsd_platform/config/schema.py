@@ -14,7 +14,7 @@ from typing import Any
 
 from opsd_platform.errors import ConfigError  # noqa: F401 (re-exported)
 from opsd_platform.config.choices import (AGGREGATIONS, CONTEXTS, DEFAULT_PRECISION, DIVERGENCES, GRADINGS, PRECISIONS,
-                                          RULES, SUPPORTS)
+                                          RULES, SUPPORTS, TEMPLATES)
 
 MODEL_SOURCES = ("smollm2", "gemma3", "tiny", "hf", "gguf")
 WORLD_NAMES = ("arithmetic", "hidden_rule", "pyfunc", "code")
@@ -87,9 +87,17 @@ class ModelConfig:
     cache_dir: str | None = field(default=None, metadata={"help": "converted-model cache (default $OPSD_HOME/models)"})
     lora: LoraConfig = field(default_factory=LoraConfig)
     tiny: TinyModelConfig = field(default_factory=TinyModelConfig)
+    template: str | None = field(
+        default=None,
+        metadata={"help": f"a prompt template for a model without a chat template (a base model): {', '.join(TEMPLATES)} "
+                          "(qa: 'Question: <message>\\nAnswer:', and the response ends at its first line break); "
+                          "null = the model's own chat template, or the plain message"},
+    )
 
     def __post_init__(self) -> None:
         _one_of(self.source, MODEL_SOURCES, "model.source")
+        if self.template is not None:
+            _one_of(self.template, TEMPLATES, "model.template")
         _one_of(self.dtype, ("float32", "bfloat16"), "model.dtype")
         if self.source in ("hf", "gguf"):
             _check(bool(self.path), "model.path", f"required when model.source={self.source}")

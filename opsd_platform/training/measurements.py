@@ -77,6 +77,8 @@ def _model_fields(cfg: TrainConfig) -> dict:
     m = asdict(cfg.model)
     for k in ("name", "family", "cache_dir"):  # labels and where a cache lives: not what is computed
         m.pop(k)
+    if m["template"] is None:  # the model's own prompt form: older keys have no field
+        m.pop("template")
     if cfg.model.source != "tiny":
         m.pop("tiny")
     if cfg.trainer.precision != DEFAULT_PRECISION:  # bf16 matmuls sample other tokens; fp32 keeps older keys

@@ -461,8 +461,11 @@ def make_engine(name: str, model, tokenizer, batch_size: int = 16, seed: int = 0
 
 def engine_for(cfg, model, tokenizer, batch_size: int | None = None) -> RolloutEngine:
     """The rollout engine a TrainConfig asks for (rollout.*, trainer.share_prompt_prefix and
-    precision), with `batch_size` rows per call (default rollout.batch_size)."""
+    precision; the stop strings of rollout.stop and of model.template), with `batch_size` rows per
+    call (default rollout.batch_size)."""
+    from opsd_platform.models import template_stops
+
     r = cfg.rollout
     return make_engine(r.engine, model, tokenizer, batch_size or r.batch_size, seed=cfg.seed,
                        share_prefix=cfg.trainer.share_prompt_prefix, precision=cfg.trainer.precision,
-                       refill=r.refill, stop=tuple(r.stop))
+                       refill=r.refill, stop=(*template_stops(cfg.model.template), *r.stop))
