@@ -394,9 +394,11 @@ def test_law_report_runs_on_an_exported_table(tmp_path):
     import json
 
     report = json.loads((tmp_path / "r.json").read_text())
-    pooled = [f for f in report["fits"] if f["fit"] == "pooled (law slices)"][0]
-    assert 0.5 < pooled["slope"] < 0.8 and pooled["configs"] == 5
-    assert (tmp_path / "plots" / "law-f-arithmetic.png").is_file()
+    fit = [f for f in report["fits"] if f["fit"] == "law-arithmetic"][0]  # each slice alone
+    assert 0.5 < fit["slope"] < 0.8 and fit["configs"] == 5
+    assert fit["loo_rmse"] < fit["loo_rmse_const"]  # the law predicts better than a constant here
+    assert set(report["robustness"]["law-arithmetic"]) == {"bootstrap", "flagged"}
+    assert (tmp_path / "plots" / "law-law-arithmetic.png").is_file()
 
 
 def test_export_from_a_store_of_one_new_run_fills_the_tables_hyper_parameter_columns():
@@ -434,7 +436,7 @@ def test_law_report_covariates_use_only_the_searched_family(tmp_path):
     gap_only = [r for r in out["covariates"] if r["fit"] == "gap only"][0]
     assert gap_only["configs"] == 5
     fits = {r["fit"]: r for r in out["fits"]}
-    assert fits["g / arithmetic"]["configs"] == 3 and fits["pooled (law slices)"]["configs"] == 5
+    assert fits["law-g-arithmetic"]["configs"] == 3 and fits["pooled, slice intercepts (table)"]["configs"] == 5
     cfg = {r["context"]: r for r in out["configurations"]["law-g-arithmetic"]}
     assert list(cfg) == ["c2", "c1", "c0"]  # by mean gap, largest first
     assert cfg["c1"]["seeds"] == "0 / 1" and cfg["c1"]["gap"] == "-0.100 / -0.100"

@@ -23,10 +23,9 @@ def _dummy_name(value: str) -> str:
     return "fe_" + re.sub(r"[^0-9A-Za-z]+", "_", str(value)).strip("_")
 
 
-def fixed_effects(points: pd.DataFrame, group: str = "slice", level: float = 0.9) -> tuple[LawFit, list[str]]:
-    """improvement = a_g + b * gap: the law pooled over the values of `group` (slices), each with
-    an intercept of its own (an indicator per value but the first, in order of appearance) and
-    one slope. Returns the fit and the indicator columns (its covariates)."""
+def with_fixed_effects(points: pd.DataFrame, group: str = "slice") -> tuple[pd.DataFrame, list[str]]:
+    """`points` with an indicator column per value of `group` but the first (in order of
+    appearance), and the indicators' names: the covariates that give each value its intercept."""
     if group not in points.columns:
         raise LawError(f"points: no column {group!r} to pool by")
     values = list(dict.fromkeys(points[group].astype(str)))
@@ -38,7 +37,16 @@ def fixed_effects(points: pd.DataFrame, group: str = "slice", level: float = 0.9
         name = _dummy_name(v)
         pts[name] = (pts[group].astype(str) == v).astype(float)
         dummies.append(name)
-    return fit_law(pts, covariates=dummies, level=level), dummies
+    return pts, dummies
+
+
+def fixed_effects(points: pd.DataFrame, group: str = "slice", level: float = 0.9,
+                  covariates: list[str] | None = None) -> tuple[LawFit, list[str]]:
+    """improvement = a_g + b * gap (+ covariates): the law pooled over the values of `group`
+    (slices), each with an intercept of its own and one slope. Returns the fit and the indicator
+    columns (the first of its covariates)."""
+    pts, dummies = with_fixed_effects(points, group)
+    return fit_law(pts, covariates=[*dummies, *(covariates or [])], level=level), dummies
 
 
 def influence(points: pd.DataFrame) -> pd.DataFrame:
