@@ -150,6 +150,9 @@ def diagnose_slice(spec: dict, slice_name: str, n_problems: int | None, extra: l
              "validation": (cfg.rollout.val_temperature, cfg.rollout.val_top_p)}
     out = {"slice": slice_name, "overrides": list(pts[0].overrides) + extra, "problems": len(problems), "samples": n,
            "max_new_tokens": cfg.rollout.max_new_tokens, "temperatures": temps, "student": {}, "contexts": []}
+    if temps["rollout"] == temps["validation"]:  # one temperature (bench-v2): measured once
+        temps = {"rollout": temps["rollout"]}
+        out["temperatures"] = temps
     students = {}
     for name, (temp, top_p) in temps.items():
         t0 = cpu_seconds()
