@@ -56,6 +56,18 @@ def extractable(cfg, text: str) -> bool:
     return True
 
 
+REFERENCE_BASED = ("reference", "graded", "shuffled_reference")
+
+
+def skip_reason(context: str, problems, has_context: list[bool]) -> str | None:
+    """Why a context cannot be diagnosed on these problems (None: it can)."""
+    if any(has_context):
+        return None
+    if context in REFERENCE_BASED and not any(p.reference.strip() for p in problems):
+        return f"skipped: {context} shows a reference, and this world's problems have none"
+    return f"skipped: no sample had a {context} context (e.g. feedback when every sample passed, or no peer passed)"
+
+
 def sample(engine, world, cfg, problems, messages, k: int, temperature: float, top_p: float, label: str):
     """k answers per message from a seeded stream: (Evaluation, per-row (length, ended) lists)."""
     with seeded_stream(cfg.seed, label):
@@ -171,8 +183,10 @@ def diagnose_slice(spec: dict, slice_name: str, n_problems: int | None, extra: l
             except ValueError as exc:
                 row["skipped"] = str(exc)
                 break
-            if not any(has):
-                row[name] = {"skipped": "no sample has this context (e.g. no reference in this world)"}
+            why = skip_reason(context, problems, has)
+            if why is not None:
+                row[name] = {"skipped": why}
+                print(f"[{slice_name}] {label}: {why}", flush=True)
                 continue
             t0 = cpu_seconds()
             row_problems = [problems[i // n] for i in range(len(messages))]
