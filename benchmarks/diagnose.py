@@ -147,7 +147,7 @@ def diagnose_slice(spec: dict, slice_name: str, n_problems: int | None, extra: l
     from opsd_platform.worlds import make_world
 
     torch.set_num_threads(1)
-    pts = [p for p in points(spec) if p.slice == slice_name and p.seed == spec["seeds"][0]]
+    pts = [p for p in points(spec, only=[slice_name]) if p.seed == min(p.seed for p in points(spec, only=[slice_name]))]
     if not pts:
         raise SystemExit(f"diagnose: no slice {slice_name!r} in {spec['path']}")
     contexts = opsd_contexts(pts)
