@@ -8,15 +8,16 @@ Per world, the GRPO rows (``algorithm=grpo`` in a ``grpo-*`` slice) against the 
 (``law-*``: ``law-arithmetic`` in bench-v1, ``law-arithmetic-v2`` in bench-v2; same steps, samples
 and seeds in the grid file) of the model(s) GRPO ran on (Gemma-3's law slice has no GRPO to face).
 Other slices (``search-*``, the recipe pilots' ``pilot-*``) are never part of the comparison.
-``--grid`` keeps one grid's rows; without it every row counts, and a world where two grids recorded
-GRPO has two GRPO configurations and is skipped rather than averaged.
+``--grid`` keeps one grid's rows; without it every row counts, and a world where GRPO ran under two
+settings (e.g. bench-v1's and bench-v2's recipes) is skipped rather than averaged.
 
 - each side's **improvement**: the mean over seeds with a Student-t interval for that mean;
 - **OPSD context - GRPO, paired by seed**: per seed run on both sides, the OPSD improvement minus
   the GRPO one; the mean of those differences with a Student-t interval (n - 1 df, n paired
-  seeds; a single paired seed, or differences identical over seeds, give no interval). Pairing is the comparison the
-  design asks for: a seed picks the same training and validation problems on both sides, so the
-  difference within a seed removes how hard that seed's problems are, a variance both arms share.
+  seeds; a single paired seed, or differences identical over seeds, give no interval). Pairing is
+  the comparison the design asks for: a seed picks the same training and validation problems on
+  both sides, so the difference within a seed removes how hard that seed's problems are, a
+  variance both arms share.
   The unpaired Welch interval counts that variance twice and, with two seeds per arm, rests on only
   1-2 Welch-Satterthwaite df anyway (the bench-v1 audit's finding); the paired one states its df;
 - **OPSD context - GRPO, Welch**: the difference of the two means with a Welch interval (unequal
@@ -248,7 +249,8 @@ def compare_world(runs: pd.DataFrame, steps: pd.DataFrame, world: str, level: fl
                                        "grpo": sorted(map(int, grpo["steps"].unique()))},
                              "seeds": {"opsd": sorted(map(int, opsd["seed"].unique())),
                                        "grpo": sorted(map(int, grpo["seed"].unique()))},
-                             "models": {"opsd": sorted(opsd["model"].unique()), "grpo": sorted(grpo["model"].unique())}},
+                             "models": {"opsd": sorted(opsd["model"].unique()),
+                                        "grpo": sorted(grpo["model"].unique())}},
             "grpo": {"config": grpo["config"].iloc[0], "improvement": base,
                      "failure": failure_summary(per_run[per_run["algorithm"] == "grpo"], level)},
             "opsd": configs, "law_pick": pick, "seed_noise": noise,
@@ -292,10 +294,12 @@ def world_tables(res: dict) -> str:
     for c in res["opsd"]:
         d, p, f = c["minus_grpo"], c["minus_grpo_paired"], c["failure"]
         name = c["label"] + (" (law's pick)" if c["config"] == pick else "")
-        lines.append(f"| OPSD {name} | {c['improvement']['n']} | {interval(c['improvement'])} | {interval(p, 'diff')} | "
+        lines.append(f"| OPSD {name} | {c['improvement']['n']} | {interval(c['improvement'])} | "
+                     f"{interval(p, 'diff')} | "
                      f"{p['n']} ({'n/a' if not math.isfinite(p['df']) else p['df']}) | {interval(d, 'diff')} | "
                      f"{d['n_a']}, {d['n_b']} | {'n/a' if not math.isfinite(d['df']) else round(d['df'], 1)} | "
-                     f"{c['verdict']} ({c['verdict_from']}) | {interval(f['length_drift'])} ({f['length_drift']['n']}) | "
+                     f"{c['verdict']} ({c['verdict_from']}) | "
+                     f"{interval(f['length_drift'])} ({f['length_drift']['n']}) | "
                      f"{f['collapsed']} / {f['runs']} |")
     p = res["law_pick"]
     lines.append("")
@@ -305,7 +309,8 @@ def world_tables(res: dict) -> str:
         lines.append(f"Law's pick: OPSD {p['label']}, predicted {interval({'mean': p['predicted'], 'lower': p['predicted_lower'], 'upper': p['predicted_upper']})} "
                      f"(slope {fmt(p['slope'])} [{fmt(p['slope_lower'])}, {fmt(p['slope_upper'])}], p = {p['slope_p']:.2g}, "
                      f"R^2 = {p['r2']:.2f}; {p['note']}); measured {interval(p['measured'])} (n = {p['measured']['n']}); "
-                     f"minus GRPO paired by seed {interval(p['minus_grpo_paired'], 'diff')} ({sizes(p['minus_grpo_paired'])}), "
+                     f"minus GRPO paired by seed {interval(p['minus_grpo_paired'], 'diff')} "
+                     f"({sizes(p['minus_grpo_paired'])}), "
                      f"Welch {interval(p['minus_grpo'], 'diff')} ({sizes(p['minus_grpo'])}): "
                      f"**{p['verdict']}** (from the {p['verdict_from']} interval).")
     noise = res["seed_noise"]

@@ -177,7 +177,8 @@ def test_the_report_pairs_by_seed_and_judges_from_the_paired_interval(tmp_path):
         assert c["verdict_from"] == "paired"
         assert c["verdict"] == ("OPSD better" if p["lower"] > 0 else "GRPO better" if p["upper"] < 0
                                 else "undecided (interval contains 0)")
-    assert arith["law_pick"]["minus_grpo_paired"] == next(c for c in arith["opsd"] if c["label"] == "reference")["minus_grpo_paired"]
+    reference = next(c for c in arith["opsd"] if c["label"] == "reference")
+    assert arith["law_pick"]["minus_grpo_paired"] == reference["minus_grpo_paired"]
 
 
 def add_bench_v2(data: Path) -> Path:
@@ -187,11 +188,13 @@ def add_bench_v2(data: Path) -> Path:
     arith = runs[runs["world"] == "arithmetic"]
     v2 = arith.assign(slice=arith["slice"] + "-v2", improvement=arith["improvement"] + 0.5)
     pilot = arith.assign(slice="pilot-arithmetic", improvement=9.0)
-    gemma = arith[arith["algorithm"] == "opsd"].assign(slice="law-gemma3-arithmetic-v2", model="gemma", improvement=-9.0)
+    gemma = arith[arith["algorithm"] == "opsd"].assign(slice="law-gemma3-arithmetic-v2", model="gemma",
+                                                        improvement=-9.0)
     new = []
     for tag, part in (("v2", v2), ("pilot", pilot), ("gemma", gemma)):
         new.append(part.assign(grid="bench-v2", run_id=part["run_id"] + "-" + tag, config=part["config"] + "-" + tag))
-        steps = pd.concat([steps, steps[steps["run_id"].isin(part["run_id"])].assign(run_id=lambda s: s["run_id"] + "-" + tag)])
+        copied = steps[steps["run_id"].isin(part["run_id"])]
+        steps = pd.concat([steps, copied.assign(run_id=copied["run_id"] + "-" + tag)])
     pd.concat([runs, *new]).to_csv(data / "runs.csv", index=False)
     steps.to_csv(data / "steps.csv", index=False)
     return data
@@ -207,9 +210,9 @@ def test_grid_keeps_that_grids_rows_and_only_law_and_grpo_slices_of_grpos_model(
         assert arith["status"] == "compared" and arith["grpo"]["config"] == "grpo-none" + suffix
         assert arith["grpo"]["improvement"]["mean"] == pytest.approx(np.mean(GRPO) + shift)
         assert {c["config"] for c in arith["opsd"]} == {f"opsd-{c}{suffix}" for c in OPSD}  # no pilot, no Gemma
-        assert {r["run_id"] for r in arith["per_run"]} == {f"{a}-{c}-{s}{suffix}" for a, c, imps in
-                                                           [*(("opsd", c, i) for c, (_, i) in OPSD.items()), ("grpo", "none", GRPO)]
-                                                           for s in range(len(imps))}
+        arms = [*(("opsd", c, i) for c, (_, i) in OPSD.items()), ("grpo", "none", GRPO)]
+        expected = {f"{a}-{c}-{s}{suffix}" for a, c, imps in arms for s in range(len(imps))}
+        assert {r["run_id"] for r in arith["per_run"]} == expected
         assert arith["equal_budget"]["models"] == {"opsd": ["m"], "grpo": ["m"]}
     # every grid at once: two GRPO configurations in one world are never averaged
     both = report(data, LEVEL, ["arithmetic"], None)["worlds"][0]
@@ -218,7 +221,8 @@ def test_grid_keeps_that_grids_rows_and_only_law_and_grpo_slices_of_grpos_model(
 
 def test_an_unknown_grid_is_one_line_naming_the_file_and_the_grids_there(tmp_path, capsys):
     data = add_bench_v2(make_table(tmp_path / "data"))
-    code = main(["--data", str(data), "--grid", "bench-v9", "--out", str(tmp_path / "r.json"), "--plot", str(tmp_path / "p.png")])
+    code = main(["--data", str(data), "--grid", "bench-v9", "--out", str(tmp_path / "r.json"),
+                 "--plot", str(tmp_path / "p.png")])
     err = capsys.readouterr().err
     assert code == 2 and not (tmp_path / "r.json").exists()
     assert err == f"grpo_report: {data / 'runs.csv'}: no rows of grid 'bench-v9' (grids there: bench-v1, bench-v2)\n"
