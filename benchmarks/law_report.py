@@ -40,7 +40,7 @@ import numpy as np
 import pandas as pd
 from scipy import stats
 
-from opsd_platform.law.export import ExportError, read_table
+from opsd_platform.law.export import ExportError, only_grid, read_table
 from opsd_platform.law import LawError, family_slopes, fit_law, grouped_holdout, leave_one_out
 from opsd_platform.law.pipeline import points_from_table
 from opsd_platform.law.robust import bootstrap_slope, influence, with_fixed_effects
@@ -155,11 +155,7 @@ def points_from_table_frame(runs: pd.DataFrame) -> pd.DataFrame:
 
 def report(data: Path, level: float, plots: Path | None, grid: str | None = None) -> dict:
     runs = read_table(data / "runs.csv")
-    if grid is not None:
-        if "grid" not in runs or not (runs["grid"] == grid).any():
-            raise ExportError(f"{data / 'runs.csv'}: no rows of grid {grid!r}"
-                              + (f" (grids there: {', '.join(sorted(runs['grid'].dropna().unique()))})" if "grid" in runs else ""))
-        runs = runs[runs["grid"] == grid]
+    runs = only_grid(runs, grid, data / "runs.csv")
     out: dict = {"data": str(data), "grid": grid, "runs": len(runs), "level": level}
     saving = reuse_saving(runs)
     out["reuse"] = saving
