@@ -115,8 +115,9 @@ def test_the_top_level_holds_at_most_8_modules():
 
 
 def readme_tree() -> set[str]:
-    """The files of the README's layout tree, as paths under opsd_platform/ (from its indentation)."""
-    text = (ROOT / "README.md").read_text(encoding="utf-8")
+    """The files of the layout tree (docs/layout.md, linked from the README), as paths under
+    opsd_platform/ (from its indentation)."""
+    text = (ROOT / "docs" / "layout.md").read_text(encoding="utf-8")
     block = text[text.index("opsd_platform/\n├"):]
     block = block[:block.index("```")]
     paths, stack = set(), []
@@ -134,7 +135,7 @@ def readme_tree() -> set[str]:
 def test_the_readme_layout_lists_every_module():
     files = {str(p.relative_to(PACKAGE)) for p in PACKAGE.rglob("*.py") if p.name != "__init__.py"}
     tree = readme_tree()
-    assert tree == files, f"README layout: missing {sorted(files - tree)}, stale {sorted(tree - files)}"
+    assert tree == files, f"docs/layout.md: missing {sorted(files - tree)}, stale {sorted(tree - files)}"
 
 
 def test_every_from_import_of_the_package_resolves():
