@@ -176,10 +176,21 @@ def order_steps(steps: pd.DataFrame) -> pd.DataFrame:
 
 def hyper_columns_kept(merged: pd.DataFrame, old: pd.DataFrame | None, new: pd.DataFrame) -> pd.DataFrame:
     """`merged` without the hyper-parameter columns that do not vary: a column the old table has is
-    kept (its new rows filled in); one only the new rows have is kept when it varies among them."""
+    kept (its new rows filled in); one only the new rows have is kept when it varies among them, or
+    when their one value is not the config's default (bench-v2's `loss.token_clip=0.05` on every
+    run: the older rows, which lack the column, ran at the default, so the table varies in it; the
+    older rows' cells stay empty, their value is in their grid file)."""
+    from opsd_platform.config import TrainConfig, flatten
+
+    defaults = {k: str(_value(str(v))) for k, v in flatten(TrainConfig().to_dict()).items()}
     have = set(old.columns) if old is not None else set()
     fixed = set(RUN_COLUMNS + META_COLUMNS)
-    drop = [c for c in new if c not in fixed and c not in have and new[c].astype(str).nunique(dropna=False) <= 1]
+
+    def constant_default(c: str) -> bool:
+        values = new[c].astype(str).unique()
+        return len(values) <= 1 and (c not in defaults or str(new[c].iloc[0]) in (defaults[c], "nan", "None"))
+
+    drop = [c for c in new if c not in fixed and c not in have and constant_default(c)]
     return merged.drop(columns=drop)
 
 
