@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import re
 import sys
 from pathlib import Path
 
@@ -78,6 +79,35 @@ def choose(runs: pd.DataFrame) -> dict:
     return out
 
 
+def apply(res: dict, grid_file: Path) -> list[str]:
+    """Write each world's chosen recipe into the grid file's `-v2` slices of that world (OPSD
+    slices: lr, EMA rate, token clip; GRPO slices: lr), as text so its comments stay. Returns what
+    changed, a line each. A world without a stable recipe is left as it is (and said)."""
+    text = grid_file.read_text()
+    blocks = re.split(r"(?m)^(?=  - name: )", text)
+    said = []
+    for k, block in enumerate(blocks):
+        m = re.match(r"  - name: (\S+)", block)
+        if not m or not m.group(1).endswith("-v2"):
+            continue
+        world = re.search(r"world=(\w+)", block)
+        r = res.get(world.group(1)) if world else None
+        if r is None:
+            continue
+        grpo = "algorithm=grpo" in block
+        chosen = ({"optim.lr": r["grpo_chosen"]["optim.lr"]} if r.get("grpo_chosen") else None) if grpo else r["chosen"]
+        if not chosen:
+            said.append(f"{m.group(1)}: no chosen recipe for {world.group(1)}; left as it is")
+            continue
+        for key, value in chosen.items():
+            new = f"{key}={'null' if value is None else f'{value:g}' if isinstance(value, float) else value}"
+            block = re.sub(rf"{re.escape(key)}=[^,\]\s]+", new, block)
+        blocks[k] = block
+        said.append(f"{m.group(1)}: {', '.join(f'{a}={b}' for a, b in chosen.items())}")
+    grid_file.write_text("".join(blocks))
+    return said
+
+
 def markdown(res: dict) -> str:
     lines = []
     for world, r in res.items():
@@ -101,6 +131,7 @@ def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--data", type=Path, default=Path("benchmarks/data"))
     ap.add_argument("--out", type=Path, default=Path("benchmarks/results/pilot-report.json"))
+    ap.add_argument("--apply", type=Path, default=None, help="write the chosen recipes into this grid file's -v2 slices")
     args = ap.parse_args(argv)
     try:
         runs = read_table(args.data / "runs.csv")
@@ -114,6 +145,9 @@ def main(argv=None) -> int:
     print(markdown(res))
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(res, indent=1, default=float))
+    if args.apply is not None:
+        for line in apply(res, args.apply):
+            print(f"applied: {line}")
     return 0
 
 

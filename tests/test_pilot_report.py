@@ -32,3 +32,28 @@ def test_the_stable_recipe_where_contexts_spread_most_is_chosen():
     assert verdict == {1e-5: False, 3e-6: True, 1e-6: True}  # |none| 0.09 > 2 x 0.02
     assert res["chosen"] == {"optim.lr": 3e-6, "teacher.ema_rate": 0.01, "loss.token_clip": 0.05}
     assert res["grpo_chosen"]["optim.lr"] == 3e-6
+
+
+def test_the_chosen_recipes_are_written_into_the_v2_slices_of_their_world(tmp_path):
+    from benchmarks.pilot_report import apply
+
+    grid = tmp_path / "g.yaml"
+    grid.write_text("""slices:
+  - name: pilot-arithmetic
+    overrides: [world=arithmetic, optim.lr=1e-5]
+  - name: law-arithmetic-v2
+    # a comment that stays
+    overrides: [world=arithmetic, rollout.max_new_tokens=96,
+                optim.lr=1e-5, teacher.ema_rate=0.05, loss.token_clip=0.05]
+  - name: grpo-arithmetic-v2
+    overrides: [world=arithmetic, algorithm=grpo, optim.lr=1e-5]
+  - name: law-pyfunc-v2
+    overrides: [world=pyfunc, optim.lr=1e-5]
+""")
+    said = apply(choose(table()), grid)
+    text = grid.read_text()
+    assert "optim.lr=1e-5]" in text.splitlines()[2]  # the pilot itself is untouched
+    assert "optim.lr=3e-06, teacher.ema_rate=0.01, loss.token_clip=0.05]" in text and "a comment that stays" in text
+    assert "algorithm=grpo, optim.lr=3e-06]" in text
+    assert "world=pyfunc, optim.lr=1e-5]" in text  # no pilot for that world: left as it is
+    assert len(said) == 2
