@@ -139,7 +139,8 @@ def opsd_contexts(slice_points) -> list[tuple[str, float]]:
 
 
 def diagnose_slice(spec: dict, slice_name: str, n_problems: int | None, extra: list[str],
-                   student_only: bool = False) -> dict:
+                   student_only: bool = False, only: list[str] | None = None,
+                   graded_shares: list[float] | None = None) -> dict:
     import torch
 
     from opsd_platform.models import load_policy
@@ -151,6 +152,10 @@ def diagnose_slice(spec: dict, slice_name: str, n_problems: int | None, extra: l
     if not pts:
         raise SystemExit(f"diagnose: no slice {slice_name!r} in {spec['path']}")
     contexts = opsd_contexts(pts)
+    if graded_shares is not None:  # the dial at these shares instead of the slice's own
+        contexts = [c for c in contexts if c[0] != "graded"] + [("graded", f) for f in graded_shares]
+    if only:
+        contexts = [c for c in contexts if c[0] in only]
     base = train_config(list(pts[0].overrides) + extra)
     cfg = base
     n = cfg.gap.samples or cfg.rollout.samples_per_prompt
@@ -256,11 +261,15 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--problems", type=int, default=None, help="gap problems (default: the slice's gap.n_problems)")
     ap.add_argument("--out", default=None, help="results name (default: <grid>-<slices>)")
     ap.add_argument("--student-only", action="store_true", help="only the student's samples (a token cap check)")
+    ap.add_argument("--contexts", nargs="+", default=None, help="only these contexts of the slice")
+    ap.add_argument("--graded-shares", nargs="+", type=float, default=None,
+                    help="the graded context at these shares (e.g. 0 0.25 0.5 0.75 1) instead of the slice's")
     ap.add_argument("overrides", nargs="*", help="extra train overrides (e.g. rollout.max_new_tokens=256)")
     args = ap.parse_args(argv)
     spec = load_spec(args.grid)
     t0 = time.time()
-    results = [diagnose_slice(spec, s, args.problems, args.overrides, args.student_only) for s in args.slice]
+    results = [diagnose_slice(spec, s, args.problems, args.overrides, args.student_only, args.contexts,
+                              args.graded_shares) for s in args.slice]
     name = args.out or f"{spec['name']}-{'-'.join(args.slice)}"
     commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True).stdout.strip()
     doc = {"command": "python -m benchmarks.diagnose " + " ".join(sys.argv[1:] if argv is None else argv),
