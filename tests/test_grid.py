@@ -416,6 +416,13 @@ def test_export_from_a_store_of_one_new_run_fills_the_tables_hyper_parameter_col
     assert table.set_index("run_id").loc["c", ["graded_fraction", "algorithm"]].tolist() == [0.75, "opsd"]
     two = pd.concat([new, new.assign(run_id="d", **{"trainer.max_steps": 40})])  # new rows that differ: a new column
     assert "trainer.max_steps" in hyper_columns_kept(merge(old, two), old, two)
+    # a new grid's rows (bench-v2 beside bench-v1) keep a setting that is not the default everywhere
+    # they ran, since the older grid's rows ran at the default; at the default they gain no column
+    g_old, g_new = old.assign(grid="v1"), new.assign(grid="v2", **{"loss.token_clip": 0.05, "optim.lr": 1e-5})
+    kept = hyper_columns_kept(merge(g_old, g_new), g_old, g_new)
+    assert {"trainer.max_steps", "loss.token_clip"} <= set(kept.columns) and "optim.lr" not in kept.columns
+    same = hyper_columns_kept(merge(g_old, new.assign(grid="v1")), g_old, new.assign(grid="v1"))
+    assert "trainer.max_steps" not in same.columns
 
 
 def test_law_report_covariates_use_only_the_searched_family(tmp_path):

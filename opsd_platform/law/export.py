@@ -176,22 +176,26 @@ def order_steps(steps: pd.DataFrame) -> pd.DataFrame:
 
 def hyper_columns_kept(merged: pd.DataFrame, old: pd.DataFrame | None, new: pd.DataFrame) -> pd.DataFrame:
     """`merged` without the hyper-parameter columns that do not vary: a column the old table has is
-    kept (its new rows filled in); one only the new rows have is kept when it varies among them, or
-    when their one value is not the config's default (bench-v2's `loss.token_clip=0.05` on every
-    run: the older rows, which lack the column, ran at the default, so the table varies in it; the
-    older rows' cells stay empty, their value is in their grid file)."""
+    kept (its new rows filled in); one only the new rows have is kept when it varies among them, or,
+    when the new rows are of a grid the old table does not hold yet, when their one value is not the
+    config's default (bench-v2's `loss.token_clip=0.05` on every run: bench-v1's rows, which lack
+    the column, ran at the default, so the table varies in it; their cells stay empty, their value
+    is in their grid file). A resumed grid's new rows gain no column for a setting its older rows
+    shared."""
     from opsd_platform.config import TrainConfig, flatten
 
-    defaults = {k: str(_value(str(v))) for k, v in flatten(TrainConfig().to_dict()).items()}
     have = set(old.columns) if old is not None else set()
     fixed = set(RUN_COLUMNS + META_COLUMNS)
+    new_grid = (old is not None and "grid" in old and "grid" in new
+                and not set(new["grid"].dropna()) <= set(old["grid"].dropna()))
+    defaults = {k: str(_value(str(v))) for k, v in flatten(TrainConfig().to_dict()).items()} if new_grid else {}
 
-    def constant_default(c: str) -> bool:
-        values = new[c].astype(str).unique()
-        return len(values) <= 1 and (c not in defaults or str(new[c].iloc[0]) in (defaults[c], "nan", "None"))
+    def constant(c: str) -> bool:
+        if new[c].astype(str).nunique(dropna=False) > 1:
+            return False
+        return not new_grid or c not in defaults or str(new[c].iloc[0]) in (defaults[c], "nan", "None")
 
-    drop = [c for c in new if c not in fixed and c not in have and constant_default(c)]
-    return merged.drop(columns=drop)
+    return merged.drop(columns=[c for c in new if c not in fixed and c not in have and constant(c)])
 
 
 def export(uri: str, experiment: str, cfg: ExportConfig) -> dict[str, int]:
