@@ -37,6 +37,7 @@ from optuna.trial import TrialState
 
 from benchmarks.replay_table import Run, Table
 from opsd_platform.law import LawError, LawFit, fit_law
+from opsd_platform.law.usable import LawCheck, check_law, check_points, constant_loo_rmse
 from opsd_platform.search.pruner import GAP_RULES, PRUNE, GapLawPruner, LawView, decide_policy
 from opsd_platform.law.registry import RegistryError
 from opsd_platform.training.sequential import confidence_sequence, law_settle, sequential_gap
@@ -201,7 +202,7 @@ class LawMemory:
     def _id(self, config: str) -> int:
         return self.config_ids.setdefault(config, len(self.config_ids))
 
-    def _first(self, points: pd.DataFrame) -> tuple[LawFit, float | None] | None:
+    def _first(self, points: pd.DataFrame) -> tuple[LawFit, float | None, LawCheck] | None:
         from opsd_platform.law import leave_one_out
 
         if len(points) == 0:
@@ -214,24 +215,31 @@ class LawMemory:
                 fit, rmse = fit_law(points, **kwargs), leave_one_out(points, **kwargs)["rmse"]
         except LawError:
             return None
-        return fit, (float(rmse) if rmse == rmse else None)
+        rmse = float(rmse) if rmse == rmse else None
+        return fit, rmse, check_points(points, fit, loo_rmse=rmse, **kwargs)
 
-    def _refit(self) -> tuple[LawFit, float | None] | None:
+    def _refit(self) -> tuple[LawFit, float | None, LawCheck] | None:
         s = self.settings
         try:
             if s.method == "ols":
-                return fast_ols(np.asarray(self.config), np.asarray(self.gap, dtype=float), np.asarray(self.improvement, dtype=float),
-                                np.asarray(self.covs, dtype=float).reshape(len(self.gap), len(self.covariates)), self.covariates, s.level)
+                config = np.asarray(self.config)
+                fit, rmse = fast_ols(config, np.asarray(self.gap, dtype=float), np.asarray(self.improvement, dtype=float),
+                                     np.asarray(self.covs, dtype=float).reshape(len(self.gap), len(self.covariates)),
+                                     self.covariates, s.level)
+                _, inverse = np.unique(config, return_inverse=True)
+                means = np.bincount(inverse, weights=np.asarray(self.improvement, dtype=float)) / np.bincount(inverse)
+                return fit, rmse, check_law(fit, loo_rmse=rmse, constant_rmse=constant_loo_rmse(means))
         except LawError:
             return None
         points = pd.DataFrame({"config": self.config, "seed": self.keys, "gap": self.gap, "improvement": self.improvement,
                                **{c: [row[j] for row in self.covs] for j, c in enumerate(self.covariates)}})
         return self._first(points)
 
-    def _register(self, fit: LawFit, rmse: float | None) -> None:
+    def _register(self, fit: LawFit, rmse: float | None, check: LawCheck) -> None:
+        """registry.register_law's rule: a law that may not decide is never champion."""
         self.version += 1
         better = rmse is not None and (self.champion_rmse is None or rmse < self.champion_rmse)
-        if self.champion is None or better:
+        if check.usable and (self.champion is None or better):
             self.champion, self.champion_rmse = fit, rmse
             self._view = fast_view(self.version, fit)
 
@@ -250,7 +258,7 @@ class LawMemory:
 
     def view(self) -> LawView:
         if self._view is None:
-            raise RegistryError("no law yet: the table's law slice is missing or unfittable, and no refit succeeded")
+            raise RegistryError("no law yet: the table's law slice is missing, unfittable or may not decide, and no refit may")
         return self._view
 
 

@@ -131,7 +131,9 @@ def test_law_arm_decides_as_the_live_gap_law_pruner(table, tmp_path):
 
     uri = f"sqlite:///{tmp_path}/mlflow.db"
     fit = fit_law(table.law_points, level=0.9)
-    assert register_law(fit, tracking_uri=uri)["version"] == 1
+    from opsd_platform.law import leave_one_out
+
+    assert register_law(fit, tracking_uri=uri, holdout=leave_one_out(table.law_points))["aliases"] == ["champion"]
     settings = Settings(refit_every=0, calibration_rate=0.3, n_startup_trials=2)
     for order in (0, 1, 2, 3):
         memory = Replay(table, "law", order, settings).run()
