@@ -19,7 +19,7 @@ side-effect-free function of plain inputs that the live pruner and the replay be
 2. startup                  -> train: fewer than ``n_startup_trials`` trials have completed
 3. no gap / NaN gap         -> train: nothing to predict from
 4. no law / missing input   -> train: no ``@alias`` registered, or a covariate the law needs is missing
-4b. law may not decide      -> train: the law fails ``law.usable.check_law`` (too few configurations or
+4b. law may not decide      -> train (its prediction recorded): the law fails ``law.usable.check_law`` (too few configurations or
                                residual degrees of freedom, a zero-width interval, a slope interval
                                containing 0, or a leave-one-out error no better than a constant's)
 5. no bar                   -> train: no threshold and no completed trial to beat yet
@@ -193,8 +193,6 @@ def decide_policy(
     except RegistryError as exc:
         return Decision(TRAIN, "no_law", f"no law to predict with ({exc}); trains fully", gap=gap)
     version = view.version
-    if view.check is not None and not view.check.usable:
-        return Decision(TRAIN, "law_unusable", f"law v{version}: {view.check.reason}; trains fully", gap=gap, law_version=version)
 
     inputs = {"gap": gap}
     for col in view.inputs:
@@ -210,6 +208,8 @@ def decide_policy(
                    level=level, law_version=version)
     shown = (f"gap {gap:+.3f} -> predicted improvement {numbers['predicted']:+.3f}, "
              f"{level:.0%} interval [{numbers['lower']:+.3f}, {numbers['upper']:+.3f}] (law v{version})")
+    if view.check is not None and not view.check.usable:  # predicted (shown), never decided by it
+        return Decision(TRAIN, "law_unusable", f"{shown}; {view.check.reason}; trains fully", **numbers)
 
     if threshold is not None:
         bar, source = threshold, "threshold"
