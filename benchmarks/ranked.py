@@ -24,7 +24,7 @@ from benchmarks.replay import OrderResult, Replay, Settings, TrialRecord, _draw,
 from benchmarks.replay_table import Table
 from opsd_platform.law import LawError
 from opsd_platform.law.usable import check_points
-from opsd_platform.search.ranked import MEASURE, STOP, TRAIN, RankedPolicy, RankedSettings
+from opsd_platform.search.ranked import RankedPolicy, RankedSettings, drive
 
 RANKED_ARMS = ("ranked", "ranked_prior")
 
@@ -69,36 +69,32 @@ class RankedReplay(Replay):
         self.policy = RankedPolicy([(c, context_of(table, c)) for c in self.runs], fit, check,
                                    "prior (the table's law slices)", ranked or RankedSettings(level=settings.level))
 
-    def _train(self, study: optuna.Study, key: str, curve: bool) -> None:
-        self.arm = "successive_halving" if curve else "none"  # Replay.objective: curve-pruned or trained fully
-        self.given.append((key, self.runs[key].run_id))
-        study.enqueue_trial({"config": key})
-        study.optimize(self.objective, n_trials=1, callbacks=[self.after_trial], gc_after_trial=False)
-        record = self.records[-1]
-        self.policy.result(key, record.value, record.state == "complete")
-
-    def run(self, arm_name: str | None = None) -> OrderResult:
+    def run(self) -> OrderResult:
         name = self.arm
         study = optuna.create_study(direction="maximize", sampler=optuna.samplers.RandomSampler(seed=self.order),
                                     pruner=optuna.pruners.SuccessiveHalvingPruner(), study_name=f"replay-{name}-{self.order}")
         self.pending = self.pending_gap = None
-        while True:
-            step = self.policy.next()
-            if step.kind == MEASURE:
-                for key in step.keys:
-                    self.ledger.gap(self.runs[key])
-                    self.policy.gap(key, self.runs[key].gap)
-                self._note()
-            elif step.kind == TRAIN:
-                self._train(study, step.keys[0], step.curve)
-            elif step.kind == STOP:
-                for key in step.keys:
-                    run = self.runs[key]
-                    self.records.append(TrialRecord(len(self.records), run.run_id, key, "pruned", 0, run.improvement,
-                                                    step.bar, "prune", "stop"))
-                break
-            else:
-                break
+
+        def measure(key: str, step) -> float:
+            self.ledger.gap(self.runs[key])
+            self._note()
+            return self.runs[key].gap
+
+        def train(key: str, step) -> tuple[float | None, bool]:
+            self.arm = "successive_halving" if step.curve else "none"  # Replay.objective: curve-pruned, or trained fully
+            self.given.append((key, self.runs[key].run_id))
+            study.enqueue_trial({"config": key})
+            study.optimize(self.objective, n_trials=1, callbacks=[self.after_trial], gc_after_trial=False)
+            record = self.records[-1]
+            return record.value, record.state == "complete"
+
+        def stop(step) -> None:
+            for key in step.keys:
+                run = self.runs[key]
+                self.records.append(TrialRecord(len(self.records), run.run_id, key, "pruned", 0, run.improvement, step.bar,
+                                                "prune", "stop"))
+
+        drive(self.policy, measure, train, stop)
         self.arm = name
         result = self.result()
         result.notes = list(self.policy.notes)  # the law changes of this order, one line each

@@ -41,7 +41,7 @@ from __future__ import annotations
 import math
 import warnings
 from dataclasses import dataclass, field
-from typing import Sequence
+from typing import Callable, Sequence
 
 import numpy as np
 import pandas as pd
@@ -240,3 +240,23 @@ class RankedPolicy:
                     f"ranked: gap {c.gap:+.3f} -> predicted {mean[best]:+.3f} [{lo[best]:+.3f}, {hi[best]:+.3f}], the highest "
                     f"of {len(waiting)} waiting ({self.law_label})", law=self.law_label, predicted=float(mean[best]),
                     lower=float(lo[best]), upper=float(hi[best]), bar=bar)
+
+
+def drive(policy: RankedPolicy, measure: Callable[[str, Step], float],
+          train: Callable[[str, Step], tuple[float | None, bool]], stop: Callable[[Step], None] = lambda step: None) -> list[Step]:
+    """The order of operations of a ranked search, for every caller: ask the policy, do what it
+    says (``measure(key, step) -> gap``; ``train(key, step) -> (improvement, complete)``, under the
+    curve pruner when ``step.curve``; ``stop(step)`` for the candidates left untrained), report back;
+    until it says stop or done. Returns the policy's decisions."""
+    while True:
+        step = policy.next()
+        if step.kind == MEASURE:
+            for key in step.keys:
+                policy.gap(key, measure(key, step))
+        elif step.kind == TRAIN:
+            value, complete = train(step.keys[0], step)
+            policy.result(step.keys[0], value, complete)
+        else:
+            if step.kind == STOP:
+                stop(step)
+            return policy.steps
