@@ -172,3 +172,48 @@ def test_prior_law_settings_are_checked():
         SearchConfig(strategy="ranked", prior_law="opsd-gap-law")
     with pytest.raises(ConfigError, match="search.strategy: unknown value 'best'"):
         SearchConfig(strategy="best")
+
+
+# ============================================================================== the live ranked search
+
+
+def test_a_live_ranked_search_measures_ranks_trains_and_agrees_with_its_replay(store, tmp_path, capsys):
+    """The tiny model, 3 contexts, a prior fitted on another world (forced): phase 1 measures every
+    gap (trials stopped after their gap), phase 2 trains in the law's order until the stopping rule;
+    the same policy driven over the measured gaps and improvements takes the same decisions."""
+    import optuna
+    from mlflow.tracking import MlflowClient
+
+    from opsd_platform.cli import main
+    from test_search import FAST
+
+    _, uri = store
+    storage = f"sqlite:///{tmp_path}/optuna.db"
+    space = tmp_path / "space.yaml"
+    space.write_text("space:\n  context: {type: categorical, choices: [none, feedback, reference]}\n")
+    args = ["search", *FAST, f"tracking.uri={uri}", f"search.storage={storage}", f"search.space={space}",
+            "search.strategy=ranked", "search.prior_law=models:/opsd-gap-law@champion", "search.prior_law_force=true",
+            "search.study=ranked", f"search.out_dir={tmp_path}/report"]
+    assert main(args) == 0
+    out = capsys.readouterr().out
+    assert "prior opsd-gap-law v1 (@champion) decides (may decide: 8 configurations" in out
+    trials = optuna.load_study(study_name="ranked", storage=storage).trials
+    phases = [t.user_attrs["ranked.phase"] for t in trials]
+    assert phases[:3] == ["gap"] * 3 and all(p == "train" for p in phases[3:]) and len(phases) >= 4
+    gaps = {t.params["context"]: t.user_attrs["gap"] for t in trials[:3]}
+    trained = {t.params["context"]: t.value for t in trials[3:]}
+    assert all(t.state == optuna.trial.TrialState.PRUNED for t in trials[:3]) and all(v is not None for v in trained.values())
+    parent = MlflowClient(tracking_uri=uri).search_runs(
+        [MlflowClient(tracking_uri=uri).get_experiment_by_name("opsd").experiment_id], "tags.kind = 'search'")[0]
+    recorded = MlflowClient(tracking_uri=uri).download_artifacts(parent.info.run_id, "ranked/decisions.json", str(tmp_path))
+    import json
+
+    live = json.loads(Path(recorded).read_text())["decisions"]
+    from opsd_platform.search.ranked_run import load_prior
+    from opsd_platform.search.settings import SearchConfig
+
+    prior = load_prior(SearchConfig(strategy="ranked", prior_law="models:/opsd-gap-law@champion", prior_law_force=True),
+                       uri, "arithmetic")
+    replay = RankedPolicy([(c, c) for c in ["none", "feedback", "reference"]], *prior)
+    drive(replay, lambda key, step: gaps[key], lambda key, step: (trained[key], True))
+    assert [(d["kind"], d["keys"], d["reason"]) for d in live] == [(s.kind, list(s.keys), s.reason) for s in replay.steps]
