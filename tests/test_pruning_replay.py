@@ -212,7 +212,7 @@ def test_command_prints_the_table_and_writes_json_and_plot(tmp_path, capsys):
     text = capsys.readouterr().out
     assert "successive_halving" in text and "p_best" in text and "law_sequential: gap CPU-s saved" in text
     doc = json.loads(out.read_text())
-    assert doc["orders"] == 4 and list(doc["arms"]) == list(ARMS)
+    assert doc["orders"] == 4 and list(doc["arms"]) == list(ARMS) + ["ranked", "ranked_prior"]
     for arm, entry in doc["arms"].items():
         assert {"compute_ratio", "p_best", "regret_mean", "false_prune_rate", "ci"} <= set(entry), arm
         assert set(entry["ci"]) >= {"compute_ratio", "p_best", "regret_mean", "false_prune_rate"}
