@@ -23,7 +23,7 @@ import optuna
 from benchmarks.replay import OrderResult, Replay, Settings, TrialRecord, _draw, _permutation
 from benchmarks.replay_table import Table
 from opsd_platform.law import LawError
-from opsd_platform.law.usable import check_points
+from opsd_platform.law.holdout import check_points
 from opsd_platform.search.ranked import RankedPolicy, RankedSettings, drive
 
 RANKED_ARMS = ("ranked", "ranked_prior")

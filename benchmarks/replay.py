@@ -25,7 +25,6 @@ the budget (the ``law`` arm's spend on the same order, or ``topk_k`` trials) all
 
 from __future__ import annotations
 
-import math
 import warnings
 from dataclasses import dataclass, field
 from typing import Any, Sequence
@@ -37,7 +36,7 @@ from optuna.trial import TrialState
 
 from benchmarks.replay_table import Run, Table
 from opsd_platform.law import LawError, LawFit, fit_law
-from opsd_platform.law.usable import LawCheck, check_law, check_points, constant_loo_rmse
+from opsd_platform.law.holdout import LawCheck, check_points, fit_and_check
 from opsd_platform.search.pruner import GAP_RULES, PRUNE, GapLawPruner, LawView, decide_policy
 from opsd_platform.law.registry import RegistryError
 from opsd_platform.training.sequential import confidence_sequence, law_settle, sequential_gap
@@ -117,48 +116,6 @@ def fast_view(version: int, fit: LawFit) -> LawView:
     return LawView(int(version), ("gap", *fit.covariates), fit.predict_arrays)
 
 
-def fast_ols(config: np.ndarray, gap: np.ndarray, improvement: np.ndarray, covs: np.ndarray, covariates: tuple[str, ...],
-             level: float) -> tuple[LawFit, float | None]:
-    """fit_law(method="ols") and leave_one_out's RMSE in numpy, for the refits of a replay.
-
-    config: integer configuration ids per point; covs: [points, covariates]. The prediction
-    numbers (params, cov_params, sigma2, df_resid) equal fit_law's to rounding (tested); the
-    leave-one-out residuals are the PRESS residuals (law.leave_one_out says they equal its own
-    for OLS), a fold skipped where fit_law would refuse the reduced set. Raises LawError where
-    fit_law would."""
-    ids, first, inverse = np.unique(config, return_index=True, return_inverse=True)
-    count = np.bincount(inverse).astype(float)
-    mean = lambda v: np.bincount(inverse, weights=v) / count  # noqa: E731
-    gaps, y = mean(gap), mean(improvement)
-    n = ids.size
-    if n < 3:
-        raise LawError(f"need at least 3 configurations, got {n}")
-    if np.ptp(gaps) <= 1e-12 * max(1.0, float(np.abs(gaps).max())):
-        raise LawError("all configurations have the same gap")
-    x = np.column_stack([np.ones(n), gaps, *[mean(covs[:, j]) for j in range(covs.shape[1])]])
-    k = x.shape[1]
-    if n <= k or np.linalg.matrix_rank(x) < k:
-        raise LawError("too few configurations, or covariates collinear with the gap")
-    xtx_inv = np.linalg.pinv(x.T @ x)
-    params = xtx_inv @ x.T @ y
-    resid = y - x @ params
-    df = n - k
-    sigma2 = float(resid @ resid / df)
-    fit = LawFit(method="ols", level=level, columns=["intercept", "gap", *covariates], params=params.tolist(),
-                 cov_params=(sigma2 * xtx_inv).tolist(), sigma2=sigma2, df_resid=float(df), new_weight=1.0,
-                 coefficients=[], r2=math.nan, adj_r2=math.nan, pearson_r=math.nan, pearson_p=math.nan,
-                 residual_std=math.sqrt(sigma2), n_configs=n, n_points=int(gap.size), configs=[str(i) for i in ids],
-                 covariates=list(covariates))
-    hat = np.einsum("ij,jk,ik->i", x, xtx_inv, x)
-    keep = np.ones(n, dtype=bool)
-    for i in range(n):  # the folds leave_one_out skips: the reduced set is not fittable
-        rest = np.delete(gaps, i)
-        keep[i] = (n - 1 >= 3 and n - 1 > k and hat[i] < 1 - 1e-9
-                   and np.ptp(rest) > 1e-12 * max(1.0, float(np.abs(rest).max())))
-    press = resid[keep] / (1 - hat[keep])
-    return fit, (float(np.sqrt(np.mean(press ** 2))) if keep.any() else None)
-
-
 class LawMemory:
     """The law of a search kept in memory, with search.py's learning loop: the first law (fitted
     on the table's `law` slice) is the champion; after every `refit_every` completed trials a
@@ -206,13 +163,7 @@ class LawMemory:
         s = self.settings
         try:
             if s.method == "ols":
-                config = np.asarray(self.config)
-                fit, rmse = fast_ols(config, np.asarray(self.gap, dtype=float), np.asarray(self.improvement, dtype=float),
-                                     np.asarray(self.covs, dtype=float).reshape(len(self.gap), len(self.covariates)),
-                                     self.covariates, s.level)
-                _, inverse = np.unique(config, return_inverse=True)
-                means = np.bincount(inverse, weights=np.asarray(self.improvement, dtype=float)) / np.bincount(inverse)
-                return fit, rmse, check_law(fit, loo_rmse=rmse, constant_rmse=constant_loo_rmse(means))
+                return fit_and_check(np.asarray(self.config), self.gap, self.improvement, s.level, self.covs, self.covariates)
         except LawError:
             return None
         points = pd.DataFrame({"config": self.config, "seed": self.keys, "gap": self.gap, "improvement": self.improvement,

@@ -88,5 +88,5 @@ def test_search_journey(tmp_path):
     assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
     report = tmp_path / "search" / "quickstart" / "report.html"
     assert f"report: {report}" in out.stdout and report.stat().st_size > 1000
-    # a law fitted on the first 3 tiny trials may not decide (law/usable.py): the search says why and trains
+    # a law fitted on the first 3 tiny trials may not decide (law/holdout.py: check_law): the search says why and trains
     assert "the law may not decide: 3 configurations (needs >= 5)" in out.stdout

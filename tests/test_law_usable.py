@@ -1,4 +1,4 @@
-"""A law decides only when it can (law/usable.py): the one check that the registry, the per-trial
+"""A law decides only when it can (law/holdout.py: check_law): the one check that the registry, the per-trial
 pruner and the ranked search call, on tables where the answer is known."""
 
 import numpy as np
@@ -7,7 +7,7 @@ import pytest
 
 from opsd_platform import law
 from opsd_platform.law import registry
-from opsd_platform.law.usable import THRESHOLDS, check_law, check_points, constant_loo_rmse
+from opsd_platform.law.holdout import THRESHOLDS, check_law, check_points, constant_loo_rmse
 from opsd_platform.search.pruner import GapLawPruner, decide_policy
 
 
@@ -100,10 +100,10 @@ def test_the_pruner_refuses_a_registered_law_that_fails_the_check(tmp_path):
     gaps = rng.uniform(0, 0.5, 12)
     flat = points(gaps, rng.normal(0, 0.05, 12))
     fit = law.fit_law(flat)
-    usable = law.usable.check_law(fit, loo_rmse=0.001, constant_rmse=1.0)  # as if it had passed when registered
+    usable = law.holdout.check_law(fit, loo_rmse=0.001, constant_rmse=1.0)  # as if it had passed when registered
     assert not usable.usable  # the slope interval contains 0 whatever the hold-out says
     out = registry.register_law(fit, tracking_uri=uri, holdout=law.leave_one_out(flat),
-                                check=law.usable.LawCheck(True, "legacy", 12, 10, 1.0, (0.1, 0.2), 0.0, 1.0))
+                                check=law.holdout.LawCheck(True, "legacy", 12, 10, 1.0, (0.1, 0.2), 0.0, 1.0))
     assert out["aliases"] == ["champion"]
     client = MlflowClient(tracking_uri=uri)
     client.delete_model_version_tag("opsd-gap-law", "1", "usable")

@@ -64,7 +64,7 @@ def test_a_live_search_and_the_replay_of_its_order_decide_and_measure_the_same(t
     assert out.returncode == 0, out.stderr[-3000:]
     data = tmp_path / "data"
     export(recorded, "opsd", ExportConfig(grid="tiny-live", out=str(data)))
-    synthetic_law_rows(data, [0.0, 0.15, 0.3, 0.45, 0.6])  # 5 configurations: a law that may decide (law/usable.py)
+    synthetic_law_rows(data, [0.0, 0.15, 0.3, 0.45, 0.6])  # 5 configurations: a law that may decide (law/holdout.py: check_law)
 
     live = f"sqlite:///{tmp_path}/live/mlflow.db"  # a fresh store: the live search measures everything again
     common = ["--data", str(data), "--spec", str(spec), "--search-slice", "law-searched", "--law-slice", "law-synthetic",

@@ -13,7 +13,8 @@ import pandas as pd
 import pytest
 
 from benchmarks.pruning import main, parse_arms, per_order, run_order, summarize
-from benchmarks.replay import ARMS, Ledger, LawMemory, Replay, Settings, fast_ols, fast_view, run_topk
+from benchmarks.replay import ARMS, Ledger, LawMemory, Replay, Settings, fast_view, run_topk
+from opsd_platform.law.holdout import fit_ols_arrays as fast_ols
 from benchmarks.replay_table import TableError, load_table
 from opsd_platform.law import fit_law, leave_one_out
 from opsd_platform.search.pruner import GapLawPruner, LawView

@@ -14,7 +14,7 @@ from benchmarks.replay import Replay, Settings
 from benchmarks.replay_table import load_table
 from opsd_platform import law
 from opsd_platform.law import registry
-from opsd_platform.law.usable import check_points
+from opsd_platform.law.holdout import check_points
 from opsd_platform.search.ranked import CURVE, RANKED, STOP, TRAIN, RankedPolicy, RankedSettings, drive
 
 FIXTURE = Path(__file__).parent / "data" / "replay_fixture"
@@ -209,7 +209,7 @@ def test_a_live_ranked_search_measures_ranks_trains_and_agrees_with_its_replay(s
     import json
 
     live = json.loads(Path(recorded).read_text())["decisions"]
-    from opsd_platform.search.ranked_run import load_prior
+    from opsd_platform.search.ranked import load_prior
     from opsd_platform.search.settings import SearchConfig
 
     prior = load_prior(SearchConfig(strategy="ranked", prior_law="models:/opsd-gap-law@champion", prior_law_force=True),

@@ -91,7 +91,7 @@ def test_register_aliases_and_promotion(store, registered):
 
 
 def test_a_law_without_hold_out_is_refused_and_the_first_validated_one_takes_champion(tmp_path):
-    """A law with no leave-one-out error may not decide (law/usable.py): registered as evidence, no
+    """A law with no leave-one-out error may not decide (law/holdout.py: check_law): registered as evidence, no
     alias; the first version that has one takes @champion (a search's learning loop promotes it)."""
     uri = f"sqlite:///{tmp_path}/mlflow.db"
     pts = make_points(n_configs=5, seeds=2)
@@ -154,7 +154,7 @@ def test_covariate_law_and_existing_run(store):
     pd.testing.assert_frame_equal(model.predict(new), fit.predict(new), rtol=1e-12)
     with pytest.raises(Exception, match="context_tokens"):
         model.predict(pd.DataFrame({"gap": [0.2]}))
-    # no hold-out: nothing shows it predicts, so it may not decide (law/usable.py)
+    # no hold-out: nothing shows it predicts, so it may not decide (law/holdout.py: check_law)
     second = registry.register_law(fit, tracking_uri=store, name="law-cov", promote_if_better=True)
     assert second["decision"] == "refused" and "leave-one-configuration-out" in second["reason"]
 

@@ -33,7 +33,7 @@ from opsd_platform.config import TrackingConfig
 from opsd_platform.errors import RegistryError  # noqa: F401 (re-exported)
 from opsd_platform import tracking
 from opsd_platform.law import LawFit
-from opsd_platform.law.usable import LawCheck, check_law, constant_loo_rmse
+from opsd_platform.law.holdout import LawCheck, check_law, constant_loo_rmse
 
 DEFAULT_NAME = "opsd-gap-law"
 CHAMPION = "champion"
@@ -211,7 +211,7 @@ def register_law(
     ``grouped_holdout``) result; its MAE/RMSE/coverage become version tags and run metrics.
     The first version of `name` becomes @champion, later ones @challenger; with
     promote_if_better the challenger is then promoted when its hold-out RMSE beats the champion's.
-    check: the law's ``usable.check_law`` verdict (default: computed from `fit` and `holdout`); a
+    check: the law's ``holdout.check_law`` verdict (default: computed from `fit` and `holdout`); a
     law that may not decide is registered (its evidence kept) with no alias, decision ``refused``.
 
     Returns {name, version, run_id, model_uri, aliases, decision, reason, check}.

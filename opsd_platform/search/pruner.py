@@ -19,8 +19,8 @@ side-effect-free function of plain inputs that the live pruner and the replay be
 2. startup                  -> train: fewer than ``n_startup_trials`` trials have completed
 3. no gap / NaN gap         -> train: nothing to predict from
 4. no law / missing input   -> train: no ``@alias`` registered, or a covariate the law needs is missing
-4b. law may not decide      -> train (its prediction recorded): the law fails ``law.usable.check_law`` (too few configurations or
-                               residual degrees of freedom, a zero-width interval, a slope interval
+4b. law may not decide      -> train (its prediction recorded): the law fails ``law.holdout.check_law``
+                               (too few configurations or residual degrees of freedom, a zero-width interval, a slope interval
                                containing 0, or a leave-one-out error no better than a constant's)
 5. no bar                   -> train: no threshold and no completed trial to beat yet
 6. upper >= bar             -> train: the law says it may win
@@ -117,7 +117,7 @@ class LawView:
     version: int
     inputs: tuple[str, ...]
     predict: Callable[[Mapping[str, Any], float], tuple[Any, Any, Any]]
-    check: Any = None  # law.usable.LawCheck: may it decide? (None: not checked)
+    check: Any = None  # law.holdout.LawCheck: may it decide? (None: not checked)
 
     @classmethod
     def of_pyfunc(cls, version: int, law: Any, check: Any = None) -> "LawView":
@@ -328,7 +328,7 @@ class GapLawPruner(optuna.pruners.BasePruner):
     def _law(self) -> tuple[int, Any, Any]:
         """(version, pyfunc, LawCheck) of ``<name>@<alias>``, reloaded only when the alias moves."""
         from opsd_platform.law.registry import alias_version, load_law
-        from opsd_platform.law.usable import check_from_tags
+        from opsd_platform.law.holdout import check_from_tags
 
         client = tracking.init_store(self.tracking_uri)
         version = int(alias_version(client, self.name, self.alias))

@@ -32,7 +32,7 @@ def _rows(seed_offset: int = 0):
     student = {s: np.random.default_rng(200 + s).binomial(SAMPLES, difficulty) for s in SEEDS}
     runs, steps, problems = [], [], []
     plan = [("law", c, 2e-5) for c in LAW_CONTEXTS] + [("search", c, lr) for c in CONTEXTS for lr in SEARCH_LRS]
-    # A fifth law context, so that the first law may decide (law/usable.py: >= 5 configurations);
+    # A fifth law context, so that the first law may decide (law/holdout.py: check_law: >= 5 configurations);
     # last, so every earlier row keeps its random stream
     plan.append(("law", LAW_EXTRA, 2e-5))
     for slice_, context, lr in plan:
