@@ -119,3 +119,19 @@ class _Study:
 
 class _Trial:
     number = 0
+
+
+def test_the_numpy_refit_gives_the_same_verdict_as_the_statsmodels_path():
+    """fit_and_check (the search's and the replay's refit) against fit_law + leave_one_out + check_law."""
+    from opsd_platform.law.holdout import fit_and_check
+
+    rng = np.random.default_rng(11)
+    for n, slope in ((4, 1.0), (6, 1.2), (9, 0.0), (12, 0.8)):
+        gaps = rng.uniform(-0.1, 0.5, n)
+        pts = points(gaps, slope * gaps + rng.normal(0, 0.05, n), seeds=2)
+        slow = check_points(pts)
+        fit, rmse, fast = fit_and_check(pts["config"].to_numpy(), pts["gap"], pts["improvement"], 0.9)
+        assert (fast.usable, fast.reason.split(":")[0]) == (slow.usable, slow.reason.split(":")[0])
+        assert fast.slope_ci == pytest.approx(slow.slope_ci) and fast.constant_rmse == pytest.approx(slow.constant_rmse)
+        if slow.loo_rmse is not None:
+            assert rmse == pytest.approx(slow.loo_rmse)

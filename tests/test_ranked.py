@@ -14,7 +14,7 @@ from benchmarks.replay import Replay, Settings
 from benchmarks.replay_table import load_table
 from opsd_platform import law
 from opsd_platform.law import registry
-from opsd_platform.law.holdout import check_points
+from opsd_platform.law.holdout import fit_and_check
 from opsd_platform.search.ranked import CURVE, RANKED, STOP, TRAIN, RankedPolicy, RankedSettings, drive
 
 FIXTURE = Path(__file__).parent / "data" / "replay_fixture"
@@ -26,14 +26,11 @@ def contexts():
     return load_table(FIXTURE, search_slices=("law",), law_slices=("search",))
 
 
-def points(gaps, improvements):
-    return pd.DataFrame({"config": [f"p{i}" for i in range(len(gaps))], "seed": 0, "gap": gaps, "improvement": improvements})
-
-
 def prior_from(gaps, improvements):
-    pts = points(np.asarray(gaps, float), np.asarray(improvements, float))
-    fit = law.fit_law(pts)
-    return fit, check_points(pts, fit)
+    """(LawFit, LawCheck) of an OLS law on one point per configuration (the numpy refit path)."""
+    gaps = np.asarray(gaps, float)
+    fit, _, check = fit_and_check(np.arange(gaps.size), gaps, np.asarray(improvements, float), 0.9)
+    return fit, check
 
 
 def test_a_law_with_a_slope_interval_containing_zero_spends_exactly_the_curve_arm(contexts):
