@@ -255,6 +255,7 @@ def drive(policy: RankedPolicy, measure: Callable[[str, Step], float],
                 stop(step)
             return policy.steps
 
+
 # ============================================================================== the live search
 #
 # The live ranked search (``opsd search search.strategy=ranked``): ``ranked.RankedPolicy`` driven
