@@ -90,10 +90,12 @@ def run_scenario(data: str, name: str, search: str, law: tuple[str, ...], transf
            "configurations": len(table.configs), "best_configs": sorted(table.best_configs()),
            "prior": None if fit is None else {"slope": fit.slope, "intercept": fit.intercept, "n_configs": fit.n_configs,
                                              "check": check.reason},
-           "arms": summary, "anytime": {"grid": GRID.tolist(), **{a: c.tolist() for a, c in curves.items()}},
+           "arms": summary,
+           # every 5th point of the curves in the JSON (the plot and the verdicts use all 301)
+           "anytime": {"grid": GRID[::5].round(3).tolist(), **{a: c[::5].round(4).tolist() for a, c in curves.items()}},
            "policy_notes": {a: dict(n.most_common(8)) for a, n in notes.items()},  # orders per sequence of law changes
            "goal": {arm: verdict(summary, curves, arm, transfer, curve_alone[arm]) for arm in RANKED_ARMS}}
-    return doc, table, results
+    return doc, curves, results
 
 
 def markdown(docs: list[dict], orders: int) -> str:
@@ -114,18 +116,17 @@ def markdown(docs: list[dict], orders: int) -> str:
     return "\n".join(lines) + "\n"
 
 
-def plot(docs: list[dict], path: Path) -> Path:
+def plot(docs: list[dict], curves: list[dict], path: Path) -> Path:
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     fig, axes = plt.subplots(1, len(docs), figsize=(4.2 * len(docs), 4.2), sharey=True)
-    for ax, d in zip(np.atleast_1d(axes), docs):
-        grid = np.array(d["anytime"]["grid"])
+    for ax, d, c in zip(np.atleast_1d(axes), docs, curves):
         for arm in ARMS:
             style = {"lw": 2.4} if arm in RANKED_ARMS else {"lw": 1.1, "ls": "--" if arm in CURVE_ARMS else ":"}
-            ax.plot(grid, d["anytime"][arm], label=arm, **style)
+            ax.plot(GRID, c[arm], label=arm, **style)
         ax.set_title(d["name"], fontsize=9)
         ax.set_xlabel("compute (share of `none`)")
         ax.set_xlim(0, 1.3)
@@ -150,10 +151,10 @@ def main(argv: list[str] | None = None) -> int:
     if args.orders < 1 or args.jobs < 1:
         print("error: --orders and --jobs must be >= 1", file=sys.stderr)
         return 2
-    started, docs = time.perf_counter(), []
+    started, docs, curves = time.perf_counter(), [], []
     for name, search, law, transfer in SCENARIOS:
         try:
-            doc, _, _ = run_scenario(args.data, name, search, law, transfer, args.orders, args.jobs, Settings())
+            doc, curve, _ = run_scenario(args.data, name, search, law, transfer, args.orders, args.jobs, Settings())
         except TableError as exc:
             print(f"error: {exc}", file=sys.stderr)
             return 2
@@ -163,13 +164,14 @@ def main(argv: list[str] | None = None) -> int:
             print(f"{arm}: " + ", ".join(f"{k}={v:.3f}" if isinstance(v, float) and not isinstance(v, bool) else f"{k}={v}"
                                          for k, v in g.items()))
         docs.append(doc)
+        curves.append(curve)
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     meta = {"orders": args.orders, "data": args.data, "seconds": time.perf_counter() - started,
             "command": "python -m benchmarks.ranked_report " + " ".join(argv if argv is not None else sys.argv[1:])}
     out.write_text(json.dumps({**meta, "scenarios": docs}, indent=1, default=float), encoding="utf-8")
     out.with_suffix(".md").write_text(markdown(docs, args.orders), encoding="utf-8")
-    print(f"wrote {out}, {out.with_suffix('.md')}, {plot(docs, Path(args.plot))} ({meta['seconds']:.0f} s)")
+    print(f"wrote {out}, {out.with_suffix('.md')}, {plot(docs, curves, Path(args.plot))} ({meta['seconds']:.0f} s)")
     return 0
 
 
