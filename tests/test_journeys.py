@@ -48,7 +48,8 @@ def test_readme_has_the_three_journeys():
 
 def test_predictor_journey(tmp_path):
     uri = f"sqlite:///{tmp_path}/mlflow.db"  # what `make demo` or `opsd fit-law` leaves in $OPSD_HOME
-    configs = {"none": (0.0, 0.01), "static": (0.05, -0.02), "feedback": (0.1, 0.015), "reference": (0.4, -0.005)}
+    configs = {"none": (0.0, 0.01), "static": (0.05, -0.02), "feedback": (0.1, 0.015), "peer_solution": (0.2, 0.005),
+               "reference": (0.4, -0.005)}  # 5 configurations: a law that may decide
     log_points(uri, [(c, s, g + 0.01 * s, 0.02 + 1.5 * g + noise + 0.01 * s)
                      for c, (g, noise) in configs.items() for s in (0, 1)])
     assert main(["fit-law", f"tracking.uri={uri}", "law.calibration=synthetic"]) == 0
