@@ -36,11 +36,14 @@ from pathlib import Path
 
 import numpy as np
 
-from benchmarks.replay import ARMS, LAW_ARMS, SAMPLERS, Ledger, OrderResult, Replay, Settings, run_topk
+from benchmarks.ranked import RANKED_ARMS, RankedReplay
+from benchmarks.replay import ARMS as REPLAY_ARMS
+from benchmarks.replay import LAW_ARMS, SAMPLERS, Ledger, OrderResult, Replay, Settings, run_topk
 from benchmarks.replay_table import Table, TableError, load_table
 from opsd_platform.training.sequential import RULES
 
 CURVE_ARMS = ("median", "successive_halving", "hyperband")
+ARMS = (*REPLAY_ARMS, *RANKED_ARMS)
 METRICS = ("compute_ratio", "compute_ratio_tokens", "p_best", "regret_mean", "regret_final_mean", "false_prune_rate")
 
 
@@ -61,7 +64,7 @@ def run_order(table: Table, arms: list[str], order: int, settings: Settings) -> 
     needed = ["none", *[a for a in arms if a not in ("none", "topk")]]
     if "topk" in arms and "law" not in needed and settings.topk_k is None:
         needed.append("law")
-    out = {arm: Replay(table, arm, order, settings).run() for arm in needed}
+    out = {arm: (RankedReplay if arm in RANKED_ARMS else Replay)(table, arm, order, settings).run() for arm in needed}
     if "topk" in arms:
         out["topk"] = run_topk(table, order, settings, out["none"].records, out["law"].cpu if "law" in out else None)
     return out

@@ -25,7 +25,6 @@ the budget (the ``law`` arm's spend on the same order, or ``topk_k`` trials) all
 
 from __future__ import annotations
 
-import math
 import warnings
 from dataclasses import dataclass, field
 from typing import Any, Sequence
@@ -37,6 +36,7 @@ from optuna.trial import TrialState
 
 from benchmarks.replay_table import Run, Table
 from opsd_platform.law import LawError, LawFit, fit_law
+from opsd_platform.law.holdout import LawCheck, check_points, fit_and_check
 from opsd_platform.search.pruner import GAP_RULES, PRUNE, GapLawPruner, LawView, decide_policy
 from opsd_platform.law.registry import RegistryError
 from opsd_platform.training.sequential import confidence_sequence, law_settle, sequential_gap
@@ -111,67 +111,9 @@ class Ledger:
 
 
 def fast_view(version: int, fit: LawFit) -> LawView:
-    """``LawView.of_fit`` without pandas: LawFit.predict's expressions on arrays (its interval
-    quantile cached), for the many predictions of a replay; equal to LawFit.predict (tested)."""
-    from scipy import stats
-
-    params, cov = np.asarray(fit.params, dtype=float), np.asarray(fit.cov_params, dtype=float)
-    names, quantiles = ("gap", *fit.covariates), {}
-
-    def predict(values, level):
-        cols = [np.atleast_1d(np.asarray(values[c], dtype=float)) for c in names]
-        exog = np.column_stack([np.ones(cols[0].size), *cols])
-        if not np.isfinite(exog).all():
-            raise LawError("input: non-finite gap or covariate")
-        if level not in quantiles:
-            quantiles[level] = stats.t.ppf(1 - (1 - level) / 2.0, fit.df_resid)
-        mean = exog @ params
-        se_obs = np.sqrt((exog * np.dot(cov, exog.T).T).sum(1) + fit.sigma2 / fit.new_weight)
-        return mean, mean - quantiles[level] * se_obs, mean + quantiles[level] * se_obs
-
-    return LawView(int(version), names, predict)
-
-
-def fast_ols(config: np.ndarray, gap: np.ndarray, improvement: np.ndarray, covs: np.ndarray, covariates: tuple[str, ...],
-             level: float) -> tuple[LawFit, float | None]:
-    """fit_law(method="ols") and leave_one_out's RMSE in numpy, for the refits of a replay.
-
-    config: integer configuration ids per point; covs: [points, covariates]. The prediction
-    numbers (params, cov_params, sigma2, df_resid) equal fit_law's to rounding (tested); the
-    leave-one-out residuals are the PRESS residuals (law.leave_one_out says they equal its own
-    for OLS), a fold skipped where fit_law would refuse the reduced set. Raises LawError where
-    fit_law would."""
-    ids, first, inverse = np.unique(config, return_index=True, return_inverse=True)
-    count = np.bincount(inverse).astype(float)
-    mean = lambda v: np.bincount(inverse, weights=v) / count  # noqa: E731
-    gaps, y = mean(gap), mean(improvement)
-    n = ids.size
-    if n < 3:
-        raise LawError(f"need at least 3 configurations, got {n}")
-    if np.ptp(gaps) <= 1e-12 * max(1.0, float(np.abs(gaps).max())):
-        raise LawError("all configurations have the same gap")
-    x = np.column_stack([np.ones(n), gaps, *[mean(covs[:, j]) for j in range(covs.shape[1])]])
-    k = x.shape[1]
-    if n <= k or np.linalg.matrix_rank(x) < k:
-        raise LawError("too few configurations, or covariates collinear with the gap")
-    xtx_inv = np.linalg.pinv(x.T @ x)
-    params = xtx_inv @ x.T @ y
-    resid = y - x @ params
-    df = n - k
-    sigma2 = float(resid @ resid / df)
-    fit = LawFit(method="ols", level=level, columns=["intercept", "gap", *covariates], params=params.tolist(),
-                 cov_params=(sigma2 * xtx_inv).tolist(), sigma2=sigma2, df_resid=float(df), new_weight=1.0,
-                 coefficients=[], r2=math.nan, adj_r2=math.nan, pearson_r=math.nan, pearson_p=math.nan,
-                 residual_std=math.sqrt(sigma2), n_configs=n, n_points=int(gap.size), configs=[str(i) for i in ids],
-                 covariates=list(covariates))
-    hat = np.einsum("ij,jk,ik->i", x, xtx_inv, x)
-    keep = np.ones(n, dtype=bool)
-    for i in range(n):  # the folds leave_one_out skips: the reduced set is not fittable
-        rest = np.delete(gaps, i)
-        keep[i] = (n - 1 >= 3 and n - 1 > k and hat[i] < 1 - 1e-9
-                   and np.ptp(rest) > 1e-12 * max(1.0, float(np.abs(rest).max())))
-    press = resid[keep] / (1 - hat[keep])
-    return fit, (float(np.sqrt(np.mean(press ** 2))) if keep.any() else None)
+    """``LawView.of_fit`` without pandas: ``LawFit.predict_arrays`` (the same expressions as
+    LawFit.predict, on arrays), for the many predictions of a replay; equal to LawFit.predict (tested)."""
+    return LawView(int(version), ("gap", *fit.covariates), fit.predict_arrays)
 
 
 class LawMemory:
@@ -201,7 +143,7 @@ class LawMemory:
     def _id(self, config: str) -> int:
         return self.config_ids.setdefault(config, len(self.config_ids))
 
-    def _first(self, points: pd.DataFrame) -> tuple[LawFit, float | None] | None:
+    def _first(self, points: pd.DataFrame) -> tuple[LawFit, float | None, LawCheck] | None:
         from opsd_platform.law import leave_one_out
 
         if len(points) == 0:
@@ -214,24 +156,25 @@ class LawMemory:
                 fit, rmse = fit_law(points, **kwargs), leave_one_out(points, **kwargs)["rmse"]
         except LawError:
             return None
-        return fit, (float(rmse) if rmse == rmse else None)
+        rmse = float(rmse) if rmse == rmse else None
+        return fit, rmse, check_points(points, fit, loo_rmse=rmse, **kwargs)
 
-    def _refit(self) -> tuple[LawFit, float | None] | None:
+    def _refit(self) -> tuple[LawFit, float | None, LawCheck] | None:
         s = self.settings
         try:
             if s.method == "ols":
-                return fast_ols(np.asarray(self.config), np.asarray(self.gap, dtype=float), np.asarray(self.improvement, dtype=float),
-                                np.asarray(self.covs, dtype=float).reshape(len(self.gap), len(self.covariates)), self.covariates, s.level)
+                return fit_and_check(np.asarray(self.config), self.gap, self.improvement, s.level, self.covs, self.covariates)
         except LawError:
             return None
         points = pd.DataFrame({"config": self.config, "seed": self.keys, "gap": self.gap, "improvement": self.improvement,
                                **{c: [row[j] for row in self.covs] for j, c in enumerate(self.covariates)}})
         return self._first(points)
 
-    def _register(self, fit: LawFit, rmse: float | None) -> None:
+    def _register(self, fit: LawFit, rmse: float | None, check: LawCheck) -> None:
+        """registry.register_law's rule: a law that may not decide is never champion."""
         self.version += 1
         better = rmse is not None and (self.champion_rmse is None or rmse < self.champion_rmse)
-        if self.champion is None or better:
+        if check.usable and (self.champion is None or better):
             self.champion, self.champion_rmse = fit, rmse
             self._view = fast_view(self.version, fit)
 
@@ -250,7 +193,7 @@ class LawMemory:
 
     def view(self) -> LawView:
         if self._view is None:
-            raise RegistryError("no law yet: the table's law slice is missing or unfittable, and no refit succeeded")
+            raise RegistryError("no law yet: the table's law slice is missing, unfittable or may not decide, and no refit may")
         return self._view
 
 

@@ -75,6 +75,7 @@ class Run:
     cum_cpu: dict[int, float]  # step -> cumulative training CPU-s (validations included)
     cum_tokens: dict[int, float]
     diffs: np.ndarray | None = None  # per-problem (teacher - student) / samples, in measurement order
+    context: str = ""  # the teacher's context: what the gap law sees (the ranked arms rank contexts)
 
 
 @dataclass
@@ -244,7 +245,7 @@ def load_table(directory: str | Path, *, problems: bool = False, search_slices: 
             val_initial_cpu_s=float(num["val_initial_cpu_s"][i]), val_initial_tokens=float(num["val_initial_tokens"][i]),
             steps=n_steps, covariates=covs, val_steps=s[has_val], val_values=val[idx][has_val] - val_initial,
             cum_cpu=dict(zip(s.tolist(), cpu[idx].tolist())), cum_tokens=dict(zip(s.tolist(), tokens[idx].tolist())),
-            diffs=diffs_of.get(row.gap_key),
+            diffs=diffs_of.get(row.gap_key), context=row.context,
         )
         r = table_runs[rid]
         if problems and r.slice == "search" and r.diffs is None:

@@ -233,6 +233,7 @@ def cmd_fit_law(overrides: Sequence[str]) -> int:
     print("equal slopes across families: " + (f"F={eq['F']:.3f}, p={eq['p']:.3g}" if "p" in eq else eq.get("note", "n/a")))
     print(f"plot: {report.plot}")
     print(f"law run {report.law_run_id}")
+    print(report.check.reason)
     if report.registration:
         r = report.registration
         print(f"registered {r['name']} version {r['version']} aliases {r['aliases']}: {r['decision']} ({r['reason']})")
@@ -252,7 +253,8 @@ def cmd_law(overrides: Sequence[str]) -> int:
         print(format_table(describe(uri, cfg.name)))
     else:
         out = promote(cfg.name, cfg.version, tracking_uri=uri, force=cfg.force)
-        print(f"{out['decision']}: {out['reason']} (champion: version {out['champion']})")
+        champion = "none" if out["champion"] is None else f"version {out['champion']}"
+        print(f"{out['decision']}: {out['reason']} (champion: {champion})")
     return 0
 
 

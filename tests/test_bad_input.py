@@ -180,7 +180,8 @@ def data(tmp_path_factory):
     (d / "problems.jsonl").write_text(lcb_record("q1") + "\n")
     (d / "stray.jsonl").write_text('{"question_id": "q1", "response": "print(1)"}\n{"question_id": "q9", "response": "x"}\n')
     log_points(f"sqlite:///{d}/two/mlflow.db", [("none", 0.0, 0.0), ("reference", 0.3, 0.2)])
-    log_points(f"sqlite:///{d}/store/mlflow.db", [("none", 0.0, 0.0), ("feedback", 0.1, 0.1), ("reference", 0.3, 0.25)])
+    log_points(f"sqlite:///{d}/store/mlflow.db", [("none", 0.0, 0.0), ("static", 0.05, 0.03), ("feedback", 0.1, 0.1),
+                                                  ("peer_solution", 0.2, 0.17), ("reference", 0.3, 0.25)])  # 5: a law that may decide
     assert main(["fit-law", f"tracking.uri=sqlite:///{d}/store/mlflow.db"]) == 0
     from opsd_platform import tracking
 

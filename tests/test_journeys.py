@@ -48,7 +48,8 @@ def test_readme_has_the_three_journeys():
 
 def test_predictor_journey(tmp_path):
     uri = f"sqlite:///{tmp_path}/mlflow.db"  # what `make demo` or `opsd fit-law` leaves in $OPSD_HOME
-    configs = {"none": (0.0, 0.01), "static": (0.05, -0.02), "feedback": (0.1, 0.015), "reference": (0.4, -0.005)}
+    configs = {"none": (0.0, 0.01), "static": (0.05, -0.02), "feedback": (0.1, 0.015), "peer_solution": (0.2, 0.005),
+               "reference": (0.4, -0.005)}  # 5 configurations: a law that may decide
     log_points(uri, [(c, s, g + 0.01 * s, 0.02 + 1.5 * g + noise + 0.01 * s)
                      for c, (g, noise) in configs.items() for s in (0, 1)])
     assert main(["fit-law", f"tracking.uri={uri}", "law.calibration=synthetic"]) == 0
@@ -88,3 +89,5 @@ def test_search_journey(tmp_path):
     assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
     report = tmp_path / "search" / "quickstart" / "report.html"
     assert f"report: {report}" in out.stdout and report.stat().st_size > 1000
+    # a law fitted on the first 3 tiny trials may not decide (law/holdout.py: check_law): the search says why and trains
+    assert "the law may not decide: 3 configurations (needs >= 5)" in out.stdout

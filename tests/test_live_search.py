@@ -24,14 +24,15 @@ TINY = yaml.safe_load((REPO / "tests" / "data" / "grid_tiny.yaml").read_text())
 
 def synthetic_law_rows(data: Path, gaps: list[float]) -> None:
     """Append a law slice to an exported table: copies of its first run with given gaps and
-    improvement = gap - 0.5 (test data for the law's fit, as test_grid's law_table; not a measurement)."""
+    improvement = gap - 0.5 plus a small offset per configuration (test data for the law's fit, as
+    test_grid's law_table; not a measurement): off an exact line, so the law's interval has a width."""
     runs, steps = (pd.read_csv(data / name, dtype=str, keep_default_na=False) for name in ("runs.csv", "steps.csv"))
     first = runs.iloc[0]
     rows, step_rows = [], []
     for i, g in enumerate(gaps):
         for s in (0, 1):
             rid = f"synthetic-{i}-{s}"
-            y = g - 0.5 + (0.01 if s else -0.01)
+            y = g - 0.5 + (0.01 if s else -0.01) + 0.02 * (i % 3 - 1)
             rows.append({**first.to_dict(), "run_id": rid, "slice": "law-synthetic", "config": f"synthetic{i}", "seed": str(s),
                          "context": f"c{i}", "gap": str(g), "improvement": str(y), "val_final": str(float(first["val_initial"]) + y),
                          "gap_key": f"k{i}-{s}", "gap_student_key": f"s{s}", "val_key": f"v{s}"})
@@ -63,7 +64,7 @@ def test_a_live_search_and_the_replay_of_its_order_decide_and_measure_the_same(t
     assert out.returncode == 0, out.stderr[-3000:]
     data = tmp_path / "data"
     export(recorded, "opsd", ExportConfig(grid="tiny-live", out=str(data)))
-    synthetic_law_rows(data, [0.0, 0.2, 0.4, 0.6])
+    synthetic_law_rows(data, [0.0, 0.15, 0.3, 0.45, 0.6])  # 5 configurations: a law that may decide (law/holdout.py: check_law)
 
     live = f"sqlite:///{tmp_path}/live/mlflow.db"  # a fresh store: the live search measures everything again
     common = ["--data", str(data), "--spec", str(spec), "--search-slice", "law-searched", "--law-slice", "law-synthetic",

@@ -13,7 +13,8 @@ import pandas as pd
 import pytest
 
 from benchmarks.pruning import main, parse_arms, per_order, run_order, summarize
-from benchmarks.replay import ARMS, Ledger, LawMemory, Replay, Settings, fast_ols, fast_view, run_topk
+from benchmarks.replay import ARMS, Ledger, LawMemory, Replay, Settings, fast_view, run_topk
+from opsd_platform.law.holdout import fit_ols_arrays as fast_ols
 from benchmarks.replay_table import TableError, load_table
 from opsd_platform.law import fit_law, leave_one_out
 from opsd_platform.search.pruner import GapLawPruner, LawView
@@ -131,7 +132,9 @@ def test_law_arm_decides_as_the_live_gap_law_pruner(table, tmp_path):
 
     uri = f"sqlite:///{tmp_path}/mlflow.db"
     fit = fit_law(table.law_points, level=0.9)
-    assert register_law(fit, tracking_uri=uri)["version"] == 1
+    from opsd_platform.law import leave_one_out
+
+    assert register_law(fit, tracking_uri=uri, holdout=leave_one_out(table.law_points))["aliases"] == ["champion"]
     settings = Settings(refit_every=0, calibration_rate=0.3, n_startup_trials=2)
     for order in (0, 1, 2, 3):
         memory = Replay(table, "law", order, settings).run()
@@ -210,7 +213,7 @@ def test_command_prints_the_table_and_writes_json_and_plot(tmp_path, capsys):
     text = capsys.readouterr().out
     assert "successive_halving" in text and "p_best" in text and "law_sequential: gap CPU-s saved" in text
     doc = json.loads(out.read_text())
-    assert doc["orders"] == 4 and list(doc["arms"]) == list(ARMS)
+    assert doc["orders"] == 4 and list(doc["arms"]) == list(ARMS) + ["ranked", "ranked_prior"]
     for arm, entry in doc["arms"].items():
         assert {"compute_ratio", "p_best", "regret_mean", "false_prune_rate", "ci"} <= set(entry), arm
         assert set(entry["ci"]) >= {"compute_ratio", "p_best", "regret_mean", "false_prune_rate"}

@@ -90,17 +90,17 @@ def test_register_aliases_and_promotion(store, registered):
         registry.promote(tracking_uri=store)  # the challenger alias moved away when v3 was promoted
 
 
-def test_a_validated_challenger_replaces_a_champion_without_hold_out(tmp_path):
-    """A first law fitted on too few configurations has no hold-out error; the first refit that
-    has one takes @champion (otherwise a search's learning loop could never promote)."""
+def test_a_law_without_hold_out_is_refused_and_the_first_validated_one_takes_champion(tmp_path):
+    """A law with no leave-one-out error may not decide (law/holdout.py: check_law): registered as evidence, no
+    alias; the first version that has one takes @champion (a search's learning loop promotes it)."""
     uri = f"sqlite:///{tmp_path}/mlflow.db"
     pts = make_points(n_configs=5, seeds=2)
     first = registry.register_law(law.fit_law(pts), tracking_uri=uri, holdout=None)
-    assert first["decision"] == "champion"
+    assert first["decision"] == "refused" and first["aliases"] == [] and "leave-one-configuration-out" in first["reason"]
     second = registry.register_law(law.fit_law(pts), tracking_uri=uri, holdout=law.leave_one_out(pts),
                                    promote_if_better=True)
-    assert second["decision"] == "promoted" and "has none" in second["reason"]
-    assert registry.promote(version=1, tracking_uri=uri)["decision"] == "kept"  # no RMSE: never by itself
+    assert second["decision"] == "champion" and second["aliases"] == ["champion"]
+    assert registry.promote(version=1, tracking_uri=uri, force=True)["decision"] == "kept"  # refused: never, even forced
 
 
 def test_plain_mlflow_load_matches_lawfit(store, registered):
@@ -145,7 +145,8 @@ def test_covariate_law_and_existing_run(store):
     pts = make_points(seed=3)
     fit = law.fit_law(pts, covariates=["context_tokens"])
     run_id = tracking.start_run(store, "calibrate", run_name="outer", tags={"kind": "calibrate"})
-    out = registry.register_law(fit, tracking_uri=store, name="law-cov", run_id=run_id)
+    loo = law.leave_one_out(pts, covariates=["context_tokens"])
+    out = registry.register_law(fit, tracking_uri=store, name="law-cov", run_id=run_id, holdout=loo)
     assert out["run_id"] == run_id and out["aliases"] == ["champion"]
     assert MlflowClient(tracking_uri=store).get_run(run_id).info.status == "RUNNING"  # caller's run untouched
     model = registry.load_law(store, "law-cov")
@@ -153,9 +154,9 @@ def test_covariate_law_and_existing_run(store):
     pd.testing.assert_frame_equal(model.predict(new), fit.predict(new), rtol=1e-12)
     with pytest.raises(Exception, match="context_tokens"):
         model.predict(pd.DataFrame({"gap": [0.2]}))
-    # no hold-out on either side: a challenger cannot be compared, so it is kept
+    # no hold-out: nothing shows it predicts, so it may not decide (law/holdout.py: check_law)
     second = registry.register_law(fit, tracking_uri=store, name="law-cov", promote_if_better=True)
-    assert second["decision"] == "kept" and "no hold-out RMSE" in second["reason"]
+    assert second["decision"] == "refused" and "leave-one-configuration-out" in second["reason"]
 
 
 def test_unknown_name_and_alias(store, registered):

@@ -160,6 +160,30 @@ class LawFit:
             index=index,
         )
 
+    def predict_arrays(self, values: Mapping[str, Any], level: float | None = None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """(predicted, lower, upper) arrays: ``predict``'s expressions on numpy arrays, without
+        pandas (a search or a replay predicts many times). values: "gap" and each covariate -> values."""
+        from scipy import stats
+
+        level = _check_level(self.level if level is None else level)
+        missing = [c for c in ("gap", *self.covariates) if c not in values]
+        if missing:
+            raise LawError(f"input: missing {missing[0]!r} (this law needs gap{''.join(', ' + c for c in self.covariates)})")
+        cols = [np.atleast_1d(np.asarray(values[c], dtype=float)) for c in ("gap", *self.covariates)]
+        exog = np.column_stack([np.ones(cols[0].size), *cols])
+        if not np.isfinite(exog).all():
+            raise LawError("input: non-finite gap or covariate")
+        mean = exog @ np.asarray(self.params, dtype=float)
+        se_obs = np.sqrt((exog * np.dot(np.asarray(self.cov_params, dtype=float), exog.T).T).sum(1) + self.sigma2 / self.new_weight)
+        q = stats.t.ppf(1 - (1 - level) / 2.0, self.df_resid)
+        return mean, mean - q * se_obs, mean + q * se_obs
+
+    def predict_gaps(self, gaps: Any, level: float | None = None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """``predict_arrays`` of a gap-only law."""
+        if self.covariates:
+            raise LawError(f"predict_gaps: this law needs covariates {self.covariates} besides the gap")
+        return self.predict_arrays({"gap": gaps}, level)
+
     # -- serialisation
     def to_dict(self) -> dict[str, Any]:
         """Plain JSON-ready dict (floats, ints, str, lists; NaN stored as None)."""

@@ -26,6 +26,7 @@ from opsd_platform.config import ConfigError, default_home
 from opsd_platform.law import METHODS, LawError, family_slopes, fit_law, grouped_holdout, leave_one_out
 from opsd_platform.law.plot import plot_law
 from opsd_platform.law.registry import DEFAULT_NAME, register_law
+from opsd_platform.law.holdout import check_points
 from opsd_platform.training.contexts import context_label
 
 log = logging.getLogger(__name__)
@@ -147,6 +148,7 @@ class LawReport:
     plot: Path
     law_run_id: str
     registration: dict | None
+    check: Any = None  # holdout.LawCheck: may this law decide?
 
 
 def _jsonable(d: Any) -> Any:
@@ -175,6 +177,7 @@ def fit_and_register(uri: str, cfg: FitLawConfig) -> LawReport:
         loo = leave_one_out(points, **kwargs)
         grouped = {g: grouped_holdout(points, g, **kwargs) for g in cfg.holdout_groups if points[g].nunique() >= 2}
         families = family_slopes(points, "family", level=cfg.level)
+    check = check_points(points, fit, loo_rmse=loo["rmse"], **kwargs)  # may this law decide? (holdout.check_law)
     db = tracking.sqlite_path(uri)
     default_dir = (db.parent if db else default_home()) / "law"  # next to the store it describes
     out_dir = Path(cfg.out_dir).expanduser().resolve() if cfg.out_dir else default_dir
@@ -211,7 +214,7 @@ def fit_and_register(uri: str, cfg: FitLawConfig) -> LawReport:
         if cfg.register:
             registration = register_law(
                 fit, tracking_uri=uri, name=cfg.name, run_id=law_run,
-                source_run_ids=list(points["run_id"]), holdout=loo, promote_if_better=cfg.promote,
+                source_run_ids=list(points["run_id"]), holdout=loo, promote_if_better=cfg.promote, check=check,
             )
     points.to_csv(out_dir / "points.csv", index=False)
-    return LawReport(fit, points, loo, grouped, families, plot, law_run, registration)
+    return LawReport(fit, points, loo, grouped, families, plot, law_run, registration, check)

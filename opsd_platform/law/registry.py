@@ -33,6 +33,7 @@ from opsd_platform.config import TrackingConfig
 from opsd_platform.errors import RegistryError  # noqa: F401 (re-exported)
 from opsd_platform import tracking
 from opsd_platform.law import LawFit
+from opsd_platform.law.holdout import LawCheck, check_law, constant_loo_rmse
 
 DEFAULT_NAME = "opsd-gap-law"
 CHAMPION = "champion"
@@ -177,10 +178,13 @@ def alias_version(client, name: str, alias: str) -> str:
         pass
     # No such alias (or no such model: _registered raises for that): say what there is.
     aliases = dict(_registered(client, name).aliases or {})
-    versions = [str(v.version) for v in _versions(client, name)]
+    found = _versions(client, name)
+    versions = [str(v.version) for v in found]
     have = ", ".join(f"@{a} -> v{v}" for a, v in sorted(aliases.items())) or "none"
+    refused = [v for v in found if (v.tags or {}).get("usable") == "false"]
+    why = f"; v{refused[-1].version} was refused ({refused[-1].tags.get('usable_reason', '')})" if refused else ""
     raise RegistryError(
-        f"registered model {name!r} has no alias {alias!r}; aliases: {have}; versions: {', '.join(versions) or 'none'}"
+        f"registered model {name!r} has no alias {alias!r}; aliases: {have}; versions: {', '.join(versions) or 'none'}{why}"
     )
 
 
@@ -198,6 +202,7 @@ def register_law(
     holdout: Mapping[str, Any] | None = None,
     experiment: str = "opsd-law",
     promote_if_better: bool = False,
+    check: LawCheck | None = None,
 ) -> dict[str, Any]:
     """Log `fit` as a pyfunc model (from code) in a run, register a new version of `name`, alias it.
 
@@ -206,9 +211,12 @@ def register_law(
     ``grouped_holdout``) result; its MAE/RMSE/coverage become version tags and run metrics.
     The first version of `name` becomes @champion, later ones @challenger; with
     promote_if_better the challenger is then promoted when its hold-out RMSE beats the champion's.
+    check: the law's ``holdout.check_law`` verdict (default: computed from `fit` and `holdout`); a
+    law that may not decide is registered (its evidence kept) with no alias, decision ``refused``.
 
-    Returns {name, version, run_id, model_uri, aliases, decision, reason}.
+    Returns {name, version, run_id, model_uri, aliases, decision, reason, check}.
     """
+    check = check if check is not None else _check(fit, holdout)
     client = _client(tracking_uri)
     own_run = run_id is None
     if own_run:
@@ -231,6 +239,7 @@ def register_law(
     if holdout:
         tags.update({f"holdout_{k}": _tag_float(v) for k, v in h_metrics.items()})
         tags["holdout_kind"] = str(holdout.get("kind", "leave_one_out"))
+    tags.update(check.tags())
 
     try:
         metrics = {"law/slope": fit.slope, "law/intercept": fit.intercept, "law/r2": fit.r2, "law/n_configs": fit.n_configs}
@@ -281,7 +290,10 @@ def register_law(
     version = str(mv.version)
 
     rm = client.get_registered_model(name)
-    if CHAMPION not in (rm.aliases or {}):
+    if not check.usable:  # kept in the registry as evidence, never chosen by an alias
+        decision, reason = "refused", check.reason
+        client.set_model_version_tag(name, version, "promotion", f"refused: {reason}"[:_TAG_LIMIT])
+    elif CHAMPION not in (rm.aliases or {}):
         client.set_registered_model_alias(name, CHAMPION, version)
         reason = f"first version of {name!r}" if version == "1" else f"{name!r} had no @{CHAMPION}"
         client.set_model_version_tag(name, version, "promotion", f"{CHAMPION}: {reason}")
@@ -302,7 +314,17 @@ def register_law(
         "aliases": aliases,
         "decision": decision,
         "reason": reason,
+        "check": check,
     }
+
+
+def _check(fit: LawFit, holdout: Mapping[str, Any] | None) -> LawCheck:
+    """check_law on `fit` with the hold-out's RMSE and the constant predictor's (from the hold-out
+    table's observed configuration means)."""
+    holdout = holdout or {}
+    table = holdout.get("table")
+    observed = table["observed"] if isinstance(table, pd.DataFrame) and "observed" in table else []
+    return check_law(fit, loo_rmse=holdout.get("rmse"), constant_rmse=constant_loo_rmse(observed))
 
 
 def promote(
@@ -334,8 +356,12 @@ def promote(
         return _parse_float(tags.get("holdout_rmse")), tags.get("holdout_kind")
 
     cand, cand_kind = tag_rmse(version)
+    usable = client.get_model_version(name, version).tags.get("usable")
     if champion == version:
         decision, reason = "unchanged", f"v{version} is already @{CHAMPION}"
+    elif usable == "false":  # even forced: a law that may not decide never becomes the one that decides
+        decision, reason = "kept", (f"v{version} {client.get_model_version(name, version).tags.get('usable_reason', 'may not decide')}"
+                                    + ("" if champion is None else f"; v{champion} stays @{CHAMPION}"))
     elif champion is None:
         decision, reason = "promoted", f"{name!r} had no @{CHAMPION}"
     else:
@@ -361,7 +387,8 @@ def promote(
         champion = version
     if decision != "unchanged":
         client.set_model_version_tag(name, version, "promotion", f"{decision}: {reason}"[:_TAG_LIMIT])
-    return {"name": name, "version": int(version), "decision": decision, "reason": reason, "champion": int(champion)}
+    return {"name": name, "version": int(version), "decision": decision, "reason": reason,
+            "champion": None if champion is None else int(champion)}
 
 
 def load_law(tracking_uri: str, name: str = DEFAULT_NAME, alias: str = CHAMPION):

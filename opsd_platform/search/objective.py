@@ -72,10 +72,12 @@ class StepReporter(L.Callback):
         self.trial.report(value, step)
         if self.prune and self.trial.should_prune():
             best = best_completed(self.trial.study)
+            pruner = self.trial.study.pruner  # MedianPruner, or the ranked search's SuccessiveHalvingPruner
+            median = isinstance(pruner, optuna.pruners.MedianPruner)
+            why = "below the median of earlier trials at this step" if median else "not among the best at this rung"
             decision = Decision(
-                PRUNE, "median", f"MedianPruner: step {step} running pass rate {value:.3f} is below the median of "
-                f"earlier trials at this step", bar=best[0] if best else None,
-                bar_source=f"best trial #{best[1]}" if best else None)
+                PRUNE, "median" if median else "curve", f"{type(pruner).__name__}: step {step} running pass rate "
+                f"{value:.3f} is {why}", bar=best[0] if best else None, bar_source=f"best trial #{best[1]}" if best else None)
             record_decision(self.trial, decision, self.tracking_uri)
             raise StopTraining(decision.reason)
 

@@ -19,6 +19,9 @@ side-effect-free function of plain inputs that the live pruner and the replay be
 2. startup                  -> train: fewer than ``n_startup_trials`` trials have completed
 3. no gap / NaN gap         -> train: nothing to predict from
 4. no law / missing input   -> train: no ``@alias`` registered, or a covariate the law needs is missing
+4b. law may not decide      -> train (its prediction recorded): the law fails ``law.holdout.check_law``
+                               (too few configurations or residual degrees of freedom, a zero-width interval, a slope interval
+                               containing 0, or a leave-one-out error no better than a constant's)
 5. no bar                   -> train: no threshold and no completed trial to beat yet
 6. upper >= bar             -> train: the law says it may win
 7. calibration              -> train anyway: a ``calibration_rate`` share of would-be-pruned trials,
@@ -58,7 +61,7 @@ class Decision:
     """One pruning decision: what (``action``), which rule, why, and the numbers behind it."""
 
     action: str  # train | prune | calibrate (would prune, trains anyway)
-    rule: str  # decided | not_opsd | startup | no_gap | nan_gap | no_law | missing_input | no_bar | interval | calibration | law
+    rule: str  # decided | not_opsd | startup | no_gap | nan_gap | no_law | law_unusable | missing_input | no_bar | interval | calibration | law
     reason: str
     gap: float | None = None
     predicted: float | None = None
@@ -114,9 +117,10 @@ class LawView:
     version: int
     inputs: tuple[str, ...]
     predict: Callable[[Mapping[str, Any], float], tuple[Any, Any, Any]]
+    check: Any = None  # law.holdout.LawCheck: may it decide? (None: not checked)
 
     @classmethod
-    def of_pyfunc(cls, version: int, law: Any) -> "LawView":
+    def of_pyfunc(cls, version: int, law: Any, check: Any = None) -> "LawView":
         """A registered law (MLflow pyfunc of law.pyfunc_model.GapLawModel)."""
         schema = law.metadata.get_input_schema()
         inputs = tuple(schema.input_names()) if schema is not None else ("gap",)
@@ -126,10 +130,10 @@ class LawView:
             pred = law.predict(frame, params={"level": level})
             return (pred["predicted_improvement"].to_numpy(), pred["lower"].to_numpy(), pred["upper"].to_numpy())
 
-        return cls(int(version), inputs, predict)
+        return cls(int(version), inputs, predict, check)
 
     @classmethod
-    def of_fit(cls, version: int, fit: Any) -> "LawView":
+    def of_fit(cls, version: int, fit: Any, check: Any = None) -> "LawView":
         """A ``law.LawFit`` held in memory: the same prediction as the registered pyfunc, which
         calls ``LawFit.predict`` on the same frame."""
 
@@ -138,7 +142,7 @@ class LawView:
             pred = fit.predict(frame, level=level)
             return (pred["predicted_improvement"].to_numpy(), pred["lower"].to_numpy(), pred["upper"].to_numpy())
 
-        return cls(int(version), ("gap", *fit.covariates), predict)
+        return cls(int(version), ("gap", *fit.covariates), predict, check)
 
 
 def _atleast_1d(value: Any) -> Sequence[Any]:
@@ -204,6 +208,8 @@ def decide_policy(
                    level=level, law_version=version)
     shown = (f"gap {gap:+.3f} -> predicted improvement {numbers['predicted']:+.3f}, "
              f"{level:.0%} interval [{numbers['lower']:+.3f}, {numbers['upper']:+.3f}] (law v{version})")
+    if view.check is not None and not view.check.usable:  # predicted (shown), never decided by it
+        return Decision(TRAIN, "law_unusable", f"{shown}; {view.check.reason}; trains fully", **numbers)
 
     if threshold is not None:
         bar, source = threshold, "threshold"
@@ -270,7 +276,7 @@ class GapLawPruner(optuna.pruners.BasePruner):
         self.level = float(level)
         self.seed = seed
         self.record = record
-        self._cache: tuple[int, Any] | None = None  # (version, pyfunc model)
+        self._cache: tuple[int, Any, Any] | None = None  # (version, pyfunc model, its LawCheck)
 
     # ------------------------------------------------------------------ Optuna entry point
 
@@ -316,16 +322,20 @@ class GapLawPruner(optuna.pruners.BasePruner):
     def law_view(self) -> "LawView":
         """The registered law as a ``LawView`` (RegistryError when there is none); a subclass may
         hold its law elsewhere (the replay benchmark keeps it in memory)."""
-        version, law = self._law()
-        return LawView.of_pyfunc(version, law)
+        version, law, check = self._law()
+        return LawView.of_pyfunc(version, law, check)
 
-    def _law(self) -> tuple[int, Any]:
-        """(version, pyfunc) of ``<name>@<alias>``, reloaded only when the alias moves."""
+    def _law(self) -> tuple[int, Any, Any]:
+        """(version, pyfunc, LawCheck) of ``<name>@<alias>``, reloaded only when the alias moves."""
         from opsd_platform.law.registry import alias_version, load_law
+        from opsd_platform.law.holdout import check_from_tags
 
-        version = int(alias_version(tracking.init_store(self.tracking_uri), self.name, self.alias))
+        client = tracking.init_store(self.tracking_uri)
+        version = int(alias_version(client, self.name, self.alias))
         if self._cache is None or self._cache[0] != version:
-            self._cache = (version, load_law(self.tracking_uri, self.name, self.alias))
+            law = load_law(self.tracking_uri, self.name, self.alias)
+            tags = client.get_model_version(self.name, str(version)).tags or {}
+            self._cache = (version, law, check_from_tags(law.unwrap_python_model().fit, tags))
         return self._cache
 
 

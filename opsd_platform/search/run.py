@@ -53,6 +53,8 @@ def describe_trial(t: FrozenTrial) -> str:
         head += f", gap {t.user_attrs['gap']:+.3f}"
     if d is not None:
         head += f", {d.action} ({d.rule})"
+        if d.rule in ("no_law", "law_unusable"):  # why the law did not decide, in the trial's one line
+            head += f": {d.reason.rsplit('; ', 2)[-2] if d.rule == 'law_unusable' else d.reason}"
     if "cost.seconds" in t.user_attrs:
         head += f", {t.user_attrs['cost.seconds']:.0f} s"
     return f"{head} [{params}]"

@@ -21,6 +21,7 @@ os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")  # no dow
 warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
 
 PRUNERS = ("law", "median", "none")
+STRATEGIES = ("pruned", "ranked")
 SAMPLERS = ("random", "tpe")
 PARAM_TYPES = ("float", "int", "categorical")
 FINAL_STATES = (TrialState.COMPLETE, TrialState.PRUNED)
@@ -35,6 +36,13 @@ class SearchConfig:
         "help": "Optuna storage URL: sqlite:////abs/optuna.db (default: beside a SQLite MLflow store, else "
                 "$OPSD_HOME/optuna.db) or postgresql+psycopg2://user@host:port/db for many workers"})
     pruner: str = field(default="law", metadata={"help": "law (GapLawPruner), median (Optuna MedianPruner) or none"})
+    strategy: str = field(default="pruned", metadata={
+        "help": "pruned: trials drawn by the sampler, each judged by search.pruner; ranked: the gap law ranks the space's "
+                "contexts and trains the most promising first, stopping when none left can win (search/ranked.py)"})
+    prior_law: str | None = field(default=None, metadata={
+        "help": "ranked: a registered law that replaces startup trials, models:/<name>@<alias> (another family, world or "
+                "an earlier study); default: none (the study fits its own)"})
+    prior_law_force: bool = field(default=False, metadata={"help": "ranked: use a prior law fitted on another world"})
     sampler: str = field(default="random", metadata={
         "help": "random: seeded per trial number (reproducible, parallel-safe, the same configurations in every "
                 "compare arm); tpe: Optuna TPE (seeded per worker process)"})
@@ -63,6 +71,10 @@ class SearchConfig:
         check(bool(self.study) and "/" not in self.study, "study", f"must be a non-empty name without '/', got {self.study!r}")
         check(self.n_trials >= 1, "n_trials", f"must be >= 1, got {self.n_trials}")
         check(self.pruner in PRUNERS, "pruner", f"unknown value {self.pruner!r}; valid: {', '.join(PRUNERS)}")
+        check(self.strategy in STRATEGIES, "strategy", f"unknown value {self.strategy!r}; valid: {', '.join(STRATEGIES)}")
+        check(self.prior_law is None or (self.prior_law.startswith("models:/") and "@" in self.prior_law), "prior_law",
+              f"must be models:/<name>@<alias>, got {self.prior_law!r}")
+        check(self.prior_law is None or self.strategy == "ranked", "prior_law", "needs search.strategy=ranked")
         check(self.sampler in SAMPLERS, "sampler", f"unknown value {self.sampler!r}; valid: {', '.join(SAMPLERS)}")
         check(self.n_startup_trials >= 0, "n_startup_trials", f"must be >= 0, got {self.n_startup_trials}")
         check(0.0 <= self.calibration_rate <= 1.0, "calibration_rate", f"must be in [0, 1], got {self.calibration_rate}")

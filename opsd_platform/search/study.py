@@ -122,6 +122,8 @@ class StudyHandle:
 
 
 def make_pruner(settings: SearchConfig, tracking_uri: str, max_steps: int) -> optuna.pruners.BasePruner:
+    if settings.strategy == "ranked":  # the law ranks before any trial; the curve pruner stops trainings (ranked.py)
+        return optuna.pruners.SuccessiveHalvingPruner()
     if settings.pruner == "law":
         return GapLawPruner(
             tracking_uri, name=settings.law_name, alias=settings.law_alias, n_startup_trials=settings.n_startup_trials,

@@ -1,7 +1,7 @@
 """TEST FIXTURE, not measured data: a small synthetic benchmark table for the pruning replay.
 
 Writes runs.csv, steps.csv and gap_problems.csv in the schema of benchmarks/data/ (see
-benchmarks/README.md): one model, one world; a `law` slice of 4 contexts at lr 2e-5 and a `search`
+benchmarks/README.md): one model, one world; a `law` slice of 5 contexts at lr 2e-5 and a `search`
 slice of 5 contexts x lr {1e-5, 3e-5} = 10 configurations; 2 seeds each; 10 training steps,
 validation every 2 steps; 24 gap problems x 4 samples. Improvement = -0.05 + 1.2 * gap, plus a
 learning-rate effect and seed noise. The student half of the gap and the initial validation depend
@@ -21,6 +21,7 @@ import numpy as np
 CONTEXTS = {"none": (0.00, 40), "static": (0.08, 60), "feedback": (0.16, 90), "peer_solution": (0.24, 120),
             "reference": (0.36, 150)}  # context -> (teacher's pass-rate lift, teacher prompt tokens)
 LAW_CONTEXTS = ("none", "static", "feedback", "reference")
+LAW_EXTRA = "peer_solution"
 SEARCH_LRS = (1e-5, 3e-5)
 SEEDS = (0, 1)
 STEPS, VAL_EVERY, N_PROBLEMS, SAMPLES = 10, 2, 24, 4
@@ -31,6 +32,9 @@ def _rows(seed_offset: int = 0):
     student = {s: np.random.default_rng(200 + s).binomial(SAMPLES, difficulty) for s in SEEDS}
     runs, steps, problems = [], [], []
     plan = [("law", c, 2e-5) for c in LAW_CONTEXTS] + [("search", c, lr) for c in CONTEXTS for lr in SEARCH_LRS]
+    # A fifth law context, so that the first law may decide (law/holdout.py: check_law: >= 5 configurations);
+    # last, so every earlier row keeps its random stream
+    plan.append(("law", LAW_EXTRA, 2e-5))
     for slice_, context, lr in plan:
         lift, ctx_tokens = CONTEXTS[context]
         config = f"{slice_}/{context}/lr{lr:g}"
