@@ -95,7 +95,8 @@ def test_config_hash_changes_with_what_is_trained_or_measured(what):
 
 # Pinned: a benchmark grid keys its runs on these hashes. They were computed before
 # world.grading existed; a setting that has no effect (no code judged) or keeps the old judge
-# (lenient) must leave them as they were.
+# (lenient) must leave them as they were. They are bench-v1's configurations: context_form=1 (the
+# default wording changed to form 2 with bench-v2, which makes other configurations).
 @pytest.mark.parametrize("overrides,value", [
     ([], "eedb3bb1b7"),
     (["world=hidden_rule"], "e9b07342b8"),
@@ -107,13 +108,14 @@ def test_config_hash_changes_with_what_is_trained_or_measured(what):
     (["model=tiny"], "b4894c81a3"),
 ])
 def test_config_hash_is_pinned(overrides, value):
-    assert config_hash(train_config(overrides)) == value
+    assert config_hash(train_config(["context_form=1", *overrides])) == value
 
 
 def test_config_hash_of_the_default_dataclass_is_pinned():
     # The dataclass defaults are the composed defaults since conf/train.yaml stopped restating them
     # (its rollout.max_new_tokens=48 had drifted from the dataclass's 64; 48, what every run used, won).
-    assert config_hash(TrainConfig()) == "eedb3bb1b7" == config_hash(train_config([]))
+    assert config_hash(TrainConfig()) == config_hash(train_config([]))
+    assert config_hash(TrainConfig(context_form=1)) == "eedb3bb1b7" == config_hash(train_config(["context_form=1"]))
 
 
 def test_lcb_grading_is_part_of_the_hash_where_it_changes_verdicts():
