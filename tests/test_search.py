@@ -380,7 +380,7 @@ def check_dashboard_shows(storage: str, name: str, study: optuna.Study) -> None:
 
     import optuna_dashboard
 
-    from opsd_platform.cli import dashboard_storage
+    from opsd_platform.servers import dashboard_storage
 
     app = optuna_dashboard.wsgi(dashboard_storage(storage, None))
 

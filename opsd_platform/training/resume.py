@@ -35,7 +35,7 @@ import lightning as L
 from mlflow.tracking import MlflowClient
 
 from opsd_platform import tracking
-from opsd_platform.config import how_fields, TrainConfig, default_home, flatten
+from opsd_platform.config import how_fields, TrainConfig, config_hash, default_home, flatten
 from opsd_platform.training import checkpoint
 from opsd_platform.training.checkpoint import Checkpoint, CheckpointError
 from opsd_platform.training.module import OPSDModule
@@ -74,6 +74,35 @@ def resolve_resume(cfg: TrainConfig) -> Checkpoint:
             raise CheckpointError(f"resume={cfg.resume}: run {cfg.resume} is FINISHED (a finished run's checkpoints "
                                   "are removed); there is nothing to resume") from None
         raise
+
+
+def interrupted_runs(cfg: TrainConfig) -> list[tuple[str, int]]:
+    """(run id, newest checkpoint step) of the runs of this configuration (its config_hash) that
+    ended without finishing, are not being trained by a live process, and can be resumed."""
+    root = checkpoint_root(cfg)
+    if not root.is_dir():
+        return []
+    uri = cfg.tracking.resolved_uri()
+    client = tracking.init_store(uri)
+    exp = client.get_experiment_by_name(cfg.tracking.experiment)
+    if exp is None:
+        return []
+    runs = client.search_runs([exp.experiment_id], f"tags.config_hash = '{config_hash(cfg)}' and tags.kind = 'train'",
+                              max_results=50)
+    found = []
+    for run in runs:
+        if run.info.status == "FINISHED" or _owner_alive(run.data.tags.get(PROCESS_TAG)):
+            continue
+        saved = checkpoint.list_checkpoints(root / run.info.run_id)
+        if saved:
+            found.append((run.info.run_id, saved[-1].step))
+    return found
+
+
+def newest_step(cfg: TrainConfig, run_id: str | None) -> int | None:
+    """The step of `run_id`'s newest checkpoint, None without one."""
+    saved = checkpoint.list_checkpoints(checkpoint_root(cfg) / run_id) if run_id else []
+    return saved[-1].step if saved else None
 
 
 def is_ddp_worker() -> bool:

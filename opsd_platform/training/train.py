@@ -46,7 +46,7 @@ from mlflow.tracking import MlflowClient
 
 from opsd_platform.errors import RunInterrupted, StopTraining  # noqa: F401 (re-exported)
 from opsd_platform import tracking
-from opsd_platform.config import TrainConfig, config_hash, flatten
+from opsd_platform.config import ConfigError, TrainConfig, config_hash, flatten
 from opsd_platform.models import load_policy
 from opsd_platform.training.checkpoint import Checkpoint
 from opsd_platform.training.gap import GapResult
@@ -58,7 +58,9 @@ from opsd_platform.training.resume import (
     check_same_config,
     checkpoint_root,
     die_with_rank0,
+    interrupted_runs,
     is_ddp_worker,
+    newest_step,
     relog_missing,
     reopen_run,
     resolve_resume,
@@ -164,9 +166,34 @@ def _mlflow_run(cfg: TrainConfig, kind: str, parent_run_id: str | None, extra_ta
         yield run_id, reasons
 
 
+def check_accelerator(cfg: TrainConfig) -> None:
+    """Refuse an accelerator this machine lacks before any run opens (Lightning would fail after)."""
+    import torch
+
+    if cfg.trainer.accelerator == "gpu" and not torch.cuda.is_available():
+        raise ConfigError("trainer.accelerator=gpu: no CUDA GPU is visible to this process; use "
+                          "trainer.accelerator=cpu (or auto: a GPU when there is one)")
+
+
+@contextlib.contextmanager
+def _named_interrupts(cfg: TrainConfig, recorder: "_FailureRecorder", opened: list[str]) -> Iterator[None]:
+    """Ctrl-C or SIGTERM out of an open run -> `RunInterrupted` naming the run and its newest
+    checkpoint, so the caller can say how to continue it. (Lightning turns Ctrl-C into SystemExit.)"""
+    try:
+        yield
+    except (KeyboardInterrupt, SystemExit, RunInterrupted) as exc:
+        ctrl_c = isinstance(exc, KeyboardInterrupt) or (recorder.reason or "").startswith("KeyboardInterrupt")
+        if not opened or not (ctrl_c or "SIGTERM" in str(exc)):
+            raise
+        signal_name = "SIGINT" if ctrl_c else "SIGTERM"
+        raise RunInterrupted(f"interrupted ({signal_name})", run_id=opened[0], signal=signal_name,
+                             checkpoint_step=newest_step(cfg, opened[0])) from exc
+
+
 def setup_run(cfg: TrainConfig):
     """(world, model, tokenizer) of `cfg`, after seeding and setting the thread count: the start of
     every run, and of `opsd compare-grpo`'s shared engine."""
+    check_accelerator(cfg)
     if cfg.trainer.num_threads:
         import torch
 
@@ -294,13 +321,20 @@ def train(
     worker = is_ddp_worker()
     if worker:
         die_with_rank0()
+    elif ckpt is None:
+        for run_id, step in interrupted_runs(cfg):
+            log.warning("an interrupted run of this configuration exists: run %s, checkpoint at step %d of %d; this "
+                        "starts a new run from step 0 (to continue that one instead, add resume=%s)",
+                        run_id, step, cfg.trainer.max_steps, run_id)
     world, model, tokenizer = setup_run(cfg)
     uri = cfg.tracking.resolved_uri()
     started = time.perf_counter()
     recorder = _FailureRecorder()
     gap = None
     stopped: str | None = None
-    with _training_run(cfg, parent_run_id, extra_tags, ckpt) as (run_id, reasons):
+    opened: list[str] = []
+    with _named_interrupts(cfg, recorder, opened), _training_run(cfg, parent_run_id, extra_tags, ckpt) as (run_id, reasons):
+        opened.append(run_id)
         module = OPSDModule(cfg, model, tokenizer, world)
         resume_ranks = None
         if ckpt is not None:
