@@ -80,7 +80,6 @@ def ui_store(cfg: UIConfig) -> str:
     if db is not None and not db.is_file() and not cfg.create:
         raise ConfigError(f"tracking.uri={uri}: no MLflow store at {db}; check the path, or run a command that "
                           "records runs first (opsd train), or pass create=true for a new empty store")
-    tracking.init_store(uri)
     return uri
 
 
@@ -98,8 +97,9 @@ def serve(name: str, argv: list[str]) -> int:
 def run_ui(cfg: UIConfig) -> int:
     from opsd_platform import tracking
 
-    check_address(cfg.host, cfg.port)
     uri = ui_store(cfg)
+    check_address(cfg.host, cfg.port)
+    tracking.init_store(uri)
     cmd = tracking.ui_command(uri).split()[1:] + ["--host", cfg.host, "--port", str(cfg.port), "--workers", str(cfg.workers)]
     print(f"MLflow UI for {uri} at http://{cfg.host}:{cfg.port}  (Ctrl-C to stop)")
     return serve("MLflow UI", [sys.executable, "-m", "mlflow", *cmd])
