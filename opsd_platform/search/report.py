@@ -153,7 +153,7 @@ def plot_search_law(frame: pd.DataFrame, law, level: float, law_label: str, path
     lo, hi = (float(gaps.min()), float(gaps.max())) if len(gaps) else (-0.2, 0.6)
     pad = max(0.05, 0.1 * (hi - lo))
     if law is not None:
-        grid = np.linspace(lo - pad, hi + pad, 60)
+        grid = np.linspace(max(lo - pad, -1.0), min(hi + pad, 1.0), 60)  # a gap lies in [-1, 1]: the law refuses others
         pred = law.predict(pd.DataFrame({"gap": grid}), params={"level": level})
         ax.plot(grid, pred["predicted_improvement"], color="C0", label=f"law {law_label}")
         ax.fill_between(grid, pred["lower"], pred["upper"], color="C0", alpha=0.15, label=f"{level:.0%} prediction interval")
