@@ -184,8 +184,9 @@ def cmd_search(overrides: Sequence[str]) -> int:
         print(f"worker done ({result.ran} trials); other workers are still running trials of study {result.study!r}")
         return 0
     s = result.report.summary
-    print(f"\nstudy {result.study!r}: {s['n_complete']} trained, {s['n_pruned']} pruned, {s['n_failed']} failed; "
-          f"best improvement {s['best_improvement']:+.3f} (trial #{s['best_trial']})")
+    from opsd_platform.search.report import best_text
+
+    print(f"\nstudy {result.study!r}: {s['n_complete']} trained, {s['n_pruned']} pruned, {s['n_failed']} failed; {best_text(s)}")
     print(f"compute: {s['tokens_total']:.0f} tokens, {s['seconds_total']:.0f} s; estimated saving vs training every trial "
           f"fully: {s['saving_seconds_est']:.0%} of seconds, {s['saving_tokens_est']:.0%} of tokens")
     print(f"report: {result.report.html}; parent MLflow run {result.parent_run_id} in {result.tracking_uri}")
