@@ -396,6 +396,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except UserError as exc:  # the message is the whole story (opsd_platform/errors.py): no traceback
         print(f"opsd {command}: {exc}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:  # a command without its own account of what Ctrl-C left (train, search, grid have one)
+        print(f"opsd {command}: interrupted (SIGINT)", file=sys.stderr)
+        return 130
 
 
 if __name__ == "__main__":
