@@ -30,6 +30,7 @@ import signal
 import socket
 import time
 from pathlib import Path
+from typing import Iterator
 
 import lightning as L
 from mlflow.tracking import MlflowClient
@@ -37,6 +38,7 @@ from mlflow.tracking import MlflowClient
 from opsd_platform import tracking
 from opsd_platform.config import how_fields, TrainConfig, config_hash, default_home, flatten
 from opsd_platform.training import checkpoint
+from opsd_platform.errors import RunInterrupted
 from opsd_platform.training.checkpoint import Checkpoint, CheckpointError
 from opsd_platform.training.module import OPSDModule
 
@@ -103,6 +105,22 @@ def newest_step(cfg: TrainConfig, run_id: str | None) -> int | None:
     """The step of `run_id`'s newest checkpoint, None without one."""
     saved = checkpoint.list_checkpoints(checkpoint_root(cfg) / run_id) if run_id else []
     return saved[-1].step if saved else None
+
+
+@contextlib.contextmanager
+def named_interrupts(cfg: TrainConfig, recorder, opened: list[str]) -> Iterator[None]:
+    """Ctrl-C or SIGTERM out of an open run (`opened`: its id, once open) -> `RunInterrupted` naming
+    the run and its newest checkpoint, so the caller can say how to continue it. Lightning turns
+    Ctrl-C into SystemExit: `recorder.reason` (the exception it saw) tells them apart."""
+    try:
+        yield
+    except (KeyboardInterrupt, SystemExit, RunInterrupted) as exc:
+        ctrl_c = isinstance(exc, KeyboardInterrupt) or (recorder.reason or "").startswith("KeyboardInterrupt")
+        if not opened or not (ctrl_c or "SIGTERM" in str(exc)):
+            raise
+        signal_name = "SIGINT" if ctrl_c else "SIGTERM"
+        raise RunInterrupted(f"interrupted ({signal_name})", run_id=opened[0], signal=signal_name,
+                             checkpoint_step=newest_step(cfg, opened[0])) from exc
 
 
 def is_ddp_worker() -> bool:

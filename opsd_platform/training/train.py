@@ -60,7 +60,7 @@ from opsd_platform.training.resume import (
     die_with_rank0,
     interrupted_runs,
     is_ddp_worker,
-    newest_step,
+    named_interrupts,
     relog_missing,
     reopen_run,
     resolve_resume,
@@ -106,6 +106,20 @@ class _FailureRecorder(L.Callback):
 
     def on_exception(self, trainer, pl_module, exception: BaseException) -> None:
         self.reason = f"{type(exception).__name__}: {exception}"
+
+
+def headline(init, final, gap: GapResult | None, stopped: str | None) -> str:
+    """The run's description, the first thing its MLflow page shows (above some twenty metric
+    charts): the result, the gap it started from, why it stopped early."""
+    lines = []
+    if init is not None and final is not None:
+        lines.append(f"**improvement {final.pass_rate - init.pass_rate:+.3f}** "
+                     f"(validation pass rate {init.pass_rate:.3f} -> {final.pass_rate:.3f})")
+    if gap is not None:
+        lines.append(f"gap {gap.gap:+.3f} [{gap.gap_ci[0]:+.3f}, {gap.gap_ci[1]:+.3f}] at step 0 (context {gap.context})")
+    if stopped:
+        lines.append(f"stopped early: {stopped}")
+    return "  \n".join(lines) or "no validation (trainer.validate=false)"
 
 
 def peak_rss_mb() -> float:
@@ -173,21 +187,6 @@ def check_accelerator(cfg: TrainConfig) -> None:
     if cfg.trainer.accelerator == "gpu" and not torch.cuda.is_available():
         raise ConfigError("trainer.accelerator=gpu: no CUDA GPU is visible to this process; use "
                           "trainer.accelerator=cpu (or auto: a GPU when there is one)")
-
-
-@contextlib.contextmanager
-def _named_interrupts(cfg: TrainConfig, recorder: "_FailureRecorder", opened: list[str]) -> Iterator[None]:
-    """Ctrl-C or SIGTERM out of an open run -> `RunInterrupted` naming the run and its newest
-    checkpoint, so the caller can say how to continue it. (Lightning turns Ctrl-C into SystemExit.)"""
-    try:
-        yield
-    except (KeyboardInterrupt, SystemExit, RunInterrupted) as exc:
-        ctrl_c = isinstance(exc, KeyboardInterrupt) or (recorder.reason or "").startswith("KeyboardInterrupt")
-        if not opened or not (ctrl_c or "SIGTERM" in str(exc)):
-            raise
-        signal_name = "SIGINT" if ctrl_c else "SIGTERM"
-        raise RunInterrupted(f"interrupted ({signal_name})", run_id=opened[0], signal=signal_name,
-                             checkpoint_step=newest_step(cfg, opened[0])) from exc
 
 
 def setup_run(cfg: TrainConfig):
@@ -333,7 +332,7 @@ def train(
     gap = None
     stopped: str | None = None
     opened: list[str] = []
-    with _named_interrupts(cfg, recorder, opened), _training_run(cfg, parent_run_id, extra_tags, ckpt) as (run_id, reasons):
+    with named_interrupts(cfg, recorder, opened), _training_run(cfg, parent_run_id, extra_tags, ckpt) as (run_id, reasons):
         opened.append(run_id)
         module = OPSDModule(cfg, model, tokenizer, world)
         resume_ranks = None
@@ -395,6 +394,7 @@ def train(
                     client.set_tag(run_id, f"opsd.{name}_sha256", digest)
             if module.rank_report is not None:
                 client.log_dict(run_id, module.rank_report, "ddp_ranks.json")
+            client.set_tag(run_id, "mlflow.note.content", headline(module.initial_val, module.final_val, gap, stopped))
     if not worker:  # FINISHED now: nothing left to resume
         shutil.rmtree(checkpoint_root(cfg) / run_id, ignore_errors=True)
 
