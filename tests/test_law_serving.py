@@ -8,6 +8,7 @@ from __future__ import annotations
 import ast
 import json
 import os
+import signal
 import socket
 import subprocess
 import sys
@@ -140,3 +141,42 @@ def test_bad_input_is_a_400_with_one_line(server, body, reason):
     assert status == 400 and answer["error_code"] == "INVALID_PARAMETER_VALUE", answer
     assert answer["message"].splitlines()[-1].startswith(f"Error: {reason}"), answer["message"]
     assert "stack_trace" not in answer
+
+
+@pytest.mark.slow
+def test_served_by_mlflow_from_a_fresh_environment_of_its_requirements(model_dir, tmp_path):
+    """What `mlflow models serve --env-manager virtualenv` does, step by step: a new virtual
+    environment with only the model's requirements.txt installed (needs PyPI or a mirror, ~2-3
+    min), then `mlflow models serve` from it. (The virtualenv manager itself also needs the
+    `virtualenv` package and pyenv, which this project does not install.)"""
+    env_dir = tmp_path / "env"
+    subprocess.run([sys.executable, "-m", "venv", str(env_dir)], check=True)
+    # the base interpreter of this venv, not this venv's packages: the new one sees none of them
+    pip = subprocess.run([str(env_dir / "bin" / "pip"), "install", "-q", "-r", str(model_dir / "requirements.txt")],
+                         capture_output=True, text=True, timeout=1200)
+    assert pip.returncode == 0, pip.stderr[-3000:]
+    env = {**os.environ, "PATH": f"{env_dir / 'bin'}:{os.environ['PATH']}", "PYTHONPATH": ""}
+    env.pop("VIRTUAL_ENV", None)
+    check = subprocess.run([str(env_dir / "bin" / "python"), "-c", "import opsd_platform"], capture_output=True, env=env, cwd=tmp_path)
+    assert check.returncode != 0  # the platform is not there: the model's own copy must do
+    port = _free_port()
+    with (tmp_path / "serve.log").open("w") as log:
+        proc = subprocess.Popen([str(env_dir / "bin" / "mlflow"), "models", "serve", "-m", str(model_dir), "--env-manager",
+                                 "local", "-h", "127.0.0.1", "-p", str(port)], stdout=log, stderr=subprocess.STDOUT,
+                                env=env, cwd=tmp_path, start_new_session=True)
+    try:
+        deadline = time.monotonic() + 180
+        while True:
+            try:
+                urllib.request.urlopen(f"http://127.0.0.1:{port}/ping", timeout=2).close()
+                break
+            except OSError:
+                assert proc.poll() is None and time.monotonic() < deadline, (tmp_path / "serve.log").read_text()[-3000:]
+                time.sleep(1)
+        status, body = _post(port, {"dataframe_split": {"columns": ["gap"], "data": [[0.1], [0.9]]}})
+        assert status == 200 and [p["clipped"] for p in body["predictions"]] == [False, True], body
+        status, body = _post(port, {"dataframe_split": {"columns": ["gap"], "data": [[5.0]]}})
+        assert status == 400 and body["message"].splitlines()[-1].startswith("Error: input: gap=5.0"), body
+    finally:
+        os.killpg(proc.pid, signal.SIGTERM)
+        proc.wait(timeout=30)
