@@ -17,7 +17,7 @@
     opsd compare-grpo [compare.contexts=[..]] [compare.table=benchmarks/data | compare.train_grpo=true] [compare.out=F.json] [key=value ...]
                                       per context: measured gap, OPSD's law-predicted improvement vs GRPO's
     opsd judge world=code problems=FILE.jsonl responses=FILE.jsonl
-    opsd ui [tracking.uri=...] [port=5000]
+    opsd ui [tracking.uri=...] [port=5000] [create=true]
     opsd setup                        fetch and convert the embedded default model once
     opsd dashboard [storage=URL] [tracking.uri=...] [port=8080]
                                       optuna-dashboard on the search's study (the `dashboard` extra)
@@ -30,13 +30,12 @@ from __future__ import annotations
 
 import logging
 import os
-import subprocess
+import shlex
 import sys
 from typing import Sequence
 
-from opsd_platform.errors import CLIError, UserError
+from opsd_platform.errors import CLIError, RunInterrupted, UserError
 from opsd_platform.config.compose import compose, section_config, split_section, train_config
-from opsd_platform.config import ConfigError
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
@@ -60,6 +59,8 @@ SECTIONS = {
     "fit-law": [("law.", "opsd_platform.law.pipeline:FitLawConfig"), ("tracking.", "opsd_platform.config:TrackingConfig")],
     "law": [("", "opsd_platform.law.registry:LawCommandConfig")],
     "compare-grpo": [("compare.", "opsd_platform.compare_grpo:CompareConfig"), ("", TRAIN_CONFIG)],
+    "ui": [("", "opsd_platform.servers:UIConfig")],
+    "dashboard": [("", "opsd_platform.servers:DashboardConfig")],
 }
 
 
@@ -91,11 +92,20 @@ def command_sections(command: str, overrides: Sequence[str]) -> tuple[dict, list
 
 
 def cmd_train(overrides: Sequence[str]) -> int:
+    cfg = train_config(overrides)  # before the heavy imports: a config error comes in a second
     from opsd_platform import tracking
+
+    tracking.init_store(cfg.tracking.resolved_uri())  # so does a store that cannot be used
     from opsd_platform.training.train import train
 
-    cfg = train_config(overrides)
-    result = train(cfg)
+    try:
+        result = train(cfg)
+    except KeyboardInterrupt:  # before the run was opened (loading the model, ...)
+        print("opsd train: interrupted before a run was opened; nothing was recorded", file=sys.stderr)
+        return 130
+    except RunInterrupted as exc:
+        print(f"opsd train: {interrupted_message(exc, 'train', overrides)}", file=sys.stderr)
+        return exc.exit_code
     uri = result.tracking_uri
     print()
     print(f"MLflow run {result.run_id} (experiment {cfg.tracking.experiment}) in {uri}")
@@ -109,10 +119,22 @@ def cmd_train(overrides: Sequence[str]) -> int:
     return 0
 
 
+def interrupted_message(exc: RunInterrupted, command: str, overrides: Sequence[str]) -> str:
+    """What Ctrl-C / SIGTERM left (a FAILED run) and the exact command that continues it."""
+    if exc.run_id is None:
+        return f"{exc}; nothing to resume"
+    if exc.checkpoint_step is None:
+        return (f"{exc}: run {exc.run_id} is FAILED and has no checkpoint yet (trainer.checkpoint_every); "
+                f"run the same command to start over")
+    again = [o for o in overrides if not o.lstrip("+").startswith("resume=")] + [f"resume={exc.run_id}"]
+    return (f"{exc}: run {exc.run_id} is FAILED with a checkpoint at step {exc.checkpoint_step}; continue it: "
+            f"{shlex.join(['opsd', command, *again])}")
+
+
 def cmd_gap(overrides: Sequence[str]) -> int:
+    cfg = train_config(overrides)
     from opsd_platform.training.train import gap_token_ratio, run_gap
 
-    cfg = train_config(overrides)
     run_id, gap = run_gap(cfg)
     pct = lambda ci: f"[{ci[0]:+.3f}, {ci[1]:+.3f}]"  # noqa: E731
     ratio = gap_token_ratio(cfg, gap)
@@ -162,8 +184,9 @@ def cmd_search(overrides: Sequence[str]) -> int:
         print(f"worker done ({result.ran} trials); other workers are still running trials of study {result.study!r}")
         return 0
     s = result.report.summary
-    print(f"\nstudy {result.study!r}: {s['n_complete']} trained, {s['n_pruned']} pruned, {s['n_failed']} failed; "
-          f"best improvement {s['best_improvement']:+.3f} (trial #{s['best_trial']})")
+    from opsd_platform.search.report import best_text
+
+    print(f"\nstudy {result.study!r}: {s['n_complete']} trained, {s['n_pruned']} pruned, {s['n_failed']} failed; {best_text(s)}")
     print(f"compute: {s['tokens_total']:.0f} tokens, {s['seconds_total']:.0f} s; estimated saving vs training every trial "
           f"fully: {s['saving_seconds_est']:.0%} of seconds, {s['saving_tokens_est']:.0%} of tokens")
     print(f"report: {result.report.html}; parent MLflow run {result.parent_run_id} in {result.tracking_uri}")
@@ -286,6 +309,8 @@ def cmd_judge(overrides: Sequence[str]) -> int:
     from opsd_platform.worlds.jsonl import judge_responses
 
     cfg = compose("judge", overrides)
+    if OmegaConf.is_missing(cfg, "responses"):
+        raise CLIError("responses: required: responses=FILE.jsonl (one {\"question_id\": ..., \"response\": ...} per line)")
     world_fields = OmegaConf.to_container(cfg.world, resolve=True)
     if cfg.problems is not None:
         world_fields["path"] = str(cfg.problems)
@@ -306,54 +331,21 @@ def cmd_judge(overrides: Sequence[str]) -> int:
 
 
 def cmd_ui(overrides: Sequence[str]) -> int:
-    from opsd_platform import tracking
-    from opsd_platform.config import TrackingConfig
+    from opsd_platform.servers import run_ui
 
-    cfg = compose("ui", overrides)
-    uri = TrackingConfig(uri=cfg.tracking.uri).resolved_uri()
-    tracking.init_store(uri)
-    cmd = tracking.ui_command(uri).split() + ["--host", str(cfg.host), "--port", str(cfg.port)]
-    print(f"MLflow UI for {uri} at http://{cfg.host}:{cfg.port}  (Ctrl-C to stop)")
-    return subprocess.call([sys.executable, "-m", "mlflow", *cmd[1:]])
-
-
-def dashboard_storage(storage: str | None, tracking_uri: str | None) -> str:
-    """The Optuna storage `opsd dashboard` shows: ``storage`` if given, else the search's default
-    (beside the SQLite MLflow store). A SQLite file must exist: opening a missing one would create
-    an empty database and show nothing, which reads like "no studies" instead of "wrong path"."""
-    from opsd_platform import tracking
-    from opsd_platform.config import TrackingConfig
-    from opsd_platform.search.study import default_storage
-
-    url = storage or default_storage(TrackingConfig(uri=tracking_uri).resolved_uri())
-    if url.startswith("sqlite:"):
-        db = tracking.sqlite_path(url)
-        if db is None or not db.is_file():
-            raise ConfigError(f"storage: no Optuna database at {db or url}; run `opsd search` first, or give "
-                              "storage=sqlite:////abs/path.db (the grid's queue: grid.db beside mlflow.db)")
-    return url
+    return run_ui(command_sections("ui", overrides)[0][""])
 
 
 def cmd_dashboard(overrides: Sequence[str]) -> int:
-    cfg = compose("dashboard", overrides)
-    url = dashboard_storage(cfg.storage, cfg.tracking.uri)
-    try:
-        import optuna_dashboard
-    except ImportError:
-        raise ConfigError("opsd dashboard needs the `dashboard` extra: .venv/bin/pip install -e '.[dashboard]'") from None
-    import optuna
+    from opsd_platform.servers import run_dashboard
 
-    for s in optuna.get_all_study_summaries(url, include_best_trial=False):
-        print(f"  study {s.study_name}: {s.n_trials} trials")
-    print(f"optuna-dashboard for {url} at http://{cfg.host}:{cfg.port}  (Ctrl-C to stop)")
-    optuna_dashboard.run_server(url, host=str(cfg.host), port=int(cfg.port))
-    return 0
+    return run_dashboard(command_sections("dashboard", overrides)[0][""])
 
 
 def cmd_setup(overrides: Sequence[str]) -> int:
+    cfg = train_config(overrides)
     from opsd_platform.models import load_policy
 
-    cfg = train_config(overrides)
     model, tokenizer = load_policy(cfg.model)
     n = sum(p.numel() for p in model.parameters())
     print(f"model ready: {cfg.model.name} ({n / 1e6:.1f}M parameters, vocabulary {len(tokenizer)})")
@@ -377,18 +369,27 @@ def command_help(command: str) -> str:
     return "\n".join(out)
 
 
+def print_or_pipe_closed(text: str) -> int:
+    """Print `text`; a reader that stops early (``opsd train --help | head``) is not an error."""
+    try:
+        print(text, flush=True)
+    except BrokenPipeError:
+        # Python would report the pipe again when flushing stdout at exit: point stdout at nothing.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+    return 0
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     if not argv or argv[0] in ("-h", "--help", "help"):
-        print(USAGE)
+        print_or_pipe_closed(USAGE)
         return 0 if argv else 2
     command, overrides = argv[0], argv[1:]
     if command not in COMMANDS:
         print(f"opsd: unknown command {command!r}; valid: {', '.join(COMMANDS)}", file=sys.stderr)
         return 2
     if any(o in ("-h", "--help") for o in overrides):
-        print(command_help(command))
-        return 0
+        return print_or_pipe_closed(command_help(command))
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     for noisy in ("alembic", "mlflow", "httpx", "urllib3"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
@@ -397,6 +398,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except UserError as exc:  # the message is the whole story (opsd_platform/errors.py): no traceback
         print(f"opsd {command}: {exc}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:  # a command without its own account of what Ctrl-C left (train, search, grid have one)
+        print(f"opsd {command}: interrupted (SIGINT)", file=sys.stderr)
+        return 130
 
 
 if __name__ == "__main__":

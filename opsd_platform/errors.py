@@ -76,7 +76,19 @@ class StopTraining(Exception):
 
 
 class RunInterrupted(RuntimeError):
-    """Raised inside a run when the process receives SIGTERM, or when Lightning stops early."""
+    """Raised inside a run when the process receives SIGTERM, or when Lightning stops early; and out
+    of `train` after Ctrl-C or SIGTERM closed a run FAILED, naming the run (``run_id``), the signal
+    and the newest checkpoint's step (``checkpoint_step``, None: nothing to resume from)."""
+
+    def __init__(self, message: str = "", *, run_id: str | None = None, signal: str = "SIGTERM",
+                 checkpoint_step: int | None = None) -> None:
+        super().__init__(message)
+        self.run_id, self.signal, self.checkpoint_step = run_id, signal, checkpoint_step
+
+    @property
+    def exit_code(self) -> int:
+        """The shell's code for death by this signal (128 + its number)."""
+        return 130 if self.signal == "SIGINT" else 143
 
 
 class WorkerInterrupted(KeyboardInterrupt):

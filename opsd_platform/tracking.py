@@ -21,6 +21,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import tempfile
 import traceback
 from pathlib import Path
 from typing import Any, Iterator
@@ -127,6 +128,32 @@ def _check_database(uri: str) -> None:
         raise TrackingError(f"tracking.uri={shown_url(uri)}: cannot connect: {_first_line(exc)}") from None
 
 
+SQLITE_HEADER = b"SQLite format 3\x00"
+
+
+def _check_sqlite_file(uri: str, db: Path) -> None:
+    """Refuse a file that is not an SQLite database, and a store we cannot write to, before MLflow
+    tries: it retries an unwritable store for ~100 s and then raises a page of traceback."""
+    try:
+        with db.open("rb") as fh:
+            head = fh.read(len(SQLITE_HEADER))
+    except FileNotFoundError:
+        head = b""
+    except OSError as exc:
+        raise TrackingError(f"tracking.uri={uri}: cannot read {db}: {exc.strerror}") from None
+    if head and head != SQLITE_HEADER:
+        raise TrackingError(f"tracking.uri={uri}: {db} is not an SQLite database; name an MLflow store "
+                            "(.../mlflow.db) or a file that does not exist yet")
+    try:  # SQLite writes a journal beside the database: the directory must take new files
+        with tempfile.TemporaryFile(dir=db.parent):
+            pass
+        if head:
+            db.open("r+b").close()
+    except OSError as exc:
+        raise TrackingError(f"tracking.uri={uri}: cannot write to {db if head else db.parent}: {exc.strerror}; "
+                            "point OPSD_HOME or tracking.uri at a writable place") from None
+
+
 @contextlib.contextmanager
 def file_lock(path: Path) -> Iterator[None]:
     """An exclusive lock on `path` (filelock's, created if missing), released on exit. In a
@@ -157,6 +184,7 @@ def init_store(uri: str) -> MlflowClient:
             raise TrackingError(f"tracking.uri={uri}: cannot create directory {db.parent}: {exc.strerror}") from None
         if db.is_dir():
             raise TrackingError(f"tracking.uri={uri}: {db} is a directory; name the database file (.../mlflow.db)")
+        _check_sqlite_file(uri, db)
         lock = file_lock(db.with_name(db.name + ".lock"))
     elif scheme in SERVER_SCHEMES:
         _check_server(uri)
@@ -178,6 +206,8 @@ def init_store(uri: str) -> MlflowClient:
 
 def ensure_experiment(client: MlflowClient, uri: str, name: str) -> str:
     """The id of experiment `name`, created with artifacts next to a local SQLite store."""
+    if not name.strip():
+        raise TrackingError("tracking.experiment: must not be empty (default: opsd)")
     exp = client.get_experiment_by_name(name)
     if exp is not None:
         return exp.experiment_id

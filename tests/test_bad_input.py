@@ -138,6 +138,25 @@ CASES = [
          "opsd compare-grpo: no gap law to predict OPSD's improvement with (no registered model 'opsd-gap-law'; registered models: none) "
          "in sqlite:////data/empty/mlflow.db; register one: opsd calibrate, then opsd fit-law, on this store "
          "(or opsd fit-law law.table=DIR: from a recorded runs.csv table)"),
+    # ------------------------------------------------------------------ a new user's first hour (issue 33)
+    Case("tracking URI: a file that is not a database", f"{TRAIN} tracking.uri=sqlite:///{DATA}/notes.db",
+         "opsd train: tracking.uri=sqlite:////data/notes.db: /data/notes.db is not an SQLite database; name an MLflow "
+         "store (.../mlflow.db) or a file that does not exist yet"),
+    Case("empty experiment name", f"{TRAIN} tracking.experiment=",
+         "opsd train: config error: tracking.experiment: must not be empty (default: opsd)"),
+    Case("judge without responses", f"judge world=code problems={DATA}/problems.jsonl",
+         'opsd judge: responses: required: responses=FILE.jsonl (one {"question_id": ..., "response": ...} per line)'),
+    Case("dashboard: a storage Optuna cannot open", "dashboard storage=redis://localhost:6379",
+         "opsd dashboard: storage=redis://localhost:6379: unsupported scheme 'redis'; valid: sqlite, postgresql, mysql "
+         "(e.g. storage=sqlite:////abs/path/optuna.db)"),
+    Case("ui: port not a number", "ui port=abc",
+         "opsd ui: bad config override: Error merging override port=abc: Value 'abc' of type 'str' could not be converted to Integer"),
+    Case("ui: port out of range", "ui port=-5", "opsd ui: config error: port: must be in [1, 65535], got -5"),
+    Case("ui: a host that is no address", f"ui host=0.0.0.0.0 {STORE}",
+         "opsd ui: host=0.0.0.0.0: not an address this machine can listen on (...)"),
+    Case("ui: a store that does not exist", f"ui tracking.uri=sqlite:///{DATA}/stor/mlflow.db",
+         "opsd ui: tracking.uri=sqlite:////data/stor/mlflow.db: no MLflow store at /data/stor/mlflow.db; check the "
+         "path, or run a command that records runs first (opsd train), or pass create=true for a new empty store"),
     Case("unknown command", "frobnicate",
          "opsd: unknown command 'frobnicate'; valid: train, gap, calibrate, fit-law, search, grid, export, law, compare-grpo, judge, ui, setup, dashboard"),
 ]
@@ -178,6 +197,7 @@ def data(tmp_path_factory):
     (d / "no_tests.jsonl").write_text(lcb_record("q1", public_test_cases=None) + "\n")
     (d / "latin1.jsonl").write_bytes(lcb_record("q1", question_title="caf\u00e9").encode("latin-1") + b"\n")
     (d / "problems.jsonl").write_text(lcb_record("q1") + "\n")
+    (d / "notes.db").write_text("not a database\n")
     (d / "stray.jsonl").write_text('{"question_id": "q1", "response": "print(1)"}\n{"question_id": "q9", "response": "x"}\n')
     log_points(f"sqlite:///{d}/two/mlflow.db", [("none", 0.0, 0.0), ("reference", 0.3, 0.2)])
     log_points(f"sqlite:///{d}/store/mlflow.db", [("none", 0.0, 0.0), ("static", 0.05, 0.03), ("feedback", 0.1, 0.1),
@@ -203,6 +223,17 @@ def test_bad_input_gives_one_line_and_exit_2(case, data, capsys, monkeypatch):
     err = capsys.readouterr().err
     assert len(err.splitlines()) == 1, err
     assert expected(case, data).fullmatch(err.strip()), err
+    assert runs_logged(data / "home" / "mlflow.db") == 0  # refused before any run was opened
+
+
+def runs_logged(db: Path) -> int:
+    """Runs in the SQLite store `db` (0 when there is no store)."""
+    import sqlite3
+
+    if not db.is_file():
+        return 0
+    with sqlite3.connect(db) as con:
+        return con.execute("SELECT count(*) FROM runs").fetchone()[0]
 
 
 def expected(case: Case, data: Path) -> re.Pattern:

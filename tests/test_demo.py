@@ -1,6 +1,7 @@
 """The demo (opsd_platform/demo/, `make demo`): its pure parts on a tiny recorded table, and the
 whole flow once on the tiny model in this process (a second run resumes: nothing trains again)."""
 
+import json
 import re
 import runpy
 from pathlib import Path
@@ -198,6 +199,12 @@ def test_demo_predicts_before_it_trains_and_resumes(tmp_path, capsys):
     assert rep.plan.capped or rep.plan.pruned
     trained = rep.outcomes[0]
     assert trained.label == rep.plan.train[0] and trained.measured is not None and trained.run_id
+    # the predictions and decisions are an MLflow table on the law's run, beside demo_summary.md
+    table = json.loads(Path(MlflowClient(tracking_uri=uri).download_artifacts(rep.law["run_id"], "demo_decisions.json",
+                                                                            str(tmp_path))).read_text())
+    rows = {r[0]: dict(zip(table["columns"], r)) for r in table["data"]}
+    assert list(rows) == list(rep.decisions) and rows[trained.label]["decision"] == "train"
+    assert rows[trained.label]["measured"] == trained.measured and rows[trained.label]["run_id"] == trained.run_id
     client = MlflowClient(tracking_uri=uri)
     text = result.summary_path.read_text()
     assert result.summary_path == tmp_path / "summary.md"

@@ -56,7 +56,7 @@ def test_predictor_journey(tmp_path):
     out = run_block(journeys()["predictor"], tmp_path)
     assert out.returncode == 0, out.stderr[-3000:]
     lines = out.stdout.strip().splitlines()
-    assert lines[0].split() == ["predicted_improvement", "lower", "upper"]
+    assert lines[0].split() == ["predicted_improvement", "lower", "upper", "clipped"]
     rows = [[float(x) for x in line.split()[1:4]] for line in lines[1:]]
     assert len(rows) == 3
     assert rows[0][0] == pytest.approx(0.02, abs=0.02) and rows[2][0] == pytest.approx(0.47, abs=0.03)

@@ -7,6 +7,7 @@ import mlflow
 import numpy as np
 import pandas as pd
 import pytest
+from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 
 from opsd_platform import law, tracking
@@ -116,6 +117,8 @@ def test_plain_mlflow_load_matches_lawfit(store, registered):
         mlflow.set_tracking_uri(None)
         if saved is not None:
             os.environ["MLFLOW_TRACKING_URI"] = saved
+    assert not out["clipped"].any() and not wide["clipped"].any()
+    out, wide = out.drop(columns="clipped"), wide.drop(columns="clipped")
     pd.testing.assert_frame_equal(out.reset_index(drop=True), fit3.predict(new), check_exact=False, rtol=1e-12)
     pd.testing.assert_frame_equal(wide.reset_index(drop=True), fit3.predict(new, level=0.95), rtol=1e-12)
     assert ((wide["upper"] - wide["lower"]) > (out["upper"] - out["lower"])).all()  # fit level is 0.8
@@ -127,17 +130,20 @@ def test_pyfunc_rejects_bad_input(store, registered):
     model = registry.load_law(store)
     with pytest.raises(Exception, match="gap"):
         model.predict(pd.DataFrame({"gapp": [0.1]}))
-    with pytest.raises(law.LawError, match="non-finite gap=nan in row 1"):
+    # bad input is MLflow's INVALID_PARAMETER_VALUE (a 400 from its scoring server), with the law's one line
+    with pytest.raises(MlflowException, match="non-finite gap=nan in row 1"):
         model.predict(pd.DataFrame({"gap": [0.1, np.nan]}))
     with pytest.raises(Exception, match="column gap"):
         model.predict(pd.DataFrame({"gap": ["high"]}))
-    with pytest.raises(law.LawError, match=r"level must be in \(0, 1\)"):
+    with pytest.raises(MlflowException, match=r"level must be in \(0, 1\)"):
         model.predict(pd.DataFrame({"gap": [0.1]}), params={"level": 1.5})
+    with pytest.raises(MlflowException, match=r"gap=5.0 in row 0 is outside \[-1, 1\]"):
+        model.predict(pd.DataFrame({"gap": [5.0]}))
     # the model itself (no MLflow schema enforcement in front) names the problems too
     inner = model.unwrap_python_model()
-    with pytest.raises(law.LawError, match="missing column 'gap'"):
+    with pytest.raises(MlflowException, match="missing column 'gap'"):
         inner.predict(None, pd.DataFrame({"gapp": [0.1]}))
-    with pytest.raises(law.LawError, match="'gap' must be numeric"):
+    with pytest.raises(MlflowException, match="'gap' must be numeric"):
         inner.predict(None, pd.DataFrame({"gap": ["high"]}))
 
 
@@ -151,7 +157,7 @@ def test_covariate_law_and_existing_run(store):
     assert MlflowClient(tracking_uri=store).get_run(run_id).info.status == "RUNNING"  # caller's run untouched
     model = registry.load_law(store, "law-cov")
     new = pd.DataFrame({"gap": [0.2], "context_tokens": [120.0]})
-    pd.testing.assert_frame_equal(model.predict(new), fit.predict(new), rtol=1e-12)
+    pd.testing.assert_frame_equal(model.predict(new).drop(columns="clipped"), fit.predict(new), rtol=1e-12)
     with pytest.raises(Exception, match="context_tokens"):
         model.predict(pd.DataFrame({"gap": [0.2]}))
     # no hold-out: nothing shows it predicts, so it may not decide (law/holdout.py: check_law)

@@ -4,6 +4,7 @@ real MLflow registry, the search space, and the fast end-to-end search on the ti
 import json
 import math
 import re
+from pathlib import Path
 
 import numpy as np
 import optuna
@@ -347,7 +348,17 @@ def test_fast_search_prunes_some_trials_trains_others_and_reports(law_uri, tmp_p
     assert 0 < metrics["search/saving_seconds_est"] < 1
     assert {f.path for f in client.list_artifacts(parent[0].info.run_id, "report")} >= {
         "report/report.html", "report/trials.csv", "report/compute.json", "report/law_plot.png", "report/compute.png"}
+    assert study.metric_names == ["improvement"]  # what optuna-dashboard calls the objective
+    table = json.loads(Path(client.download_artifacts(parent[0].info.run_id, "decisions.json", str(tmp_path))).read_text())
+    rows = [dict(zip(table["columns"], row)) for row in table["data"]]  # the decision table, one row per trial
+    assert sorted(r["trial"] for r in rows) == list(range(6))
+    assert sorted(r["decision"] for r in rows) == ["prune"] * 4 + ["train"] * 2
+    assert all(r["predicted"] is not None for r in rows if r["decision"] == "prune")
     children = client.search_runs([exp.experiment_id], f"tags.mlflow.parentRunId = '{parent[0].info.run_id}'")
+    refit_runs = [r for r in children if r.data.tags.get("kind") == "law"]  # the learning loop's refits, nested
+    assert sorted(r.info.run_name for r in refit_runs) == sorted(
+        f"fit-law-after-trial-{k.rsplit('.', 1)[1]}" for k, v in refits.items() if v["refit"] == "registered")
+    children = [r for r in children if r.data.tags.get("kind") != "law"]
     assert sorted(int(r.data.tags["search.trial"]) for r in children) == list(range(6))  # one run per trial
     for r in children:
         assert r.info.status == "FINISHED"
@@ -380,7 +391,7 @@ def check_dashboard_shows(storage: str, name: str, study: optuna.Study) -> None:
 
     import optuna_dashboard
 
-    from opsd_platform.cli import dashboard_storage
+    from opsd_platform.servers import dashboard_storage
 
     app = optuna_dashboard.wsgi(dashboard_storage(storage, None))
 

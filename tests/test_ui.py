@@ -46,13 +46,13 @@ def serving(command: list[str], port: int, timeout: float = 120, **popen):
         proc.wait(timeout=30)
 
 
-def opsd_ui(uri: str, port: int) -> list[str]:
-    return [sys.executable, "-m", "opsd_platform.cli", "ui", f"tracking.uri={uri}", f"port={port}"]
+def opsd_ui(uri: str, port: int, *extra: str) -> list[str]:
+    return [sys.executable, "-m", "opsd_platform.cli", "ui", f"tracking.uri={uri}", f"port={port}", *extra]
 
 
 def test_opsd_ui_serves_the_store(tmp_path):
     port = free_port()
-    with serving(opsd_ui(f"sqlite:///{tmp_path}/mlflow.db", port), port) as base:
+    with serving(opsd_ui(f"sqlite:///{tmp_path}/mlflow.db", port, "create=true"), port) as base:  # a new store: asked for
         page = urllib.request.urlopen(f"{base}/", timeout=5).read().decode()
         assert "MLflow" in page
 

@@ -89,7 +89,7 @@ def to_train_config(cfg) -> TrainConfig:
     try:
         merged = OmegaConf.merge(OmegaConf.structured(TrainConfig), cfg)
         _reject_unknown_keys(OmegaConf.to_container(merged), TrainConfig)
-        return OmegaConf.to_object(merged)
+        return _check_tracking(OmegaConf.to_object(merged))
     except ConfigError as exc:
         raise ConfigError(f"config error: {exc}") from None
     except OmegaConfBaseException as exc:
@@ -144,11 +144,27 @@ def section_config(schema: type, section: str, overrides: Sequence[str]):
     except ConfigError as exc:  # a key added with `+section.key=...`
         raise ConfigError(f"config error: {exc}") from None
     try:
-        return OmegaConf.to_object(values)  # the dataclass's own checks raise ConfigError as they are
+        config = OmegaConf.to_object(values)  # the dataclass's own checks raise ConfigError as they are
     except OmegaConfBaseException as exc:
         key = getattr(exc, "full_key", None)
         where = f"{prefix}{key}" if key else f"section {section or schema.__name__}"
         raise ConfigError(f"config error: {where}: {str(exc).splitlines()[0]}") from None
+    try:
+        return _check_tracking(config, prefix)
+    except ConfigError as exc:
+        raise ConfigError(f"config error: {exc}") from None
+
+
+def _check_tracking(config, prefix: str = ""):
+    """`config` unless its tracking section (or itself, one) names no experiment: MLflow would
+    refuse it only once the model is loaded and the run about to open."""
+    from opsd_platform.config import TrackingConfig
+
+    tracking = config if isinstance(config, TrackingConfig) else getattr(config, "tracking", None)
+    if isinstance(tracking, TrackingConfig) and not tracking.experiment.strip():
+        key = prefix.rstrip(".") if isinstance(config, TrackingConfig) else f"{prefix}tracking"
+        raise ConfigError(f"{key}.experiment: must not be empty (default: opsd)")
+    return config
 
 
 def describe_fields(schema: type, prefix: str = "") -> list[str]:

@@ -201,6 +201,15 @@ def outcome_rows(decisions: dict[str, Any], measured: dict[str, tuple[float, str
                     *(measured.get(k) or (None, None))) for k in labels]
 
 
+def decision_records(decisions: dict[str, Any], p: Plan, measured: dict[str, tuple[float, str]]) -> list[dict[str, Any]]:
+    """One row per candidate, for the demo's MLflow table: its prediction (made before training),
+    what was decided and why, and what its training measured."""
+    action = {**{k: "train" for k in p.train}, **{k: "capped" for k in p.capped}, **{k: "pruned" for k in p.pruned}}
+    return [{"configuration": k, "gap": d.gap, "predicted": d.predicted, "lower": d.lower, "upper": d.upper,
+             "decision": action.get(k, d.action), "reason": d.reason, "measured": (measured.get(k) or (None, None))[0],
+             "run_id": (measured.get(k) or (None, None))[1]} for k, d in decisions.items()]
+
+
 def outcome_table(rows: Sequence[Outcome], level: float) -> list[str]:
     out = [f"| configuration | gap | predicted [{level:.0%} interval] | measured | inside? | run |", "|---|---|---|---|---|---|"]
     for r in rows:

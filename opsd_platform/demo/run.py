@@ -23,6 +23,7 @@ from opsd_platform.demo.decide import (
     choose_candidates,
     decide_all,
     decision_line,
+    decision_records,
     law_verdict,
     new_seed,
     outcome_rows,
@@ -205,7 +206,9 @@ def run_demo(overrides: Sequence[str], progress: Callable[[str], None] = print) 
     summary_path = (db.parent if db else default_home() / "demo") / "summary.md"
     summary_path.parent.mkdir(parents=True, exist_ok=True)
     summary_path.write_text(text, encoding="utf-8")
-    MlflowClient(tracking_uri=uri).log_text(report.law_run_id, text, "demo_summary.md")
+    client = MlflowClient(tracking_uri=uri)
+    client.log_text(report.law_run_id, text, "demo_summary.md")
+    client.log_table(report.law_run_id, pd.DataFrame(decision_records(decisions, p, measured)), "demo_decisions.json")
     return DemoResult(result, summary_path, failed)
 
 

@@ -164,8 +164,9 @@ def _jsonable(d: Any) -> Any:
     return json.loads(json.dumps(d, default=default))
 
 
-def fit_and_register(uri: str, cfg: FitLawConfig) -> LawReport:
-    """Collect points, fit, validate out of sample, plot, log a `kind=law` run, register."""
+def fit_and_register(uri: str, cfg: FitLawConfig, parent_run_id: str | None = None, run_name: str = "fit-law") -> LawReport:
+    """Collect points, fit, validate out of sample, plot, log a `kind=law` run (nested under
+    `parent_run_id`: a search's refits under the search), register."""
     if cfg.table:
         points = points_from_table(cfg.table, cfg.slices)
     else:
@@ -181,11 +182,14 @@ def fit_and_register(uri: str, cfg: FitLawConfig) -> LawReport:
     db = tracking.sqlite_path(uri)
     default_dir = (db.parent if db else default_home()) / "law"  # next to the store it describes
     out_dir = Path(cfg.out_dir).expanduser().resolve() if cfg.out_dir else default_dir
-    out_dir.mkdir(parents=True, exist_ok=True)
-    plot = plot_law(points, fit, holdout=loo, path=out_dir / "law_plot.png")
+    try:  # before the run opens: a read-only place is a one-line error, not a traceback
+        out_dir.mkdir(parents=True, exist_ok=True)
+        plot = plot_law(points, fit, holdout=loo, path=out_dir / "law_plot.png")
+    except OSError as exc:
+        raise ConfigError(f"law.out_dir: cannot write the plot to {out_dir}: {exc.strerror or exc}") from None
 
     client = MlflowClient(tracking_uri=uri)
-    law_run = tracking.start_run(uri, cfg.experiment, "fit-law", {"kind": "law", "law.method": cfg.method})
+    law_run = tracking.start_run(uri, cfg.experiment, run_name, {"kind": "law", "law.method": cfg.method}, parent_run_id)
     with tracking.closing_run(uri, law_run):
         metrics = {
             "law/slope": fit.slope, "law/intercept": fit.intercept, "law/r2": fit.r2,

@@ -19,6 +19,7 @@ import contextlib
 import json
 import math
 import os
+import shutil
 import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -51,6 +52,7 @@ class LawCommandConfig:
 
 
 MODEL_CODE = Path(__file__).with_name("pyfunc_model.py")
+CARRIED_CODE = "opsd_law_code"  # the model's code/ folder holding its copy of opsd_platform (_law_code)
 ARTIFACT_NAME = "law"
 # Version tag values are capped by the store (5000 chars in MLflow's SQL schema).
 _TAG_LIMIT = 4000
@@ -135,17 +137,43 @@ def law_signature(fit: LawFit) -> ModelSignature:
     """Input: gap (+ covariates) as doubles; output: predicted_improvement, lower, upper; param level."""
     return ModelSignature(
         inputs=Schema([ColSpec("double", col) for col in ["gap", *fit.covariates]]),
-        outputs=Schema([ColSpec("double", c) for c in ("predicted_improvement", "lower", "upper")]),
+        outputs=Schema([*(ColSpec("double", c) for c in ("predicted_improvement", "lower", "upper")), ColSpec("boolean", "clipped")]),
         params=ParamSchema([ParamSpec("level", "double", float(fit.level))]),
     )
 
 
 def _pip_requirements() -> list[str]:
-    # Explicit, so MLflow does not load the model in a subprocess to infer them (seconds per log).
-    # opsd_platform itself must be importable where the model is loaded (law/pyfunc_model.py imports it).
+    # Explicit, so MLflow does not load the model in a subprocess to infer them (seconds per log):
+    # what the carried code (_law_code) imports, besides itself.
     from importlib.metadata import version
 
     return [f"{pkg}=={version(pkg)}" for pkg in ("mlflow", "numpy", "pandas", "scipy")]
+
+
+def _law_code(into: Path) -> Path:
+    """The model's ``code_paths``: a copy of the code it needs (the package root, errors.py, law/)
+    as ``into/<CARRIED_CODE>/opsd_platform``. Not on sys.path by itself (that would shadow an
+    installed opsd_platform in a process that imports it later): pyfunc_model.py falls back to it
+    only when no opsd_platform can be imported, as in a fresh environment."""
+    package = Path(__file__).resolve().parents[1]
+    target = into / CARRIED_CODE / "opsd_platform"
+    (target / "law").mkdir(parents=True)
+    for name in ("__init__.py", "errors.py"):
+        shutil.copy2(package / name, target / name)
+    for source in (package / "law").glob("*.py"):
+        shutil.copy2(source, target / "law" / source.name)
+    return into / CARRIED_CODE
+
+
+def describe_fit(fit: LawFit, holdout: Mapping[str, Any]) -> str:
+    """The version's description: what it was fitted on and how well it holds out (Markdown)."""
+    text = (f"Gap law: improvement = {fit.intercept:+.3f} + {fit.slope:.3f} x gap ({fit.method}, R^2 {fit.r2:.3f}), "
+            f"fitted on {fit.n_configs} configurations ({fit.n_points} runs)")
+    text += f" with covariates {', '.join(fit.covariates)}." if fit.covariates else "."
+    if holdout.get("rmse") is not None:
+        text += (f" Held out ({holdout.get('kind', 'leave_one_out')}): RMSE {float(holdout['rmse']):.3f}, "
+                 f"coverage of {fit.level:.0%} intervals {float(holdout.get('coverage') or float('nan')):.0%}.")
+    return text
 
 
 def _client(uri: str):
@@ -262,6 +290,7 @@ def register_law(
             client.get_run(run_id).info.experiment_id, name=ARTIFACT_NAME, source_run_id=run_id, tags={"kind": "law"}
         )
         with tempfile.TemporaryDirectory() as tmp, _using_uri(tracking_uri):
+            code = _law_code(Path(tmp) / "code")
             law_json = Path(tmp) / "law.json"
             law_json.write_text(json.dumps(fit.to_dict(), allow_nan=False, indent=1), encoding="utf-8")
             # Model.log is what mlflow.pyfunc.log_model calls; it takes run_id and model_id, so a
@@ -277,10 +306,12 @@ def register_law(
                 signature=law_signature(fit),
                 input_example=pd.DataFrame({col: [0.0, 0.2] for col in ["gap", *fit.covariates]}),
                 pip_requirements=_pip_requirements(),
+                code_paths=[str(code)],
                 run_id=run_id,
                 model_id=logged.model_id,
             )
             mv = mlflow.register_model(info.model_uri, name, tags=tags)
+        client.update_model_version(name, mv.version, description=describe_fit(fit, holdout))
     except BaseException as exc:
         if own_run:
             tracking.fail_run(tracking_uri, run_id, f"register_law: {exc!r}")

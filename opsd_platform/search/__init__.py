@@ -49,21 +49,33 @@ Known limits: two workers that ask for a new trial at the same instant may toget
 (workers - 1) trials more than ``n_trials``; none is lost or run twice.
 """
 
-from opsd_platform.search.compare import Comparison, compare
-from opsd_platform.search.objective import Objective
-from opsd_platform.search.run import SearchResult, run_search, run_worker
-from opsd_platform.search.settings import PRUNERS, SAMPLERS, SearchConfig
-from opsd_platform.search.space import TrialSeededSampler, load_space, parse_space, sample, to_overrides
-from opsd_platform.search.study import StudyHandle, default_storage, open_storage, prepare
+import importlib
 
-__all__ = ["Comparison", "compare", "Objective", "SearchResult", "run_search", "run_worker", "search", "PRUNERS", "SAMPLERS",
-           "SearchConfig", "TrialSeededSampler", "load_space", "parse_space", "sample", "to_overrides", "StudyHandle",
-           "default_storage", "open_storage", "prepare"]
+# Loaded on first use (PEP 562): `opsd search`'s config (settings.py) must be checked without
+# importing the objective, which imports Lightning and torch (seconds before a typo is reported).
+_EXPORTS = {
+    "compare": ["Comparison", "compare"], "objective": ["Objective"], "run": ["SearchResult", "run_search", "run_worker"],
+    "settings": ["PRUNERS", "SAMPLERS", "SearchConfig"],
+    "space": ["TrialSeededSampler", "load_space", "parse_space", "sample", "to_overrides"],
+    "study": ["StudyHandle", "default_storage", "open_storage", "prepare"],
+}
+_MODULE_OF = {name: module for module, names in _EXPORTS.items() for name in names}
+
+__all__ = [*_MODULE_OF, "search"]
 
 
-def search(base_overrides, settings: SearchConfig, progress=print):
+def __getattr__(name: str):
+    if name not in _MODULE_OF:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    return getattr(importlib.import_module(f"{__name__}.{_MODULE_OF[name]}"), name)
+
+
+def search(base_overrides, settings, progress=print):
     """`opsd search`: one study run to the end (a SearchResult), or with ``search.compare=true`` the
     same study three ways (a Comparison)."""
+    from opsd_platform.search.compare import compare
+    from opsd_platform.search.run import run_search
+
     if settings.compare:
         return compare(base_overrides, settings, progress)
     if settings.strategy == "ranked":

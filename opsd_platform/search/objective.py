@@ -245,7 +245,8 @@ class LearningLoop:
         try:
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore")
-                report = fit_and_register(h.tracking_uri, cfg)
+                report = fit_and_register(h.tracking_uri, cfg, parent_run_id=h.parent_run_id,
+                                          run_name=f"fit-law-after-trial-{trial.number}")
         except LawError as exc:
             record = {"refit": "skipped", "reason": str(exc)}
         else:

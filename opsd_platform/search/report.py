@@ -132,7 +132,18 @@ def summarize(frame: pd.DataFrame) -> dict[str, Any]:
         "best_improvement": float(best["improvement"]) if best is not None else math.nan,
         "best_trial": int(best["trial"]) if best is not None else None,
         "best_params": json.loads(best["params"]) if best is not None else None,
+        # every trial at the best value: a tie is reported as one, not as the first of them
+        "best_trials": [int(t) for t in done.loc[done["improvement"] == done["improvement"].max(), "trial"]],
     }
+
+
+def best_text(s: Mapping[str, Any]) -> str:
+    """``best improvement +0.120 (trial #3)``, or with a tie ``(a tie: trials #1, #2, #5)``."""
+    if s.get("best_trial") is None:
+        return "no trial completed"
+    tied = s.get("best_trials") or [s["best_trial"]]
+    which = f"trial #{tied[0]}" if len(tied) == 1 else "a tie: trials " + ", ".join(f"#{t}" for t in tied)
+    return f"best improvement {s['best_improvement']:+.3f} ({which})"
 
 
 def pyplot():
@@ -153,12 +164,13 @@ def plot_search_law(frame: pd.DataFrame, law, level: float, law_label: str, path
     lo, hi = (float(gaps.min()), float(gaps.max())) if len(gaps) else (-0.2, 0.6)
     pad = max(0.05, 0.1 * (hi - lo))
     if law is not None:
-        grid = np.linspace(lo - pad, hi + pad, 60)
+        grid = np.linspace(max(lo - pad, -1.0), min(hi + pad, 1.0), 60)  # a gap lies in [-1, 1]: the law refuses others
         pred = law.predict(pd.DataFrame({"gap": grid}), params={"level": level})
         ax.plot(grid, pred["predicted_improvement"], color="C0", label=f"law {law_label}")
         ax.fill_between(grid, pred["lower"], pred["upper"], color="C0", alpha=0.15, label=f"{level:.0%} prediction interval")
     styles = {"train": ("C2", "o", "trained (law: may win)"), "calibrate": ("C1", "s", "trained anyway (calibration)"),
               "prune": ("C3", "x", "pruned (at its prediction)")}
+    labels: dict[tuple[float, float], list[str]] = {}
     for action, (color, marker, label) in styles.items():
         rows = frame[(frame["decision"] == action) & frame["gap"].notna()]
         if action == "prune":
@@ -170,9 +182,11 @@ def plot_search_law(frame: pd.DataFrame, law, level: float, law_label: str, path
             rows = rows[rows["improvement"].notna()]
             if len(rows):
                 ax.scatter(rows["gap"], rows["improvement"], color=color, marker=marker, label=label, zorder=3)
-        for r in rows.itertuples():
+        for r in rows.itertuples():  # trials at one point get one label, not labels drawn over each other
             y = r.predicted if action == "prune" else r.improvement
-            ax.annotate(f"#{r.trial}", (r.gap, y), textcoords="offset points", xytext=(4, 4), fontsize=7)
+            labels.setdefault((round(float(r.gap), 3), round(float(y), 3)), []).append(f"#{r.trial}")
+    for (x, y), names in labels.items():
+        ax.annotate(",".join(names), (x, y), textcoords="offset points", xytext=(4, 4), fontsize=7)
     done = frame["improvement"].dropna()
     if len(done):
         ax.axhline(done.max(), color="grey", ls="--", lw=1, label=f"best improvement {done.max():+.3f}")
@@ -252,6 +266,7 @@ def render_html(title: str, meta: Mapping[str, str], frame: pd.DataFrame, summar
             _version(r.law_version), _short_params(r.params), r.reason or "",
         ])
     s = summary
+    keys = list(s.get("best_params") or {})  # the best trials' parameters, as a table
     compute = [
         ["tokens generated", fmt_value(s["tokens_total"], ".0f"), fmt_value(s["full_tokens_est"], ".0f"), fmt_pct(s["saving_tokens_est"])],
         ["seconds", fmt_value(s["seconds_total"], ".1f"), fmt_value(s["full_seconds_est"], ".1f"), fmt_pct(s["saving_seconds_est"])],
@@ -267,8 +282,9 @@ def render_html(title: str, meta: Mapping[str, str], frame: pd.DataFrame, summar
         "<h2>Outcome</h2>",
         f"<p>{s['n_trials']} trials: {s['n_complete']} trained fully, {s['n_pruned']} pruned, {s['n_failed']} failed; "
         f"{s['n_calibration']} would-be-pruned trials trained anyway (calibration), of which {s['false_prunes_calibration']} "
-        f"beat the bar (false prunes avoided). Best improvement {fmt_value(s['best_improvement'])}"
-        + (f" (trial #{s['best_trial']}: {html.escape(json.dumps(s['best_params']))})" if s["best_trial"] is not None else "") + ".</p>",
+        f"beat the bar (false prunes avoided). {html.escape(best_text(s))}.</p>",
+        *([_table([[f"#{t}", *(str(json.loads(frame.loc[frame['trial'] == t, 'params'].iloc[0]).get(k, '')) for k in keys)]
+                   for t in s["best_trials"]], ["trial", *keys])] if s.get("best_trials") else []),
         "<h2>Compute</h2>",
         _table(compute, ["", "spent", "every trial trained fully (est.)", "saved"]),
         "<p>Full-training costs of pruned trials are estimates (see opsd_platform/search/report.py); "

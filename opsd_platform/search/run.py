@@ -120,6 +120,8 @@ def finalize(handle: StudyHandle, progress: Callable[[str], None] = print):
             client.log_metric(handle.parent_run_id, key, float(value))
     for path in report.files:
         client.log_artifact(handle.parent_run_id, str(path), "report")
+    # every trial's prediction and decision as an MLflow table (the run page's artifact viewer shows it)
+    client.log_table(handle.parent_run_id, report.frame.astype(object).where(report.frame.notna(), None), "decisions.json")
     by_version: dict[int, list[int]] = {}
     for t in handle.study.get_trials(deepcopy=False):
         d = Decision.from_attrs(t.user_attrs)

@@ -166,6 +166,8 @@ def prepare(base_overrides: Sequence[str], settings: SearchConfig) -> StudyHandl
         storage=storage, study_name=settings.study, direction="maximize", load_if_exists=True,
         sampler=make_sampler(settings), pruner=make_pruner(settings, uri, base_cfg.trainer.max_steps),
     )
+    if study.metric_names is None:  # optuna-dashboard then says "improvement", not "Objective 0"
+        study.set_metric_names(["improvement"])
     shared = {k: v for k, v in asdict(settings).items() if k in SHARED_SETTINGS}
     attrs = study.user_attrs
     if "opsd.parent_run_id" in attrs:

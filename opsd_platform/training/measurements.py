@@ -122,6 +122,21 @@ def teacher_key_fields(cfg: TrainConfig) -> dict:
     return {**student_key_fields(cfg), "kind": "gap_teacher", **context}
 
 
+def measurement_params(fields: dict, model: str | None) -> dict[str, str]:
+    """What a measurement run is about, as people read it (its params; the key's hash says nothing):
+    model, world, the context with its revealed share (``graded@0.25``), seed, problems, samples."""
+    from opsd_platform.training.contexts import context_label
+
+    about = {"model": model or fields["model"].get("source", ""), "world": str(fields["world"].get("name", "")),
+             "seed": str(fields["seed"]), "threads": str(fields.get("threads", ""))}
+    if "context" in fields:
+        about["context"] = context_label(fields["context"], fields.get("graded_fraction"))
+    if "problems" in fields:
+        about["problems"] = f"{fields['problems']['n']} {fields['problems']['split']}"
+    about["samples"] = str(fields["sampling"].get("k", fields["sampling"].get("n", "")))
+    return about
+
+
 def key_of(fields: dict) -> str:
     return hashlib.sha256(json.dumps(fields, sort_keys=True).encode()).hexdigest()[:16]
 
@@ -132,15 +147,16 @@ def key_of(fields: dict) -> str:
 class MeasurementStore:
     """Measurements as MLflow runs (see the module doc), looked up by kind and key."""
 
-    def __init__(self, uri: str, experiment: str) -> None:
+    def __init__(self, uri: str, experiment: str, model: str | None = None) -> None:
         self.uri = uri
         self.experiment = f"{experiment}-measurements"
+        self.model = model  # the model's name, for the runs' names and params (not in the key: a label)
         self.client = MlflowClient(tracking_uri=uri)
         self._experiment_id: str | None = None
 
     @classmethod
     def for_config(cls, cfg: TrainConfig) -> "MeasurementStore":
-        return cls(cfg.tracking.resolved_uri(), cfg.tracking.experiment)
+        return cls(cfg.tracking.resolved_uri(), cfg.tracking.experiment, cfg.model.name)
 
     def experiment_id(self) -> str:
         if self._experiment_id is None:
@@ -164,9 +180,12 @@ class MeasurementStore:
 
     def save(self, kind: str, fields: dict, evaluation: Evaluation, cost: dict[str, float]) -> str:
         key = key_of(fields)
-        run_id = tracking.start_run(self.uri, self.experiment, f"{kind}-{key}",
+        about = measurement_params(fields, self.model)
+        name = "-".join([kind, *(about[k] for k in ("context", "world", "model") if about.get(k)), f"s{about['seed']}"])
+        run_id = tracking.start_run(self.uri, self.experiment, name,
                                     {"kind": "measurement", "measurement.kind": kind, "measurement.key": key,
-                                     "seed": str(fields["seed"]), **({"context": fields["context"]} if "context" in fields else {})})
+                                     **{k: v for k, v in about.items() if k in ("seed", "context", "world", "model")}})
+        tracking.log_params(self.uri, run_id, about)
         self.client.log_dict(run_id, fields, "key.json")
         self.client.log_dict(run_id, evaluation.to_json(), "measurement.json")
         for name, value in cost.items():

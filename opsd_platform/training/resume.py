@@ -30,13 +30,15 @@ import signal
 import socket
 import time
 from pathlib import Path
+from typing import Iterator
 
 import lightning as L
 from mlflow.tracking import MlflowClient
 
 from opsd_platform import tracking
-from opsd_platform.config import how_fields, TrainConfig, default_home, flatten
+from opsd_platform.config import how_fields, TrainConfig, config_hash, default_home, flatten
 from opsd_platform.training import checkpoint
+from opsd_platform.errors import RunInterrupted
 from opsd_platform.training.checkpoint import Checkpoint, CheckpointError
 from opsd_platform.training.module import OPSDModule
 
@@ -74,6 +76,51 @@ def resolve_resume(cfg: TrainConfig) -> Checkpoint:
             raise CheckpointError(f"resume={cfg.resume}: run {cfg.resume} is FINISHED (a finished run's checkpoints "
                                   "are removed); there is nothing to resume") from None
         raise
+
+
+def interrupted_runs(cfg: TrainConfig) -> list[tuple[str, int]]:
+    """(run id, newest checkpoint step) of the runs of this configuration (its config_hash) that
+    ended without finishing, are not being trained by a live process, and can be resumed."""
+    root = checkpoint_root(cfg)
+    if not root.is_dir():
+        return []
+    uri = cfg.tracking.resolved_uri()
+    client = tracking.init_store(uri)
+    exp = client.get_experiment_by_name(cfg.tracking.experiment)
+    if exp is None:
+        return []
+    runs = client.search_runs([exp.experiment_id], f"tags.config_hash = '{config_hash(cfg)}' and tags.kind = 'train'",
+                              max_results=50)
+    found = []
+    for run in runs:
+        if run.info.status == "FINISHED" or _owner_alive(run.data.tags.get(PROCESS_TAG)):
+            continue
+        saved = checkpoint.list_checkpoints(root / run.info.run_id)
+        if saved:
+            found.append((run.info.run_id, saved[-1].step))
+    return found
+
+
+def newest_step(cfg: TrainConfig, run_id: str | None) -> int | None:
+    """The step of `run_id`'s newest checkpoint, None without one."""
+    saved = checkpoint.list_checkpoints(checkpoint_root(cfg) / run_id) if run_id else []
+    return saved[-1].step if saved else None
+
+
+@contextlib.contextmanager
+def named_interrupts(cfg: TrainConfig, recorder, opened: list[str]) -> Iterator[None]:
+    """Ctrl-C or SIGTERM out of an open run (`opened`: its id, once open) -> `RunInterrupted` naming
+    the run and its newest checkpoint, so the caller can say how to continue it. Lightning turns
+    Ctrl-C into SystemExit: `recorder.reason` (the exception it saw) tells them apart."""
+    try:
+        yield
+    except (KeyboardInterrupt, SystemExit, RunInterrupted) as exc:
+        ctrl_c = isinstance(exc, KeyboardInterrupt) or (recorder.reason or "").startswith("KeyboardInterrupt")
+        if not opened or not (ctrl_c or "SIGTERM" in str(exc)):
+            raise
+        signal_name = "SIGINT" if ctrl_c else "SIGTERM"
+        raise RunInterrupted(f"interrupted ({signal_name})", run_id=opened[0], signal=signal_name,
+                             checkpoint_step=newest_step(cfg, opened[0])) from exc
 
 
 def is_ddp_worker() -> bool:

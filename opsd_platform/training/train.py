@@ -46,7 +46,7 @@ from mlflow.tracking import MlflowClient
 
 from opsd_platform.errors import RunInterrupted, StopTraining  # noqa: F401 (re-exported)
 from opsd_platform import tracking
-from opsd_platform.config import TrainConfig, config_hash, flatten
+from opsd_platform.config import ConfigError, TrainConfig, config_hash, flatten
 from opsd_platform.models import load_policy
 from opsd_platform.training.checkpoint import Checkpoint
 from opsd_platform.training.gap import GapResult
@@ -58,7 +58,9 @@ from opsd_platform.training.resume import (
     check_same_config,
     checkpoint_root,
     die_with_rank0,
+    interrupted_runs,
     is_ddp_worker,
+    named_interrupts,
     relog_missing,
     reopen_run,
     resolve_resume,
@@ -104,6 +106,20 @@ class _FailureRecorder(L.Callback):
 
     def on_exception(self, trainer, pl_module, exception: BaseException) -> None:
         self.reason = f"{type(exception).__name__}: {exception}"
+
+
+def headline(init, final, gap: GapResult | None, stopped: str | None) -> str:
+    """The run's description, the first thing its MLflow page shows (above some twenty metric
+    charts): the result, the gap it started from, why it stopped early."""
+    lines = []
+    if init is not None and final is not None:
+        lines.append(f"**improvement {final.pass_rate - init.pass_rate:+.3f}** "
+                     f"(validation pass rate {init.pass_rate:.3f} -> {final.pass_rate:.3f})")
+    if gap is not None:
+        lines.append(f"gap {gap.gap:+.3f} [{gap.gap_ci[0]:+.3f}, {gap.gap_ci[1]:+.3f}] at step 0 (context {gap.context})")
+    if stopped:
+        lines.append(f"stopped early: {stopped}")
+    return "  \n".join(lines) or "no validation (trainer.validate=false)"
 
 
 def peak_rss_mb() -> float:
@@ -164,9 +180,19 @@ def _mlflow_run(cfg: TrainConfig, kind: str, parent_run_id: str | None, extra_ta
         yield run_id, reasons
 
 
+def check_accelerator(cfg: TrainConfig) -> None:
+    """Refuse an accelerator this machine lacks before any run opens (Lightning would fail after)."""
+    import torch
+
+    if cfg.trainer.accelerator == "gpu" and not torch.cuda.is_available():
+        raise ConfigError("trainer.accelerator=gpu: no CUDA GPU is visible to this process; use "
+                          "trainer.accelerator=cpu (or auto: a GPU when there is one)")
+
+
 def setup_run(cfg: TrainConfig):
     """(world, model, tokenizer) of `cfg`, after seeding and setting the thread count: the start of
     every run, and of `opsd compare-grpo`'s shared engine."""
+    check_accelerator(cfg)
     if cfg.trainer.num_threads:
         import torch
 
@@ -292,13 +318,20 @@ def train(
     worker = is_ddp_worker()
     if worker:
         die_with_rank0()
+    elif ckpt is None:
+        for run_id, step in interrupted_runs(cfg):
+            log.warning("an interrupted run of this configuration exists: run %s, checkpoint at step %d of %d; this "
+                        "starts a new run from step 0 (to continue that one instead, add resume=%s)",
+                        run_id, step, cfg.trainer.max_steps, run_id)
     world, model, tokenizer = setup_run(cfg)
     uri = cfg.tracking.resolved_uri()
     started = time.perf_counter()
     recorder = _FailureRecorder()
     gap = None
     stopped: str | None = None
-    with _training_run(cfg, parent_run_id, extra_tags, ckpt) as (run_id, reasons):
+    opened: list[str] = []
+    with named_interrupts(cfg, recorder, opened), _training_run(cfg, parent_run_id, extra_tags, ckpt) as (run_id, reasons):
+        opened.append(run_id)
         module = OPSDModule(cfg, model, tokenizer, world)
         resume_ranks = None
         if ckpt is not None:
@@ -359,6 +392,7 @@ def train(
                     client.set_tag(run_id, f"opsd.{name}_sha256", digest)
             if module.rank_report is not None:
                 client.log_dict(run_id, module.rank_report, "ddp_ranks.json")
+            client.set_tag(run_id, "mlflow.note.content", headline(module.initial_val, module.final_val, gap, stopped))
     if not worker:  # FINISHED now: nothing left to resume
         shutil.rmtree(checkpoint_root(cfg) / run_id, ignore_errors=True)
 
