@@ -133,7 +133,8 @@ CASES = [
     Case("search storage: relative SQLite path", f"search model=tiny search.storage=sqlite:///optuna.db {STORE}",
          "opsd search: search.storage: use an absolute SQLite path (sqlite:////abs/path/optuna.db), got sqlite:///optuna.db"),
     Case("compare-grpo: unknown candidate context", "compare-grpo model=tiny compare.contexts=[feedback,oracle]",
-         "opsd compare-grpo: compare.contexts: unknown context(s) oracle; valid: none, static, feedback, peer_hints, peer_solution, peer_or_feedback, reference, graded"),
+         "opsd compare-grpo: compare.contexts: unknown context(s) oracle; valid: none, static, feedback, peer_hints, peer_solution, peer_or_feedback, reference, graded, "
+         "shuffled_reference, retry"),
     Case("compare-grpo without a registered law", f"compare-grpo model=tiny tracking.uri=sqlite:///{DATA}/empty/mlflow.db",
          "opsd compare-grpo: no gap law to predict OPSD's improvement with (no registered model 'opsd-gap-law'; registered models: none) "
          "in sqlite:////data/empty/mlflow.db; register one: opsd calibrate, then opsd fit-law, on this store "
