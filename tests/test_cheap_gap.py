@@ -147,7 +147,7 @@ def test_scored_logprobs_equal_sampling_and_training_logprobs(tiny):
     torch.testing.assert_close(scored[mask], train.token_logp.detach()[mask], atol=1e-5, rtol=1e-5)
 
 
-@pytest.mark.parametrize("context", ["reference", "feedback"])
+@pytest.mark.parametrize("context", ["reference", "feedback", "none"])
 def test_cheap_gap_on_tiny_model(tiny, context):
     cfg, model, tok, world = tiny
     problems = world.problems("train")[:4]
@@ -158,7 +158,9 @@ def test_cheap_gap_on_tiny_model(tiny, context):
     passed = np.array([j.passed for j in student.evaluation.judgements], dtype=float).reshape(4, n)
     np.testing.assert_array_equal(summary.passed, passed)
     assert result.student_pass_rate == pytest.approx(student.evaluation.pass_rate)
-    if context == "feedback":  # only failures get the context: a passing sample's teacher is the student
+    if context == "none":  # the teacher message is the student's prompt: nothing scored, log-ratio 0
+        assert result.scored_tokens == 0 and np.all(summary.ratio == 0.0) and result.estimates["is_gap"].value == 0.0
+    elif context == "feedback":  # only failures get the context: a passing sample's teacher is the student
         assert result.teacher_coverage == pytest.approx(1 - passed.mean())
         assert np.all(summary.ratio[passed == 1] == 0.0)
     else:

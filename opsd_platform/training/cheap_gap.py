@@ -12,7 +12,8 @@ scoring pass per context (no teacher generation).
 
 A sample whose context is unavailable has the plain prompt as its teacher message, so its
 teacher is the student itself: its log-ratio is 0 by definition and it is not scored (the pass-rate
-gap generates an answer for it; here it costs nothing). ``CheapGapResult.cpu_s`` is the scoring
+gap generates an answer for it; here it costs nothing). The same holds for any teacher message
+equal to the student's prompt (the context ``none``). ``CheapGapResult.cpu_s`` is the scoring
 pass alone: the student side is shared with the pass-rate gap and with every context.
 """
 
@@ -80,7 +81,7 @@ class CheapGapResult:
     samples_per_problem: int
     student_pass_rate: float
     estimates: dict[str, Estimate]  # gap_estimators.ESTIMATORS + is_teacher_pass_rate, is_ess
-    teacher_coverage: float  # share of samples with a privileged context (the ones scored)
+    teacher_coverage: float  # share of samples with a privileged context
     scored_tokens: int  # response tokens the teacher scored
     cpu_s: float  # the teacher scoring pass
     seconds: float
@@ -111,7 +112,9 @@ def cheap_gap(model, tokenizer, context: str, problems: Sequence[Problem], stude
         raise ValueError("cheap_gap needs the sampled tokens' log-probs (the HF and vLLM engines record them)")
     t0, c0 = time.perf_counter(), cpu_seconds()
     messages, has_context = teacher_messages(context, problems, student.evaluation, n, graded_fraction)
-    rows = [i for i, has in enumerate(has_context) if has]
+    # a teacher message equal to the student's prompt (no context, or the context `none`) makes the
+    # teacher the student: log-ratio 0 by definition, nothing to score
+    rows = [i for i, has in enumerate(has_context) if has and messages[i] != problems[i // n].prompt]
     prompts = {i: chat_ids(tokenizer, messages[i]) for i in rows}
     teacher = ro.logprobs.clone()  # no context: the teacher is the student, log-ratio 0
     if rows:
