@@ -18,7 +18,7 @@ measures only what is missing. ``--budget-cpu-s``: no new (slice, seed) starts o
 spent that many CPU seconds (the report then covers what is cached).
 
 The report (benchmarks/cheap_gap_report.py) is written to benchmarks/results/cheap-gap.{json,md}
-and docs/cheap-gap.png.
+and docs/benchmark/cheap-gap.png.
 """
 
 from __future__ import annotations
@@ -160,7 +160,7 @@ def main(argv=None) -> int:
     ap.add_argument("--budget-cpu-s", type=float, default=1500.0)
     ap.add_argument("--report-only", action="store_true")
     ap.add_argument("--out", type=Path, default=Path("benchmarks/results/cheap-gap.json"))
-    ap.add_argument("--plot", type=Path, default=Path("docs/cheap-gap.png"))
+    ap.add_argument("--plot", type=Path, default=Path("docs/benchmark/cheap-gap.png"))
     args = ap.parse_args(argv)
     unknown = set(args.slices) - set(LAW_SLICES)
     if unknown:
