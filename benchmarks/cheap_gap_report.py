@@ -161,9 +161,11 @@ def markdown(reports: list[dict], verdict: dict) -> str:
 
 
 def plot(reports: list[dict], path: Path) -> Path:
-    from opsd_platform.law.plot import _pyplot
+    import matplotlib
 
-    plt = _pyplot()
+    matplotlib.use("Agg")  # no display where this runs
+    import matplotlib.pyplot as plt
+
     fig, axes = plt.subplots(len(reports), len(VARIABLES), figsize=(3.2 * len(VARIABLES), 2.9 * len(reports)),
                              squeeze=False)
     for row, r in zip(axes, reports):

@@ -151,7 +151,7 @@ def evaluate(
 
 def judged(world: World, problems: Sequence[Problem], rollouts, k: int) -> Evaluation:
     """The Evaluation of `rollouts` (k answers to each of `problems`, problem-major): judge and average.
-    Kept apart from the sampling so that a caller that needs the tokens too (cheap_gap.py) gets
+    Kept apart from the sampling so that a caller that needs the tokens too (gap.sample_student) gets
     the very Evaluation `evaluate` would."""
     judgements = world.judge_many([problems[g] for g in rollouts.group], rollouts.texts)
     per_problem = [

@@ -6,7 +6,7 @@ estimators here read only what the student side already has, per sample i of pro
     passed[b, i]       its verdict (0/1)
     log p_S(y_t)       each sampled token's log-prob under the student (recorded at sampling)
     log p_T(y_t)       the same token's log-prob under the self-teacher's prompt: ONE scoring
-                       pass over the student's tokens (cheap_gap.py), no generation
+                       pass over the student's tokens (gap.cheap_gap), no generation
 
 and summarise them per sample as the mean per-token log-ratio
 
