@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 from pathlib import Path
 
 import numpy as np
@@ -187,6 +188,23 @@ def plot(reports: list[dict], path: Path) -> Path:
     return path
 
 
+def provenance() -> dict:
+    """Where and with what the report was made (the measurements' own CPU-s are in the cache)."""
+    import datetime
+    import platform
+    import subprocess
+
+    try:
+        commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
+                                check=True).stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+        commit = "unknown"
+    cpu = next((line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
+                if line.startswith("model name")), platform.machine()) if Path("/proc/cpuinfo").exists() else platform.machine()
+    return {"command": "python -m benchmarks.cheap_gap", "commit": commit, "machine": f"{cpu}, {os.cpu_count()} cores", "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+            "threads": 1, "note": "measured with nice -n 5 on a 2-core machine shared with other jobs"}
+
+
 def report(cache: dict, data: Path, out: Path, plot_path: Path | None, progress=print) -> dict:
     rows = point_rows(cache, data)
     if rows.empty:
@@ -208,7 +226,8 @@ def report(cache: dict, data: Path, out: Path, plot_path: Path | None, progress=
                                                                          for end in ("low", "high")],
                                                           "is_teacher_pass_rate", "is_ess",
                                                           "scoring_cpu_s", "teacher_coverage"]]
-    doc = {"level": LEVEL, "slices": strip, "goal": verdict, "points": points.to_dict(orient="records")}
+    doc = {"provenance": provenance(), "level": LEVEL, "slices": strip, "goal": verdict,
+           "points": points.to_dict(orient="records")}
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(doc, indent=1, default=float))
     out.with_suffix(".md").write_text(table)

@@ -62,3 +62,12 @@ def test_check_student_compares_per_problem_passes():
     check = check_student(Student(), recorded, n=4)
     assert [r["equal"] for r in check["runs"]] == [True, False] and not check["all_equal"]
     assert np.isclose(check["runs"][1]["recorded_pass_rate"], 0.25)
+
+
+def test_an_unknown_slice_is_one_line_and_exit_2(capsys, tmp_path):
+    from benchmarks.cheap_gap import main
+
+    assert main(["--slices", "law-nope", "--cache", str(tmp_path)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "law-nope" in err and "law-arithmetic" in err and len(err.splitlines()) == 1
+    assert not any(tmp_path.iterdir())  # nothing measured or written
