@@ -38,7 +38,7 @@ from opsd_platform.search.grid import load_spec, points
 from opsd_platform.training.gap import StudentSamples, cheap_gap, sample_student
 from opsd_platform.training.evaluation import Evaluation, cpu_seconds
 from opsd_platform.training.measurements import gap_sampling
-from opsd_platform.training.rollout import Rollouts, make_engine
+from opsd_platform.training.rollout import Rollouts, engine_for
 from opsd_platform.training.train import setup_run
 
 LAW_SLICES = ("law-arithmetic", "law-pyfunc", "law-gemma3-arithmetic")
@@ -110,9 +110,7 @@ def measure_seed(slice_name: str, seed: int, group: list, cache: Cache, recorded
     sampling = gap_sampling(first)
     student = cache.load_student(slice_name, seed)
     if student is None:
-        engine = make_engine(first.rollout.engine, model, tokenizer, first.gap.batch_size, seed=seed,
-                             share_prefix=first.trainer.share_prompt_prefix, precision=first.trainer.precision,
-                             refill=first.rollout.refill)  # gap.batch_size rows per call, as measure_initial_gap
+        engine = engine_for(first, model, tokenizer, first.gap.batch_size)  # rows per call as measure_initial_gap
         student = sample_student(engine, world, problems, sampling, seed)
         cache.save_student(slice_name, seed, student)
     check = check_student(student, recorded[(recorded["slice"] == slice_name) & (recorded["seed"] == seed)], sampling.n)
@@ -126,7 +124,7 @@ def measure_seed(slice_name: str, seed: int, group: list, cache: Cache, recorded
         result, summary = cheap_gap(model, tokenizer, cfg.context, problems, student, sampling.n,
                                     graded_fraction=cfg.graded_fraction, batch_size=cfg.rollout.batch_size,
                                     share_prefix=cfg.trainer.share_prompt_prefix, precision=cfg.trainer.precision,
-                                    n_boot=cfg.gap.bootstrap, level=cfg.gap.level, seed=seed)
+                                    n_boot=cfg.gap.bootstrap, level=cfg.gap.level, seed=seed, form=cfg.context_form)
         progress(f"  {key} {cfg.context}: scored in {result.cpu_s:.1f} CPU-s; "
                  + ", ".join(f"{k} {e.value:+.4f}" for k, e in result.estimates.items()))
         cache.put(key, {**result.to_dict(), "slice": slice_name, "seed": seed,

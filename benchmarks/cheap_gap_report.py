@@ -79,7 +79,8 @@ def law_of(points: pd.DataFrame, variable: str) -> dict:
 
 
 def slice_report(name: str, rows: pd.DataFrame, runs: pd.DataFrame, students: dict, data: Path) -> dict:
-    points = points_from_table(str(data), slices=[name]).merge(rows, on="run_id", how="inner")
+    points = points_from_table(str(data), slices=[name]).drop(columns=["slice"], errors="ignore")
+    points = points.merge(rows, on="run_id", how="inner")  # rows carry the slice
     recorded = runs[runs["run_id"].isin(points["run_id"])]
     teacher_gen = (recorded["gap_cpu_s"] - recorded["gap_student_cpu_s"]).mean()
     train = recorded["train_cpu_s"].mean()

@@ -2,15 +2,28 @@
 
     python -m benchmarks.grpo_report [--data benchmarks/data] [--out benchmarks/results/grpo-report.json]
                                      [--plot docs/benchmark/opsd-vs-grpo.png] [--level 0.9]
-                                     [--worlds arithmetic pyfunc]
+                                     [--worlds arithmetic pyfunc] [--grid bench-v2]
 
-Per world, the GRPO rows (``algorithm=grpo``) against the OPSD law-slice rows (``law-*``, same
-steps, samples and seeds in the grid file):
+Per world, the GRPO rows (``algorithm=grpo`` in a ``grpo-*`` slice) against the OPSD law-slice rows
+(``law-*``: ``law-arithmetic`` in bench-v1, ``law-arithmetic-v2`` in bench-v2; same steps, samples
+and seeds in the grid file) of the model(s) GRPO ran on (Gemma-3's law slice has no GRPO to face).
+Other slices (``search-*``, the recipe pilots' ``pilot-*``) are never part of the comparison.
+``--grid`` keeps one grid's rows; without it every row counts, and a world where GRPO ran under two
+settings (e.g. bench-v1's and bench-v2's recipes) is skipped rather than averaged.
 
 - each side's **improvement**: the mean over seeds with a Student-t interval for that mean;
-- **OPSD context - GRPO**: the difference of the two means with a Welch interval (unequal
-  variances, Welch-Satterthwaite df) over seeds. Seeds are not paired here, although a seed picks
-  the same problems on both sides: with two seeds a paired interval would rest on one df;
+- **OPSD context - GRPO, paired by seed**: per seed run on both sides, the OPSD improvement minus
+  the GRPO one; the mean of those differences with a Student-t interval (n - 1 df, n paired
+  seeds; a single paired seed, or differences identical over seeds, give no interval). Pairing is
+  the comparison the design asks for: a seed picks the same training and validation problems on
+  both sides, so the difference within a seed removes how hard that seed's problems are, a
+  variance both arms share.
+  The unpaired Welch interval counts that variance twice and, with two seeds per arm, rests on only
+  1-2 Welch-Satterthwaite df anyway (the bench-v1 audit's finding); the paired one states its df;
+- **OPSD context - GRPO, Welch**: the difference of the two means with a Welch interval (unequal
+  variances) over seeds, unpaired, kept beside the paired one for comparison with earlier reports;
+- the **verdict** reads the paired interval when there is one, the Welch one otherwise, and says
+  which (``verdict_from``);
 - **the law's pick**: a law ``improvement ~ gap`` fitted by OLS on that world's OPSD
   configuration means, and the configuration with the highest predicted improvement, against
   GRPO. With ~10 configuration means the fit is weak and the pick in-sample (its own runs are in
@@ -39,7 +52,7 @@ import pandas as pd
 import statsmodels.formula.api as smf
 from scipy import stats
 
-from opsd_platform.law.export import STEP_CURVES, ExportError, read_table
+from opsd_platform.law.export import STEP_CURVES, ExportError, only_grid, read_table
 
 WORLDS = ("arithmetic", "pyfunc")
 NAN = float("nan")
@@ -75,14 +88,41 @@ def welch_difference(a, b, level: float) -> dict:
     return out | {"lower": float(ci.low), "upper": float(ci.high), "df": float(res.df)}
 
 
+def paired_difference(a: pd.Series, b: pd.Series, level: float) -> dict:
+    """a - b per seed present in both (Series indexed by seed): the mean difference with a
+    Student-t interval, n - 1 df (the paired t interval); none below two paired seeds, nor when the
+    differences are identical (pass rates are counts: a zero-width interval would be an artefact)."""
+    seeds = sorted(set(a.index) & set(b.index))
+    d = a.loc[seeds].to_numpy(float) - b.loc[seeds].to_numpy(float)
+    e = t_interval(d, level)
+    if len(d) >= 2 and np.ptp(d) < 1e-12:
+        e |= {"lower": NAN, "upper": NAN}
+    return {"diff": e["mean"], "lower": e["lower"], "upper": e["upper"], "df": len(d) - 1 if len(d) >= 2 else NAN,
+            "n": len(d), "per_seed": {int(s): float(v) for s, v in zip(seeds, d)}, "method": "paired"}
+
+
+def sizes(diff: dict) -> str:
+    if diff["method"] == "welch":
+        return f"n = {diff['n_a']} vs {diff['n_b']}"
+    same = diff["n"] >= 2 and not math.isfinite(diff["lower"])
+    return f"{diff['n']} paired seed(s)" + (", identical differences" if same else "")
+
+
 def verdict(diff: dict) -> str:
     if not math.isfinite(diff["lower"]):
-        return f"no interval (n = {diff['n_a']} vs {diff['n_b']})"
+        return f"no interval ({sizes(diff)})"
     if diff["lower"] > 0:
         return "OPSD better"
     if diff["upper"] < 0:
         return "GRPO better"
     return "undecided (interval contains 0)"
+
+
+def judged(welch: dict, paired: dict) -> dict:
+    """The verdict from the paired interval when there is one (two or more paired seeds whose
+    differences vary), else from Welch's."""
+    diff = paired if math.isfinite(paired["lower"]) else welch
+    return {"verdict": verdict(diff), "verdict_from": diff["method"]}
 
 
 def seed_noise(runs: pd.DataFrame) -> dict:
@@ -156,13 +196,16 @@ def arms(runs: pd.DataFrame, world: str) -> tuple[pd.DataFrame, pd.DataFrame]:
     recorded twice, e.g. by two grids, is averaged so it does not pass for two seeds)."""
     algo = runs["algorithm"].fillna("opsd") if "algorithm" in runs else pd.Series("opsd", index=runs.index)
     mine = runs.assign(algorithm=algo, label=label(runs))[runs["world"].astype(str) == world]
-    opsd = mine[(mine["algorithm"] == "opsd") & mine["slice"].astype(str).str.startswith("law-")]
-    grpo = mine[mine["algorithm"] == "grpo"].assign(label="GRPO")
+    kind = mine["slice"].astype(str).str.split("-").str[0]  # law-pyfunc, law-pyfunc-v2 -> law
+    opsd = mine[(mine["algorithm"] == "opsd") & (kind == "law")]
+    grpo = mine[(mine["algorithm"] == "grpo") & (kind == "grpo")].assign(label="GRPO")
+    if not grpo.empty:  # OPSD on another model has no GRPO to face
+        opsd = opsd[opsd["model"].isin(set(grpo["model"]))]
 
     def per_seed(part):
         return part.groupby(["config", "seed"], as_index=False).agg(
             improvement=("improvement", "mean"), gap=("gap", "mean"), val_initial=("val_initial", "mean"),
-            steps=("steps", "first"), label=("label", "first"), run_ids=("run_id", list))
+            steps=("steps", "first"), label=("label", "first"), model=("model", "first"), run_ids=("run_id", list))
 
     return per_seed(opsd), per_seed(grpo)
 
@@ -186,23 +229,28 @@ def compare_world(runs: pd.DataFrame, steps: pd.DataFrame, world: str, level: fl
                                 "run_id": rid, **run_curves(steps[steps["run_id"] == rid], row.val_initial, noise["std"])})
     per_run = pd.DataFrame(per_run)
     base = t_interval(grpo["improvement"], level)
+    grpo_by_seed = grpo.set_index("seed")["improvement"]
     configs = []
     for config, part in opsd.groupby("config"):
         diff = welch_difference(part["improvement"], grpo["improvement"], level)
+        paired = paired_difference(part.set_index("seed")["improvement"], grpo_by_seed, level)
         configs.append({"config": config, "label": part["label"].iloc[0], "gap": float(part["gap"].mean()),
                         "improvement": t_interval(part["improvement"], level), "minus_grpo": diff,
-                        "verdict": verdict(diff),
+                        "minus_grpo_paired": paired, **judged(diff, paired),
                         "failure": failure_summary(per_run[(per_run["algorithm"] == "opsd") & (per_run["config"] == config)], level)})
     configs.sort(key=lambda c: -c["improvement"]["mean"])
     pick = law_pick(opsd, level)
     if "config" in pick:
         chosen = next(c for c in configs if c["config"] == pick["config"])
-        pick |= {"measured": chosen["improvement"], "minus_grpo": chosen["minus_grpo"], "verdict": chosen["verdict"]}
+        pick |= {"measured": chosen["improvement"],
+                 **{k: chosen[k] for k in ("minus_grpo", "minus_grpo_paired", "verdict", "verdict_from")}}
     return {"world": world, "status": "compared", "level": level,
             "equal_budget": {"steps": {"opsd": sorted(map(int, opsd["steps"].unique())),
                                        "grpo": sorted(map(int, grpo["steps"].unique()))},
                              "seeds": {"opsd": sorted(map(int, opsd["seed"].unique())),
-                                       "grpo": sorted(map(int, grpo["seed"].unique()))}},
+                                       "grpo": sorted(map(int, grpo["seed"].unique()))},
+                             "models": {"opsd": sorted(opsd["model"].unique()),
+                                        "grpo": sorted(grpo["model"].unique())}},
             "grpo": {"config": grpo["config"].iloc[0], "improvement": base,
                      "failure": failure_summary(per_run[per_run["algorithm"] == "grpo"], level)},
             "opsd": configs, "law_pick": pick, "seed_noise": noise,
@@ -230,21 +278,29 @@ def world_tables(res: dict) -> str:
     lvl, g, budget = res["level"], res["grpo"], res["equal_budget"]
     same = budget["steps"]["opsd"] == budget["steps"]["grpo"] and budget["seeds"]["opsd"] == budget["seeds"]["grpo"]
     lines += ["", f"Improvement = val_final - val_initial, mean over seeds, {lvl:.0%} t interval; "
-              f"OPSD - GRPO: Welch interval over seeds. Steps: OPSD {budget['steps']['opsd']}, GRPO "
+              "OPSD - GRPO paired by seed: mean of the per-seed differences, t interval on n - 1 df; "
+              "OPSD - GRPO Welch: unpaired, Welch-Satterthwaite df; the verdict reads the paired interval "
+              "when there is one (else Welch's) and says which. "
+              f"Model(s): {', '.join(budget['models']['grpo'])}. Steps: OPSD {budget['steps']['opsd']}, GRPO "
               f"{budget['steps']['grpo']}; seeds: OPSD {budget['seeds']['opsd']}, GRPO {budget['seeds']['grpo']}"
               + ("." if same else " (NOT the same budget: read the differences with that in mind)."), "",
-              "| arm | n | improvement | OPSD - GRPO | n (OPSD, GRPO) | Welch df | verdict | length drift (n runs) | collapsed / runs |",
-              "|---|---|---|---|---|---|---|---|---|",
-              f"| GRPO | {g['improvement']['n']} | {interval(g['improvement'])} | | | | | "
+              "| arm | n | improvement | OPSD - GRPO paired by seed | paired seeds (df) | OPSD - GRPO Welch | "
+              "n (OPSD, GRPO) | Welch df | verdict (from) | length drift (n runs) | collapsed / runs |",
+              "|---|---|---|---|---|---|---|---|---|---|---|",
+              f"| GRPO | {g['improvement']['n']} | {interval(g['improvement'])} | | | | | | | "
               f"{interval(g['failure']['length_drift'])} ({g['failure']['length_drift']['n']}) | "
               f"{g['failure']['collapsed']} / {g['failure']['runs']} |"]
     pick = res["law_pick"].get("config")
     for c in res["opsd"]:
-        d, f = c["minus_grpo"], c["failure"]
+        d, p, f = c["minus_grpo"], c["minus_grpo_paired"], c["failure"]
         name = c["label"] + (" (law's pick)" if c["config"] == pick else "")
-        lines.append(f"| OPSD {name} | {c['improvement']['n']} | {interval(c['improvement'])} | {interval(d, 'diff')} | "
+        lines.append(f"| OPSD {name} | {c['improvement']['n']} | {interval(c['improvement'])} | "
+                     f"{interval(p, 'diff')} | "
+                     f"{p['n']} ({'n/a' if not math.isfinite(p['df']) else p['df']}) | {interval(d, 'diff')} | "
                      f"{d['n_a']}, {d['n_b']} | {'n/a' if not math.isfinite(d['df']) else round(d['df'], 1)} | "
-                     f"{c['verdict']} | {interval(f['length_drift'])} ({f['length_drift']['n']}) | {f['collapsed']} / {f['runs']} |")
+                     f"{c['verdict']} ({c['verdict_from']}) | "
+                     f"{interval(f['length_drift'])} ({f['length_drift']['n']}) | "
+                     f"{f['collapsed']} / {f['runs']} |")
     p = res["law_pick"]
     lines.append("")
     if "error" in p:
@@ -253,8 +309,10 @@ def world_tables(res: dict) -> str:
         lines.append(f"Law's pick: OPSD {p['label']}, predicted {interval({'mean': p['predicted'], 'lower': p['predicted_lower'], 'upper': p['predicted_upper']})} "
                      f"(slope {fmt(p['slope'])} [{fmt(p['slope_lower'])}, {fmt(p['slope_upper'])}], p = {p['slope_p']:.2g}, "
                      f"R^2 = {p['r2']:.2f}; {p['note']}); measured {interval(p['measured'])} (n = {p['measured']['n']}); "
-                     f"minus GRPO {interval(p['minus_grpo'], 'diff')} (n = {p['minus_grpo']['n_a']} vs {p['minus_grpo']['n_b']}): "
-                     f"**{p['verdict']}**.")
+                     f"minus GRPO paired by seed {interval(p['minus_grpo_paired'], 'diff')} "
+                     f"({sizes(p['minus_grpo_paired'])}), "
+                     f"Welch {interval(p['minus_grpo'], 'diff')} ({sizes(p['minus_grpo'])}): "
+                     f"**{p['verdict']}** (from the {p['verdict_from']} interval).")
     noise = res["seed_noise"]
     lines += ["", f"Failure modes (collapse: a validation after step 0 below the initial one by more than the seed "
               f"noise {fmt(noise['std'])}, pooled over {noise['configs']} configurations; drift over runs, OPSD's "
@@ -328,20 +386,24 @@ def plot(results: list[dict], runs_steps: pd.DataFrame, path: Path) -> Path:
     return path
 
 
-def report(data: Path, level: float, worlds, plot_path: Path | None) -> dict:
-    runs = read_table(data / "runs.csv")
+def report(data: Path, level: float, worlds, plot_path: Path | None, grid: str | None = None) -> dict:
+    runs = only_grid(read_table(data / "runs.csv"), grid, data / "runs.csv")
     steps = read_table(data / "steps.csv")
     steps = steps.reindex(columns=list(dict.fromkeys([*steps.columns, *STEP_CURVES])))  # an older export lacks them
     results = [compare_world(runs, steps, w, level) for w in worlds]
     grpo_rows = int((runs["algorithm"] == "grpo").sum()) if "algorithm" in runs else 0
-    print(f"# OPSD vs GRPO ({data}: {len(runs)} runs, {grpo_rows} of them GRPO)\n")
+    print(f"# OPSD vs GRPO ({data}, {'every grid' if grid is None else 'grid ' + grid}: "
+          f"{len(runs)} runs, {grpo_rows} of them GRPO)\n")
     if not grpo_rows:
         print("The table has no GRPO rows yet (algorithm=grpo): every world is skipped.\n")
     for res in results:
         print(world_tables(res) + "\n")
     compared = [r for r in results if r["status"] == "compared"]
-    out = {"data": str(data), "level": level, "runs": len(runs), "grpo_runs": grpo_rows,
+    out = {"data": str(data), "grid": grid, "level": level, "runs": len(runs), "grpo_runs": grpo_rows,
            "difference_method": "Welch t interval over seeds (unequal variances, Welch-Satterthwaite df), unpaired",
+           "paired_difference_method": "per seed on both sides, OPSD minus GRPO; mean with a Student-t interval, n - 1 df",
+           "verdict_method": "the paired interval when there is one (>= 2 paired seeds whose differences vary), "
+                             "else the Welch one (verdict_from)",
            "worlds": results, "plot": None}
     if plot_path is not None and compared:
         out["plot"] = str(plot(compared, steps, plot_path))
@@ -357,9 +419,10 @@ def main(argv=None) -> int:
     ap.add_argument("--plot", type=Path, default=Path("docs/benchmark/opsd-vs-grpo.png"))
     ap.add_argument("--level", type=float, default=0.9)
     ap.add_argument("--worlds", nargs="+", default=list(WORLDS))
+    ap.add_argument("--grid", default=None, help="only this grid's rows (bench-v1, bench-v2); default: every row")
     args = ap.parse_args(argv)
     try:
-        out = report(args.data, args.level, args.worlds, args.plot)
+        out = report(args.data, args.level, args.worlds, args.plot, args.grid)
     except ExportError as exc:
         print(f"grpo_report: {exc}", file=sys.stderr)
         return 2

@@ -11,10 +11,14 @@ Reads ``runs.csv`` (benchmarks/data/README.md) and prints Markdown tables:
   a configuration against the std of the configuration means, and a one-way ANOVA F-test (are
   the configurations' improvements different at all, given the seeds?);
 - **the law** (improvement = a + b * gap on configuration means, OLS, intervals at ``--level``)
-  per world, per family and pooled over the law slices: slope and intercept with intervals, R^2,
-  leave-one-configuration-out MAE/RMSE and interval coverage, leave-one-world-out and
-  leave-one-family-out errors, the equal-slope F-test across families;
-- **confounder check**: the teacher prompt's length (``context_tokens``) as a covariate;
+  per law slice alone, and pooled over the law slices only with an intercept per slice (a pooled
+  fit without one turns the difference between worlds into a slope or a covariate): slope and
+  intercept with intervals, R^2, leave-one-configuration-out MAE/RMSE and interval coverage,
+  leave-one-world-out and leave-one-family-out errors, the equal-slope F-test across families;
+- **robustness** per slice: the slope bootstrapped over configurations, and the configurations
+  with high leverage or Cook's distance (law/robust.py);
+- **confounder check**: the teacher prompt's length (``context_tokens``) as a covariate (pooled,
+  with the slice intercepts);
 - **hyper-parameters as covariates** on arithmetic (law + search slices, of the family the
   search slice ran: another family's points would confound the model with the settings): does
   log10(lr), the divergence or the teacher kind predict beyond the gap, out of sample (leave-one-
@@ -36,9 +40,10 @@ import numpy as np
 import pandas as pd
 from scipy import stats
 
-from opsd_platform.law.export import ExportError, read_table
+from opsd_platform.law.export import ExportError, only_grid, read_table
 from opsd_platform.law import LawError, family_slopes, fit_law, grouped_holdout, leave_one_out
 from opsd_platform.law.pipeline import points_from_table
+from opsd_platform.law.robust import bootstrap_slope, influence, with_fixed_effects
 from opsd_platform.training.contexts import context_label
 
 
@@ -88,20 +93,30 @@ def reuse_saving(runs: pd.DataFrame) -> dict:
                          "gap_key": int(runs["gap_key"].nunique())}}
 
 
-def law_row(name: str, points: pd.DataFrame, level: float, covariates=()) -> dict:
-    """One fit with its leave-one-configuration-out errors (or the reason it cannot be fitted)."""
+CONTROLS = ("shuffled_reference", "retry")  # the contexts' form without their content (bench-v2)
+
+
+def law_row(name: str, points: pd.DataFrame, level: float, covariates=(), fixed_by: str | None = None) -> dict:
+    """One fit with its leave-one-configuration-out errors (or the reason it cannot be fitted);
+    `fixed_by`: pooled with an intercept per value of that column (law/robust.fixed_effects)."""
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", RuntimeWarning)
+            if fixed_by is not None:
+                points, dummies = with_fixed_effects(points, fixed_by)
+                covariates = [*dummies, *covariates]
             fit = fit_law(points, covariates=list(covariates), level=level)
             loo = leave_one_out(points, covariates=list(covariates), level=level)
     except LawError as exc:
         return {"fit": name, "error": str(exc)}
     gap, icpt = fit.coefficient("gap"), fit.coefficient("intercept")
+    y = points.groupby("config")["improvement"].mean().to_numpy()
+    n = len(y)
+    const = n / (n - 1) * float(np.std(y)) if n > 1 else float("nan")  # LOO RMSE of the mean of the others
     return {"fit": name, "configs": fit.n_configs, "runs": fit.n_points, "slope": fit.slope,
             "slope_lo": gap["ci_lower"], "slope_hi": gap["ci_upper"], "slope_p": gap["p"], "intercept": fit.intercept,
             "intercept_lo": icpt["ci_lower"], "intercept_hi": icpt["ci_upper"], "r2": fit.r2,
-            "loo_mae": loo["mae"], "loo_rmse": loo["rmse"], "loo_coverage": loo["coverage"],
+            "loo_mae": loo["mae"], "loo_rmse": loo["rmse"], "loo_coverage": loo["coverage"], "loo_rmse_const": const,
             **({"covariates": {c: fit.coefficient(c) for c in covariates}} if covariates else {}),
             "_fit": fit, "_loo": loo}
 
@@ -138,9 +153,10 @@ def points_from_table_frame(runs: pd.DataFrame) -> pd.DataFrame:
         return points_from_table(tmp).set_index("run_id").loc[runs["run_id"]].reset_index()
 
 
-def report(data: Path, level: float, plots: Path | None) -> dict:
+def report(data: Path, level: float, plots: Path | None, grid: str | None = None) -> dict:
     runs = read_table(data / "runs.csv")
-    out: dict = {"data": str(data), "runs": len(runs), "level": level}
+    runs = only_grid(runs, grid, data / "runs.csv")
+    out: dict = {"data": str(data), "grid": grid, "runs": len(runs), "level": level}
     saving = reuse_saving(runs)
     out["reuse"] = saving
     print("## Measurements reused across points\n")
@@ -159,18 +175,36 @@ def report(data: Path, level: float, plots: Path | None) -> dict:
         out["configurations"][name] = table.to_dict(orient="records")
         print(f"\n## {name}: the configurations (by mean gap)\n")
         print(markdown(out["configurations"][name], ["context", "seeds", "gap", "improvement", "train_cpu_s"]))
-    fits = []
-    for world, part in law.groupby("world"):
-        for family, sub in part.groupby("family"):
-            fits.append(law_row(f"{family} / {world}", points_from_table_frame(sub), level))
+    # Each law slice alone (one world, one family, one benchmark version), then pooled over the
+    # law slices of one grid with an intercept per slice: never pooled without one.
+    fits, robustness = [], {}
+    for name, part in law.groupby("slice"):
+        pts = points_from_table_frame(part)
+        fits.append(law_row(name, pts, level))
+        try:
+            inf = influence(pts)
+            robustness[name] = {"bootstrap": bootstrap_slope(pts, level=level),
+                                "flagged": inf[inf["high_leverage"] | inf["influential"]].to_dict(orient="records")}
+        except LawError as exc:
+            robustness[name] = {"error": str(exc)}
     pooled = points_from_table_frame(law)
-    fits.append(law_row("pooled (law slices)", pooled, level))
-    fits.append(law_row("pooled + context_tokens", pooled, level, ["context_tokens"]))
+    grids = (law["grid"] if "grid" in law else pd.Series("table", index=law.index)).fillna("table").to_numpy()
+    for grid, part in pooled.assign(grid=grids).groupby("grid"):
+        if part["slice"].nunique() >= 2:
+            fits.append(law_row(f"pooled, slice intercepts ({grid})", part, level, fixed_by="slice"))
+            fits.append(law_row(f"pooled, slice intercepts + context_tokens ({grid})", part, level, ["context_tokens"],
+                                fixed_by="slice"))
     cols = ["fit", "configs", "runs", "slope", "slope_lo", "slope_hi", "slope_p", "intercept", "intercept_lo",
-            "intercept_hi", "r2", "loo_mae",
-            "loo_rmse", "loo_coverage", "error"]
-    print(f"\n## The law (OLS on configuration means, {level:.0%} intervals)\n")
+            "intercept_hi", "r2", "loo_mae", "loo_rmse", "loo_rmse_const", "loo_coverage", "error"]
+    print(f"\n## The law (OLS on configuration means, {level:.0%} intervals; loo_rmse_const: a constant predictor's)\n")
     print(markdown(fits, cols))
+    print(f"\n## Robustness per slice (slope bootstrapped over configurations, {level:.0%}; flagged: "
+          "leverage > 4/n or Cook's D > 4/n)\n")
+    rob_rows = [{"slice": k, **{f"boot_{m}": v.get("bootstrap", {}).get(m) for m in ("slope_lo", "slope_hi", "share_positive")},
+                 "flagged": ", ".join(f"{r['config'].split('/')[-1]} (h {r['leverage']:.2f}, D {r['cooks_d']:.2f})"
+                                      for r in v.get("flagged", [])) or v.get("error", "none")}
+                for k, v in robustness.items()]
+    print(markdown(rob_rows, ["slice", "boot_slope_lo", "boot_slope_hi", "boot_share_positive", "flagged"]))
     grouped, holdouts = {}, {}
     for group in ("world", "family", "context"):
         if pooled[group].nunique() >= 2:
@@ -218,15 +252,19 @@ def report(data: Path, level: float, plots: Path | None) -> dict:
         from opsd_platform.law.plot import plot_law
 
         plots.mkdir(parents=True, exist_ok=True)
-        for row in fits[:-1]:
-            if "_fit" in row:
-                name = row["fit"].replace(" / ", "-").replace(" ", "-").replace("(", "").replace(")", "")
-                sub = pooled if row["fit"].startswith("pooled") else points_from_table_frame(
-                    law[(law["family"] + " / " + law["world"]) == row["fit"]])
-                row["plot"] = str(plot_law(sub, row["_fit"], holdout=row["_loo"], path=plots / f"law-{name}.png"))
+        for row in fits:
+            if "_fit" in row and "context_tokens" not in row["fit"]:
+                name = row["fit"].replace(" / ", "-").replace(", ", "-").replace(" ", "-").replace("(", "").replace(")", "")
+                if row["fit"].startswith("pooled"):
+                    grid = row["fit"].split("(")[-1].rstrip(")")
+                    sub, _ = with_fixed_effects(pooled[grids == grid], "slice")
+                else:
+                    sub = points_from_table_frame(law[law["slice"] == row["fit"]])
+                row["plot"] = str(plot_law(sub, row["_fit"], holdout=row["_loo"], path=plots / f"law-{name}.png",
+                                           controls=CONTROLS))
     strip = lambda rows: [{k: v for k, v in r.items() if not k.startswith("_")} for r in rows]  # noqa: E731
     out.update({"fits": strip(fits), "grouped_holdout": grouped, "equal_slopes": eq, "equal_slopes_by_scope": eqs,
-                "family_holdout": family_rows, "covariates": strip(cov_rows)})
+                "family_holdout": family_rows, "covariates": strip(cov_rows), "robustness": robustness})
     return out
 
 
@@ -236,9 +274,10 @@ def main(argv=None) -> int:
     ap.add_argument("--out", type=Path, default=Path("benchmarks/results/law-report.json"))
     ap.add_argument("--plots", type=Path, default=Path("docs/benchmark"))
     ap.add_argument("--level", type=float, default=0.9)
+    ap.add_argument("--grid", default=None, help="only this grid's rows (bench-v1, bench-v2); default: every row")
     args = ap.parse_args(argv)
     try:
-        out = report(args.data, args.level, args.plots)
+        out = report(args.data, args.level, args.plots, args.grid)
     except (ExportError, LawError) as exc:
         print(f"law_report: {exc}", file=sys.stderr)
         return 2

@@ -314,7 +314,7 @@ def measure_gaps(cfgs: dict[str, TrainConfig],
     one engine. The engine is built the way `opsd gap` builds it (train.setup_run), at the gap's batch
     size. progress: told before each measurement (a side costs ~45 CPU-s on SmolLM2)."""
     from opsd_platform.training import measurements
-    from opsd_platform.training.rollout import make_engine
+    from opsd_platform.training.rollout import engine_for
     from opsd_platform.training.train import measurement_store, setup_run
     from opsd_platform.worlds import make_world
 
@@ -326,9 +326,7 @@ def measure_gaps(cfgs: dict[str, TrainConfig],
 
     def build():
         _, model, tokenizer = setup_run(first)
-        return make_engine(first.rollout.engine, model, tokenizer, first.gap.batch_size, seed=first.seed,
-                           share_prefix=first.trainer.share_prompt_prefix, precision=first.trainer.precision,
-                           refill=first.rollout.refill)
+        return engine_for(first, model, tokenizer, first.gap.batch_size)
 
     engine = LazyEngine(build)
     world = make_world(first.world, seed=first.seed)

@@ -37,6 +37,7 @@ from pathlib import Path
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer, LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
 
+from opsd_platform.config.choices import TEMPLATES, check_implemented
 from opsd_platform.errors import ModelLoadError  # noqa: F401 (re-exported)
 from opsd_platform.config import ModelConfig, default_home
 
@@ -218,6 +219,21 @@ def build_tiny_model(
 # --------------------------------------------------------------------------- entry point
 
 
+# model.template: a prompt form for a base model (no chat template of its own), and the strings that
+# end its response. Gemma-3-270M (a base model) given the bare message continued it with more
+# questions, lists and counting, and 95 % of its answers ran into the token cap (bench-v2's
+# diagnostics); as "Question: ...\nAnswer:" it answers on one line, so the line break ends it.
+PROMPT_TEMPLATES: dict[str, tuple[str, tuple[str, ...]]] = {
+    "qa": ("{{ bos_token }}Question: {{ messages[0]['content'] }}\nAnswer:", ("\n",)),
+}
+check_implemented("model.template", TEMPLATES, PROMPT_TEMPLATES)
+
+
+def template_stops(template: str | None) -> tuple[str, ...]:
+    """The stop strings `model.template` brings (none without a template)."""
+    return PROMPT_TEMPLATES[template][1] if template is not None else ()
+
+
 def load_policy(cfg: ModelConfig, seed: int = 0):
     """(model, tokenizer) for a model config; the model is in train mode on the CPU."""
     cache_dir = Path(cfg.cache_dir).expanduser().resolve() if cfg.cache_dir else default_home() / "models"
@@ -249,6 +265,11 @@ def load_policy(cfg: ModelConfig, seed: int = 0):
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
     tokenizer.padding_side = "left"  # generation appends on the right
+    if cfg.template is not None:
+        if getattr(tokenizer, "chat_template", None):
+            raise ModelLoadError(f"model.template={cfg.template}: {cfg.name} has a chat template of its own; "
+                                 "model.template is for a model without one (a base model)")
+        tokenizer.chat_template = PROMPT_TEMPLATES[cfg.template][0]
     if cfg.dtype == "bfloat16":
         model = model.to(torch.bfloat16)
     if cfg.lora.enabled:

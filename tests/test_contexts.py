@@ -21,7 +21,7 @@ def decoded(message):
 
 def test_table_is_complete():
     assert list(CONTEXTS) == ["none", "static", "feedback", "peer_hints", "peer_solution", "peer_or_feedback", "reference",
-                             "graded"]
+                             "graded", "shuffled_reference", "retry"]
     with pytest.raises(ValueError, match="valid: none, static"):
         get_builder("oracle")
 
@@ -78,9 +78,10 @@ def test_peer_or_feedback_prefers_peer_then_feedback():
     assert "too high" in only_wrong[0] and "too low" in only_wrong[1]
 
 
-def test_reference_for_everyone_with_instruction_not_to_copy():
-    out = build_group("reference", PROBLEM, ATTEMPTS)
-    for m in out:
+def test_reference_for_everyone_in_the_answer_form_v1_with_instruction_not_to_copy():
+    for m in build_group("reference", PROBLEM, ATTEMPTS):
+        assert PROBLEM.reference in m and "do not copy" not in m and "own words" not in m
+    for m in build_group("reference", PROBLEM, ATTEMPTS, form=1):  # bench-v1's wording, kept
         assert PROBLEM.reference in m and "do not copy" in m
     blank = Problem(id="p2", prompt="x", reference="   ")
     assert build_group("reference", blank, [WRONG_1]) == [None]
@@ -108,11 +109,74 @@ def test_graded_reveals_the_chosen_share_of_the_reference():
     assert reference_prefix(ref, 1.0) == ref
     problem = Problem(id="p", prompt="Say the numbers.", reference=ref, data={})
     attempts = ATTEMPTS[:2]
-    none_like = build_group("graded", problem, attempts, graded_fraction=0.0)
+    none_like = build_group("graded", problem, attempts, graded_fraction=0.0, form=1)
     assert none_like == [problem.prompt] * 2  # nothing revealed: the plain prompt, like `none`
-    half = build_group("graded", problem, attempts, graded_fraction=0.5)[0]
+    half = build_group("graded", problem, attempts, graded_fraction=0.5, form=1)[0]
     assert "one two three four" in half and "five" not in half and "beginning" in half
-    full = build_group("graded", problem, attempts, graded_fraction=1.0)[0]
+    full = build_group("graded", problem, attempts, graded_fraction=1.0, form=1)[0]
     assert ref in full and "beginning" not in full
     no_ref = Problem(id="q", prompt="x", reference="", data={})
     assert build_group("graded", no_ref, attempts, graded_fraction=0.5) == [None, None]
+
+
+# ---------------------------------------------------------------- form 2 (bench-v2)
+
+
+def _pyfunc_problems(n=3):
+    from opsd_platform.worlds.pyfunc import PyFuncWorld
+
+    return PyFuncWorld(seed=0, difficulty=1, n_train=n, n_val=1, grading="lcb").problems("train")
+
+
+def test_code_contexts_are_extractable_by_the_lcb_grader_when_the_teacher_copies_them():
+    """What the teacher would answer by copying the code it is shown is code the grader extracts
+    (bench-v1's unfenced reference was not: the grader found nothing)."""
+    from opsd_platform.training.contexts import CONTEXTS, Sample
+    from opsd_platform.worlds.code.extract import extract_code
+
+    problems = _pyfunc_problems()
+    p = problems[0]
+    assert p.reference_format == "python"
+    for name in ("reference", "shuffled_reference", "graded"):
+        ctx = CONTEXTS[name](Sample(p, WRONG_1, [], 1.0, other=problems[1]))
+        code = extract_code(ctx, "lcb")
+        assert code is not None, name
+        expected = problems[1].reference if name == "shuffled_reference" else p.reference
+        assert code.strip() == expected.strip(), name
+    v1 = CONTEXTS["reference"](Sample(p, WRONG_1, [], form=1))
+    assert extract_code(v1, "lcb") is None  # the artefact form 2 removes
+
+
+def test_graded_form2_reveals_increasing_prefixes_of_the_worked_solution():
+    from opsd_platform.training.contexts import worked_prefix
+    from opsd_platform.worlds.arithmetic import ArithmeticWorld
+
+    p = ArithmeticWorld(seed=0, difficulty=1, n_train=4, n_val=1).problems("train")[2]
+    assert len(p.worked.split()) >= 15  # long enough to be a dial, unlike the 9-word reference
+    shares = [0.0, 0.25, 0.5, 0.75, 1.0]
+    shown = [worked_prefix(p.worked, f) for f in shares]
+    assert shown[0] == "" and shown[-1] == p.worked
+    for a, b in zip(shown, shown[1:]):
+        assert b.startswith(a) and len(b) > len(a)
+    assert worked_prefix("a b c d e f g h i", 0.5) == "a b c d e"  # rounded up (v1's round() gave 4 words)
+    code = "def f(x):\n    return x + 1\n"
+    assert worked_prefix(code, 0.5) == "def f(x):\n    return"  # line breaks and indentation kept
+    msgs = [build_group("graded", p, ATTEMPTS[:1], graded_fraction=f)[0] for f in shares]
+    assert msgs[0] == p.prompt and "beginning" in msgs[2] and p.worked in msgs[-1]
+
+
+def test_controls_have_the_form_of_their_context_without_its_content():
+    from opsd_platform.training.contexts import build_for_rollouts
+
+    problems = _pyfunc_problems()
+    texts = ["a"] * len(problems)
+    verdicts = [Judgement(0.0, "wrong", False)] * len(problems)
+    shuffled = build_for_rollouts("shuffled_reference", problems, texts, verdicts, 1)
+    real = build_for_rollouts("reference", problems, texts, verdicts, 1)
+    for b, (s, r) in enumerate(zip(shuffled, real)):
+        assert problems[b].reference not in s and problems[(b + 1) % 3].reference in s
+        assert s.replace(problems[(b + 1) % 3].reference, "") == r.replace(problems[b].reference, "")  # same form
+    assert build_for_rollouts("shuffled_reference", problems[:1], texts[:1], verdicts[:1], 1) == [None]
+    retry = build_group("retry", PROBLEM, ATTEMPTS)
+    assert all(m is not None and "Try again" in m for m in retry)  # every sample, passed or not
+    assert all("Correct" not in m and "too" not in m for m in retry)  # no verdict, no feedback

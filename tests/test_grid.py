@@ -40,17 +40,59 @@ def train_runs(uri: str) -> list:
 
 def test_config_hashes_of_existing_configurations_are_unchanged():
     """A running grid is keyed on config_hash: new settings (graded_fraction, val_every,
-    reuse_measurements, val_batch_size) must not change the hash of configurations without them."""
-    assert config_hash(train_config([])) == "eedb3bb1b7"
-    assert config_hash(train_config(["model=tiny"])) == "b4894c81a3"
-    assert config_hash(train_config(["world=pyfunc", "context=reference"])) == "9128d9720b"
-    assert config_hash(train_config(["trainer.val_every=5", "rollout.val_batch_size=8"])) == "eedb3bb1b7"
+    reuse_measurements, val_batch_size, rollout.stop, gap.sampling) must not change the hash of
+    configurations without them. bench-v1's configurations are context_form=1: the default wording
+    changed (form 2), so a default configuration is another one and hashes apart."""
+    v1 = ["context_form=1"]
+    assert config_hash(train_config(v1)) == "eedb3bb1b7"
+    assert config_hash(train_config([*v1, "model=tiny"])) == "b4894c81a3"
+    assert config_hash(train_config([*v1, "world=pyfunc", "context=reference"])) == "9128d9720b"
+    assert config_hash(train_config([*v1, "trainer.val_every=5", "rollout.val_batch_size=8"])) == "eedb3bb1b7"
+    assert config_hash(train_config([*v1, "rollout.stop=[]", "gap.sampling=rollout"])) == "eedb3bb1b7"
+    assert config_hash(train_config([])) != "eedb3bb1b7"  # form 2's contexts: another configuration
+    for other in ("rollout.stop=[END]", "gap.sampling=validation"):
+        assert config_hash(train_config([*v1, other])) != "eedb3bb1b7", other
     graded = {config_hash(train_config(["context=graded", f"graded_fraction={f}"])) for f in (0.25, 0.5)}
     assert len(graded) == 2  # the fraction is part of what a graded configuration is
     # algorithm=opsd spelled out, or GRPO's options at their defaults: the same (older) hashes
-    assert config_hash(train_config(["algorithm=opsd"])) == "eedb3bb1b7"
-    assert config_hash(train_config(["model=tiny", "algorithm=opsd", "loss.kl_beta=0.0", "loss.aggregation=sequence",
+    assert config_hash(train_config([*v1, "algorithm=opsd"])) == "eedb3bb1b7"
+    assert config_hash(train_config([*v1, "model=tiny", "algorithm=opsd", "loss.kl_beta=0.0", "loss.aggregation=sequence",
                                      "loss.clip_eps=0.2", "loss.scale_advantages=true"])) == "b4894c81a3"
+
+
+def test_a_grid_slice_with_an_unknown_context_or_a_share_outside_0_1_is_one_line_exit_2(tmp_path):
+    for conf, says in (("[context=oracle]", "unknown value 'oracle'"), ("[context=graded, graded_fraction=1.5]",
+                                                                       "graded_fraction: must be in [0, 1], got 1.5")):
+        spec = tmp_path / "bad.yaml"
+        spec.write_text(f"name: bad\nseeds: [0]\nslices:\n  - name: s\n    configs:\n      - {conf}\n")
+        out = opsd("grid", f"grid.spec={spec}", "grid.dry_run=true", f"tracking.uri=sqlite:///{tmp_path}/m.db")
+        lines = out.stderr.strip().splitlines()
+        assert out.returncode == 2 and len(lines) == 1 and says in lines[0] and "slice s" in lines[0], out.stderr
+
+
+def test_one_measurement_per_student_key_when_two_processes_want_it_at_once(tmp_path, tiny_overrides):
+    """bench-v1 recorded pyfunc rows sharing a student key with two different measurements: two
+    workers measured it at once. The key's lock makes the second wait and reuse the first's."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from opsd_platform.training.measurements import MeasurementStore, _cached
+    from opsd_platform.training.gap import Side
+    from opsd_platform.training.evaluation import Evaluation
+
+    store = MeasurementStore(f"sqlite:///{tmp_path}/m.db", "opsd")
+    store.experiment_id()
+    calls = []
+
+    def measure():
+        calls.append(1)
+        time.sleep(1.0)
+        return Side(Evaluation(0.5, 0.5, [0.5], 2, 3.0, ["a", "b"], []), 1.0, 1.0)
+
+    fields = {"kind": "gap_student", "seed": 0, "x": 1}
+    with ThreadPoolExecutor(2) as pool:
+        sides = list(pool.map(lambda _: _cached(store, "gap_student", fields, measure), range(2)))
+    assert len(calls) == 1 and sorted(s.reused for s in sides) == [False, True]
+    assert len(store.client.search_runs([store.experiment_id()], "tags.`measurement.kind` = 'gap_student'")) == 1
 
 
 def test_grpo_configuration_hashes():
@@ -352,9 +394,11 @@ def test_law_report_runs_on_an_exported_table(tmp_path):
     import json
 
     report = json.loads((tmp_path / "r.json").read_text())
-    pooled = [f for f in report["fits"] if f["fit"] == "pooled (law slices)"][0]
-    assert 0.5 < pooled["slope"] < 0.8 and pooled["configs"] == 5
-    assert (tmp_path / "plots" / "law-f-arithmetic.png").is_file()
+    fit = [f for f in report["fits"] if f["fit"] == "law-arithmetic"][0]  # each slice alone
+    assert 0.5 < fit["slope"] < 0.8 and fit["configs"] == 5
+    assert fit["loo_rmse"] < fit["loo_rmse_const"]  # the law predicts better than a constant here
+    assert set(report["robustness"]["law-arithmetic"]) == {"bootstrap", "flagged"}
+    assert (tmp_path / "plots" / "law-law-arithmetic.png").is_file()
 
 
 def test_export_from_a_store_of_one_new_run_fills_the_tables_hyper_parameter_columns():
@@ -392,7 +436,7 @@ def test_law_report_covariates_use_only_the_searched_family(tmp_path):
     gap_only = [r for r in out["covariates"] if r["fit"] == "gap only"][0]
     assert gap_only["configs"] == 5
     fits = {r["fit"]: r for r in out["fits"]}
-    assert fits["g / arithmetic"]["configs"] == 3 and fits["pooled (law slices)"]["configs"] == 5
+    assert fits["law-g-arithmetic"]["configs"] == 3 and fits["pooled, slice intercepts (table)"]["configs"] == 5
     cfg = {r["context"]: r for r in out["configurations"]["law-g-arithmetic"]}
     assert list(cfg) == ["c2", "c1", "c0"]  # by mean gap, largest first
     assert cfg["c1"]["seeds"] == "0 / 1" and cfg["c1"]["gap"] == "-0.100 / -0.100"

@@ -1,6 +1,6 @@
 """benchmarks.grpo_report on small synthetic tables (test data, not measurements): the intervals
-and differences against a direct computation, the law's pick, the failure modes, and a table
-without GRPO rows (today's benchmark) that is reported as such."""
+and differences (Welch and paired by seed) against a direct computation, the law's pick, the failure
+modes, a table without GRPO rows that is reported as such, and --grid."""
 
 import json
 import math
@@ -13,7 +13,7 @@ import pandas as pd
 import pytest
 from scipy import stats
 
-from benchmarks.grpo_report import report
+from benchmarks.grpo_report import judged, main, paired_difference, report, welch_difference
 from opsd_platform.law.export import RUN_COLUMNS, STEP_COLUMNS, STEP_CURVES
 
 REPO = Path(__file__).resolve().parents[1]
@@ -37,7 +37,7 @@ def make_table(path: Path, *, grpo=True, curves=True, algorithm_column=True) -> 
                          "world": "arithmetic", "context": context, "config": f"{algo}-{context}", "seed": seed,
                          "steps": STEPS, "gap": gap, "val_initial": initial, "val_final": initial + imp,
                          "improvement": imp, "slice": f"{'law' if algo == 'opsd' else 'grpo'}-arithmetic",
-                         "algorithm": algo})
+                         "algorithm": algo, "grid": "bench-v1"})
             first, last = LENGTHS[algo]
             for s in range(STEPS + 1):
                 # the static context collapses mid-run (validation at step 2 far below the start)
@@ -102,8 +102,9 @@ def test_differences_intervals_pick_and_failure_modes_match_a_direct_computation
     assert pick["label"] == list(OPSD)[int(np.argmax(intercept + slope * gaps))] == "reference"
     assert pick["predicted"] == pytest.approx(intercept + slope * 0.3)
     assert pick["minus_grpo"]["diff"] == pytest.approx(np.mean(OPSD["reference"][1]) - np.mean(GRPO))
-    ref = direct_welch(OPSD["reference"][1], GRPO)
-    assert pick["verdict"] == ("OPSD better" if ref[1] > 0 else "undecided (interval contains 0)")
+    # Welch's interval contains 0 here; the verdict reads the paired one (seeds 0 and 1), which does not
+    assert direct_welch(OPSD["reference"][1], GRPO)[1] < 0 < direct_paired(OPSD["reference"][1][:2], GRPO)[1]
+    assert (pick["verdict"], pick["verdict_from"]) == ("OPSD better", "paired")
     # failure modes: drift = last - first length per run; static collapses; GRPO's rollout ends at 0
     fail = arith["failure_by_algorithm"]
     assert fail["opsd"]["length_drift"]["mean"] == pytest.approx(6.0) and fail["opsd"]["length_drift"]["n"] == 11
@@ -134,3 +135,94 @@ def test_curves_missing_from_an_old_export_leave_drift_unknown(tmp_path):
     arith = report(data, LEVEL, ["arithmetic"], None)["worlds"][0]
     assert arith["curves_missing"] and arith["failure_by_algorithm"]["grpo"]["length_drift"]["n"] == 0
     assert list(pd.read_csv(data / "steps.csv").columns) == STEP_COLUMNS
+
+
+def direct_paired(a, b):
+    d = np.asarray(a, float) - np.asarray(b, float)
+    half = stats.t.ppf(1 - (1 - LEVEL) / 2, len(d) - 1) * d.std(ddof=1) / math.sqrt(len(d))
+    return d.mean(), d.mean() - half, d.mean() + half
+
+
+def test_the_paired_difference_is_scipys_paired_t_interval_over_the_seeds_both_sides_ran():
+    opsd = pd.Series([0.10, 0.14, 0.09, 0.30], index=[0, 1, 2, 7])  # seed 7 has no GRPO run: left out
+    grpo = pd.Series([0.05, 0.08, 0.02, 0.11], index=[2, 1, 0, 3])  # seed 3 has no OPSD run: left out
+    p = paired_difference(opsd, grpo, LEVEL)
+    a, b = [0.10, 0.14, 0.09], [0.02, 0.08, 0.05]  # seeds 0, 1, 2 matched by seed, not by position
+    ref = stats.ttest_rel(a, b).confidence_interval(confidence_level=LEVEL)
+    assert (p["diff"], p["lower"], p["upper"]) == pytest.approx((np.mean(a) - np.mean(b), ref.low, ref.high))
+    assert (p["diff"], p["lower"], p["upper"]) == pytest.approx(direct_paired(a, b))
+    assert (p["n"], p["df"], p["per_seed"]) == (3, 2, pytest.approx({0: 0.08, 1: 0.06, 2: 0.04}))
+    # narrower than Welch here: the seeds' shared difficulty cancels within a seed
+    assert p["upper"] - p["lower"] < (w := welch_difference(a, b, LEVEL))["upper"] - w["lower"]
+    assert judged(w, p) == {"verdict": "OPSD better", "verdict_from": "paired"}
+
+
+def test_one_paired_seed_or_identical_differences_give_no_paired_interval_and_welch_decides():
+    one = paired_difference(pd.Series([0.1, 0.2], index=[0, 5]), pd.Series([0.05, 0.0], index=[0, 1]), LEVEL)
+    assert (one["n"], one["diff"]) == (1, pytest.approx(0.05)) and math.isnan(one["lower"]) and math.isnan(one["df"])
+    same = paired_difference(pd.Series([0.25, 0.5]), pd.Series([0.0, 0.25]), LEVEL)
+    assert (same["n"], same["diff"], same["df"]) == (2, 0.25, 1) and math.isnan(same["upper"])
+    welch = welch_difference([0.25, 0.5], [0.0, 0.25], LEVEL)
+    assert judged(welch, same)["verdict_from"] == judged(welch, one)["verdict_from"] == "welch"
+
+
+def test_the_report_pairs_by_seed_and_judges_from_the_paired_interval(tmp_path):
+    out = report(make_table(tmp_path / "data"), LEVEL, ["arithmetic"], None)
+    arith = out["worlds"][0]
+    for c in arith["opsd"]:
+        imps = OPSD[c["label"]][1]
+        p = c["minus_grpo_paired"]
+        assert p["n"] == 2 and list(p["per_seed"]) == [0, 1]  # the OPSD seed 2 has no GRPO partner
+        assert (p["diff"], p["lower"], p["upper"]) == pytest.approx(direct_paired(imps[:2], GRPO))
+        assert c["verdict_from"] == "paired"
+        assert c["verdict"] == ("OPSD better" if p["lower"] > 0 else "GRPO better" if p["upper"] < 0
+                                else "undecided (interval contains 0)")
+    reference = next(c for c in arith["opsd"] if c["label"] == "reference")
+    assert arith["law_pick"]["minus_grpo_paired"] == reference["minus_grpo_paired"]
+
+
+def add_bench_v2(data: Path) -> Path:
+    """bench-v2 beside bench-v1: law and GRPO slices renamed -v2 (improvements shifted so the grids
+    differ), a pilot slice of each algorithm, and a Gemma law slice that GRPO never ran on."""
+    runs, steps = pd.read_csv(data / "runs.csv"), pd.read_csv(data / "steps.csv")
+    arith = runs[runs["world"] == "arithmetic"]
+    v2 = arith.assign(slice=arith["slice"] + "-v2", improvement=arith["improvement"] + 0.5)
+    pilot = arith.assign(slice="pilot-arithmetic", improvement=9.0)
+    gemma = arith[arith["algorithm"] == "opsd"].assign(slice="law-gemma3-arithmetic-v2", model="gemma",
+                                                        improvement=-9.0)
+    new = []
+    for tag, part in (("v2", v2), ("pilot", pilot), ("gemma", gemma)):
+        new.append(part.assign(grid="bench-v2", run_id=part["run_id"] + "-" + tag, config=part["config"] + "-" + tag))
+        copied = steps[steps["run_id"].isin(part["run_id"])]
+        steps = pd.concat([steps, copied.assign(run_id=copied["run_id"] + "-" + tag)])
+    pd.concat([runs, *new]).to_csv(data / "runs.csv", index=False)
+    steps.to_csv(data / "steps.csv", index=False)
+    return data
+
+
+def test_grid_keeps_that_grids_rows_and_only_law_and_grpo_slices_of_grpos_model(tmp_path):
+    data = add_bench_v2(make_table(tmp_path / "data"))
+    v1 = report(data, LEVEL, ["arithmetic"], None, grid="bench-v1")
+    v2 = report(data, LEVEL, ["arithmetic"], None, grid="bench-v2")
+    assert (v1["grid"], v1["runs"], v2["grid"], v2["runs"]) == ("bench-v1", 14, "bench-v2", 11 + 2 + 13 + 11)
+    for out, shift, suffix in ((v1, 0.0, ""), (v2, 0.5, "-v2")):
+        arith = out["worlds"][0]
+        assert arith["status"] == "compared" and arith["grpo"]["config"] == "grpo-none" + suffix
+        assert arith["grpo"]["improvement"]["mean"] == pytest.approx(np.mean(GRPO) + shift)
+        assert {c["config"] for c in arith["opsd"]} == {f"opsd-{c}{suffix}" for c in OPSD}  # no pilot, no Gemma
+        arms = [*(("opsd", c, i) for c, (_, i) in OPSD.items()), ("grpo", "none", GRPO)]
+        expected = {f"{a}-{c}-{s}{suffix}" for a, c, imps in arms for s in range(len(imps))}
+        assert {r["run_id"] for r in arith["per_run"]} == expected
+        assert arith["equal_budget"]["models"] == {"opsd": ["m"], "grpo": ["m"]}
+    # every grid at once: two GRPO configurations in one world are never averaged
+    both = report(data, LEVEL, ["arithmetic"], None)["worlds"][0]
+    assert both["status"].startswith("2 GRPO configurations")
+
+
+def test_an_unknown_grid_is_one_line_naming_the_file_and_the_grids_there(tmp_path, capsys):
+    data = add_bench_v2(make_table(tmp_path / "data"))
+    code = main(["--data", str(data), "--grid", "bench-v9", "--out", str(tmp_path / "r.json"),
+                 "--plot", str(tmp_path / "p.png")])
+    err = capsys.readouterr().err
+    assert code == 2 and not (tmp_path / "r.json").exists()
+    assert err == f"grpo_report: {data / 'runs.csv'}: no rows of grid 'bench-v9' (grids there: bench-v1, bench-v2)\n"

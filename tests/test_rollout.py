@@ -210,3 +210,47 @@ def test_missing_vllm_is_a_clear_error(tiny):
     model, tok = tiny
     with pytest.raises(ImportError, match="make vllm-env"):
         make_engine("vllm", model, tok)
+
+
+def test_stop_rule_ends_a_generation_at_the_stop_string(tiny):
+    """rollout.stop (bench-v2: a model that does not end on its own): each response ends with the
+    token that completes the stop string, nothing after it is kept or masked in, and the
+    rule changes the draws (rows that stop leave the batch), so the texts differ from free sampling."""
+    from opsd_platform.training.sequences import stop_length
+
+    model, tok = tiny
+    ids = tok("ab\n\ncd", add_special_tokens=False)["input_ids"]
+    k = stop_length(tok, ids, ["\n\n"])
+    assert tok.decode(ids[:k]) == "ab\n\n" and stop_length(tok, ids, ["zz"]) is None
+    torch.manual_seed(0)
+    free = HFGenerateEngine(model, tok).generate(MESSAGES, n=4, max_new_tokens=24, temperature=1.0)
+    stops = [t[len(t) // 2] for t in free.texts if len(t) > 4][:1]  # a character the model does emit
+    assert stops
+    torch.manual_seed(0)
+    ro = HFGenerateEngine(model, tok, stop=stops).generate(MESSAGES, n=4, max_new_tokens=24, temperature=1.0)
+    assert ro.stopped is not None and any(ro.stopped)
+    for text, stopped, mask, f in zip(ro.texts, ro.stopped, ro.response_mask, free.texts):
+        if stopped:
+            assert text.endswith(stops[0]) and text.count(stops[0]) == 1
+            assert len(text) == int(mask.sum())  # one character a token: the mask ends at the stop
+        assert stops[0] not in text[:-1]
+    assert any(f != t for f, t in zip(free.texts, ro.texts))
+
+
+def test_the_qa_template_of_a_base_model_and_its_stop():
+    """model.template=qa (bench-v2, Gemma-3 base): the message as 'Question: ...\\nAnswer:' and the
+    response ended at its first line break; refused for a model with a chat template of its own."""
+    from opsd_platform.models import PROMPT_TEMPLATES, ModelLoadError, build_char_tokenizer, template_stops
+    from opsd_platform.training.sequences import chat_ids
+
+    tok = build_char_tokenizer()
+    tok.chat_template = PROMPT_TEMPLATES["qa"][0]
+    assert tok.decode(chat_ids(tok, "What is 2 + 3?"), skip_special_tokens=True) == "Question: What is 2 + 3?\nAnswer:"
+    assert template_stops("qa") == ("\n",) and template_stops(None) == ()
+    with pytest.raises(ModelLoadError, match="model.template=qa"):
+        load_policy(ModelConfig(source="tiny", template="qa"))
+    cfg = train_config(["model=tiny", "model.template=qa", "rollout.stop=[END]"])
+    from opsd_platform.training.rollout import engine_for
+
+    model, tok = load_policy(ModelConfig(source="tiny"))
+    assert engine_for(cfg, model, tok).stop == ("\n", "END")

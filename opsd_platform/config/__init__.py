@@ -1,4 +1,4 @@
-"""Public API of `opsd_platform.config`: re-exported from `schema.py`."""
+"""Public API of `opsd_platform.config`: re-exported from `schema.py` (the sections) and `keys.py` (hashes)."""
 
 from opsd_platform.config.schema import (  # noqa: F401
     MODEL_SOURCES,
@@ -21,9 +21,5 @@ from opsd_platform.config.schema import (  # noqa: F401
     GapConfig,
     TrackingConfig,
     TrainConfig,
-    world_fields,
-    config_hash,
-    how_fields,
-    HOW_LEVELS,
-    flatten,
 )
+from opsd_platform.config.keys import world_fields, config_hash, how_fields, HOW_LEVELS, flatten  # noqa: F401

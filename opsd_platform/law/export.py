@@ -232,3 +232,13 @@ def read_table(path: str | Path) -> pd.DataFrame:
         raise ExportError(f"{path}: not a readable CSV ({type(exc).__name__}: {exc})") from None
     check_table(table, str(path))
     return table
+
+
+def only_grid(runs: pd.DataFrame, grid: str | None, where: str | Path) -> pd.DataFrame:
+    """The rows of one grid (the `grid` column: bench-v1, bench-v2); every row when `grid` is None."""
+    if grid is None:
+        return runs
+    if "grid" not in runs or not (runs["grid"] == grid).any():
+        raise ExportError(f"{where}: no rows of grid {grid!r}"
+                          + (f" (grids there: {', '.join(sorted(runs['grid'].dropna().unique()))})" if "grid" in runs else ""))
+    return runs[runs["grid"] == grid]

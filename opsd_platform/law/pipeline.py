@@ -130,6 +130,7 @@ def points_from_table(table: str, slices: list[str] | None = None) -> pd.DataFra
         "improvement": runs["improvement"].astype(float), "context": runs["context"], "world": runs["world"],
         "family": runs["family"], "model": runs["model"], "context_tokens": runs["context_tokens"],
         "steps": runs["steps"].astype(float), "run_id": runs["run_id"],
+        "slice": runs["slice"] if "slice" in runs else "",
     })
     ambiguous = points.groupby("label")["config_hash"].transform("nunique") > 1
     points["config"] = points["label"].where(~ambiguous, points["label"] + "#" + points["config_hash"])

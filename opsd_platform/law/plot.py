@@ -73,11 +73,14 @@ def plot_law(
     *,
     holdout: Mapping[str, Any] | None = None,
     path: str | Path,
+    controls: Sequence[str] = (),
 ) -> Path:
     """Gap vs improvement: one point per configuration (mean over seeds, error bars = std over
     seeds on both axes), coloured by family, labelled by config; the fitted line and its
     prediction band at ``fit.level``; R^2 and hold-out RMSE/MAE/coverage in the legend.
-    Covariates, if the law has any, are held at their mean over the configurations."""
+    Covariates, if the law has any, are held at their mean over the configurations. Configurations
+    whose ``context`` is one of `controls` (shuffled_reference, retry: the context's form without
+    its content) are ringed, so a reader sees whether the law's x-axis measures content."""
     plt = _pyplot()
     agg = aggregate(points)
     path = Path(path)
@@ -108,6 +111,11 @@ def plot_law(
             label=f"{fam} ({int(sel.sum())} configs)" if "family" in agg.columns else f"{int(sel.sum())} configs",
         )
     _label_points(ax, _config_labels(agg), agg["gap"].to_numpy(float), agg["improvement"].to_numpy(float))
+    if controls and "context" in agg.columns:
+        ring = agg["context"].astype(str).isin(list(controls)).to_numpy()
+        if ring.any():
+            ax.scatter(agg.loc[ring, "gap"], agg.loc[ring, "improvement"], s=180, facecolors="none", edgecolors="red",
+                       linewidths=1.5, label=f"control ({', '.join(controls)}): form without content", zorder=5)
 
     if holdout and holdout.get("n"):
         kind = "leave-one-config-out" if holdout.get("kind", "leave_one_out") == "leave_one_out" else (

@@ -13,11 +13,29 @@ Choices where the sources leave room (algorithm.md, section 2):
 - ``peer_hints`` is world-agnostic: the opening of a correct peer answer (about a third, at most
   a few lines), labelled as a hint, so the teacher sees the approach but not the whole answer.
 - Long texts are cut (``MAX_CHARS``) so a runaway attempt cannot blow up the teacher's prompt.
+
+Two wordings (``context_form``). Form 1 is bench-v1's, kept so its table can be reproduced: the
+reference is shown as bare text under "do not copy it; answer in your own words" (Zhao et al.'s
+instruction), and ``graded`` reveals the first words of that reference. On code that taught the
+student an unfenced answer the grader cannot extract (bench-v1's collapse on code), and on
+arithmetic's 9-word reference ``graded`` was a step, not a dial. Form 2 (the default):
+
+- ``reference`` shows the reference *in the form the world's answer must take* (code inside the
+  fence the grader reads, ``Problem.reference_format``), with no instruction that pulls the
+  teacher away from that form;
+- ``graded`` reveals the first share of the problem's *worked solution* (``Problem.worked``: a
+  longer derivation where the world has one, else the reference) by whitespace-separated tokens,
+  rounded up, inside the same fence, so the share is a dial rather than a step;
+- two controls no anchor has: ``shuffled_reference`` (another problem's reference, same form: the
+  context's form without its content) and ``retry`` (the sample's own attempt and a bare "it may
+  be wrong; try again", for every sample: feedback's form without its verdict). If the gap law
+  measures content, both controls sit near ``none``.
 """
 
 from __future__ import annotations
 
 import math
+import re
 from dataclasses import dataclass
 from typing import Callable, Sequence
 
@@ -26,6 +44,8 @@ from opsd_platform.config.choices import check_implemented
 from opsd_platform.worlds.base import Judgement, Problem
 
 MAX_CHARS = 1200  # cap on any quoted attempt, feedback or reference inside a teacher prompt
+CONTEXT_FORMS = (1, 2)  # 1 = bench-v1's wording (reproduces its table), 2 = the answer's own form
+DEFAULT_FORM = 2
 
 STATIC_PREAMBLE = (
     "You are an expert problem solver. Read the task carefully, work through it step by step, "
@@ -50,6 +70,8 @@ class Sample:
     attempt: Attempt  # this sample's own attempt
     peers: Sequence[Attempt]  # the other samples of the same problem (never this one)
     graded_fraction: float = 0.5  # share of the reference the graded context reveals
+    form: int = DEFAULT_FORM  # the contexts' wording (module doc)
+    other: Problem | None = None  # another problem of the batch (shuffled_reference's source)
 
 
 def _cut(text: str, limit: int = MAX_CHARS) -> str:
@@ -115,36 +137,82 @@ def peer_or_feedback_context(sample: Sample) -> str | None:
     return peer_solution_context(sample) or feedback_context(sample)
 
 
+def show_reference(problem: Problem, text: str) -> str:
+    """`text` (all or part of the problem's reference) in the form the world's answer takes."""
+    if problem.reference_format == "text":
+        return _cut(text)
+    return f"```{problem.reference_format}\n{_cut(text)}\n```"
+
+
 def reference_context(sample: Sample) -> str | None:
     if not sample.problem.reference.strip():
         return None
+    if sample.form == 1:
+        return (
+            "A reference solution (do not copy it; answer in your own words):\n"
+            f"{_cut(sample.problem.reference)}"
+        )
+    return f"A reference solution to this task:\n{show_reference(sample.problem, sample.problem.reference)}"
+
+
+def shuffled_reference_context(sample: Sample) -> str | None:
+    """Control: another problem's reference in `reference`'s exact form (its content is wrong)."""
+    other = sample.other
+    if other is None or not other.reference.strip() or not sample.problem.reference.strip():
+        return None
+    return f"A reference solution to this task:\n{show_reference(sample.problem, other.reference)}"
+
+
+def retry_context(sample: Sample) -> str | None:
+    """Control: `feedback`'s form without its content (no verdict, no feedback), for every sample."""
     return (
-        "A reference solution (do not copy it; answer in your own words):\n"
-        f"{_cut(sample.problem.reference)}"
+        "An earlier attempt at this task:\n"
+        f"{_cut(sample.attempt.response)}\n\n"
+        "It may be wrong. Try again."
     )
 
 
 def reference_prefix(reference: str, fraction: float) -> str:
     """The first ``round(fraction * words)`` whitespace-separated words of `reference` (line breaks
-    kept), so 0 reveals nothing and 1 all of it."""
+    kept), so 0 reveals nothing and 1 all of it. bench-v1's rule (form 1): Python's round() sends
+    4.5 to 4, so on a 9-word reference 0.5 showed 4 words."""
     words = reference.strip().split(" ")
     keep = round(fraction * len(words))
     return " ".join(words[:keep]).strip()
 
 
+def worked_prefix(worked: str, fraction: float) -> str:
+    """The first ``ceil(fraction * tokens)`` whitespace-separated tokens of `worked`, its line breaks
+    and indentation kept (form 2): 0 reveals nothing, 1 all of it, and every share > 0 at least one
+    token. Splitting on runs of whitespace (not single spaces) makes a code line's indentation
+    part of the token after it, so a revealed prefix is code as written."""
+    text = worked.strip()
+    spans = [m.span() for m in re.finditer(r"\S+", text)]
+    keep = math.ceil(fraction * len(spans) - 1e-9)
+    return text[: spans[keep - 1][1]] if keep > 0 else ""
+
+
 def graded_context(sample: Sample) -> str | None:
-    """A chosen share of the reference (``graded_fraction``): a knob that moves the gap smoothly
-    between ``none`` (0) and ``reference``-like (1), for covering the law's gap axis densely
-    (algorithm.md, section 2). The teacher is told it sees only the beginning."""
-    if not sample.problem.reference.strip():
+    """A chosen share of the reference (``graded_fraction``): a knob that moves the gap between
+    ``none`` (0) and ``reference``-like (1), for covering the law's gap axis densely (algorithm.md,
+    section 2). The teacher is told it sees only the beginning."""
+    problem = sample.problem
+    if not problem.reference.strip():
         return None
-    shown = reference_prefix(sample.problem.reference, sample.graded_fraction)
+    if sample.form == 1:
+        shown = reference_prefix(problem.reference, sample.graded_fraction)
+        if not shown:
+            return ""
+        if sample.graded_fraction >= 1.0:
+            return f"A reference solution (do not copy it; answer in your own words):\n{_cut(shown)}"
+        return ("The beginning of a reference solution (the rest is hidden; do not copy it, finish the task in "
+                f"your own words):\n{_cut(shown)}")
+    shown = worked_prefix(problem.worked or problem.reference, sample.graded_fraction)
     if not shown:
         return ""
     if sample.graded_fraction >= 1.0:
-        return f"A reference solution (do not copy it; answer in your own words):\n{_cut(shown)}"
-    return ("The beginning of a reference solution (the rest is hidden; do not copy it, finish the task in "
-            f"your own words):\n{_cut(shown)}")
+        return f"A worked solution to this task:\n{show_reference(problem, shown)}"
+    return f"The beginning of a worked solution to this task (the rest is hidden):\n{show_reference(problem, shown)}"
 
 
 ContextBuilder = Callable[[Sample], "str | None"]
@@ -158,6 +226,8 @@ CONTEXTS: dict[str, ContextBuilder] = {
     "peer_or_feedback": peer_or_feedback_context,
     "reference": reference_context,
     "graded": graded_context,
+    "shuffled_reference": shuffled_reference_context,
+    "retry": retry_context,
 }
 check_implemented("context", CONTEXT_NAMES, CONTEXTS)
 
@@ -179,13 +249,17 @@ def build_group(
     problem: Problem,
     attempts: Sequence[Attempt],
     graded_fraction: float = 0.5,
+    form: int = DEFAULT_FORM,
+    other: Problem | None = None,
 ) -> list[str | None]:
     """Teacher user messages for all n samples of one problem (None = no teacher for it)."""
     builder = get_builder(name)
+    if form not in CONTEXT_FORMS:
+        raise ValueError(f"unknown context form {form!r}; valid: {', '.join(map(str, CONTEXT_FORMS))}")
     out: list[str | None] = []
     for i, attempt in enumerate(attempts):
         peers = [a for j, a in enumerate(attempts) if j != i]
-        privileged = builder(Sample(problem, attempt, peers, graded_fraction))
+        privileged = builder(Sample(problem, attempt, peers, graded_fraction, form, other))
         out.append(None if privileged is None else teacher_message(problem.prompt, privileged))
     return out
 
@@ -197,14 +271,20 @@ def build_for_rollouts(
     judgements: Sequence[Judgement],  # [B*n]
     n: int,
     graded_fraction: float = 0.5,
+    form: int = DEFAULT_FORM,
 ) -> list[str | None]:  # [B*n] teacher user message of each row, None = no teacher
-    """Teacher messages for a whole rollout batch, one problem's group of n samples at a time."""
+    """Teacher messages for a whole rollout batch, one problem's group of n samples at a time.
+    A problem's `other` (shuffled_reference's source) is the next problem of the batch with a
+    different reference, cyclically; None when the batch has no such problem."""
     if len(texts) != len(problems) * n or len(judgements) != len(texts):
         raise ValueError(f"{len(problems)} problems x n={n} but {len(texts)} texts and {len(judgements)} judgements")
     out: list[str | None] = []
     for b, problem in enumerate(problems):
         rows = range(b * n, (b + 1) * n)
-        out += build_group(name, problem, [Attempt(texts[i], judgements[i]) for i in rows], graded_fraction)
+        others = [problems[(b + k) % len(problems)] for k in range(1, len(problems))]
+        other = next((p for p in others if p.reference.strip() != problem.reference.strip()), None)
+        out += build_group(name, problem, [Attempt(texts[i], judgements[i]) for i in rows], graded_fraction, form,
+                           other)
     return out
 
 

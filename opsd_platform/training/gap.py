@@ -53,7 +53,7 @@ import numpy as np
 
 import torch
 
-from opsd_platform.training.contexts import build_for_rollouts
+from opsd_platform.training.contexts import DEFAULT_FORM, build_for_rollouts
 from opsd_platform.training.evaluation import Evaluation, Stream, cpu_seconds, evaluate, judged, seeded_stream
 from opsd_platform.training.gap_estimators import DEFAULT_CLIP, Estimate, SampleSummary, estimates, summarise
 from opsd_platform.training.precision import DEFAULT_PRECISION, autocast
@@ -183,22 +183,23 @@ def measure_student(engine, world: World, problems: Sequence[Problem], sampling:
 
 
 def teacher_messages(context: str, problems: Sequence[Problem], student: Evaluation, n: int,
-                     graded_fraction: float = 0.5) -> tuple[list[str], list[bool]]:
+                     graded_fraction: float = 0.5, form: int = DEFAULT_FORM) -> tuple[list[str], list[bool]]:
     """Each student sample's teacher message (the plain prompt where its context is unavailable,
     see the module doc) and whether it had a privileged context."""
-    built = build_for_rollouts(context, problems, student.texts, student.judgements, n, graded_fraction)
+    built = build_for_rollouts(context, problems, student.texts, student.judgements, n, graded_fraction, form)
     messages = [m if m is not None else problems[i // n].prompt for i, m in enumerate(built)]
     return messages, [m is not None for m in built]
 
 
 def measure_teacher(engine, world: World, problems: Sequence[Problem], context: str, student: Evaluation,
-                    sampling: Sampling, seed: int, graded_fraction: float = 0.5, stream: Stream | None = None) -> Side:
+                    sampling: Sampling, seed: int, graded_fraction: float = 0.5, stream: Stream | None = None,
+                    form: int = DEFAULT_FORM) -> Side:
     """The teacher side: one answer per student sample under its teacher message, from stream
     "gap/teacher/<context>" (so it does not depend on how the student side was obtained;
     `stream`: that stream, resumed where an earlier batch of problems left it)."""
     t0, c0 = time.perf_counter(), cpu_seconds()
     n = sampling.n
-    messages, _ = teacher_messages(context, problems, student, n, graded_fraction)
+    messages, _ = teacher_messages(context, problems, student, n, graded_fraction, form)
     row_problems = [problems[i // n] for i in range(len(messages))]
     with stream.resume() if stream is not None else seeded_stream(seed, teacher_stream(context, graded_fraction)):
         ev = evaluate(engine, world, row_problems, messages, k=1, **sampling.kwargs())
@@ -207,10 +208,10 @@ def measure_teacher(engine, world: World, problems: Sequence[Problem], context: 
 
 def combine(context: str, problems: Sequence[Problem], sampling: Sampling, student: Side, teacher: Side, *,
             n_boot: int = 2000, level: float = 0.95, seed: int = 0, n_examples: int = 4,
-            graded_fraction: float = 0.5) -> GapResult:
+            graded_fraction: float = 0.5, form: int = DEFAULT_FORM) -> GapResult:
     """The gap of two measured sides: pass rates, paired bootstrap intervals, costs, examples."""
     n = sampling.n
-    messages, has_context = teacher_messages(context, problems, student.evaluation, n, graded_fraction)
+    messages, has_context = teacher_messages(context, problems, student.evaluation, n, graded_fraction, form)
     row_problems = [problems[i // n] for i in range(len(messages))]
     s_ev, t_ev = student.evaluation, teacher.evaluation
     s_pass = np.array(s_ev.per_problem)
@@ -271,15 +272,17 @@ def measure_gap(
     seed: int = 0,
     n_examples: int = 4,
     graded_fraction: float = 0.5,
+    form: int = DEFAULT_FORM,
 ) -> GapResult:
     """Student vs self-teacher pass rate on `problems`, n samples each (see the module doc)."""
     if not problems:
         raise ValueError("measure_gap needs at least one problem")
     sampling = Sampling(n, max_new_tokens, temperature, top_p)
     student = measure_student(engine, world, problems, sampling, seed)
-    teacher = measure_teacher(engine, world, problems, context, student.evaluation, sampling, seed, graded_fraction)
+    teacher = measure_teacher(engine, world, problems, context, student.evaluation, sampling, seed, graded_fraction,
+                              form=form)
     return combine(context, problems, sampling, student, teacher, n_boot=n_boot, level=level, seed=seed,
-                   n_examples=n_examples, graded_fraction=graded_fraction)
+                   n_examples=n_examples, graded_fraction=graded_fraction, form=form)
 
 
 # ----------------------------------------------------------------------------- the cheap gap (module doc)
@@ -355,13 +358,13 @@ class CheapGapResult:
 def cheap_gap(model, tokenizer, context: str, problems: Sequence[Problem], student: StudentSamples, n: int, *,
               graded_fraction: float = 0.5, batch_size: int = 16, share_prefix: bool = True,
               precision: str = DEFAULT_PRECISION, clip: float = DEFAULT_CLIP, n_boot: int = 2000,
-              level: float = 0.95, seed: int = 0) -> tuple[CheapGapResult, SampleSummary]:
+              level: float = 0.95, seed: int = 0, form: int = DEFAULT_FORM) -> tuple[CheapGapResult, SampleSummary]:
     """The estimators of `context`'s gap at step 0 (module doc), and the per-sample summary."""
     ro = student.rollouts
     if ro.logprobs is None:
         raise ValueError("cheap_gap needs the sampled tokens' log-probs (the HF and vLLM engines record them)")
     t0, c0 = time.perf_counter(), cpu_seconds()
-    messages, has_context = teacher_messages(context, problems, student.evaluation, n, graded_fraction)
+    messages, has_context = teacher_messages(context, problems, student.evaluation, n, graded_fraction, form)
     # a teacher message equal to the student's prompt (no context, or the context `none`) makes the
     # teacher the student: log-ratio 0 by definition, nothing to score
     rows = [i for i, has in enumerate(has_context) if has and messages[i] != problems[i // n].prompt]

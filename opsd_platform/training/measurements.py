@@ -21,8 +21,11 @@ sampled tokens, may differ between thread counts). World settings that change no
 (the code judge of a world that runs no code) are left out, as in config_hash (config.world_fields),
 so a setting added later does not orphan the measurements recorded before it.
 
-Two processes that need the same key at the same moment may both measure it; both get the same
-result and the first stored is the one reused afterwards.
+Two processes that need the same key at the same moment do not both measure it: the measurement
+holds a file lock per key (beside a SQLite store, else under $OPSD_HOME/locks), and the second
+waits and reuses the first's. One key, one measurement: bench-v1's grid, whose workers could
+measure a key twice, recorded pyfunc rows sharing a student key with two different student
+measurements (a code verdict or a float reduction that differs between two runs is enough).
 
 The sequential gap (``gap.sequential``, ``sequential_gap`` below) and the store: a side stored in
 full serves it (a stored student side is read a batch at a time, so only the teacher side is
@@ -50,7 +53,7 @@ import numpy as np
 from mlflow.tracking import MlflowClient
 
 from opsd_platform import tracking
-from opsd_platform.config import TrainConfig, world_fields
+from opsd_platform.config import TrainConfig, default_home, world_fields
 from opsd_platform.training.evaluation import Evaluation, Stream, concat, cpu_seconds, seeded_stream, take
 from opsd_platform.training.gap import (STUDENT_STREAM, GapResult, Sampling, Side, combine, measure_student, measure_teacher,
                                teacher_stream)
@@ -74,6 +77,8 @@ def _model_fields(cfg: TrainConfig) -> dict:
     m = asdict(cfg.model)
     for k in ("name", "family", "cache_dir"):  # labels and where a cache lives: not what is computed
         m.pop(k)
+    if m["template"] is None:  # the model's own prompt form: older keys have no field
+        m.pop("template")
     if cfg.model.source != "tiny":
         m.pop("tiny")
     if cfg.trainer.precision != DEFAULT_PRECISION:  # bf16 matmuls sample other tokens; fp32 keeps older keys
@@ -81,28 +86,39 @@ def _model_fields(cfg: TrainConfig) -> dict:
     return m
 
 
+def _stop(cfg: TrainConfig) -> dict:
+    return {"stop": list(cfg.rollout.stop)} if cfg.rollout.stop else {}  # none: older keys have no field
+
+
 def val_key_fields(cfg: TrainConfig) -> dict:
     r = cfg.rollout
     return {"kind": "val_initial", "model": _model_fields(cfg), "world": world_fields(cfg.world), "seed": cfg.seed,
             "sampling": {"k": r.val_samples, "temperature": r.val_temperature, "top_p": r.val_top_p,
-                         "max_new_tokens": r.max_new_tokens, "engine": r.engine}, "threads": _threads()}
+                         "max_new_tokens": r.max_new_tokens, "engine": r.engine, **_stop(cfg)}, "threads": _threads()}
 
 
 def gap_sampling(cfg: TrainConfig) -> Sampling:
+    """How both sides of the gap sample: at the rollout's temperature (bench-v1) or at the
+    validation's (gap.sampling=validation: the temperature the predicted improvement is measured at)."""
     r = cfg.rollout
+    if cfg.gap.sampling == "validation":
+        return Sampling(cfg.gap.samples or r.samples_per_prompt, r.max_new_tokens, r.val_temperature, r.val_top_p)
     return Sampling(cfg.gap.samples or r.samples_per_prompt, r.max_new_tokens, r.temperature, r.top_p)
 
 
 def student_key_fields(cfg: TrainConfig) -> dict:
     return {"kind": "gap_student", "model": _model_fields(cfg), "world": world_fields(cfg.world), "seed": cfg.seed,
             "problems": {"split": cfg.gap.split, "n": cfg.gap.n_problems},
-            "sampling": {**asdict(gap_sampling(cfg)), "engine": cfg.rollout.engine}, "threads": _threads()}
+            "sampling": {**asdict(gap_sampling(cfg)), "engine": cfg.rollout.engine, **_stop(cfg)},
+            "threads": _threads()}
 
 
 def teacher_key_fields(cfg: TrainConfig) -> dict:
     context = {"context": cfg.context}
     if cfg.context == "graded":
         context["graded_fraction"] = cfg.graded_fraction
+    if cfg.context_form != 1:  # bench-v1's wording: older keys have no form
+        context["context_form"] = cfg.context_form
     return {**student_key_fields(cfg), "kind": "gap_teacher", **context}
 
 
@@ -178,10 +194,24 @@ def _save(store: MeasurementStore | None, kind: str, fields: dict, side: Side) -
     return Side(side.evaluation, side.cpu_s, side.seconds, key=key_of(fields))
 
 
+def _key_lock(store: MeasurementStore, kind: str, key: str) -> Path:
+    db = tracking.sqlite_path(store.uri)
+    root = db.parent / "locks" if db is not None else default_home() / "locks"
+    root.mkdir(parents=True, exist_ok=True)
+    return root / f"{kind}-{key}.lock"
+
+
 def _cached(store: MeasurementStore | None, kind: str, fields: dict, measure: Callable[[], Side]) -> Side:
-    """Reuse the stored measurement with these key fields, or measure and store it."""
+    """Reuse the stored measurement with these key fields, or measure and store it, holding the
+    key's lock meanwhile so that a key is measured once however many processes want it."""
+    if store is None:
+        return measure()
     stored = _stored(store, kind, fields)
-    return stored if stored is not None else _save(store, kind, fields, measure())
+    if stored is not None:
+        return stored
+    with tracking.file_lock(_key_lock(store, kind, key_of(fields))):
+        stored = _stored(store, kind, fields)  # measured by another process while we waited
+        return stored if stored is not None else _save(store, kind, fields, measure())
 
 
 # ----------------------------------------------------------------------------- what runs call
@@ -229,9 +259,9 @@ def gap(cfg: TrainConfig, engine, world, store: MeasurementStore | None,
                       lambda: measure_student(engine, world, problems, sampling, cfg.seed))
     teacher = _cached(store, "gap_teacher", teacher_key_fields(cfg),
                       lambda: measure_teacher(engine, world, problems, cfg.context, student.evaluation, sampling,
-                                              cfg.seed, cfg.graded_fraction))
+                                              cfg.seed, cfg.graded_fraction, form=cfg.context_form))
     return combine(cfg.context, problems, sampling, student, teacher, n_boot=cfg.gap.bootstrap,
-                   level=cfg.gap.level, seed=cfg.seed, graded_fraction=cfg.graded_fraction)
+                   level=cfg.gap.level, seed=cfg.seed, graded_fraction=cfg.graded_fraction, form=cfg.context_form)
 
 
 def sequential_gap(cfg: TrainConfig, engine, world, store: MeasurementStore | None, problems, sampling: Sampling,
@@ -266,7 +296,7 @@ def sequential_gap(cfg: TrainConfig, engine, world, store: MeasurementStore | No
                   else measure_student(engine, world, batch, sampling, cfg.seed, stream=s_stream))
         t_side = (Side(take(t_stored.evaluation, start, stop, n), 0.0, 0.0, reused=True) if t_stored is not None
                   else measure_teacher(engine, world, batch, cfg.context, s_side.evaluation, sampling, cfg.seed,
-                                       cfg.graded_fraction, stream=t_stream))
+                                       cfg.graded_fraction, stream=t_stream, form=cfg.context_form))
         s_parts.append(s_side)
         t_parts.append(t_side)
         used = stop
@@ -293,7 +323,7 @@ def sequential_gap(cfg: TrainConfig, engine, world, store: MeasurementStore | No
     student = side(s_parts, s_stored, "gap_student", s_fields)
     teacher = side(t_parts, t_stored, "gap_teacher", t_fields)
     result = combine(cfg.context, problems[:used], sampling, student, teacher, n_boot=g.bootstrap, level=g.level,
-                     seed=cfg.seed, graded_fraction=cfg.graded_fraction)
+                     seed=cfg.seed, graded_fraction=cfg.graded_fraction, form=cfg.context_form)
     # cost saved: the sides measured now, at their cost per problem, over the problems not measured
     now = [sd for sd in (student, teacher) if not sd.reused]
     left = (total - used) / used

@@ -47,7 +47,7 @@ from opsd_platform.training.contexts import build_for_rollouts
 from opsd_platform.training.evaluation import Evaluation, cpu_seconds, evaluate, seeded_stream
 from opsd_platform.training.losses import importance_weights
 from opsd_platform.training.precision import autocast
-from opsd_platform.training.rollout import Rollouts, chat_ids, chunks, make_engine
+from opsd_platform.training.rollout import Rollouts, chat_ids, chunks, engine_for
 from opsd_platform.training.scoring import MicroBatchLoss, micro_batch_loss
 from opsd_platform.training.teacher import Teacher, adamw
 from opsd_platform.worlds.base import World
@@ -74,9 +74,7 @@ class OPSDModule(L.LightningModule):
         self.teacher, self.reference = self._frozen_models(cfg, model)
         if cfg.trainer.gradient_checkpointing:  # after the teacher copy: it never needs it
             model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
-        self.engine = make_engine(cfg.rollout.engine, model, tokenizer, cfg.rollout.batch_size, seed=cfg.seed,
-                                  share_prefix=cfg.trainer.share_prompt_prefix, precision=cfg.trainer.precision,
-                                  refill=cfg.rollout.refill)
+        self.engine = engine_for(cfg, model, tokenizer)
         self.train_problems = world.problems("train")
         self.val_problems = world.problems("val")
         if not self.train_problems or not self.val_problems:
@@ -455,7 +453,7 @@ class OPSDModule(L.LightningModule):
             return StepSignal(group.rows, group.normaliser, group=group)
         # OPSD's contexts: rows are prompt-major, so groups of n consecutive rows share a problem
         teacher_messages = build_for_rollouts(cfg.context, problems, ro.texts, judgements, r.samples_per_prompt,
-                                              cfg.graded_fraction)
+                                              cfg.graded_fraction, cfg.context_form)
         rows = [i for i, m in enumerate(teacher_messages) if m is not None]
         teacher_prompts = {i: chat_ids(self.tokenizer, teacher_messages[i]) for i in rows}
         return StepSignal(rows, teacher_prompts=teacher_prompts)

@@ -41,6 +41,7 @@ from opsd_platform.training.sequences import (  # noqa: F401 (chat_ids, chunks, 
     pad_left,
     prompt_cache,
     response_mask_from,
+    stop_length,
 )
 
 # Alias used in shape comments: N = sequences, T = response positions, P = prompt columns, V = vocab.
@@ -58,6 +59,7 @@ class Rollouts:
     response_mask: torch.Tensor  # [N, T] bool, True up to and including the first EOS
     texts: list[str]  # [N] decoded responses, special tokens removed
     logprobs: torch.Tensor | None = None  # [N, T] float, log-prob of each sampled token (raw policy); 0 past the end
+    stopped: list[bool] | None = None  # [N] ended by a stop string (rollout.stop), not by an EOS or the cap
 
     @property
     def num_tokens(self) -> int:
@@ -83,9 +85,14 @@ class RolloutEngine(Protocol):
 
 
 def _pack(
-    rows: list[list[int]], group: list[int], pieces: list[tuple[list[int], list[float]]], tokenizer, eos: set[int]
+    rows: list[list[int]], group: list[int], pieces: list[tuple[list[int], list[float]]], tokenizer, eos: set[int],
+    stops: Sequence[str] = (),
 ) -> Rollouts:
-    """Token and log-prob lists per row -> a right-padded `Rollouts` (cut after the first EOS)."""
+    """Token and log-prob lists per row -> a right-padded `Rollouts` (cut after the first EOS, and
+    after the token that completes a stop string)."""
+    cuts = [stop_length(tokenizer, t, stops) if stops else None for t, _ in pieces]
+    stopped = [c is not None and not any(x in eos for x in t[:c]) for c, (t, _) in zip(cuts, pieces)]
+    pieces = [(t[:c], lp[:c]) if c is not None else (t, lp) for c, (t, lp) in zip(cuts, pieces)]
     width = max(1, max(len(t) for t, _ in pieces))
     response = torch.full((len(rows), width), tokenizer.pad_token_id, dtype=torch.long)
     logprobs = torch.zeros((len(rows), width), dtype=torch.float32)
@@ -98,7 +105,7 @@ def _pack(
     logprobs = logprobs.masked_fill(~mask, 0.0)
     texts = [tokenizer.decode(r[m], skip_special_tokens=True) for r, m in zip(response, mask)]
     return Rollouts(prompt_ids=rows, group=group, response_ids=response, response_mask=mask, texts=texts,
-                    logprobs=logprobs)
+                    logprobs=logprobs, stopped=stopped if stops else None)
 
 
 class _SampledLogprobs:
@@ -193,8 +200,9 @@ class HFGenerateEngine:
     Same distribution; other random draws (they are drawn per forward, over the rows in it)."""
 
     def __init__(self, model, tokenizer, batch_size: int = 16, share_prefix: bool = True, round_tokens: int = 8,
-                 precision: str = DEFAULT_PRECISION, refill: bool = False):
+                 precision: str = DEFAULT_PRECISION, refill: bool = False, stop: Sequence[str] = ()):
         self.model = model
+        self.stop = tuple(stop)  # rollout.stop: strings that end a response (for models that do not stop)
         self.tokenizer = tokenizer
         self.batch_size = batch_size
         self.share_prefix = share_prefix
@@ -240,7 +248,15 @@ class HFGenerateEngine:
                         pieces += self._generate_batch(rows[sl], max_new_tokens, temperature, top_p, eos, device)
         finally:
             self.model.train(was_training)
-        return _pack(rows, group, pieces, tok, eos)
+        return _pack(rows, group, pieces, tok, eos, self.stop)
+
+    def _ended(self, new: torch.Tensor, eos: set[int], lines: list[int], tokens: list[list[int]]) -> torch.Tensor:
+        """[a] bool: the lines that ended in the last round, on an EOS or (rollout.stop) a stop string."""
+        ended = is_eos(new, eos).any(dim=1)
+        if self.stop:
+            ended |= torch.tensor([stop_length(self.tokenizer, tokens[r], self.stop) is not None for r in lines],
+                                  device=ended.device)
+        return ended
 
     def _round(self, ids, mask, cache, n_tokens: int, temperature: float, top_p: float, eos: set[int],
                lines: list[int], tokens: list[list[int]], logprobs: list[list[float]]):
@@ -287,7 +303,7 @@ class HFGenerateEngine:
             out, new = self._round(ids, mask, cache, min(left, self.round_tokens), temperature, top_p, eos,
                                    active, tokens, logprobs)
             left -= new.shape[1]
-            keep = (~is_eos(new, eos).any(dim=1)).nonzero().squeeze(1)  # [a'] lines still going
+            keep = (~self._ended(new, eos, active, tokens)).nonzero().squeeze(1)  # [a'] lines still going
             if left <= 0 or len(keep) == 0:
                 break
             ids, mask, cache = self._kept(out, new, mask, keep)
@@ -315,7 +331,7 @@ class HFGenerateEngine:
             out, new = self._round(ids, mask, cache, n_tokens, temperature, top_p, eos, active, tokens, logprobs)
             for r in active:
                 left[r] -= new.shape[1]
-            going = ~is_eos(new, eos).any(dim=1) & torch.tensor([left[r] > 0 for r in active], device=new.device)
+            going = ~self._ended(new, eos, active, tokens) & torch.tensor([left[r] > 0 for r in active], device=new.device)
             keep = going.nonzero().squeeze(1)  # [a'] lines still going
             if len(keep) == 0:
                 active, ids, mask, cache = [], None, None, None
@@ -369,7 +385,7 @@ class VLLMEngine:
     LoRA adapters are not supported (the config refuses ``rollout.engine=vllm`` with LoRA)."""
 
     def __init__(self, model, tokenizer, *, max_model_len: int = 2048, gpu_memory_utilization: float = 0.3,
-                 cpu_kv_cache_gb: int = 1, seed: int = 0):
+                 cpu_kv_cache_gb: int = 1, seed: int = 0, stop: Sequence[str] = ()):
         if not vllm_available():
             raise ImportError(
                 "rollout.engine=vllm needs vLLM, which is not installed in this environment: `make vllm-env` "
@@ -381,6 +397,7 @@ class VLLMEngine:
 
         self.tokenizer = tokenizer
         self.eos = eos_ids(tokenizer, model)
+        self.stop = tuple(stop)
         self._dir = tempfile.mkdtemp(prefix="opsd-vllm-")
         model.save_pretrained(self._dir)
         tokenizer.save_pretrained(self._dir)
@@ -413,7 +430,7 @@ class VLLMEngine:
         prompts = [chat_ids(tok, m) for m in messages]
         params = SamplingParams(
             n=n, temperature=temperature, top_p=top_p if temperature > 0 else 1.0, max_tokens=max_new_tokens,
-            logprobs=0, stop_token_ids=sorted(self.eos), skip_special_tokens=True,
+            logprobs=0, stop_token_ids=sorted(self.eos), skip_special_tokens=True, stop=list(self.stop) or None,
         )
         outputs = self.llm.generate([TokensPrompt(prompt_token_ids=p) for p in prompts], params, use_tqdm=False)
         rows, group, pieces = [], [], []
@@ -424,17 +441,31 @@ class VLLMEngine:
                 rows.append(prompt)
                 group.append(i)
                 pieces.append((tokens, lps))
-        return _pack(rows, group, pieces, tok, self.eos)
+        return _pack(rows, group, pieces, tok, self.eos, self.stop)
 
 
 def make_engine(name: str, model, tokenizer, batch_size: int = 16, seed: int = 0,
-                share_prefix: bool = True, precision: str = DEFAULT_PRECISION, refill: bool = False) -> RolloutEngine:
+                share_prefix: bool = True, precision: str = DEFAULT_PRECISION, refill: bool = False,
+                stop: Sequence[str] = ()) -> RolloutEngine:
     """The rollout engine `rollout.engine` names, for `model` (``share_prefix``: HF's shared
     prefill; vLLM shares prompts through its prefix cache anyway; ``precision``: trainer.precision,
     HF only, the config refuses another than fp32 with vLLM; ``refill``: rollout.refill, HF only,
-    vLLM batches continuously anyway)."""
+    vLLM batches continuously anyway; ``stop``: rollout.stop)."""
     if name == "hf":
-        return HFGenerateEngine(model, tokenizer, batch_size, share_prefix=share_prefix, precision=precision, refill=refill)
+        return HFGenerateEngine(model, tokenizer, batch_size, share_prefix=share_prefix, precision=precision, refill=refill,
+                                stop=stop)
     if name == "vllm":
-        return VLLMEngine(model, tokenizer, seed=seed)
+        return VLLMEngine(model, tokenizer, seed=seed, stop=stop)
     raise ValueError(f"rollout.engine: unknown value {name!r}; valid: {', '.join(ENGINES)}")
+
+
+def engine_for(cfg, model, tokenizer, batch_size: int | None = None) -> RolloutEngine:
+    """The rollout engine a TrainConfig asks for (rollout.*, trainer.share_prompt_prefix and
+    precision; the stop strings of rollout.stop and of model.template), with `batch_size` rows per
+    call (default rollout.batch_size)."""
+    from opsd_platform.models import template_stops
+
+    r = cfg.rollout
+    return make_engine(r.engine, model, tokenizer, batch_size or r.batch_size, seed=cfg.seed,
+                       share_prefix=cfg.trainer.share_prompt_prefix, precision=cfg.trainer.precision,
+                       refill=r.refill, stop=(*template_stops(cfg.model.template), *r.stop))

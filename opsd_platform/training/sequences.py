@@ -45,6 +45,32 @@ def response_mask_from(ids: torch.Tensor, eos_ids: set[int]) -> torch.Tensor:
     return before == 0
 
 
+def stop_length(tokenizer, tokens: Sequence[int], stops: Sequence[str]) -> int | None:
+    """The number of leading `tokens` whose text first contains one of `stops` (the stop rule of a
+    model that does not end on its own: the response ends with the token that completes the stop
+    string, and what follows is dropped, as vLLM's ``stop``); None when no stop string occurs.
+
+    Whether a prefix's text contains a stop string only grows with the prefix, so a binary search
+    over prefix lengths needs O(log T) decodes."""
+    if not stops or not tokens:
+        return None
+
+    def stopped(k: int) -> bool:
+        text = tokenizer.decode(list(tokens[:k]), skip_special_tokens=True)
+        return any(s in text for s in stops)
+
+    if not stopped(len(tokens)):
+        return None
+    lo, hi = 1, len(tokens)  # the answer lies in [lo, hi]
+    while lo < hi:
+        mid = (lo + hi) // 2
+        if stopped(mid):
+            hi = mid
+        else:
+            lo = mid + 1
+    return lo
+
+
 def is_eos(ids: torch.Tensor, eos_ids: set[int]) -> torch.Tensor:  # ids [N, T] -> bool [N, T]
     found = torch.zeros_like(ids, dtype=torch.bool)
     for e in eos_ids:

@@ -63,7 +63,7 @@ from opsd_platform.training.resume import (
     reopen_run,
     resolve_resume,
 )
-from opsd_platform.training.rollout import make_engine
+from opsd_platform.training.rollout import engine_for
 
 log = logging.getLogger(__name__)
 
@@ -227,9 +227,7 @@ def _log_gap(client: MlflowClient, run_id: str, cfg: TrainConfig, gap: GapResult
 def run_gap(cfg: TrainConfig, parent_run_id: str | None = None) -> tuple[str, GapResult]:
     """`opsd gap`: measure one configuration's initial gap as its own MLflow run (kind=gap)."""
     world, model, tokenizer = setup_run(cfg)
-    engine = make_engine(cfg.rollout.engine, model, tokenizer, cfg.rollout.batch_size, seed=cfg.seed,
-                         share_prefix=cfg.trainer.share_prompt_prefix, precision=cfg.trainer.precision,
-                         refill=cfg.rollout.refill)
+    engine = engine_for(cfg, model, tokenizer)
     with _mlflow_run(cfg, "gap", parent_run_id, None) as (run_id, _):
         gap = measure_initial_gap(cfg, engine, world)
         _log_gap(MlflowClient(tracking_uri=cfg.tracking.resolved_uri()), run_id, cfg, gap)

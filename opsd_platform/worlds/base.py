@@ -25,6 +25,12 @@ class Problem:
     reference: str  # a reference answer or solution, shown only by the `reference` context
     difficulty: int = 1  # world-specific grade, 1 = easiest
     data: dict[str, Any] = field(default_factory=dict)  # judge-only data (answer, tests, ...)
+    # How an answer to this problem is written, so contexts can show the reference in that form:
+    # "text", or a code-fence language ("python": the reference goes inside ```python ... ```).
+    reference_format: str = "text"
+    # A longer derivation of the answer than `reference` where the world has one ("" = none): what
+    # the graded context reveals a share of, so its share is a dial (contexts.py, form 2).
+    worked: str = ""
 
 
 @dataclass(frozen=True)

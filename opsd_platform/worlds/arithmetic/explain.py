@@ -4,7 +4,7 @@ with its carries, borrows and place-value parts.
 
 from __future__ import annotations
 
-from opsd_platform.worlds.arithmetic.tree import Node, apply_op, render
+from opsd_platform.worlds.arithmetic.tree import BinOp, Node, apply_op, render
 
 # --------------------------------------------------------------------------- worked explanations
 
@@ -138,3 +138,22 @@ def reference_text(tree: Node) -> str:
     return f"{body} So {render(tree)} = {value}. The answer is {value}."
 
 
+
+
+def worked_text(tree: Node) -> str:
+    """A derivation long enough for the graded context to reveal a share of (contexts.py, form 2).
+
+    A single-digit sum (difficulty 1) has a one-line reference ("3 + 4 = 7. The answer is 7."), so
+    any prefix of it either hides the answer or shows it: a step. Here it is worked out by counting
+    on from the left operand, one number at a time, so a prefix shows part of the count and the
+    point where the answer appears moves with the right operand. Every other tree's reference is
+    already a sequence of explained steps, and is returned as it is."""
+    if isinstance(tree, BinOp) and tree.op == "+" and all(isinstance(x, int) and 0 <= x < 10
+                                                          for x in (tree.left, tree.right)):
+        a, b = tree.left, tree.right
+        if b == 0:
+            count = f"Start from {a}. Adding 0 changes nothing."
+        else:
+            count = f"Start from {a} and count up {b} more: " + ", ".join(str(a + k) for k in range(1, b + 1)) + "."
+        return f"{count} So {a} + {b} = {a + b}. The answer is {a + b}."
+    return reference_text(tree)

@@ -8,7 +8,7 @@ import random
 from typing import Sequence
 
 from opsd_platform.worlds.arithmetic.answers import extract_answer
-from opsd_platform.worlds.arithmetic.explain import reference_text
+from opsd_platform.worlds.arithmetic.explain import reference_text, worked_text
 from opsd_platform.worlds.arithmetic.feedback import NO_NUMBER_FEEDBACK, feedback_text
 from opsd_platform.worlds.arithmetic.tree import (
     DIFFICULTIES,
@@ -72,6 +72,7 @@ class ArithmeticWorld:
             id=f"arith-{split}-{index:05d}",
             prompt=f"What is {expression}? Give the final answer as a number at the end.",
             reference=reference_text(tree),
+            worked=worked_text(tree),
             difficulty=self.difficulty,
             data={"answer": answer, "expression": expression, "tree": tree_to_json(tree)},
         )

@@ -570,7 +570,8 @@ def build_problem(task: Task, seed: int, pid: str) -> Problem:
         "Return only the function in a ```python code block."
     )
     data = {"tests": tests, "func_name": task.func_name, "template": task.template, "params": task.params}
-    return Problem(id=pid, prompt=prompt, reference=task.reference, difficulty=task.difficulty, data=data)
+    return Problem(id=pid, prompt=prompt, reference=task.reference, difficulty=task.difficulty, data=data,
+                   reference_format="python")
 
 
 def generate_problems(seed: int, difficulty: int, n_train: int, n_val: int) -> dict[str, list[Problem]]:

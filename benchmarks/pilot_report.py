@@ -1,0 +1,121 @@
+"""bench-v2's recipe pilot, and the recipe its rule chooses per world, from the exported table alone.
+
+    python -m benchmarks.pilot_report [--data benchmarks/data] [--out benchmarks/results/pilot-report.json]
+
+The pilot slices (``pilot-<world>``: OPSD, ``pilot-grpo-<world>``: GRPO) train a few recipes
+(lr, EMA rate, token clip) on `none` and on contexts that should move the student, one seed,
+before the grid. The rule, fixed before the pilot ran (conf/grid/bench-v2.yaml):
+
+1. a recipe is **stable** when `none` (a teacher that sees nothing: its loss is ~0, so any change
+   is drift) stays within the world's seed noise of 0: |improvement of none| <= 2 x the seed std
+   of the improvement, measured on the world's bench-v1 law slice (configurations x 2 seeds);
+2. among the stable recipes, the one where the contexts **spread most** (max - min improvement
+   over the recipe's contexts, `none` included): the recipe under which the contexts can be told
+   apart, which is what the law's x-axis needs;
+3. GRPO: the lr with the largest improvement (one number per lr: the baseline is tuned as well).
+
+A world without a stable recipe is reported as such: the grid would then measure drift.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from opsd_platform.law.export import ExportError, read_table
+
+RECIPE = ["optim.lr", "teacher.ema_rate", "loss.token_clip"]
+DEFAULTS = {"optim.lr": 1e-5, "teacher.ema_rate": 0.05, "loss.token_clip": None}  # bench-v1's recipe
+
+
+def seed_std(runs: pd.DataFrame, world: str) -> float:
+    """Pooled within-configuration std of the improvement over seeds on the world's bench-v1 law
+    slice (SmolLM2): the noise a single pilot run is judged against."""
+    part = runs[(runs["world"] == world) & (runs["grid"] == "bench-v1") & (runs["family"] == "smollm2")
+                & runs["slice"].astype(str).str.startswith("law")]
+    groups = [g["improvement"].to_numpy() for _, g in part.groupby("config") if len(g) >= 2]
+    return float(np.sqrt(np.mean([np.var(g, ddof=1) for g in groups]))) if groups else float("nan")
+
+
+def recipe_of(row: pd.Series) -> tuple:
+    out = []
+    for col in RECIPE:
+        v = row.get(col, DEFAULTS[col])
+        out.append(DEFAULTS[col] if v is None or (isinstance(v, float) and np.isnan(v)) else v)
+    return tuple(out)
+
+
+def choose(runs: pd.DataFrame) -> dict:
+    """Per world: the pilot's table, each recipe's verdict, and the chosen OPSD and GRPO recipes."""
+    out = {}
+    pilots = runs[runs["slice"].astype(str).str.startswith("pilot-")]
+    for world, part in pilots.groupby("world"):
+        noise = seed_std(runs, world)
+        bar = 2 * noise
+        opsd = part[~part["slice"].str.startswith("pilot-grpo")]
+        recipes = []
+        for recipe, g in opsd.groupby(opsd.apply(recipe_of, axis=1)):
+            imp = dict(zip(g["context"], g["improvement"].astype(float)))
+            none = imp.get("none", float("nan"))
+            stable = bool(abs(none) <= bar) if np.isfinite(none) else False
+            recipes.append({**dict(zip(RECIPE, recipe)), "improvement": imp, "none": none, "stable": stable,
+                            "spread": float(max(imp.values()) - min(imp.values())) if imp else float("nan"),
+                            "val_initial": float(g["val_initial"].mean())})
+        stable = [r for r in recipes if r["stable"]]
+        chosen = max(stable, key=lambda r: r["spread"]) if stable else None
+        grpo = part[part["slice"].str.startswith("pilot-grpo")]
+        grpo_rows = [{"optim.lr": float(r["optim.lr"]), "improvement": float(r["improvement"])}
+                     for _, r in grpo.iterrows()]
+        out[world] = {"seed_std": noise, "drift_bar": bar, "recipes": recipes,
+                      "chosen": {k: chosen[k] for k in RECIPE} if chosen else None,
+                      "grpo": grpo_rows,
+                      "grpo_chosen": max(grpo_rows, key=lambda r: r["improvement"]) if grpo_rows else None}
+    return out
+
+
+def markdown(res: dict) -> str:
+    lines = []
+    for world, r in res.items():
+        lines += [f"### {world} (drift bar |none| <= {r['drift_bar']:.3f} = 2 x seed std {r['seed_std']:.3f})", "",
+                  "| lr | EMA | clip | " + " | ".join(sorted({c for x in r["recipes"] for c in x["improvement"]}))
+                  + " | stable | spread |", "|---" * (5 + len({c for x in r["recipes"] for c in x["improvement"]})) + "|"]
+        contexts = sorted({c for x in r["recipes"] for c in x["improvement"]})
+        for x in sorted(r["recipes"], key=lambda x: x["optim.lr"]):
+            cells = [f"{x['improvement'][c]:+.3f}" if c in x["improvement"] else "" for c in contexts]
+            lines.append(f"| {x['optim.lr']:g} | {x['teacher.ema_rate']:g} | {x['loss.token_clip']} | " + " | ".join(cells)
+                         + f" | {'yes' if x['stable'] else 'no'} | {x['spread']:.3f} |")
+        lines += ["", f"Chosen OPSD recipe: {r['chosen'] or 'none stable'}"]
+        if r["grpo"]:
+            lines += ["", "GRPO: " + ", ".join(f"lr {g['optim.lr']:g}: {g['improvement']:+.3f}" for g in r["grpo"])
+                      + f"; chosen lr {r['grpo_chosen']['optim.lr']:g}"]
+        lines.append("")
+    return "\n".join(lines)
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--data", type=Path, default=Path("benchmarks/data"))
+    ap.add_argument("--out", type=Path, default=Path("benchmarks/results/pilot-report.json"))
+    args = ap.parse_args(argv)
+    try:
+        runs = read_table(args.data / "runs.csv")
+    except ExportError as exc:
+        print(f"pilot_report: {exc}", file=sys.stderr)
+        return 2
+    if not runs["slice"].astype(str).str.startswith("pilot-").any():
+        print(f"pilot_report: {args.data / 'runs.csv'} has no pilot-* rows yet", file=sys.stderr)
+        return 2
+    res = choose(runs)
+    print(markdown(res))
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(res, indent=1, default=float))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
