@@ -146,6 +146,13 @@ def evaluate(
     if len(problems) != len(messages):
         raise ValueError(f"{len(problems)} problems but {len(messages)} messages")
     rollouts = engine.generate(messages, n=k, max_new_tokens=max_new_tokens, temperature=temperature, top_p=top_p)
+    return judged(world, problems, rollouts, k)
+
+
+def judged(world: World, problems: Sequence[Problem], rollouts, k: int) -> Evaluation:
+    """The Evaluation of `rollouts` (k answers to each of `problems`, problem-major): judge and average.
+    Kept apart from the sampling so that a caller that needs the tokens too (gap.sample_student) gets
+    the very Evaluation `evaluate` would."""
     judgements = world.judge_many([problems[g] for g in rollouts.group], rollouts.texts)
     per_problem = [
         sum(j.passed for j in judgements[b * k : (b + 1) * k]) / k for b in range(len(problems))

@@ -92,3 +92,21 @@ def micro_batch_loss(
 def scoring_with(module: torch.nn.Module):
     """The simplest teacher_scoring: always score with `module`."""
     yield module
+
+
+def sampled_token_logprobs(
+    model: torch.nn.Module,
+    prompts: Sequence[Sequence[int]],  # [n][P_i]
+    response_ids: torch.Tensor,  # [n, T]
+    response_mask: torch.Tensor,  # [n, T]
+    pad_id: int,
+    share_prefix: bool = True,
+) -> torch.Tensor:  # [n, T], 0 past a row's end
+    """Each given response token's log-prob under `model`, each row under its own prompt: the
+    teacher half of `micro_batch_loss` on the ``sampled`` support (the same position_logits and
+    gather), for a caller that only scores (the cheap gap, gap_estimators.py). No grad is made
+    when called under ``torch.inference_mode``."""
+    scored = position_logits(model, prompts, response_ids, response_mask, pad_id, share_prefix)
+    tokens = response_ids.to(scored.flat.device).unsqueeze(-1)  # [n, T, 1]
+    logp = support_logprobs_at(scored.flat, scored.where, tokens, "sampled").squeeze(-1)
+    return logp.masked_fill(~response_mask.to(logp.device).bool(), 0.0)
