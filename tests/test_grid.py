@@ -75,7 +75,7 @@ def test_one_measurement_per_student_key_when_two_processes_want_it_at_once(tmp_
     workers measured it at once. The key's lock makes the second wait and reuse the first's."""
     from concurrent.futures import ThreadPoolExecutor
 
-    from opsd_platform.training.measurements import MeasurementStore, _cached
+    from opsd_platform.training.measurements import MeasurementStore, _cached, student_key_fields
     from opsd_platform.training.gap import Side
     from opsd_platform.training.evaluation import Evaluation
 
@@ -88,7 +88,7 @@ def test_one_measurement_per_student_key_when_two_processes_want_it_at_once(tmp_
         time.sleep(1.0)
         return Side(Evaluation(0.5, 0.5, [0.5], 2, 3.0, ["a", "b"], []), 1.0, 1.0)
 
-    fields = {"kind": "gap_student", "seed": 0, "x": 1}
+    fields = student_key_fields(train_config(tiny_overrides))
     with ThreadPoolExecutor(2) as pool:
         sides = list(pool.map(lambda _: _cached(store, "gap_student", fields, measure), range(2)))
     assert len(calls) == 1 and sorted(s.reused for s in sides) == [False, True]
