@@ -267,7 +267,8 @@ class LawCheck:
                 "holdout_constant_rmse": "" if self.constant_rmse is None else f"{self.constant_rmse:.6g}"}
 
 
-def _finite(value: Any) -> float | None:
+def finite_or_none(value: Any) -> float | None:
+    """`value` as a finite float, or None (a missing tag, NaN, a string that is no number)."""
     try:
         value = float(value)
     except (TypeError, ValueError):
@@ -311,7 +312,7 @@ def check_law(fit: LawFit, *, loo_rmse: float | None, constant_rmse: float | Non
     t = thresholds
     lo, hi = slope_interval(fit)
     width = narrowest_width(fit)
-    loo, const = _finite(loo_rmse), _finite(constant_rmse)
+    loo, const = finite_or_none(loo_rmse), finite_or_none(constant_rmse)
     pct = f"{fit.level:.0%}"
     if fit.n_configs < t.min_configs:
         why = f"{fit.n_configs} configurations (needs >= {t.min_configs})"
@@ -348,7 +349,7 @@ def check_points(points: pd.DataFrame, fit: LawFit | None = None, *, loo_rmse: f
 def check_from_tags(fit: LawFit, tags: Mapping[str, str]) -> LawCheck:
     """The verdict on a registered law, from its fit and its version tags (``holdout_rmse``,
     ``holdout_constant_rmse``): recomputed, so a version registered before this check is judged too."""
-    return check_law(fit, loo_rmse=_finite(tags.get("holdout_rmse")), constant_rmse=_finite(tags.get("holdout_constant_rmse")))
+    return check_law(fit, loo_rmse=finite_or_none(tags.get("holdout_rmse")), constant_rmse=finite_or_none(tags.get("holdout_constant_rmse")))
 
 
 # ----------------------------------------------------------------------------------------------

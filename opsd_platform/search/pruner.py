@@ -40,7 +40,6 @@ trial its last intermediate value as a "value", so a law-pruned trial reports no
 
 from __future__ import annotations
 
-import math
 import random
 from dataclasses import asdict, dataclass
 from typing import Any, Callable, Mapping, Sequence
@@ -50,6 +49,7 @@ import pandas as pd
 from optuna.trial import FrozenTrial, TrialState
 
 from opsd_platform import tracking
+from opsd_platform.law.holdout import finite_or_none
 from opsd_platform.law.registry import CHAMPION, DEFAULT_NAME, RegistryError
 
 TRAIN, PRUNE, CALIBRATE = "train", "prune", "calibrate"
@@ -87,17 +87,9 @@ class Decision:
         return cls(**{k: attrs.get(f"{ATTR_PREFIX}{k}") for k in cls.__dataclass_fields__})
 
 
-def _finite(value: Any) -> float | None:
-    try:
-        value = float(value)
-    except (TypeError, ValueError):
-        return None
-    return value if math.isfinite(value) else None
-
-
 def best_completed(study: "optuna.Study") -> tuple[float, int] | None:
     """(value, number) of the best COMPLETE trial (maximising), or None."""
-    done = [t for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)) if _finite(t.value) is not None]
+    done = [t for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)) if finite_or_none(t.value) is not None]
     if not done:
         return None
     best = max(done, key=lambda t: t.value)
@@ -184,7 +176,7 @@ def decide_policy(
     raw_gap = attrs.get("gap")
     if raw_gap is None:
         return Decision(TRAIN, "no_gap", "no gap measured for this trial (user attribute 'gap'); trains fully")
-    gap = _finite(raw_gap)
+    gap = finite_or_none(raw_gap)
     if gap is None:
         return Decision(TRAIN, "nan_gap", f"gap is {raw_gap!r} (not a finite number): nothing to predict from; trains fully")
 
@@ -198,7 +190,7 @@ def decide_policy(
     for col in view.inputs:
         if col == "gap":
             continue
-        value = _finite(attrs.get(col))
+        value = finite_or_none(attrs.get(col))
         if value is None:
             return Decision(TRAIN, "missing_input", f"law v{version} needs {col!r}, which this trial has not recorded "
                             f"(got {attrs.get(col)!r}); trains fully", gap=gap, law_version=version)
@@ -263,7 +255,7 @@ class GapLawPruner(optuna.pruners.BasePruner):
             raise ValueError(f"GapLawPruner: n_startup_trials must be an int >= 0, got {n_startup_trials!r}")
         if not (isinstance(calibration_rate, (int, float)) and 0.0 <= calibration_rate <= 1.0):
             raise ValueError(f"GapLawPruner: calibration_rate must be in [0, 1], got {calibration_rate!r}")
-        if threshold is not None and _finite(threshold) is None:
+        if threshold is not None and finite_or_none(threshold) is None:
             raise ValueError(f"GapLawPruner: threshold must be a finite number or None, got {threshold!r}")
         if not (isinstance(level, (int, float)) and 0.0 < level < 1.0):
             raise ValueError(f"GapLawPruner: level must be in (0, 1), got {level!r}")
