@@ -148,7 +148,8 @@ def diagnose_slice(spec: dict, slice_name: str, n_problems: int | None, extra: l
     from opsd_platform.worlds import make_world
 
     torch.set_num_threads(1)
-    pts = [p for p in points(spec, only=[slice_name]) if p.seed == min(p.seed for p in points(spec, only=[slice_name]))]
+    every = points(spec, only=[slice_name])  # composed once: each configuration is a Hydra compose
+    pts = [p for p in every if p.seed == min(q.seed for q in every)]
     if not pts:
         raise SystemExit(f"diagnose: no slice {slice_name!r} in {spec['path']}")
     contexts = opsd_contexts(pts)
