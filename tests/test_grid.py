@@ -369,6 +369,14 @@ def test_only_runs_the_slices_listed_in_the_order_listed():
         points(spec, only=["grpo"])
 
 
+def test_a_slice_runs_every_configuration_once_before_any_second_seed():
+    from opsd_platform.search.grid import load_spec, points
+
+    law = [p for p in points(load_spec("bench-v2"), only=["law-arithmetic-v2"])]
+    assert [p.seed for p in law] == [0] * 13 + [1] * 13 + [2] * 13
+    assert [p.config for p in law[:13]] == [p.config for p in law[13:26]] and len({p.config for p in law[:13]}) == 13
+
+
 def test_law_report_runs_on_an_exported_table(tmp_path):
     """benchmarks.law_report on a real (tiny-model) export plus a table with a law to find."""
     from benchmarks.law_report import reuse_saving

@@ -136,9 +136,11 @@ def draw_configs(space: str, n: int, seed: int, base: Sequence[str]) -> list[lis
 
 
 def points(spec: dict, user_overrides: Sequence[str] = (), only: Sequence[str] = ()) -> list[GridPoint]:
-    """Every point of the grid, in order (slice, configuration, seed): slices in file order, or in
-    the order `only` lists them (so a user can put the slice they need first); every config is
-    composed and validated before anything runs. User overrides come last (e.g. tracking.uri)."""
+    """Every point of the grid, in order (slice, seed, configuration): slices in file order, or in
+    the order `only` lists them (so a user can put the slice they need first); within a slice every
+    configuration's first seed comes before any second seed, so a grid stopped half-way already
+    holds one seed of the whole slice (a law can be fitted on it). Every config is composed and
+    validated before anything runs. User overrides come last (e.g. tracking.uri)."""
     unknown = set(only) - {s["name"] for s in spec["slices"]}
     if unknown:
         raise ConfigError(f"grid.only: unknown slice(s) {', '.join(sorted(unknown))}; "
@@ -149,8 +151,8 @@ def points(spec: dict, user_overrides: Sequence[str] = (), only: Sequence[str] =
         base = [*spec.get("base", []), *s.get("overrides", [])]
         configs = s["configs"] if "configs" in s else draw_configs(
             s["draw"]["space"], int(s["draw"]["n"]), int(s["draw"].get("seed", 0)), [*base, *user_overrides])
-        for conf in configs:
-            for seed in s.get("seeds", spec.get("seeds", [0])):
+        for seed in s.get("seeds", spec.get("seeds", [0])):
+            for conf in configs:
                 overrides = (*base, *conf, *user_overrides, f"seed={seed}", "gap.enabled=true")
                 try:
                     cfg = train_config(list(overrides))
