@@ -42,9 +42,11 @@ from scipy import stats
 
 from opsd_platform.law.export import ExportError, only_grid, read_table
 from opsd_platform.law import LawError, family_slopes, fit_law, grouped_holdout, leave_one_out
-from opsd_platform.law.pipeline import points_from_table
+from opsd_platform.law.pipeline import points_from_runs
 from opsd_platform.law.robust import bootstrap_slope, influence, with_fixed_effects
 from opsd_platform.training.contexts import context_label
+
+from benchmarks.goal_checks import CONTROLS, controls_against_law, graded_dial, none_drift
 
 
 def seed_noise(runs: pd.DataFrame) -> pd.DataFrame:
@@ -93,7 +95,6 @@ def reuse_saving(runs: pd.DataFrame) -> dict:
                          "gap_key": int(runs["gap_key"].nunique())}}
 
 
-CONTROLS = ("shuffled_reference", "retry")  # the contexts' form without their content (bench-v2)
 
 
 def law_row(name: str, points: pd.DataFrame, level: float, covariates=(), fixed_by: str | None = None) -> dict:
@@ -146,11 +147,9 @@ def covariate_points(runs: pd.DataFrame) -> pd.DataFrame:
 
 
 def points_from_table_frame(runs: pd.DataFrame) -> pd.DataFrame:
-    import tempfile
-
-    with tempfile.TemporaryDirectory() as tmp:
-        runs.to_csv(Path(tmp) / "runs.csv", index=False)
-        return points_from_table(tmp).set_index("run_id").loc[runs["run_id"]].reset_index()
+    """The law's points of these rows, in the rows' order (OPSD rows only)."""
+    pts = points_from_runs(runs).set_index("run_id")
+    return pts.loc[[r for r in runs["run_id"] if r in pts.index]].reset_index()
 
 
 def report(data: Path, level: float, plots: Path | None, grid: str | None = None) -> dict:
@@ -205,6 +204,7 @@ def report(data: Path, level: float, plots: Path | None, grid: str | None = None
                                       for r in v.get("flagged", [])) or v.get("error", "none")}
                 for k, v in robustness.items()]
     print(markdown(rob_rows, ["slice", "boot_slope_lo", "boot_slope_hi", "boot_share_positive", "flagged"]))
+    goal = goal_section(law, noise, level)
     grouped, holdouts = {}, {}
     for group in ("world", "family", "context"):
         if pooled[group].nunique() >= 2:
@@ -264,8 +264,25 @@ def report(data: Path, level: float, plots: Path | None, grid: str | None = None
                                            controls=CONTROLS))
     strip = lambda rows: [{k: v for k, v in r.items() if not k.startswith("_")} for r in rows]  # noqa: E731
     out.update({"fits": strip(fits), "grouped_holdout": grouped, "equal_slopes": eq, "equal_slopes_by_scope": eqs,
-                "family_holdout": family_rows, "covariates": strip(cov_rows), "robustness": robustness})
+                "family_holdout": family_rows, "covariates": strip(cov_rows), "robustness": robustness, "goal": goal})
     return out
+
+
+def goal_section(law: pd.DataFrame, noise: pd.DataFrame, level: float) -> dict:
+    """bench-v2's goal checks (benchmarks/goal_checks.py), printed and returned."""
+    std = dict(zip(noise["slice"], noise["seed_std"])) if len(noise) else {}
+    goal = {"none_drift": none_drift(law, std), "graded_dial": graded_dial(law),
+            "controls": controls_against_law(law, level)}
+    print("\n## The goal's checks: `none` against the drift bar (2 seed std), the graded dial, the controls\n")
+    print(markdown(goal["none_drift"], ["slice", "seeds", "per_seed", "mean", "bar", "within"]))
+    if goal["graded_dial"]:
+        print()
+        print(markdown(goal["graded_dial"], ["slice", "shares", "gap", "improvement", "monotone", "spearman_rho"]))
+    if goal["controls"]:
+        print(f"\nControls against the law fitted on the slice's other contexts ({level:.0%} prediction interval):\n")
+        print(markdown(goal["controls"], ["slice", "control", "seeds", "gap", "improvement", "none_improvement",
+                                          "predicted", "predicted_lo", "predicted_hi", "inside", "error"]))
+    return goal
 
 
 def main(argv=None) -> int:
