@@ -121,9 +121,18 @@ class StudyHandle:
         return self.study.study_name
 
 
-def make_pruner(settings: SearchConfig, tracking_uri: str, max_steps: int) -> optuna.pruners.BasePruner:
-    if settings.strategy == "ranked":  # the law ranks before any trial; the curve pruner stops trainings (ranked.py)
+def curve_pruner(kind: str, max_steps: int) -> optuna.pruners.BasePruner:
+    """A curve-based pruner of settings.CURVE_PRUNERS (the live search's and the replay's)."""
+    if kind == "hyperband":
+        return optuna.pruners.HyperbandPruner(min_resource=1, max_resource=max_steps, reduction_factor=3)
+    if kind == "successive_halving":
         return optuna.pruners.SuccessiveHalvingPruner()
+    raise ValueError(f"unknown curve-based pruner {kind!r}")
+
+
+def make_pruner(settings: SearchConfig, tracking_uri: str, max_steps: int) -> optuna.pruners.BasePruner:
+    if settings.strategy == "ranked":  # the law ranks before any trial; the curve pruner stops trainings (ranked_run.py)
+        return curve_pruner(settings.curve_pruner, max_steps)
     if settings.pruner == "law":
         return GapLawPruner(
             tracking_uri, name=settings.law_name, alias=settings.law_alias, n_startup_trials=settings.n_startup_trials,
