@@ -10,7 +10,7 @@ import pandas as pd
 import pytest
 
 from benchmarks.ranked import RankedReplay, prior_of
-from benchmarks.replay import Replay, Settings
+from benchmarks.replay import Replay, replay_settings
 from benchmarks.replay_table import load_table
 from opsd_platform import law
 from opsd_platform.law import registry
@@ -38,7 +38,7 @@ def test_a_law_with_a_slope_interval_containing_zero_spends_exactly_the_curve_ar
     gaps = rng.uniform(0, 0.4, 12)
     flat = prior_from(gaps, rng.normal(0, 0.05, 12))
     assert not flat[1].usable and "contains 0" in flat[1].reason
-    s = Settings()
+    s = replay_settings()
     for order in range(4):
         ranked = RankedReplay(contexts, "ranked_prior", order, s, prior=flat)
         result = ranked.run()
@@ -50,7 +50,7 @@ def test_a_law_with_a_slope_interval_containing_zero_spends_exactly_the_curve_ar
 
 
 def test_a_usable_prior_ranks_measures_every_gap_once_and_stops(contexts):
-    s = Settings()
+    s = replay_settings()
     prior = prior_of(load_table(FIXTURE), s)  # the fixture's own law slice: a law that fits these contexts
     assert prior[1].usable
     ranked = RankedReplay(contexts, "ranked_prior", 0, s, prior=prior)
@@ -69,13 +69,13 @@ def test_a_usable_prior_ranks_measures_every_gap_once_and_stops(contexts):
 def test_the_replay_arm_decides_as_a_fresh_policy_driven_over_the_same_trials(contexts):
     """One policy, two callers: a policy driven by plain callbacks over the recorded runs (as the
     live search drives it over trials) takes the replay arm's decisions, step for step."""
-    s = Settings()
+    s = replay_settings()
     prior = prior_of(load_table(FIXTURE), s)
     for order in range(3):
         replay = RankedReplay(contexts, "ranked_prior", order, s, prior=prior)
         replay.run()
         runs = replay.runs
-        policy = RankedPolicy([(c, c) for c in runs], *prior, "prior (the table's law slices)", RankedSettings(level=s.level))
+        policy = RankedPolicy([(c, c) for c in runs], *prior, "prior (the table's law slices)", RankedSettings(level=s.search.level))
         drive(policy, lambda key, step: runs[key].gap, lambda key, step: (runs[key].improvement, True))
         assert [(st.kind, st.keys, st.reason) for st in policy.steps] == [(st.kind, st.keys, st.reason) for st in replay.policy.steps]
 
