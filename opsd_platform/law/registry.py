@@ -35,6 +35,7 @@ from opsd_platform.errors import RegistryError  # noqa: F401 (re-exported)
 from opsd_platform import tracking
 from opsd_platform.law import LawFit
 from opsd_platform.law.holdout import LawCheck, check_law, constant_loo_rmse
+from opsd_platform.law.promotion import Standing, promotion
 
 DEFAULT_NAME = "opsd-gap-law"
 CHAMPION = "champion"
@@ -382,35 +383,13 @@ def promote(
     champion = aliases.get(CHAMPION)
     champion = None if champion is None else str(champion)
 
-    def tag_rmse(v: str) -> tuple[float | None, str | None]:
+    def standing(v: str) -> Standing:
         tags = client.get_model_version(name, v).tags
-        return _parse_float(tags.get("holdout_rmse")), tags.get("holdout_kind")
+        return Standing(v, _parse_float(tags.get("holdout_rmse")), tags.get("holdout_kind"), tags.get("usable") != "false",
+                        tags.get("usable_reason", "may not decide"))
 
-    cand, cand_kind = tag_rmse(version)
-    usable = client.get_model_version(name, version).tags.get("usable")
-    if champion == version:
-        decision, reason = "unchanged", f"v{version} is already @{CHAMPION}"
-    elif usable == "false":  # even forced: a law that may not decide never becomes the one that decides
-        decision, reason = "kept", (f"v{version} {client.get_model_version(name, version).tags.get('usable_reason', 'may not decide')}"
-                                    + ("" if champion is None else f"; v{champion} stays @{CHAMPION}"))
-    elif champion is None:
-        decision, reason = "promoted", f"{name!r} had no @{CHAMPION}"
-    else:
-        champ, champ_kind = tag_rmse(champion)
-        if force:
-            decision, reason = "promoted", f"forced over v{champion} (hold-out RMSE {cand} vs {champ})"
-        elif cand is None:
-            decision, reason = "kept", f"v{version} has no hold-out RMSE; v{champion} stays @{CHAMPION} (use force)"
-        elif champ is None:  # e.g. a first law fitted on too few configurations for a hold-out
-            decision, reason = "promoted", f"v{version} has a hold-out RMSE ({cand:.4g}) and @{CHAMPION} v{champion} has none"
-        elif cand_kind != champ_kind:
-            decision, reason = "kept", (
-                f"hold-out kinds differ (v{version}: {cand_kind}, v{champion}: {champ_kind}); RMSEs not comparable (use force)"
-            )
-        elif cand < champ:
-            decision, reason = "promoted", f"hold-out RMSE {cand:.4g} < {champ:.4g} of v{champion}"
-        else:
-            decision, reason = "kept", f"hold-out RMSE {cand:.4g} >= {champ:.4g} of @{CHAMPION} v{champion}"
+    decision, reason = promotion(standing(version), None if champion is None else standing(champion), name=name,
+                                 alias=CHAMPION, force=force)
     if decision == "promoted":
         client.set_registered_model_alias(name, CHAMPION, version)
         if aliases.get(CHALLENGER) is not None and str(aliases[CHALLENGER]) == version:
