@@ -33,7 +33,7 @@ SLICES = ("law", "search")  # what a row is to the replay: a point of the first 
 # The grid names its slices `<kind>-<world>` (conf/grid/benchmark.yaml: law-arithmetic, search-arithmetic,
 # grpo-pyfunc...); a bare `law` or `search` is the older fixtures' form. GRPO rows are not OPSD
 # configurations a gap-law search chooses between: the replay leaves them out.
-IGNORED_KINDS = ("grpo",)
+IGNORED_KINDS = ("grpo", "pilot")  # GRPO rows, and the recipe pilots (bench-v2): not law or search slices
 
 
 def slice_kind(name: str) -> str | None:

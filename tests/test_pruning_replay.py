@@ -279,13 +279,14 @@ def test_unknown_arm_lists_the_valid_ones(capsys):
         parse_arms("nope")
 
 
-def test_grid_slice_names_are_read_and_grpo_rows_left_out(tmp_path):
-    """The exported table names slices as the grid does (law-<world>, search-<world>, grpo-<world>):
-    the same runs as the fixture's law/search, plus GRPO rows the replay leaves out."""
+def test_grid_slice_names_are_read_and_grpo_and_pilot_rows_left_out(tmp_path):
+    """The exported table names slices as the grid does (law-<world>, search-<world>, grpo-<world>,
+    pilot-<world>): the same runs as the fixture's law/search, plus GRPO and recipe-pilot rows the
+    replay leaves out."""
     def grid_names(frame):
         frame["slice"] = frame["slice"].map({"law": "law-arithmetic", "search": "search-arithmetic"})
         extra = frame.iloc[:2].copy()
-        extra["slice"], extra["run_id"] = "grpo-arithmetic", ["g000", "g001"]
+        extra["slice"], extra["run_id"] = ["grpo-arithmetic", "pilot-arithmetic"], ["g000", "g001"]
         return pd.concat([frame, extra], ignore_index=True)
 
     data = broken_copy(tmp_path, lambda d: rewrite(d / "runs.csv", grid_names))
