@@ -4,7 +4,7 @@
     python -m benchmarks.throughput --model tiny --steps 3 --warmup 1   # a quick check of the harness
 
 Run it from the benchmark environment (``make bench-env``: the project + ``trl``). Protocol
-(docs/design.md, "Benchmarking on these shared 2-core machines"): each contender runs in its own
+(benchmarks/README.md, "Protocol (CPU)"): each contender runs in its own
 child process (so peak memory is its own), torch pinned to ``--threads`` threads (default 1), and
 the figure of merit is *process CPU seconds per optimizer step*, median over ``--steps`` steps
 after ``--warmup`` warm-up steps; wall seconds are reported too. Both contenders run in this one
