@@ -74,7 +74,8 @@ class Cache:
         if not path.exists():
             return None
         d = torch.load(path, weights_only=False)
-        return StudentSamples(Rollouts(**d["rollouts"]), Evaluation.from_json(d["evaluation"]), d["cpu_s"], d["seconds"])
+        return StudentSamples(Rollouts(**d["rollouts"]), Evaluation.from_json(d["evaluation"]),
+                              d["cpu_s"], d["seconds"])
 
     def save_student(self, slice_name: str, seed: int, s: StudentSamples) -> None:
         path = self.student_path(slice_name, seed)

@@ -198,7 +198,6 @@ def load_table(directory: str | Path, *, problems: bool = False, search_slices: 
     cpu, tokens = _numbers(steps, "cpu_s", steps_path), _numbers(steps, "tokens", steps_path)
     val = _numbers(steps, "val_pass_rate", steps_path, empty_ok=True)
     _numbers(steps, "val_cpu_s", steps_path, empty_ok=True)
-    known = set(runs["run_id"])
     unknown = ~steps["run_id"].isin(all_ids)
     if unknown.any():
         i = int(np.flatnonzero(unknown.to_numpy())[0])

@@ -138,7 +138,8 @@ def law_signature(fit: LawFit) -> ModelSignature:
     """Input: gap (+ covariates) as doubles; output: predicted_improvement, lower, upper; param level."""
     return ModelSignature(
         inputs=Schema([ColSpec("double", col) for col in ["gap", *fit.covariates]]),
-        outputs=Schema([*(ColSpec("double", c) for c in ("predicted_improvement", "lower", "upper")), ColSpec("boolean", "clipped")]),
+        outputs=Schema([*(ColSpec("double", c) for c in ("predicted_improvement", "lower", "upper")),
+                        ColSpec("boolean", "clipped")]),
         params=ParamSchema([ParamSpec("level", "double", float(fit.level))]),
     )
 
@@ -213,7 +214,8 @@ def alias_version(client, name: str, alias: str) -> str:
     refused = [v for v in found if (v.tags or {}).get("usable") == "false"]
     why = f"; v{refused[-1].version} was refused ({refused[-1].tags.get('usable_reason', '')})" if refused else ""
     raise RegistryError(
-        f"registered model {name!r} has no alias {alias!r}; aliases: {have}; versions: {', '.join(versions) or 'none'}{why}"
+        f"registered model {name!r} has no alias {alias!r}; aliases: {have}; "
+        f"versions: {', '.join(versions) or 'none'}{why}"
     )
 
 
@@ -271,12 +273,14 @@ def register_law(
     tags.update(check.tags())
 
     try:
-        metrics = {"law/slope": fit.slope, "law/intercept": fit.intercept, "law/r2": fit.r2, "law/n_configs": fit.n_configs}
+        metrics = {"law/slope": fit.slope, "law/intercept": fit.intercept, "law/r2": fit.r2,
+                   "law/n_configs": fit.n_configs}
         metrics.update({f"law/holdout_{k}": v for k, v in h_metrics.items() if _parse_float(_tag_float(v)) is not None})
         for key, value in metrics.items():
             client.log_metric(run_id, key, float(value))
         # tags, not params: a run may hold several laws, and MLflow refuses to change a param
-        for key, value in {"law.method": fit.method, "law.level": fit.level, "law.covariates": ",".join(fit.covariates)}.items():
+        law_tags = {"law.method": fit.method, "law.level": fit.level, "law.covariates": ",".join(fit.covariates)}
+        for key, value in law_tags.items():
             client.set_tag(run_id, key, str(value))
         client.log_dict(run_id, fit.to_dict(), "law/fit.json")
         client.log_text(run_id, fit.summary(), "law/summary.txt")
