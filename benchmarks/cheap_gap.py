@@ -4,8 +4,8 @@
                                              [--budget-cpu-s 1500] [--report-only]
     nice -n 5 python -m benchmarks.cheap_gap --grid bench-v2 --slices law-arithmetic-v2 --cache <dir>
 
-For each law-slice configuration x seed of a grid file (``--grid``: bench-v1's ``benchmark`` by default; composed as the grid composes
-a point, one torch thread as the grid's workers ran), it regenerates the gap's student side exactly
+For each law-slice configuration x seed of a grid file (``--grid``: bench-v1's ``benchmark`` by default;
+composed as the grid composes a point, one torch thread as the grid's workers ran), it regenerates the gap's student side exactly
 as recorded (same model, world, problems, sampling settings and stream "gap/student") and checks
 its per-problem passes against ``benchmarks/data/gap_problems.csv``; then, per configuration, the
 self-teacher scores the student's tokens under that configuration's context once
@@ -155,7 +155,8 @@ def measure(slices, cache: Cache, data: Path, budget_cpu_s: float, progress=prin
 
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--grid", default="benchmark", help="the grid file whose law slices are measured (benchmark = bench-v1)")
+    ap.add_argument("--grid", default="benchmark",
+                    help="the grid file whose law slices are measured (benchmark = bench-v1)")
     ap.add_argument("--slices", nargs="+", default=None, help="law slices of that grid (default: bench-v1's three)")
     ap.add_argument("--data", type=Path, default=Path("benchmarks/data"))
     ap.add_argument("--cache", type=Path, default=None, help="default $OPSD_HOME/cheap-gap")
@@ -183,7 +184,10 @@ def main(argv=None) -> int:
     from benchmarks.cheap_gap_report import report
 
     # one cache may hold several grids' points: report the slices asked for (keys name their slice)
-    mine = {k: v for k, v in cache.points.items() if (k.split("/")[1] if k.startswith("student/") else k.split("/")[0]) in slices}
+    def slice_of(key: str) -> str:
+        return key.split("/")[1] if key.startswith("student/") else key.split("/")[0]
+
+    mine = {k: v for k, v in cache.points.items() if slice_of(k) in slices}
     report(mine, args.data, args.out or Path(f"benchmarks/results/cheap-gap{suffix}.json"),
            args.plot or Path(f"docs/benchmark/cheap-gap{suffix}.png"))
     return 0

@@ -39,7 +39,8 @@ def none_drift(law: pd.DataFrame, seed_std: dict[str, float]) -> list[dict]:
             continue
         bar = DRIFT_BAR_STDS * seed_std.get(name, float("nan"))
         mean = float(none["improvement"].mean())
-        rows.append({"slice": name, "seeds": len(none), "per_seed": " / ".join(none["improvement"].map("{:+.3f}".format)),
+        per_seed = " / ".join(none["improvement"].map("{:+.3f}".format))
+        rows.append({"slice": name, "seeds": len(none), "per_seed": per_seed,
                      "mean": mean, "bar": bar, "within": bool(abs(mean) <= bar) if not math.isnan(bar) else None})
     return rows
 

@@ -25,7 +25,8 @@ def test_none_drift_is_judged_against_twice_the_seed_std():
 
 
 def test_graded_dial_is_monotone_only_when_the_gap_never_falls_with_the_share():
-    rising = table([("graded", f, s, g + 0.01 * s, 0.1) for f, g in ((0.2, 0.0), (0.4, 0.1), (0.6, 0.2)) for s in (0, 1)])
+    shares = ((0.2, 0.0), (0.4, 0.1), (0.6, 0.2))
+    rising = table([("graded", f, s, g + 0.01 * s, 0.1) for f, g in shares for s in (0, 1)])
     [row] = graded_dial(rising)
     assert row["monotone"] and row["spearman_rho"] == pytest.approx(1.0) and row["shares"] == "0.2 / 0.4 / 0.6"
     dip = table([("graded", 0.2, 0, 0.1, 0.0), ("graded", 0.4, 0, 0.05, 0.0), ("graded", 0.6, 0, 0.3, 0.0)])
