@@ -21,7 +21,6 @@ import math
 import os
 import shutil
 import tempfile
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterator, Mapping, Sequence
 
@@ -30,25 +29,11 @@ import pandas as pd
 from mlflow.models import Model, ModelSignature
 from mlflow.types import ColSpec, ParamSchema, ParamSpec, Schema
 
-from opsd_platform.config import TrackingConfig
 from opsd_platform.errors import RegistryError  # noqa: F401 (re-exported)
 from opsd_platform import tracking
 from opsd_platform.law import LawFit
 from opsd_platform.law.holdout import LawCheck, check_law, constant_loo_rmse
-
-DEFAULT_NAME = "opsd-gap-law"
-CHAMPION = "champion"
-CHALLENGER = "challenger"
-
-
-@dataclass
-class LawCommandConfig:
-    """`opsd law show|promote`: which registered law, and for promote which version."""
-
-    name: str = field(default=DEFAULT_NAME, metadata={"help": "the registered model's name"})
-    version: str | None = field(default=None, metadata={"help": "promote: the version to make @champion (default: @challenger's)"})
-    force: bool = field(default=False, metadata={"help": "promote: even when the challenger is not better on held-out data"})
-    tracking: TrackingConfig = field(default_factory=TrackingConfig)
+from opsd_platform.law.names import CHALLENGER, CHAMPION, DEFAULT_NAME  # noqa: F401 (re-exported)
 
 
 MODEL_CODE = Path(__file__).with_name("pyfunc_model.py")
