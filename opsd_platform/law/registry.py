@@ -84,13 +84,15 @@ def _using_uri(uri: str) -> Iterator[None]:
                 os.environ[key] = value
 
 
-def _tag_float(value: Any) -> str:
-    """A float as a tag string that parses back exactly ("nan" for missing)."""
+def _tag_float(value: Any, exact: bool = False) -> str:
+    """A float as a version tag ("nan" for missing): 4 significant digits, as `opsd law show` prints
+    it, for a person reading the registry page; exact (parses back to the same float) for a tag a
+    decision parses (holdout_rmse: promote compares it with the champion's)."""
     try:
         value = float(value)
     except (TypeError, ValueError):
         return "nan"
-    return repr(value)
+    return repr(value) if exact else f"{value:.4g}"
 
 
 def _parse_float(text: str | None) -> float | None:
@@ -250,7 +252,7 @@ def register_law(
         "source_run_ids": _join_ids(source_run_ids),
     }
     if holdout:
-        tags.update({f"holdout_{k}": _tag_float(v) for k, v in h_metrics.items()})
+        tags.update({f"holdout_{k}": _tag_float(v, exact=k == "rmse") for k, v in h_metrics.items()})
         tags["holdout_kind"] = str(holdout.get("kind", "leave_one_out"))
     tags.update(check.tags())
 
