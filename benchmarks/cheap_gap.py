@@ -2,9 +2,10 @@
 
     nice -n 5 python -m benchmarks.cheap_gap [--slices law-arithmetic law-pyfunc law-gemma3-arithmetic]
                                              [--budget-cpu-s 1500] [--report-only]
+    nice -n 5 python -m benchmarks.cheap_gap --grid bench-v2 --slices law-arithmetic-v2 --cache <dir>
 
-For each law-slice configuration x seed of ``conf/grid/benchmark.yaml`` (composed as the grid composes
-a point, one torch thread as the grid's workers ran), it regenerates the gap's student side exactly
+For each law-slice configuration x seed of a grid file (``--grid``: bench-v1's ``benchmark`` by default;
+composed as the grid composes a point, one torch thread as the grid's workers ran), it regenerates the gap's student side exactly
 as recorded (same model, world, problems, sampling settings and stream "gap/student") and checks
 its per-problem passes against ``benchmarks/data/gap_problems.csv``; then, per configuration, the
 self-teacher scores the student's tokens under that configuration's context once
@@ -33,6 +34,7 @@ import numpy as np
 import pandas as pd
 import torch
 
+from opsd_platform.config import ConfigError
 from opsd_platform.config.compose import train_config
 from opsd_platform.search.grid import load_spec, points
 from opsd_platform.training.gap import StudentSamples, cheap_gap, sample_student
@@ -72,7 +74,8 @@ class Cache:
         if not path.exists():
             return None
         d = torch.load(path, weights_only=False)
-        return StudentSamples(Rollouts(**d["rollouts"]), Evaluation.from_json(d["evaluation"]), d["cpu_s"], d["seconds"])
+        return StudentSamples(Rollouts(**d["rollouts"]), Evaluation.from_json(d["evaluation"]),
+                              d["cpu_s"], d["seconds"])
 
     def save_student(self, slice_name: str, seed: int, s: StudentSamples) -> None:
         path = self.student_path(slice_name, seed)
@@ -132,10 +135,10 @@ def measure_seed(slice_name: str, seed: int, group: list, cache: Cache, recorded
                                     "log_weight": summary.log_weight.tolist()}})
 
 
-def measure(slices, cache: Cache, data: Path, budget_cpu_s: float, progress=print) -> None:
+def measure(slices, cache: Cache, data: Path, budget_cpu_s: float, progress=print, grid: str = "benchmark") -> None:
     recorded = recorded_student_passes(data)
     start = cpu_seconds()
-    spec = load_spec("benchmark")
+    spec = load_spec(grid)
     for slice_name in slices:
         grid_points = points(spec, only=[slice_name])
         for seed in sorted({p.seed for p in grid_points}):
@@ -152,25 +155,41 @@ def measure(slices, cache: Cache, data: Path, budget_cpu_s: float, progress=prin
 
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--slices", nargs="+", default=list(LAW_SLICES))
+    ap.add_argument("--grid", default="benchmark",
+                    help="the grid file whose law slices are measured (benchmark = bench-v1)")
+    ap.add_argument("--slices", nargs="+", default=None, help="law slices of that grid (default: bench-v1's three)")
     ap.add_argument("--data", type=Path, default=Path("benchmarks/data"))
     ap.add_argument("--cache", type=Path, default=None, help="default $OPSD_HOME/cheap-gap")
     ap.add_argument("--budget-cpu-s", type=float, default=1500.0)
     ap.add_argument("--report-only", action="store_true")
-    ap.add_argument("--out", type=Path, default=Path("benchmarks/results/cheap-gap.json"))
-    ap.add_argument("--plot", type=Path, default=Path("docs/benchmark/cheap-gap.png"))
+    ap.add_argument("--out", type=Path, default=None, help="default benchmarks/results/cheap-gap[-<grid>].json")
+    ap.add_argument("--plot", type=Path, default=None, help="default docs/benchmark/cheap-gap[-<grid>].png")
     args = ap.parse_args(argv)
-    unknown = set(args.slices) - set(LAW_SLICES)
-    if unknown:
-        print(f"--slices: unknown {', '.join(sorted(unknown))}; valid: {', '.join(LAW_SLICES)}", file=sys.stderr)
+    try:
+        valid = [s["name"] for s in load_spec(args.grid)["slices"] if s["name"].startswith("law")]
+    except ConfigError as exc:
+        print(f"--grid: {exc}", file=sys.stderr)
         return 2
+    slices = args.slices or (list(LAW_SLICES) if args.grid == "benchmark" else valid)
+    unknown = set(slices) - set(valid)
+    if unknown:
+        print(f"--slices: unknown {', '.join(sorted(unknown))} in grid {args.grid}; valid: {', '.join(valid)}",
+              file=sys.stderr)
+        return 2
+    suffix = "" if args.grid == "benchmark" else f"-{args.grid}"
     torch.set_num_threads(1)
     cache = Cache(args.cache or cache_dir())
     if not args.report_only:
-        measure(args.slices, cache, args.data, args.budget_cpu_s)
+        measure(slices, cache, args.data, args.budget_cpu_s, grid=args.grid)
     from benchmarks.cheap_gap_report import report
 
-    report(cache.points, args.data, args.out, args.plot)
+    # one cache may hold several grids' points: report the slices asked for (keys name their slice)
+    def slice_of(key: str) -> str:
+        return key.split("/")[1] if key.startswith("student/") else key.split("/")[0]
+
+    mine = {k: v for k, v in cache.points.items() if slice_of(k) in slices}
+    report(mine, args.data, args.out or Path(f"benchmarks/results/cheap-gap{suffix}.json"),
+           args.plot or Path(f"docs/benchmark/cheap-gap{suffix}.png"))
     return 0
 
 

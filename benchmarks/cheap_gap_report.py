@@ -123,7 +123,8 @@ def goal(reports: list[dict]) -> dict:
         checks = []
         for r in holds:
             est, base = r["variables"][v], r["variables"]["gap"]
-            checks.append({"slice": r["slice"], "cost_ok": r["cost"]["scoring_pct_of_training"] <= 100 * GOAL_COST_FRACTION,
+            checks.append({"slice": r["slice"],
+                           "cost_ok": r["cost"]["scoring_pct_of_training"] <= 100 * GOAL_COST_FRACTION,
                            "rmse_ok": bool(est.get("loo_rmse", math.inf) <= base["loo_rmse"]),
                            "rmse": est.get("loo_rmse"), "rmse_pass_rate_gap": base["loo_rmse"]})
         out[v] = {"met": bool(holds) and all(c["cost_ok"] and c["rmse_ok"] for c in checks), "checks": checks}
@@ -141,7 +142,8 @@ def markdown(reports: list[dict], verdict: dict) -> str:
         for v, law in r["variables"].items():
             slope = (f"{_fmt(law['slope'])} [{_fmt(law['slope_ci'][0])}, {_fmt(law['slope_ci'][1])}]"
                      if "slope" in law else law.get("error", "n/a"))
-            lines.append(f"| {r['slice']} | {'pass-rate gap' if v == 'gap' else v} | {_fmt(law['corr_with_gap'], '.2f')} "
+            shown = "pass-rate gap" if v == "gap" else v
+            lines.append(f"| {r['slice']} | {shown} | {_fmt(law['corr_with_gap'], '.2f')} "
                          f"| {_fmt(law['corr_with_improvement'], '.2f')} | {slope} | {_fmt(law.get('r2'), '.2f')} "
                          f"| {_fmt(law.get('loo_rmse'))} |")
     lines += ["", "| slice | runs | student side = recorded | teacher generation CPU-s / context (recorded) "
@@ -200,9 +202,11 @@ def provenance() -> dict:
                                 check=True).stdout.strip()
     except (OSError, subprocess.CalledProcessError):
         commit = "unknown"
-    cpu = next((line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
-                if line.startswith("model name")), platform.machine()) if Path("/proc/cpuinfo").exists() else platform.machine()
-    return {"command": "python -m benchmarks.cheap_gap", "commit": commit, "machine": f"{cpu}, {os.cpu_count()} cores", "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+    cpuinfo = Path("/proc/cpuinfo")
+    cpu = next((line.split(":", 1)[1].strip() for line in cpuinfo.read_text().splitlines()
+                if line.startswith("model name")), platform.machine()) if cpuinfo.exists() else platform.machine()
+    return {"command": "python -m benchmarks.cheap_gap", "commit": commit, "machine": f"{cpu}, {os.cpu_count()} cores",
+            "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
             "threads": 1, "note": "measured with nice -n 5 on a 2-core machine shared with other jobs"}
 
 
@@ -221,7 +225,8 @@ def report(cache: dict, data: Path, out: Path, plot_path: Path | None, progress=
     progress(table)
     strip = [{k: v for k, v in r.items() if not k.startswith("_")} for r in reports]
     for r in strip:
-        r["variables"] = {v: {k: x for k, x in law.items() if not k.startswith("_")} for v, law in r["variables"].items()}
+        r["variables"] = {v: {k: x for k, x in law.items() if not k.startswith("_")}
+                          for v, law in r["variables"].items()}
     points = pd.concat([r["_points"] for r in reports])[["run_id", "slice", "config", "seed", "gap", "improvement",
                                                           *ESTIMATORS, *[f"{v}_ci_{end}" for v in ESTIMATORS
                                                                          for end in ("low", "high")],

@@ -224,8 +224,10 @@ def fmt(x, digits: int = 2) -> str:
 def markdown(results: list[dict]) -> str:
     lines = []
     for r in results:
-        lines += [f"### {r['slice']} ({r['problems']} problems x {r['samples']}, cap {r['max_new_tokens']} tokens)", "",
-                  "| who | T | pass | gap [90 %] | tokens | capped | ended | format |", "|---|---|---|---|---|---|---|---|"]
+        lines += [f"### {r['slice']} ({r['problems']} problems x {r['samples']}, "
+                  f"cap {r['max_new_tokens']} tokens)", "",
+                  "| who | T | pass | gap [90 %] | tokens | capped | ended | format |",
+                  "|---|---|---|---|---|---|---|---|"]
         for name, s in r["student"].items():
             t = r["temperatures"][name][0]
             lines.append(f"| student | {t} | {fmt(s['pass'])} | | {fmt(s['mean_tokens'], 0)} | {fmt(s['capped'])} | "
@@ -247,7 +249,8 @@ def markdown(results: list[dict]) -> str:
             d = c.get("divergence")
             if d:
                 sh = d["share"]
-                lines.append(f"| {c['context']} | {d['mean_per_token']:.3f} | {fmt(sh['first'])} | {fmt(sh['fence'])} | "
+                lines.append(f"| {c['context']} | {d['mean_per_token']:.3f} | {fmt(sh['first'])} | "
+                             f"{fmt(sh['fence'])} | "
                              f"{fmt(sh['eos'])} | {fmt(sh['other'])} | {fmt(d['tail_share'])} |")
         if "graded_monotone" in r:
             lines += ["", f"Graded gap monotone in the share: {r['graded_monotone']}"]

@@ -119,7 +119,8 @@ def run_case(case: Case, args, device) -> dict:
         model=ModelConfig(source="tiny", name=case.arch, family=case.arch, dtype=case.dtype),
         world=WorldConfig(name="arithmetic", difficulty=1, n_train=64, n_val=4),
         rollout=RolloutConfig(prompts_per_step=args.prompts, samples_per_prompt=args.samples,
-                              max_new_tokens=args.max_new_tokens, temperature=1.0, batch_size=args.prompts * args.samples),
+                              max_new_tokens=args.max_new_tokens, temperature=1.0,
+                              batch_size=args.prompts * args.samples),
         loss=LossConfig(divergence="reverse", support="topk", top_k=20),
         teacher=TeacherConfig(kind="ema", ema_rate=0.05),
         optim=OptimConfig(lr=1e-5),
@@ -186,7 +187,8 @@ def markdown(results: list[dict], meta: dict) -> str:
         f"{meta['prompts']} prompts x {meta['samples']} samples x {meta['max_new_tokens']} new tokens, "
         f"median of {meta['steps']} steps after {meta['warmup']} warm-up",
         "",
-        "| case | params (M) | step (s) | steps/s | rollout tok/s | teacher tok/s | rollout / teacher / update (s) | peak mem (GB) |",
+        "| case | params (M) | step (s) | steps/s | rollout tok/s | teacher tok/s "
+        "| rollout / teacher / update (s) | peak mem (GB) |",
         "|---|---|---|---|---|---|---|---|",
     ]
     for r in results:
@@ -229,7 +231,8 @@ def main(argv=None) -> int:
     for name in ("lightning.pytorch", "lightning.fabric", "pytorch_lightning"):
         logging.getLogger(name).setLevel(logging.WARNING)
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    meta = {"device": torch.cuda.get_device_name(0) if device.type == "cuda" else f"cpu ({torch.get_num_threads()} threads)",
+    device_name = torch.cuda.get_device_name(0) if device.type == "cuda" else f"cpu ({torch.get_num_threads()} threads)"
+    meta = {"device": device_name,
             "torch": torch.__version__, "transformers": transformers.__version__, "steps": args.steps,
             "warmup": args.warmup, "prompts": args.prompts, "samples": args.samples,
             "max_new_tokens": args.max_new_tokens,
@@ -239,7 +242,8 @@ def main(argv=None) -> int:
     out.mkdir(parents=True, exist_ok=True)
     results: list[dict] = []
     wanted = [w for w in args.cases.split(",") if w]
-    for case in [c for c in (TINY_CASES if args.tiny else GPU_CASES) if not wanted or any(w in c.label for w in wanted)]:
+    cases = TINY_CASES if args.tiny else GPU_CASES
+    for case in [c for c in cases if not wanted or any(w in c.label for w in wanted)]:
         elapsed = time.perf_counter() - started
         if elapsed > args.budget_s:
             results.append({"case": case.label, "skipped": f"time budget ({elapsed:.0f} s > {args.budget_s:.0f} s)"})

@@ -74,7 +74,8 @@ def main(argv=None) -> int:
     speedup = arms["1x2"] / arms["2x1"]
     print(f"speed-up of 2 workers x 1 thread over 1 worker x 2 threads: {speedup:.2f}x")
     result = {"points": len(CONTEXTS[: (args.points + 1) // 2]) * min(2, args.points), "steps": args.steps,
-              "wall_s": arms, "speedup_2x1_over_1x2": speedup, "load_average": load, "cpu": platform.processor() or platform.machine(),
+              "wall_s": arms, "speedup_2x1_over_1x2": speedup, "load_average": load,
+              "cpu": platform.processor() or platform.machine(),
               "date": time.strftime("%Y-%m-%d %H:%M")}
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(result, indent=2))

@@ -226,7 +226,8 @@ def compare_world(runs: pd.DataFrame, steps: pd.DataFrame, world: str, level: fl
         for row in part.itertuples():
             for rid in row.run_ids:
                 per_run.append({"algorithm": arm, "config": row.config, "label": row.label, "seed": row.seed,
-                                "run_id": rid, **run_curves(steps[steps["run_id"] == rid], row.val_initial, noise["std"])})
+                                "run_id": rid,
+                                **run_curves(steps[steps["run_id"] == rid], row.val_initial, noise["std"])})
     per_run = pd.DataFrame(per_run)
     base = t_interval(grpo["improvement"], level)
     grpo_by_seed = grpo.set_index("seed")["improvement"]
@@ -237,7 +238,8 @@ def compare_world(runs: pd.DataFrame, steps: pd.DataFrame, world: str, level: fl
         configs.append({"config": config, "label": part["label"].iloc[0], "gap": float(part["gap"].mean()),
                         "improvement": t_interval(part["improvement"], level), "minus_grpo": diff,
                         "minus_grpo_paired": paired, **judged(diff, paired),
-                        "failure": failure_summary(per_run[(per_run["algorithm"] == "opsd") & (per_run["config"] == config)], level)})
+                        "failure": failure_summary(
+                            per_run[(per_run["algorithm"] == "opsd") & (per_run["config"] == config)], level)})
     configs.sort(key=lambda c: -c["improvement"]["mean"])
     pick = law_pick(opsd, level)
     if "config" in pick:
@@ -254,7 +256,8 @@ def compare_world(runs: pd.DataFrame, steps: pd.DataFrame, world: str, level: fl
             "grpo": {"config": grpo["config"].iloc[0], "improvement": base,
                      "failure": failure_summary(per_run[per_run["algorithm"] == "grpo"], level)},
             "opsd": configs, "law_pick": pick, "seed_noise": noise,
-            "failure_by_algorithm": {a: failure_summary(per_run[per_run["algorithm"] == a], level) for a in ("opsd", "grpo")},
+            "failure_by_algorithm": {a: failure_summary(per_run[per_run["algorithm"] == a], level)
+                                     for a in ("opsd", "grpo")},
             "curves_missing": bool(steps["rollout_response_len"].isna().all()),
             "per_run": per_run.to_dict(orient="records")}
 
@@ -306,9 +309,11 @@ def world_tables(res: dict) -> str:
     if "error" in p:
         lines.append(f"Law's pick: none ({p['error']}).")
     else:
-        lines.append(f"Law's pick: OPSD {p['label']}, predicted {interval({'mean': p['predicted'], 'lower': p['predicted_lower'], 'upper': p['predicted_upper']})} "
-                     f"(slope {fmt(p['slope'])} [{fmt(p['slope_lower'])}, {fmt(p['slope_upper'])}], p = {p['slope_p']:.2g}, "
-                     f"R^2 = {p['r2']:.2f}; {p['note']}); measured {interval(p['measured'])} (n = {p['measured']['n']}); "
+        predicted = interval({"mean": p["predicted"], "lower": p["predicted_lower"], "upper": p["predicted_upper"]})
+        lines.append(f"Law's pick: OPSD {p['label']}, predicted {predicted} "
+                     f"(slope {fmt(p['slope'])} [{fmt(p['slope_lower'])}, {fmt(p['slope_upper'])}], "
+                     f"p = {p['slope_p']:.2g}, R^2 = {p['r2']:.2f}; {p['note']}); "
+                     f"measured {interval(p['measured'])} (n = {p['measured']['n']}); "
                      f"minus GRPO paired by seed {interval(p['minus_grpo_paired'], 'diff')} "
                      f"({sizes(p['minus_grpo_paired'])}), "
                      f"Welch {interval(p['minus_grpo'], 'diff')} ({sizes(p['minus_grpo'])}): "
@@ -317,7 +322,8 @@ def world_tables(res: dict) -> str:
     lines += ["", f"Failure modes (collapse: a validation after step 0 below the initial one by more than the seed "
               f"noise {fmt(noise['std'])}, pooled over {noise['configs']} configurations; drift over runs, OPSD's "
               "contexts pooled):", "",
-              "| algorithm | runs | length drift, tokens [interval] (n) | collapsed | rollout pass hit 0 | rollout 0 at the last step |",
+              "| algorithm | runs | length drift, tokens [interval] (n) | collapsed | rollout pass hit 0 "
+              "| rollout 0 at the last step |",
               "|---|---|---|---|---|---|"]
     for algo, f in res["failure_by_algorithm"].items():
         lines.append(f"| {algo} | {f['runs']} | {interval(f['length_drift'])} ({f['length_drift']['n']}) | "
@@ -346,8 +352,9 @@ def plot(results: list[dict], runs_steps: pd.DataFrame, path: Path) -> Path:
     fig, axes = plt.subplots(len(results), 3, figsize=(15, 4.2 * len(results)), squeeze=False)
     for (ax_imp, ax_val, ax_len), res in zip(axes, results):
         g = res["grpo"]["improvement"]
-        rows = [("GRPO", g, "tab:red")] + [(c["label"], c["improvement"], "tab:green" if c["config"] == res["law_pick"].get("config")
-                                            else "tab:blue") for c in res["opsd"]]
+        pick = res["law_pick"].get("config")
+        rows = [("GRPO", g, "tab:red")] + [(c["label"], c["improvement"],
+                                            "tab:green" if c["config"] == pick else "tab:blue") for c in res["opsd"]]
         for i, (name, e, colour) in enumerate(rows):
             err = [[e["mean"] - e["lower"]], [e["upper"] - e["mean"]]] if math.isfinite(e["lower"]) else None
             ax_imp.errorbar(e["mean"], i, xerr=err, fmt="o", color=colour, capsize=3)
@@ -375,7 +382,8 @@ def plot(results: list[dict], runs_steps: pd.DataFrame, path: Path) -> Path:
         ax_val.set(xlabel="step", ylabel="validation pass rate", title="validation (collapse)")
         ax_len.set(xlabel="step", ylabel="mean response tokens", title="rollout response length (drift)")
         if res["curves_missing"]:
-            ax_len.text(0.5, 0.5, "no response-length curve in steps.csv\n(re-export)", ha="center", transform=ax_len.transAxes)
+            ax_len.text(0.5, 0.5, "no response-length curve in steps.csv\n(re-export)", ha="center",
+                        transform=ax_len.transAxes)
         for ax in (ax_val, ax_len):
             if ax.get_legend_handles_labels()[0]:
                 ax.legend(fontsize=8)
@@ -401,7 +409,8 @@ def report(data: Path, level: float, worlds, plot_path: Path | None, grid: str |
     compared = [r for r in results if r["status"] == "compared"]
     out = {"data": str(data), "grid": grid, "level": level, "runs": len(runs), "grpo_runs": grpo_rows,
            "difference_method": "Welch t interval over seeds (unequal variances, Welch-Satterthwaite df), unpaired",
-           "paired_difference_method": "per seed on both sides, OPSD minus GRPO; mean with a Student-t interval, n - 1 df",
+           "paired_difference_method": "per seed on both sides, OPSD minus GRPO; "
+                                       "mean with a Student-t interval, n - 1 df",
            "verdict_method": "the paired interval when there is one (>= 2 paired seeds whose differences vary), "
                              "else the Welch one (verdict_from)",
            "worlds": results, "plot": None}

@@ -42,9 +42,11 @@ from scipy import stats
 
 from opsd_platform.law.export import ExportError, only_grid, read_table
 from opsd_platform.law import LawError, family_slopes, fit_law, grouped_holdout, leave_one_out
-from opsd_platform.law.pipeline import points_from_table
+from opsd_platform.law.pipeline import points_from_runs
 from opsd_platform.law.robust import bootstrap_slope, influence, with_fixed_effects
 from opsd_platform.training.contexts import context_label
+
+from benchmarks.goal_checks import CONTROLS, controls_against_law, graded_dial, none_drift
 
 
 def seed_noise(runs: pd.DataFrame) -> pd.DataFrame:
@@ -56,7 +58,8 @@ def seed_noise(runs: pd.DataFrame) -> pd.DataFrame:
         within = math.sqrt(np.mean([np.var(g, ddof=1) for g in groups])) if groups else float("nan")
         f, p = stats.f_oneway(*groups) if len(groups) >= 2 else (float("nan"), float("nan"))
         rows.append({"slice": name, "configs": int(part["config"].nunique()), "runs": len(part),
-                     "seed_std": within, "config_mean_std": float(means.std(ddof=1)) if len(means) > 1 else float("nan"),
+                     "seed_std": within,
+                     "config_mean_std": float(means.std(ddof=1)) if len(means) > 1 else float("nan"),
                      "anova_F": float(f), "anova_p": float(p)})
     return pd.DataFrame(rows)
 
@@ -71,7 +74,8 @@ def configurations(part: pd.DataFrame) -> pd.DataFrame:
     for (config, name), g in part.assign(label=label).groupby(["config", "label"]):
         g = g.sort_values("seed")
         rows.append({"context": name, "seeds": per_seed(g["seed"].astype(int).astype(str)),
-                     "gap": per_seed(g["gap"].map("{:+.3f}".format)), "improvement": per_seed(g["improvement"].map("{:+.3f}".format)),
+                     "gap": per_seed(g["gap"].map("{:+.3f}".format)),
+                     "improvement": per_seed(g["improvement"].map("{:+.3f}".format)),
                      "gap_mean": float(g["gap"].mean()), "improvement_mean": float(g["improvement"].mean()),
                      "train_cpu_s": per_seed(g["train_cpu_s"].map("{:.0f}".format)), "config": config})
     return pd.DataFrame(rows).sort_values("gap_mean", ascending=False)
@@ -89,11 +93,11 @@ def reuse_saving(runs: pd.DataFrame) -> dict:
     return {"runs": n, "measure_every_run_cpu_s": own, "measured_once_per_key_cpu_s": paid,
             "saving_per_point_cpu_s": (own - paid) / n, "point_cpu_s_without_reuse": point,
             "saving_share_of_a_point": (own - paid) / n / point,
-            "distinct": {"val_key": int(runs["val_key"].nunique()), "gap_student_key": int(runs["gap_student_key"].nunique()),
+            "distinct": {"val_key": int(runs["val_key"].nunique()),
+                         "gap_student_key": int(runs["gap_student_key"].nunique()),
                          "gap_key": int(runs["gap_key"].nunique())}}
 
 
-CONTROLS = ("shuffled_reference", "retry")  # the contexts' form without their content (bench-v2)
 
 
 def law_row(name: str, points: pd.DataFrame, level: float, covariates=(), fixed_by: str | None = None) -> dict:
@@ -146,11 +150,9 @@ def covariate_points(runs: pd.DataFrame) -> pd.DataFrame:
 
 
 def points_from_table_frame(runs: pd.DataFrame) -> pd.DataFrame:
-    import tempfile
-
-    with tempfile.TemporaryDirectory() as tmp:
-        runs.to_csv(Path(tmp) / "runs.csv", index=False)
-        return points_from_table(tmp).set_index("run_id").loc[runs["run_id"]].reset_index()
+    """The law's points of these rows, in the rows' order (OPSD rows only)."""
+    pts = points_from_runs(runs).set_index("run_id")
+    return pts.loc[[r for r in runs["run_id"] if r in pts.index]].reset_index()
 
 
 def report(data: Path, level: float, plots: Path | None, grid: str | None = None) -> dict:
@@ -200,11 +202,13 @@ def report(data: Path, level: float, plots: Path | None, grid: str | None = None
     print(markdown(fits, cols))
     print(f"\n## Robustness per slice (slope bootstrapped over configurations, {level:.0%}; flagged: "
           "leverage > 4/n or Cook's D > 4/n)\n")
-    rob_rows = [{"slice": k, **{f"boot_{m}": v.get("bootstrap", {}).get(m) for m in ("slope_lo", "slope_hi", "share_positive")},
+    rob_rows = [{"slice": k,
+                 **{f"boot_{m}": v.get("bootstrap", {}).get(m) for m in ("slope_lo", "slope_hi", "share_positive")},
                  "flagged": ", ".join(f"{r['config'].split('/')[-1]} (h {r['leverage']:.2f}, D {r['cooks_d']:.2f})"
                                       for r in v.get("flagged", [])) or v.get("error", "none")}
                 for k, v in robustness.items()]
     print(markdown(rob_rows, ["slice", "boot_slope_lo", "boot_slope_hi", "boot_share_positive", "flagged"]))
+    goal = goal_section(law, noise, level)
     grouped, holdouts = {}, {}
     for group in ("world", "family", "context"):
         if pooled[group].nunique() >= 2:
@@ -212,7 +216,8 @@ def report(data: Path, level: float, plots: Path | None, grid: str | None = None
             grouped[group] = {k: res.get(k) for k in ("mae", "rmse", "coverage", "n")}
     if grouped:
         print("\n## Grouped hold-out (the law fitted without a group predicts it)\n")
-        print(markdown([{"left out": g, **v} for g, v in grouped.items()], ["left out", "mae", "rmse", "coverage", "n"]))
+        print(markdown([{"left out": g, **v} for g, v in grouped.items()],
+                       ["left out", "mae", "rmse", "coverage", "n"]))
     # Families on their own: each direction of the leave-one-family-out, over every law slice and
     # over arithmetic alone (one world, so a difference is the family's, not the world's).
     family_rows, eqs = [], {}
@@ -220,8 +225,8 @@ def report(data: Path, level: float, plots: Path | None, grid: str | None = None
         if pts["family"].nunique() < 2:
             continue
         res = holdouts["family"] if pts is pooled else grouped_holdout(pts, "family", level=level)
-        family_rows += [{"scope": scope, "left out": g["group"], **{k: g[k] for k in ("n_configs", "mae", "rmse", "coverage")}}
-                        for g in res["per_group"]]
+        family_rows += [{"scope": scope, "left out": g["group"],
+                         **{k: g[k] for k in ("n_configs", "mae", "rmse", "coverage")}} for g in res["per_group"]]
         family_rows += [{"scope": scope, "left out": g["group"], "skipped": g["reason"]} for g in res["skipped"]]
         eqs[scope] = family_slopes(pts, "family", level=level).get("equal_slopes", {})
     if family_rows:
@@ -229,7 +234,8 @@ def report(data: Path, level: float, plots: Path | None, grid: str | None = None
         print(markdown(family_rows, ["scope", "left out", "n_configs", "mae", "rmse", "coverage", "skipped"]))
         for scope, e in eqs.items():
             print(f"\nequal slopes across families ({scope}): " + (
-                f"F = {e['F']:.3g}, p = {e['p']:.3g} ({e['df_num']:g} and {e['df_denom']:g} df)" if "F" in e else str(e)))
+                f"F = {e['F']:.3g}, p = {e['p']:.3g} ({e['df_num']:g} and {e['df_denom']:g} df)"
+                if "F" in e else str(e)))
     eq = eqs.get("law slices", {})
 
     # The covariates are the search slice's hyper-parameters, searched on one family: another
@@ -245,8 +251,10 @@ def report(data: Path, level: float, plots: Path | None, grid: str | None = None
             cov_rows.append(law_row(f"gap + {c}", cpts, level, [c]))
         if len(extra) > 1:
             cov_rows.append(law_row("gap + all", cpts, level, extra))
-        print(f"\n## Hyper-parameters as covariates (arithmetic, every slice of {', '.join(sorted(arith['family'].unique()))})\n")
-        print(markdown(cov_rows, ["fit", "configs", "slope", "slope_lo", "slope_hi", "r2", "loo_rmse", "loo_coverage", "error"]))
+        families = ", ".join(sorted(arith["family"].unique()))
+        print(f"\n## Hyper-parameters as covariates (arithmetic, every slice of {families})\n")
+        print(markdown(cov_rows, ["fit", "configs", "slope", "slope_lo", "slope_hi", "r2", "loo_rmse", "loo_coverage",
+                                  "error"]))
 
     if plots is not None:
         from opsd_platform.law.plot import plot_law
@@ -254,7 +262,8 @@ def report(data: Path, level: float, plots: Path | None, grid: str | None = None
         plots.mkdir(parents=True, exist_ok=True)
         for row in fits:
             if "_fit" in row and "context_tokens" not in row["fit"]:
-                name = row["fit"].replace(" / ", "-").replace(", ", "-").replace(" ", "-").replace("(", "").replace(")", "")
+                name = (row["fit"].replace(" / ", "-").replace(", ", "-").replace(" ", "-")
+                        .replace("(", "").replace(")", ""))
                 if row["fit"].startswith("pooled"):
                     grid = row["fit"].split("(")[-1].rstrip(")")
                     sub, _ = with_fixed_effects(pooled[grids == grid], "slice")
@@ -264,8 +273,25 @@ def report(data: Path, level: float, plots: Path | None, grid: str | None = None
                                            controls=CONTROLS))
     strip = lambda rows: [{k: v for k, v in r.items() if not k.startswith("_")} for r in rows]  # noqa: E731
     out.update({"fits": strip(fits), "grouped_holdout": grouped, "equal_slopes": eq, "equal_slopes_by_scope": eqs,
-                "family_holdout": family_rows, "covariates": strip(cov_rows), "robustness": robustness})
+                "family_holdout": family_rows, "covariates": strip(cov_rows), "robustness": robustness, "goal": goal})
     return out
+
+
+def goal_section(law: pd.DataFrame, noise: pd.DataFrame, level: float) -> dict:
+    """bench-v2's goal checks (benchmarks/goal_checks.py), printed and returned."""
+    std = dict(zip(noise["slice"], noise["seed_std"])) if len(noise) else {}
+    goal = {"none_drift": none_drift(law, std), "graded_dial": graded_dial(law),
+            "controls": controls_against_law(law, level)}
+    print("\n## The goal's checks: `none` against the drift bar (2 seed std), the graded dial, the controls\n")
+    print(markdown(goal["none_drift"], ["slice", "seeds", "per_seed", "mean", "bar", "within"]))
+    if goal["graded_dial"]:
+        print()
+        print(markdown(goal["graded_dial"], ["slice", "shares", "gap", "improvement", "monotone", "spearman_rho"]))
+    if goal["controls"]:
+        print(f"\nControls against the law fitted on the slice's other contexts ({level:.0%} prediction interval):\n")
+        print(markdown(goal["controls"], ["slice", "control", "seeds", "gap", "improvement", "none_improvement",
+                                          "predicted", "predicted_lo", "predicted_hi", "inside", "error"]))
+    return goal
 
 
 def main(argv=None) -> int:

@@ -35,7 +35,7 @@ from typing import Any, Sequence
 
 import yaml
 
-from benchmarks.replay import Ledger, Replay, Settings
+from benchmarks.replay import Ledger, Replay, ReplaySettings, replay_settings
 from benchmarks.replay_table import Run, TableError, load_table
 
 LAW_ALIAS = "live"
@@ -184,7 +184,7 @@ def spend(runs: list[tuple[Run, bool]]) -> Ledger:
     return ledger
 
 
-def compare(live: list[LiveTrial], data: str, search_slice: str, law_slice: str, settings: Settings, order: int) -> dict[str, Any]:
+def compare(live: list[LiveTrial], data: str, search_slice: str, law_slice: str, settings: ReplaySettings, order: int) -> dict[str, Any]:
     table = load_table(data, search_slices=(search_slice,), law_slices=(law_slice,))
     given = []
     for t in live:
@@ -239,7 +239,7 @@ def cmd_compare(args: argparse.Namespace) -> int:
     uri, _ = store_uri([*base, *args.overrides])
     storage = args.storage or default_storage(uri)
     live = live_trials(storage, args.study, uri, base)
-    settings = Settings(n_startup_trials=args.startup, calibration_rate=args.calibration_rate, level=args.level, refit_every=0)
+    settings = replay_settings(n_startup_trials=args.startup, calibration_rate=args.calibration_rate, level=args.level, refit_every=0)
     doc = compare(live, args.data, args.search_slice, args.law_slice, settings, args.seed)
     doc.update({"study": args.study, "storage": storage, "tracking_uri": uri})
     print_comparison(doc)

@@ -113,11 +113,13 @@ def markdown(res: dict) -> str:
     for world, r in res.items():
         lines += [f"### {world} (drift bar |none| <= {r['drift_bar']:.3f} = 2 x seed std {r['seed_std']:.3f})", "",
                   "| lr | EMA | clip | " + " | ".join(sorted({c for x in r["recipes"] for c in x["improvement"]}))
-                  + " | stable | spread |", "|---" * (5 + len({c for x in r["recipes"] for c in x["improvement"]})) + "|"]
+                  + " | stable | spread |",
+                  "|---" * (5 + len({c for x in r["recipes"] for c in x["improvement"]})) + "|"]
         contexts = sorted({c for x in r["recipes"] for c in x["improvement"]})
         for x in sorted(r["recipes"], key=lambda x: x["optim.lr"]):
             cells = [f"{x['improvement'][c]:+.3f}" if c in x["improvement"] else "" for c in contexts]
-            lines.append(f"| {x['optim.lr']:g} | {x['teacher.ema_rate']:g} | {x['loss.token_clip']} | " + " | ".join(cells)
+            lines.append(f"| {x['optim.lr']:g} | {x['teacher.ema_rate']:g} | {x['loss.token_clip']} | "
+                         + " | ".join(cells)
                          + f" | {'yes' if x['stable'] else 'no'} | {x['spread']:.3f} |")
         lines += ["", f"Chosen OPSD recipe: {r['chosen'] or 'none stable'}"]
         if r["grpo"]:
@@ -131,7 +133,8 @@ def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--data", type=Path, default=Path("benchmarks/data"))
     ap.add_argument("--out", type=Path, default=Path("benchmarks/results/pilot-report.json"))
-    ap.add_argument("--apply", type=Path, default=None, help="write the chosen recipes into this grid file's -v2 slices")
+    ap.add_argument("--apply", type=Path, default=None,
+                    help="write the chosen recipes into this grid file's -v2 slices")
     args = ap.parse_args(argv)
     try:
         runs = read_table(args.data / "runs.csv")

@@ -38,7 +38,7 @@ import numpy as np
 
 from benchmarks.ranked import RANKED_ARMS, RankedReplay
 from benchmarks.replay import ARMS as REPLAY_ARMS
-from benchmarks.replay import LAW_ARMS, SAMPLERS, Ledger, OrderResult, Replay, Settings, run_topk
+from benchmarks.replay import LAW_ARMS, SAMPLERS, Ledger, OrderResult, Replay, ReplaySettings, replay_settings, run_topk
 from benchmarks.replay_table import Table, TableError, load_table
 from opsd_platform.training.sequential import RULES
 
@@ -59,7 +59,7 @@ def parse_arms(text: str) -> list[str]:
 # ============================================================================== running
 
 
-def run_order(table: Table, arms: list[str], order: int, settings: Settings) -> dict[str, OrderResult]:
+def run_order(table: Table, arms: list[str], order: int, settings: ReplaySettings) -> dict[str, OrderResult]:
     """Every arm on one order; `none` always (the reference), `law` before `topk` (its budget)."""
     needed = ["none", *[a for a in arms if a not in ("none", "topk")]]
     if "topk" in arms and "law" not in needed and settings.topk_k is None:
@@ -73,7 +73,7 @@ def run_order(table: Table, arms: list[str], order: int, settings: Settings) -> 
 _TABLE: Table | None = None
 
 
-def _work(job: tuple[str, list[str], list[int], Settings]) -> list[dict[str, OrderResult]]:
+def _work(job: tuple[str, list[str], list[int], ReplaySettings]) -> list[dict[str, OrderResult]]:
     global _TABLE
     data, arms, orders, settings = job
     if _TABLE is None or str(_TABLE.directory) != data:
@@ -81,7 +81,7 @@ def _work(job: tuple[str, list[str], list[int], Settings]) -> list[dict[str, Ord
     return [run_order(_TABLE, arms, o, settings) for o in orders]
 
 
-def replay(table: Table, arms: list[str], orders: int, settings: Settings, jobs: int = 1, first: int = 0) -> list[dict[str, OrderResult]]:
+def replay(table: Table, arms: list[str], orders: int, settings: ReplaySettings, jobs: int = 1, first: int = 0) -> list[dict[str, OrderResult]]:
     ids = list(range(first, first + orders))
     if jobs <= 1 or orders < 2:
         return [run_order(table, arms, o, settings) for o in ids]
@@ -200,7 +200,7 @@ def goal(summary: dict[str, dict]) -> dict:
     return {"best_curve_arm": best_curve, "arms": verdicts, "met_by": met}
 
 
-def describe_table(table: Table, settings: Settings) -> dict:
+def describe_table(table: Table, settings: ReplaySettings) -> dict:
     """What decides whether pruning can pay: gap cost vs training cost, and the first law."""
     runs = [r for r in table.runs.values() if r.slice == "search"]
     law = Replay(table, "law", 0, settings).memory
@@ -213,10 +213,10 @@ def describe_table(table: Table, settings: Settings) -> dict:
         view = law.view()
         gaps = np.array([r.gap for r in runs])
         covs = {c: np.array([r.covariates.get(c, math.nan) for r in runs]) for c in view.inputs if c != "gap"}
-        _, lo, hi = view.predict({"gap": gaps, **covs}, settings.level)
+        _, lo, hi = view.predict({"gap": gaps, **covs}, settings.search.level)
         info["first_law"] = {"slope": law.champion.slope, "intercept": law.champion.intercept,
                              "residual_std": law.champion.residual_std, "loo_rmse": law.champion_rmse,
-                             "mean_interval_width": float(np.mean(hi - lo)), "level": settings.level}
+                             "mean_interval_width": float(np.mean(hi - lo)), "level": settings.search.level}
     return info
 
 
@@ -321,7 +321,7 @@ def main(argv: list[str] | None = None) -> int:
         arms = parse_arms(args.arms)
         if args.orders < 1 or args.jobs < 1 or (args.trials is not None and args.trials < 1):
             raise ValueError("--orders, --jobs and --trials must be >= 1")
-        settings = Settings(n_trials=args.trials, sampler=args.sampler, n_startup_trials=args.startup,
+        settings = replay_settings(n_trials=args.trials, sampler=args.sampler, n_startup_trials=args.startup,
                             calibration_rate=args.calibration_rate, level=args.level, threshold=args.threshold,
                             refit_every=args.refit_every, method=args.method,
                             covariates=tuple(c for c in args.covariates.split(",") if c), seq_alpha=args.seq_alpha,

@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import optuna
 
-from benchmarks.replay import OrderResult, Replay, Settings, TrialRecord, _draw, _permutation
+from benchmarks.replay import OrderResult, Replay, ReplaySettings, TrialRecord, _draw, _permutation
 from benchmarks.replay_table import Table
 from opsd_platform.law import LawError
 from opsd_platform.law.holdout import check_points
@@ -29,17 +29,17 @@ from opsd_platform.search.ranked import RankedPolicy, RankedSettings, drive
 RANKED_ARMS = ("ranked", "ranked_prior")
 
 
-def prior_of(table: Table, settings: Settings):
+def prior_of(table: Table, settings: ReplaySettings):
     """(fit, check) of the table's first law, once per table (None, None: no law slice / unfittable)."""
-    key = ("ranked prior", settings.level)
+    key = ("ranked prior", settings.search.level)
     if key not in table.cache:
         from opsd_platform.law import fit_law
 
         try:
-            fit = fit_law(table.law_points, level=settings.level) if len(table.law_points) else None
+            fit = fit_law(table.law_points, level=settings.search.level) if len(table.law_points) else None
         except LawError:
             fit = None
-        table.cache[key] = (fit, None if fit is None else check_points(table.law_points, fit, level=settings.level))
+        table.cache[key] = (fit, None if fit is None else check_points(table.law_points, fit, level=settings.search.level))
     return table.cache[key]
 
 
@@ -54,7 +54,7 @@ def context_of(table: Table, config: str) -> str:
 class RankedReplay(Replay):
     """One ranked arm on one order; ``policy`` holds every decision (``policy.steps``)."""
 
-    def __init__(self, table: Table, arm: str, order: int, settings: Settings,
+    def __init__(self, table: Table, arm: str, order: int, settings: ReplaySettings,
                  ranked: RankedSettings | None = None, prior=None) -> None:
         super().__init__(table, "none", order, settings, given=[])
         self.arm = arm
@@ -67,7 +67,7 @@ class RankedReplay(Replay):
             self.runs.setdefault(config, run)
         fit, check = (prior if prior is not None else prior_of(table, settings)) if arm == "ranked_prior" else (None, None)
         self.policy = RankedPolicy([(c, context_of(table, c)) for c in self.runs], fit, check,
-                                   "prior (the table's law slices)", ranked or RankedSettings(level=settings.level))
+                                   "prior (the table's law slices)", ranked or RankedSettings(level=settings.search.level))
 
     def run(self) -> OrderResult:
         name = self.arm

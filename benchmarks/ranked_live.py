@@ -30,7 +30,7 @@ import yaml
 
 from benchmarks.live_search import slice_settings, store_uri
 from benchmarks.ranked import prior_of
-from benchmarks.replay import Ledger, Settings
+from benchmarks.replay import Ledger, replay_settings
 from benchmarks.replay_table import TableError, load_table
 from opsd_platform.search.ranked import RankedPolicy, RankedSettings, drive
 
@@ -104,7 +104,7 @@ def cmd_compare(args: argparse.Namespace) -> int:
         if not ids:
             raise TableError(f"{args.data}: context {c} (config {config}, seed {args.seed}) is not a recorded run of {args.search_slice}")
         runs[c] = table.runs[ids[0]]
-    settings = Settings(level=args.level)
+    settings = replay_settings(level=args.level)
     prior = prior_of(table, settings)
     ledger = Ledger()
 

@@ -36,7 +36,7 @@ import numpy as np
 
 from benchmarks.pruning import CURVE_ARMS, per_order, print_table, replay, summarize
 from benchmarks.ranked import RANKED_ARMS, prior_of
-from benchmarks.replay import Settings
+from benchmarks.replay import ReplaySettings, replay_settings
 from benchmarks.replay_table import TableError, load_table
 
 SCENARIOS = (  # (name, searched slice, law slices; () = every law-* slice not searched), transfer
@@ -77,7 +77,7 @@ def verdict(summary: dict, curves: dict, arm: str, transfer: bool, curve_alone: 
 
 
 def run_scenario(data: str, name: str, search: str, law: tuple[str, ...], transfer: bool, orders: int, jobs: int,
-                 settings: Settings) -> tuple[dict, object, list]:
+                 settings: ReplaySettings) -> tuple[dict, object, list]:
     table = load_table(data, search_slices=(search,), law_slices=law)
     results = replay(table, ARMS, orders, settings, jobs=jobs)
     summary = summarize(per_order(table, results, ARMS))
@@ -154,7 +154,7 @@ def main(argv: list[str] | None = None) -> int:
     started, docs, curves = time.perf_counter(), [], []
     for name, search, law, transfer in SCENARIOS:
         try:
-            doc, curve, _ = run_scenario(args.data, name, search, law, transfer, args.orders, args.jobs, Settings())
+            doc, curve, _ = run_scenario(args.data, name, search, law, transfer, args.orders, args.jobs, replay_settings())
         except TableError as exc:
             print(f"error: {exc}", file=sys.stderr)
             return 2

@@ -9,8 +9,8 @@ seeds this study has not drawn for that configuration yet), and then, as a live 
    once per ``gap_student_key``; the sequential arm pays the share of problems it measured) and
    records it as the trial's ``gap`` user attribute (with the covariates), then asks
    ``trial.should_prune()`` (the law arms: ``GapLawPruner``'s ``decide_policy``, the law kept in
-   memory by ``LawMemory``, the same learning loop as search.py: refit after completed trials,
-   promote on a lower leave-one-out RMSE);
+   memory by the library's ``search.memory.LawMemory``, the live search's learning loop: refit
+   after completed trials, promoted by the registry's rule, law.promotion);
 2. the initial validation is paid (once per ``val_key``);
 3. at each recorded validation step the trial reports the improvement so far
    (``val_pass_rate - val_initial``) and a curve-based pruner may stop it: it pays the cumulative
@@ -21,24 +21,26 @@ Arms that do not use the gap (none, median, successive_halving, hyperband) do no
 a live ``opsd search`` with ``pruner=none|median`` does not (``gap.enabled=false``). ``topk`` is no
 Optuna pruner: it measures every trial's gap, then trains the trials with the largest gaps while
 the budget (the ``law`` arm's spend on the same order, or ``topk_k`` trials) allows.
+
+Every pruner is the library's (``search.study.pruner_of``, as the live search's ``make_pruner``);
+the settings the pruners read are a ``SearchConfig`` (``ReplaySettings.search``).
 """
 
 from __future__ import annotations
 
 import warnings
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from typing import Any, Sequence
 
 import numpy as np
 import optuna
-import pandas as pd
 from optuna.trial import TrialState
 
 from benchmarks.replay_table import Run, Table
-from opsd_platform.law import LawError, LawFit, fit_law
-from opsd_platform.law.holdout import LawCheck, check_points, fit_and_check
-from opsd_platform.search.pruner import GAP_RULES, PRUNE, GapLawPruner, LawView, decide_policy
-from opsd_platform.law.registry import RegistryError
+from opsd_platform.search.memory import LawMemory, MemoryLawPruner, first_law
+from opsd_platform.search.pruner import GAP_RULES, PRUNE, GapLawPruner, decide_policy
+from opsd_platform.search.settings import SearchConfig
+from opsd_platform.search.study import LawThenCurve, pruner_of
 from opsd_platform.training.sequential import confidence_sequence, law_settle, sequential_gap
 
 optuna.logging.set_verbosity(optuna.logging.ERROR)
@@ -49,22 +51,29 @@ LAW_ARMS = ("law", "law_sequential", "law_then_halving")
 SAMPLERS = ("permutation", "random", "tpe")
 
 
-@dataclass
-class Settings:
+@dataclass(frozen=True)
+class ReplaySettings:
+    """A replay's settings: the live search's own (``search``, a SearchConfig: the pruners read its
+    n_startup_trials, calibration_rate, level, threshold, refit_every, median_warmup_steps, with its
+    defaults and checks) and what only a replay has."""
+
+    search: SearchConfig = field(default_factory=SearchConfig)
     n_trials: int | None = None  # default: the number of search configurations
     sampler: str = "permutation"
-    n_startup_trials: int = 3
-    calibration_rate: float = 0.2
-    level: float = 0.9
-    threshold: float | None = None
-    refit_every: int = 1  # 0: the law never changes during a search
-    method: str = "ols"
+    method: str = "ols"  # the law's fit (law.fit_law's methods; ols refits in numpy)
     covariates: tuple[str, ...] = ()
-    median_warmup_steps: int | None = None  # default max_steps // 3, as search.py
     seq_alpha: float = 0.05
     seq_batch: int = 8
     seq_rule: str = "decision"
     topk_k: int | None = None  # default: as many as the law arm's budget allows
+
+
+def replay_settings(**kw: Any) -> ReplaySettings:
+    """ReplaySettings from flat keywords: those of SearchConfig go to ``search`` (n_trials and
+    sampler excepted: a replay's mean another thing)."""
+    names = {f.name for f in fields(SearchConfig)} - {"n_trials", "sampler"}
+    search = {k: kw.pop(k) for k in list(kw) if k in names}
+    return ReplaySettings(search=SearchConfig(**search), **kw)
 
 
 # ============================================================================== costs
@@ -105,117 +114,6 @@ class Ledger:
 
     def train(self, run: Run, step: int) -> None:
         self._pay(run.cum_cpu[step], run.cum_tokens[step])
-
-
-# ============================================================================== the law in memory
-
-
-def fast_view(version: int, fit: LawFit) -> LawView:
-    """``LawView.of_fit`` without pandas: ``LawFit.predict_arrays`` (the same expressions as
-    LawFit.predict, on arrays), for the many predictions of a replay; equal to LawFit.predict (tested)."""
-    return LawView(int(version), ("gap", *fit.covariates), fit.predict_arrays)
-
-
-class LawMemory:
-    """The law of a search kept in memory, with search.py's learning loop: the first law (fitted
-    on the table's `law` slice) is the champion; after every `refit_every` completed trials a
-    challenger is fitted on all points (law slice + completed trials) and promoted when its
-    leave-one-out RMSE is lower (registry.promote's rule: a champion without one always loses)."""
-
-    def __init__(self, table: Table, settings: Settings) -> None:
-        self.settings = settings
-        self.covariates = tuple(settings.covariates)
-        law = table.law_points
-        self.config_ids: dict[str, int] = {}
-        self.config = [self._id(c) for c in law.get("config", [])]
-        self.keys = list(law.get("seed", []))
-        self.gap = law["gap"].tolist() if len(law) else []
-        self.improvement = law["improvement"].tolist() if len(law) else []
-        self.covs = [[float(row[c]) for c in self.covariates] for _, row in law.iterrows()] if self.covariates else [[] for _ in self.gap]
-        self.version, self.champion, self.champion_rmse, self._view = 0, None, None, None
-        self.n_complete = 0
-        key = ("first law", settings.method, self.covariates, settings.level)
-        if key not in table.cache:  # the same first law for every order: fitted once, by fit_law itself
-            table.cache[key] = self._first(law)
-        if table.cache[key] is not None:
-            self._register(*table.cache[key])
-
-    def _id(self, config: str) -> int:
-        return self.config_ids.setdefault(config, len(self.config_ids))
-
-    def _first(self, points: pd.DataFrame) -> tuple[LawFit, float | None, LawCheck] | None:
-        from opsd_platform.law import leave_one_out
-
-        if len(points) == 0:
-            return None
-        s = self.settings
-        kwargs = dict(method=s.method, covariates=list(self.covariates), level=s.level)
-        try:
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore")
-                fit, rmse = fit_law(points, **kwargs), leave_one_out(points, **kwargs)["rmse"]
-        except LawError:
-            return None
-        rmse = float(rmse) if rmse == rmse else None
-        return fit, rmse, check_points(points, fit, loo_rmse=rmse, **kwargs)
-
-    def _refit(self) -> tuple[LawFit, float | None, LawCheck] | None:
-        s = self.settings
-        try:
-            if s.method == "ols":
-                return fit_and_check(np.asarray(self.config), self.gap, self.improvement, s.level, self.covs, self.covariates)
-        except LawError:
-            return None
-        points = pd.DataFrame({"config": self.config, "seed": self.keys, "gap": self.gap, "improvement": self.improvement,
-                               **{c: [row[j] for row in self.covs] for j, c in enumerate(self.covariates)}})
-        return self._first(points)
-
-    def _register(self, fit: LawFit, rmse: float | None, check: LawCheck) -> None:
-        """registry.register_law's rule: a law that may not decide is never champion."""
-        self.version += 1
-        better = rmse is not None and (self.champion_rmse is None or rmse < self.champion_rmse)
-        if check.usable and (self.champion is None or better):
-            self.champion, self.champion_rmse = fit, rmse
-            self._view = fast_view(self.version, fit)
-
-    def add(self, config: str, key: str, gap: float, improvement: float, covariates: dict[str, float]) -> None:
-        """A completed trial: a new point; refit every `refit_every` completions."""
-        self.config.append(self._id(config))
-        self.keys.append(key)
-        self.gap.append(gap)
-        self.improvement.append(improvement)
-        self.covs.append([covariates[c] for c in self.covariates])
-        self.n_complete += 1
-        if self.settings.refit_every and self.n_complete % self.settings.refit_every == 0:
-            fitted = self._refit()
-            if fitted is not None:
-                self._register(*fitted)
-
-    def view(self) -> LawView:
-        if self._view is None:
-            raise RegistryError("no law yet: the table's law slice is missing, unfittable or may not decide, and no refit may")
-        return self._view
-
-
-class MemoryLawPruner(GapLawPruner):
-    """GapLawPruner with its law in memory: the same ``decide_policy``, another ``law_view``."""
-
-    def __init__(self, memory: LawMemory, **kwargs: Any) -> None:
-        super().__init__("memory://replay", **kwargs)
-        self.memory = memory
-
-    def law_view(self) -> LawView:
-        return self.memory.view()
-
-
-class LawThenCurve(optuna.pruners.BasePruner):
-    """The law decides before training (no intermediate value yet), a curve pruner afterwards."""
-
-    def __init__(self, law: GapLawPruner, curve: optuna.pruners.BasePruner) -> None:
-        self.law, self.curve = law, curve
-
-    def prune(self, study: optuna.Study, trial) -> bool:
-        return self.law.prune(study, trial) if trial.last_step is None else self.curve.prune(study, trial)
 
 
 # ============================================================================== one order of one arm
@@ -266,24 +164,30 @@ def _permutation(table: Table, order: int, n: int) -> list[str]:
     return seq[:n]
 
 
-def make_pruner(arm: str, table: Table, settings: Settings, order: int, memory: LawMemory | None,
+def law_memory(table: Table, settings: ReplaySettings) -> LawMemory:
+    """The law of one search in memory (search/memory.py): the first law, fitted on the table's
+    law slice once for every order, then the live search's learning loop."""
+    s = settings.search
+    key = ("first law", settings.method, tuple(settings.covariates), s.level)
+    if key not in table.cache:
+        table.cache[key] = first_law(table.law_points, level=s.level, method=settings.method, covariates=settings.covariates)
+    return LawMemory(table.law_points, level=s.level, refit_every=s.refit_every, method=settings.method,
+                     covariates=settings.covariates, first=table.cache[key])
+
+
+def make_pruner(arm: str, table: Table, settings: ReplaySettings, order: int, memory: LawMemory | None,
                 law_pruner: GapLawPruner | None = None) -> optuna.pruners.BasePruner:
-    s = settings
-    if arm in LAW_ARMS:
-        law = law_pruner or MemoryLawPruner(memory, n_startup_trials=s.n_startup_trials, calibration_rate=s.calibration_rate,
-                                            threshold=s.threshold, level=s.level, seed=order)
-        return LawThenCurve(law, optuna.pruners.SuccessiveHalvingPruner()) if arm == "law_then_halving" else law
-    if arm == "median":
-        warmup = s.median_warmup_steps if s.median_warmup_steps is not None else table.max_steps // 3
-        return optuna.pruners.MedianPruner(n_startup_trials=s.n_startup_trials, n_warmup_steps=warmup)
-    if arm == "successive_halving":
-        return optuna.pruners.SuccessiveHalvingPruner()
-    if arm == "hyperband":
-        return optuna.pruners.HyperbandPruner(min_resource=1, max_resource=table.max_steps, reduction_factor=3)
-    return optuna.pruners.NopPruner()
+    """The library's pruner of the arm (study.pruner_of); the law arms' law is in memory (search/memory.py)."""
+    s = settings.search
+    law = lambda: law_pruner or MemoryLawPruner(  # noqa: E731
+        memory, n_startup_trials=s.n_startup_trials, calibration_rate=s.calibration_rate, threshold=s.threshold,
+        level=s.level, seed=order)
+    kind = "law" if arm == "law_sequential" else "none" if arm == "topk" else arm
+    return pruner_of(kind, max_steps=table.max_steps, n_startup_trials=s.n_startup_trials,
+                     median_warmup_steps=s.median_warmup_steps, law=law)
 
 
-def make_sampler(settings: Settings, order: int) -> optuna.samplers.BaseSampler:
+def make_sampler(settings: ReplaySettings, order: int) -> optuna.samplers.BaseSampler:
     if settings.sampler == "tpe":
         return optuna.samplers.TPESampler(seed=order)
     return optuna.samplers.RandomSampler(seed=order)
@@ -292,7 +196,7 @@ def make_sampler(settings: Settings, order: int) -> optuna.samplers.BaseSampler:
 class Replay:
     """One arm on one order: the study, its objective (module docstring) and its bookkeeping."""
 
-    def __init__(self, table: Table, arm: str, order: int, settings: Settings, law_pruner: GapLawPruner | None = None,
+    def __init__(self, table: Table, arm: str, order: int, settings: ReplaySettings, law_pruner: GapLawPruner | None = None,
                  given: Sequence[tuple[str, str]] | None = None) -> None:
         """given: (configuration, run_id) of each trial in turn, instead of a drawn order and seeds
         (a live search's trials, replayed: benchmarks/live_search.py)."""
@@ -302,7 +206,7 @@ class Replay:
             if table.runs.get(run_id) is None or table.runs[run_id].config != config:
                 raise ValueError(f"given trial ({config}, {run_id}): not a run of that configuration in the table")
         self.ledger = Ledger()
-        self.memory = LawMemory(table, settings) if arm in LAW_ARMS and law_pruner is None else None
+        self.memory = law_memory(table, settings) if arm in LAW_ARMS and law_pruner is None else None
         self.pruner = make_pruner(arm, table, settings, order, self.memory, law_pruner)
         self.law = self.pruner.law if isinstance(self.pruner, LawThenCurve) else self.pruner
         self.records: list[TrialRecord] = []
@@ -346,7 +250,7 @@ class Replay:
         covs = {c: run.covariates[c] for c in view.inputs if c != "gap"}
 
         def bounds(gaps: np.ndarray, which: int) -> np.ndarray:
-            return view.predict({"gap": gaps, **{c: np.full(gaps.size, v) for c, v in covs.items()}}, self.s.level)[which]
+            return view.predict({"gap": gaps, **{c: np.full(gaps.size, v) for c, v in covs.items()}}, self.s.search.level)[which]
 
         settle = law_settle(lambda g: bounds(g, 2), probe.bar, lower=lambda g: bounds(g, 1), rule=self.s.seq_rule)
         key = ("confidence sequence", run.gap_key, self.s.seq_alpha)  # depends on the recorded problems only: once per table
@@ -411,7 +315,7 @@ class Replay:
         return self.result()
 
 
-def run_topk(table: Table, order: int, settings: Settings, trials: list[TrialRecord], budget_cpu: float | None) -> OrderResult:
+def run_topk(table: Table, order: int, settings: ReplaySettings, trials: list[TrialRecord], budget_cpu: float | None) -> OrderResult:
     """Measure the gap of every trial of the order (`trials`: another arm's, for the same
     configurations and seeds), then train the largest gaps: the first `topk_k`, or as many as
     fit in `budget_cpu` (at least one)."""

@@ -18,25 +18,22 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-RUN_COLUMNS = (
-    "run_id", "model", "family", "world", "context", "config", "seed", "steps", "gap", "gap_lower", "gap_upper",
-    "gap_tokens", "gap_cpu_s", "val_initial", "val_final", "improvement", "train_tokens", "train_cpu_s", "slice",
-    "gap_key", "gap_student_key", "gap_student_cpu_s", "gap_student_tokens", "val_key", "val_initial_cpu_s",
-    "val_initial_tokens", "context_tokens",
-)
-RUN_NUMERIC = (
-    "steps", "gap", "gap_lower", "gap_upper", "gap_tokens", "gap_cpu_s", "val_initial", "val_final", "improvement",
-    "train_tokens", "train_cpu_s", "gap_student_cpu_s", "gap_student_tokens", "val_initial_cpu_s",
-    "val_initial_tokens", "context_tokens",
-)
+from opsd_platform.law.export import GAP_COLUMNS, REPLAY_RUN_COLUMNS
+from opsd_platform.law.export import STEP_COLUMNS as EXPORTED_STEP_COLUMNS
+
+# The table's columns are declared once, by the export that writes them (law/export.py); the
+# replay requires these of them, and reads the roles below.
+RUN_COLUMNS = tuple(REPLAY_RUN_COLUMNS)
+STEP_COLUMNS = tuple(EXPORTED_STEP_COLUMNS)
+PROBLEM_COLUMNS = tuple(GAP_COLUMNS)
+RUN_NUMERIC = tuple(c for c in RUN_COLUMNS if c not in (  # every required column but the labels and keys is a number
+    "run_id", "model", "family", "world", "context", "config", "seed", "slice", "gap_key", "gap_student_key", "val_key"))
 RUN_KEYS = ("run_id", "config", "seed", "slice", "gap_key", "gap_student_key", "val_key")
-STEP_COLUMNS = ("run_id", "step", "rollout_pass_rate", "val_pass_rate", "cpu_s", "tokens", "val_cpu_s")
-PROBLEM_COLUMNS = ("run_id", "problem", "student_passes", "teacher_passes", "samples")
 SLICES = ("law", "search")  # what a row is to the replay: a point of the first law, or a searchable run
 # The grid names its slices `<kind>-<world>` (conf/grid/benchmark.yaml: law-arithmetic, search-arithmetic,
 # grpo-pyfunc...); a bare `law` or `search` is the older fixtures' form. GRPO rows are not OPSD
 # configurations a gap-law search chooses between: the replay leaves them out.
-IGNORED_KINDS = ("grpo",)
+IGNORED_KINDS = ("grpo", "pilot")  # GRPO rows, and the recipe pilots (bench-v2): not law or search slices
 
 
 def slice_kind(name: str) -> str | None:
@@ -201,7 +198,6 @@ def load_table(directory: str | Path, *, problems: bool = False, search_slices: 
     cpu, tokens = _numbers(steps, "cpu_s", steps_path), _numbers(steps, "tokens", steps_path)
     val = _numbers(steps, "val_pass_rate", steps_path, empty_ok=True)
     _numbers(steps, "val_cpu_s", steps_path, empty_ok=True)
-    known = set(runs["run_id"])
     unknown = ~steps["run_id"].isin(all_ids)
     if unknown.any():
         i = int(np.flatnonzero(unknown.to_numpy())[0])

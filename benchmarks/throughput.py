@@ -4,7 +4,7 @@
     python -m benchmarks.throughput --model tiny --steps 3 --warmup 1   # a quick check of the harness
 
 Run it from the benchmark environment (``make bench-env``: the project + ``trl``). Protocol
-(docs/design.md, "Benchmarking on these shared 2-core machines"): each contender runs in its own
+(benchmarks/README.md, "Protocol (CPU)"): each contender runs in its own
 child process (so peak memory is its own), torch pinned to ``--threads`` threads (default 1), and
 the figure of merit is *process CPU seconds per optimizer step*, median over ``--steps`` steps
 after ``--warmup`` warm-up steps; wall seconds are reported too. Both contenders run in this one
@@ -21,7 +21,8 @@ fp32 (``--precision bf16``: bf16 matmuls with fp32 master weights in both, our
 ``trainer.precision=bf16-mixed`` and TRL's ``bf16=True``), no gradient checkpointing, HF generate
 for both (``--engine vllm``: vLLM for ours). The
 teacher sees the problem plus its reference solution for every sample (our ``context=reference``;
-TRL's environment-feedback reprompt with the same text as ``privileged_context``). Rewards come from the same arithmetic judge.
+TRL's environment-feedback reprompt with the same text as ``privileged_context``). Rewards come from the same
+arithmetic judge.
 
 Also measured: the per-token loss of both implementations on one shared batch (same logits), and
 one gap measurement's CPU cost as a share of a 50-step training run.
@@ -85,7 +86,8 @@ def our_config(model: str, steps: int, seed: int = 0, engine: str = "hf", share_
         "rollout.prompts_per_step=4", "rollout.samples_per_prompt=4", "rollout.max_new_tokens=48",
         "rollout.temperature=1.0", "rollout.top_p=1.0", "rollout.batch_size=16", "loss.divergence=reverse",
         "loss.support=topk", "loss.top_k=20", "teacher.kind=ema", "teacher.ema_rate=0.05", "optim.lr=1e-5",
-        "optim.fused=true", "optim.weight_decay=0.01", "optim.grad_clip=1.0", f"trainer.max_steps={steps}", "trainer.validate=false",
+        "optim.fused=true", "optim.weight_decay=0.01", "optim.grad_clip=1.0", f"trainer.max_steps={steps}",
+        "trainer.validate=false",
         "trainer.progress_bar=false", f"seed={seed}", "tracking.uri=sqlite:////tmp/opsd-bench-unused.db",
         f"rollout.engine={engine}", f"trainer.share_prompt_prefix={str(share_prefix).lower()}",
         "trainer.reuse_measurements=false",  # the gap is measured for its cost: never reuse one
@@ -137,7 +139,8 @@ def run_ours(args, share_prefix: bool = True) -> dict:
         "rollout_tokens_per_s": rollout_tokens / sum(h["time/rollout_s"] for h in hist),
         "teacher_tokens_per_s": teacher_tokens / max(1e-9, sum(h["time/teacher_s"] for h in hist)),
         "mean_response_tokens": rollout_tokens / (len(hist) * n_rows),
-        "phases_s": {k: statistics.median(h[f"time/{k}_s"] for h in hist) for k in ("rollout", "judge", "contexts", "teacher", "update")},
+        "phases_s": {k: statistics.median(h[f"time/{k}_s"] for h in hist)
+                     for k in ("rollout", "judge", "contexts", "teacher", "update")},
         "loss_first_last": [module.history[0]["train/loss"], module.history[-1]["train/loss"]],
         "peak_rss_mb": _peak_rss_mb(),
         "steps_measured": len(cpu) - args.warmup,
@@ -155,8 +158,8 @@ def measure_gap_cost(cfg, model, tok, args) -> dict:
     from opsd_platform.training.train import measure_initial_gap
     from opsd_platform.worlds import make_world
 
-    engine = make_engine(cfg.rollout.engine, model, tok, cfg.rollout.batch_size, share_prefix=cfg.trainer.share_prompt_prefix,
-                         precision=cfg.trainer.precision)
+    engine = make_engine(cfg.rollout.engine, model, tok, cfg.rollout.batch_size,
+                         share_prefix=cfg.trainer.share_prompt_prefix, precision=cfg.trainer.precision)
     c, w = time.process_time(), time.perf_counter()
     gap = measure_initial_gap(cfg, engine, make_world(cfg.world, seed=cfg.seed))
     return {"cpu_s": time.process_time() - c, "wall_s": time.perf_counter() - w, "problems": gap.n_problems,
@@ -353,8 +356,8 @@ def pooled(rounds: list[dict]) -> dict:
         result[key] = statistics.mean(r[key] for r in rounds)
     result["peak_rss_mb"] = max(r["peak_rss_mb"] for r in rounds)
     result["phases_s"] = {k: statistics.mean(r["phases_s"][k] for r in rounds) for k in rounds[0]["phases_s"]}
-    result["per_round"] = [{"seed": i, "cpu_s_per_step": r["cpu_s_per_step"], "mean_response_tokens": r["mean_response_tokens"]}
-                           for i, r in enumerate(rounds)]
+    result["per_round"] = [{"seed": i, "cpu_s_per_step": r["cpu_s_per_step"],
+                            "mean_response_tokens": r["mean_response_tokens"]} for i, r in enumerate(rounds)]
     result["steps_measured"] = sum(r["steps_measured"] for r in rounds)
     return result
 
@@ -450,7 +453,8 @@ def main(argv=None) -> int:
               f"(lean path {lc['max_abs_diff_lean_vs_trl']:.2e})")
     if ours and "gap" in ours:
         g = ours["gap"]
-        print(f"gap measurement: {g['cpu_s']:.1f} CPU-s ({g['problems']} problems x {g['samples_per_problem']} samples), "
+        print(f"gap measurement: {g['cpu_s']:.1f} CPU-s "
+              f"({g['problems']} problems x {g['samples_per_problem']} samples), "
               f"{100 * g['share_of_50_step_run']:.1f}% of a {STEPS_OF_A_RUN}-step run")
     print(f"\nwritten: {out / 'throughput.json'}")
     return 0

@@ -93,3 +93,8 @@ class RunInterrupted(RuntimeError):
 
 class WorkerInterrupted(KeyboardInterrupt):
     """Ctrl-C or SIGTERM during a trial: the trial is re-queued and this worker stops."""
+
+
+class NotTrained(Exception):
+    """The demo's ranked walk (demo/ranked.py) asks for a training the demo does not run (its time
+    budget, ``demo.max_train``): the walk ends there, and the message says why."""

@@ -68,7 +68,8 @@ def check_address(host: str, port: int) -> None:
         try:
             sock.bind(addr)
         except OSError as exc:
-            raise ConfigError(f"port={port}: cannot listen on {host}:{port} ({exc.strerror}); pick another port=") from None
+            raise ConfigError(
+                f"port={port}: cannot listen on {host}:{port} ({exc.strerror}); pick another port=") from None
 
 
 def ui_store(cfg: UIConfig) -> str:
@@ -100,7 +101,8 @@ def run_ui(cfg: UIConfig) -> int:
     uri = ui_store(cfg)
     check_address(cfg.host, cfg.port)
     tracking.init_store(uri)
-    cmd = tracking.ui_command(uri).split()[1:] + ["--host", cfg.host, "--port", str(cfg.port), "--workers", str(cfg.workers)]
+    cmd = tracking.ui_command(uri).split()[1:] + ["--host", cfg.host, "--port", str(cfg.port),
+                                                  "--workers", str(cfg.workers)]
     print(f"MLflow UI for {uri} at http://{cfg.host}:{cfg.port}  (Ctrl-C to stop)")
     return serve("MLflow UI", [sys.executable, "-m", "mlflow", *cmd])
 
@@ -135,13 +137,15 @@ def run_dashboard(cfg: DashboardConfig) -> int:
     try:
         import optuna_dashboard
     except ImportError:
-        raise ConfigError("opsd dashboard needs the `dashboard` extra: .venv/bin/pip install -e '.[dashboard]'") from None
+        raise ConfigError(
+            "opsd dashboard needs the `dashboard` extra: .venv/bin/pip install -e '.[dashboard]'") from None
     import optuna
 
     try:
         summaries = optuna.get_all_study_summaries(url, include_best_trial=False)
     except Exception as exc:  # not an Optuna database, a server that does not answer
-        raise ConfigError(f"storage={tracking.shown_url(url)}: cannot open: {str(exc).strip().splitlines()[0]}") from None
+        first = str(exc).strip().splitlines()[0]
+        raise ConfigError(f"storage={tracking.shown_url(url)}: cannot open: {first}") from None
     check_address(cfg.host, cfg.port)
     for s in summaries:
         print(f"  study {s.study_name}: {s.n_trials} trials")

@@ -199,7 +199,8 @@ def init_store(uri: str) -> MlflowClient:
         try:
             client.search_experiments(max_results=1)  # forces schema creation / check
         except Exception as exc:
-            raise TrackingError(f"tracking.uri={shown_url(uri)}: cannot open the tracking store: {_first_line(exc)}") from None
+            raise TrackingError(
+                f"tracking.uri={shown_url(uri)}: cannot open the tracking store: {_first_line(exc)}") from None
     _ready.add(uri)
     return client
 
@@ -227,7 +228,8 @@ def ensure_experiment(client: MlflowClient, uri: str, name: str) -> str:
         return exp.experiment_id
 
 
-def start_run(uri: str, experiment: str, run_name: str | None, tags: dict[str, str], parent_run_id: str | None = None) -> str:
+def start_run(uri: str, experiment: str, run_name: str | None, tags: dict[str, str],
+              parent_run_id: str | None = None) -> str:
     """Create a RUNNING run (nested under `parent_run_id` if given); return its id."""
     client = init_store(uri)
     exp_id = ensure_experiment(client, uri, experiment)

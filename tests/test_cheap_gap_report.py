@@ -71,3 +71,13 @@ def test_an_unknown_slice_is_one_line_and_exit_2(capsys, tmp_path):
     err = capsys.readouterr().err.strip()
     assert "law-nope" in err and "law-arithmetic" in err and len(err.splitlines()) == 1
     assert not any(tmp_path.iterdir())  # nothing measured or written
+
+
+def test_another_grid_takes_its_own_law_slices_and_an_unknown_grid_is_one_line(capsys, tmp_path):
+    from benchmarks.cheap_gap import main
+
+    assert main(["--grid", "bench-v2", "--slices", "law-arithmetic", "--cache", str(tmp_path)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "bench-v2" in err and "law-arithmetic-v2" in err and len(err.splitlines()) == 1
+    assert main(["--grid", "bench-v9", "--cache", str(tmp_path)]) == 2
+    assert "bench-v9" in capsys.readouterr().err and not any(tmp_path.iterdir())

@@ -81,7 +81,8 @@ class _FailBeforeStep(L.Callback):
             raise RuntimeError(f"injected failure before step {self.step}")
 
 
-@pytest.mark.parametrize("every, max_steps, expected", [(2, 4, True), (3, 4, True), (4, 4, False), (10, 3, False), (0, 4, False)])
+@pytest.mark.parametrize("every, max_steps, expected",
+                         [(2, 4, True), (3, 4, True), (4, 4, False), (10, 3, False), (0, 4, False)])
 def test_a_run_no_longer_than_the_checkpoint_interval_writes_none(every, max_steps, expected):
     """Its only checkpoint would cover its end: ~2 GB written and deleted again for nothing."""
     cfg = train_config([f"trainer.checkpoint_every={every}", f"trainer.max_steps={max_steps}"])

@@ -20,8 +20,8 @@ def decoded(message):
 
 
 def test_table_is_complete():
-    assert list(CONTEXTS) == ["none", "static", "feedback", "peer_hints", "peer_solution", "peer_or_feedback", "reference",
-                             "graded", "shuffled_reference", "retry"]
+    assert list(CONTEXTS) == ["none", "static", "feedback", "peer_hints", "peer_solution", "peer_or_feedback",
+                             "reference", "graded", "shuffled_reference", "retry"]
     with pytest.raises(ValueError, match="valid: none, static"):
         get_builder("oracle")
 

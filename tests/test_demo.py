@@ -173,6 +173,33 @@ def test_savings_count_pruned_at_the_recorded_cost_and_never_the_capped():
     assert nothing_trained.pruned_cpu_s == 690.0 and nothing_trained.saved_share == pytest.approx(690 / 890)
 
 
+def test_the_ranked_walk_trains_best_predicted_first_stops_and_says_where_the_demo_did_not_train():
+    import numpy as np
+
+    from opsd_platform.demo.ranked import NotTrained, ranked_lines, ranked_walk
+    from opsd_platform.law.holdout import fit_and_check
+
+    g = np.linspace(-0.2, 0.3, 8)
+    fit, _, check = fit_and_check(np.arange(8), g, 0.02 + g + np.resize([0.01, -0.01, 0.005], 8), 0.9)
+    gaps = {"none": -0.15, "static": -0.1, "feedback": 0.05, "reference": 0.25}
+    measured = {"reference": 0.3, "feedback": 0.06}
+    walk = ranked_walk(gaps, (fit, check), "law v1", 0.9, lambda k: measured[k])
+    assert walk.trained == ["reference"] and walk.ended == "stopped: none, static, feedback not trained"
+    assert [s.kind for s in walk.steps] == ["measure", "train", "stop"]
+    text = "\n".join(ranked_lines(walk, ["reference", "feedback"]))
+    assert "**stop** none, static, feedback: stop: the highest 90% upper bound" in text
+    assert "Ranked: trained `reference` (in that order)" in text and "per-trial policy above trained `reference`, `feedback`." in text
+
+    def only_trained(k):
+        if k not in {"reference": 0.3}:
+            raise NotTrained(f"it asks for {k}, and demo.max_train=1 trainings have run")
+        return 0.3
+
+    low = ranked_walk({**gaps, "reference": 0.25}, (fit, check), "law v1", 0.9,
+                      lambda k: {"reference": -0.5}.get(k) if k == "reference" else only_trained(k))
+    assert low.trained == ["reference"] and low.ended == "the walk ends here: it asks for feedback, and demo.max_train=1 trainings have run"
+
+
 # ------------------------------------------------------------------------------ the flow, on the tiny model
 
 
@@ -209,6 +236,8 @@ def test_demo_predicts_before_it_trains_and_resumes(tmp_path, capsys):
     text = result.summary_path.read_text()
     assert result.summary_path == tmp_path / "summary.md"
     assert f"| {trained.label} | " in text and trained.run_id in text and "## Compute" in text
+    # the ranked search's walk: the noise law may not decide, so it says so and trains nothing more
+    assert "## The ranked search on the same candidates" in text and "the law may not decide" in text
     assert rep.savings.gap_cpu_s > 0 and rep.savings.train_cpu_s > 0
 
     exp = client.get_experiment_by_name("opsd")
@@ -216,3 +245,25 @@ def test_demo_predicts_before_it_trains_and_resumes(tmp_path, capsys):
     assert len(runs) == 1  # the re-run trained nothing: the grid's finished run was found
     assert rep.outcomes[0].run_id == runs[0].info.run_id
     assert str(client.get_model_version_by_alias("opsd-gap-law", "demo").version) == "2"  # the re-run's own fit
+
+
+def test_the_demo_ranked_walk_trains_what_the_per_trial_policy_pruned_within_max_train(tmp_path, capsys):
+    """A clear law whose bar (the best recorded, +0.25) no tiny-model gap (~0) can reach: the
+    per-trial policy prunes every candidate; the ranked search's policy, which compares with what
+    it measured itself, trains the best predicted, then the next, until demo.max_train."""
+    from opsd_platform.demo import run_demo
+
+    off = {-0.2: 0.02, -0.1: -0.015, 0.0: 0.01, 0.1: -0.02, 0.2: 0.012}  # off an exact line: a law that may decide
+    spec, table, _ = tiny_table(tmp_path, lambda g, s: linear(g, s) + off[round(g - 0.01 * s, 1)])
+    uri = f"sqlite:///{tmp_path}/mlflow.db"
+    result = run_demo([f"demo.spec={spec}", f"demo.table={table}", "demo.slice=law", "demo.n_candidates=3",
+                       "demo.workers=0", "demo.max_train=2", f"tracking.uri={uri}", "world.n_val=2", "trainer.max_steps=1"])
+    out = capsys.readouterr().out
+    rep = result.report
+    assert rep.plan.train == [] and len(rep.plan.pruned) == 3
+    assert "== 5/5 the ranked search" in out and "the walk trained the others itself" in out
+    text = result.summary_path.read_text()
+    assert "demo.max_train=2 trainings have run" in text
+    client = MlflowClient(tracking_uri=uri)
+    runs = client.search_runs([client.get_experiment_by_name("opsd").experiment_id], "tags.kind = 'train'")
+    assert len(runs) == 2  # the walk's two trainings, nothing else

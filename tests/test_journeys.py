@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 from mlflow.tracking import MlflowClient
 
-from opsd_platform.cli import COMMANDS, main
+from opsd_platform.cli import main
 from test_calibrate import log_points
 from test_ui import free_port, serving
 
@@ -83,8 +83,6 @@ def test_ui_journey(tmp_path):
 @pytest.mark.slow
 @pytest.mark.timeout(1800)  # six tiny trials: over 10 min when the 2 cores are shared with other jobs
 def test_search_journey(tmp_path):
-    if "search" not in COMMANDS:
-        pytest.skip("`opsd search` (issue 4) is not in this version")
     out = run_block(journeys()["search"], tmp_path, timeout=1700)
     assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
     report = tmp_path / "search" / "quickstart" / "report.html"

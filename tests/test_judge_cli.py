@@ -11,7 +11,8 @@ GOOD_AB = "Here you go:\n```python\na, b = map(int, input().split())\nprint(a + 
 BAD_AB = "```python\na, b = map(int, input().split())\nprint(a - b)\n```"
 GOOD_TWO_SUM = (
     "```python\nclass Solution:\n    def twoSum(self, nums, target):\n        seen = {}\n"
-    "        for i, x in enumerate(nums):\n            if target - x in seen:\n                return [seen[target - x], i]\n"
+    "        for i, x in enumerate(nums):\n"
+    "            if target - x in seen:\n                return [seen[target - x], i]\n"
     "            seen[x] = i\n```"
 )
 HANG = "```python\nwhile True:\n    pass\n```"

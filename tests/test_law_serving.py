@@ -53,7 +53,8 @@ def model_dir(tmp_path_factory):
     saved = os.environ.get("MLFLOW_TRACKING_URI")
     mlflow.set_tracking_uri(uri)  # a models:/ URI is read through the registry of the fluent API
     try:
-        return Path(mlflow.artifacts.download_artifacts(f"models:/{registry.DEFAULT_NAME}/1", dst_path=str(tmp / "model")))
+        model_uri = f"models:/{registry.DEFAULT_NAME}/{out['version']}"
+        return Path(mlflow.artifacts.download_artifacts(model_uri, dst_path=str(tmp / "model")))
     finally:
         mlflow.set_tracking_uri(None)
         if saved is not None:

@@ -14,7 +14,7 @@ import pandas as pd
 import yaml
 
 from benchmarks.live_search import compare, live_trials, main, slice_settings, space_document
-from benchmarks.replay import Settings
+from benchmarks.replay import replay_settings
 from opsd_platform.law.export import ExportConfig, export
 from opsd_platform.search.space import parse_space
 
@@ -73,7 +73,7 @@ def test_a_live_search_and_the_replay_of_its_order_decide_and_measure_the_same(t
     trials = live_trials(f"sqlite:///{tmp_path}/live/optuna.db", "live", live, slice_settings(str(spec), "law-searched")[0])
     assert [t.state for t in trials].count("complete") >= 1 and "pruned" in [t.state for t in trials]
     doc = compare(trials, str(data), "law-searched", "law-synthetic",
-                  Settings(n_startup_trials=1, calibration_rate=0.0, refit_every=0), order=0)
+                  replay_settings(n_startup_trials=1, calibration_rate=0.0, refit_every=0), order=0)
     assert doc["agree"] == doc["n"] == 4
     for row in doc["trials"]:
         assert row["gap_live"] == row["gap_recorded"], row  # the same seed on the same machine: bitwise

@@ -21,7 +21,8 @@ N, T, V = 3, 5, 11
 @pytest.fixture
 def logits():
     g = torch.Generator().manual_seed(0)
-    return torch.randn(N, T, V, generator=g) * 2, torch.randn(N, T, V, generator=g) * 2, torch.randint(0, V, (N, T), generator=g)
+    return (torch.randn(N, T, V, generator=g) * 2, torch.randn(N, T, V, generator=g) * 2,
+            torch.randint(0, V, (N, T), generator=g))
 
 
 def kl_ref(log_p, log_q):

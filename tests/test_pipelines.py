@@ -42,7 +42,8 @@ def test_calibrate_law_with_too_few_configurations_registers_nothing(tmp_path, c
 
 @pytest.mark.parametrize("script", ["calibrate_law.py", "demo.py"])
 def test_pipeline_script_bad_override_is_one_line_exit_2(tmp_path, script):
-    env = {"PATH": str(Path(sys.executable).parent) + ":/usr/bin:/bin", "OPSD_HOME": str(tmp_path), "HF_HUB_OFFLINE": "1"}
+    env = {"PATH": str(Path(sys.executable).parent) + ":/usr/bin:/bin", "OPSD_HOME": str(tmp_path),
+           "HF_HUB_OFFLINE": "1"}
     out = subprocess.run([sys.executable, f"pipelines/{script}", "model=tiny trainer.max_stpes=2"], cwd=ROOT, env=env,
                          capture_output=True, text=True, timeout=300)
     assert out.returncode == 2 and "max_stpes" in out.stderr, out.stderr[-2000:]

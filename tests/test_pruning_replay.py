@@ -13,10 +13,11 @@ import pandas as pd
 import pytest
 
 from benchmarks.pruning import main, parse_arms, per_order, run_order, summarize
-from benchmarks.replay import ARMS, Ledger, LawMemory, Replay, Settings, fast_view, run_topk
-from opsd_platform.law.holdout import fit_ols_arrays as fast_ols
+from benchmarks.replay import ARMS, Ledger, Replay, law_memory, replay_settings, run_topk
 from benchmarks.replay_table import TableError, load_table
 from opsd_platform.law import fit_law, leave_one_out
+from opsd_platform.law.holdout import fit_ols_arrays as fast_ols
+from opsd_platform.search.memory import array_view
 from opsd_platform.search.pruner import GapLawPruner, LawView
 
 FIXTURE = Path(__file__).parent / "data" / "replay_fixture"
@@ -70,7 +71,7 @@ def test_table_reads_the_fixture(table):
 
 @pytest.mark.parametrize("order", [0, 1, 2])
 def test_none_spends_exactly_the_recorded_cost_of_its_trials(table, csv, order):
-    res = Replay(table, "none", order, Settings()).run()
+    res = Replay(table, "none", order, replay_settings()).run()
     ids = [t.run_id for t in res.records]
     assert [t.state for t in res.records] == ["complete"] * 10 and sorted({t.config for t in res.records}) == table.configs
     assert res.cpu == pytest.approx(table_cost(csv["runs"], ids, []), rel=1e-12)
@@ -79,7 +80,7 @@ def test_none_spends_exactly_the_recorded_cost_of_its_trials(table, csv, order):
 
 
 def test_none_over_every_recorded_run_spends_the_whole_table(table, csv):
-    res = Replay(table, "none", 5, Settings(n_trials=20)).run()  # each configuration twice: both seeds drawn
+    res = Replay(table, "none", 5, replay_settings(n_trials=20)).run()  # each configuration twice: both seeds drawn
     search = csv["runs"][csv["runs"]["slice"] == "search"]
     assert sorted(t.run_id for t in res.records) == sorted(search["run_id"])
     assert res.cpu == pytest.approx(search["train_cpu_s"].sum() + search.drop_duplicates("val_key")["val_initial_cpu_s"].sum())
@@ -87,7 +88,7 @@ def test_none_over_every_recorded_run_spends_the_whole_table(table, csv):
 
 @pytest.mark.parametrize("arm", ["law", "law_sequential", "law_then_halving"])
 def test_pruning_everything_after_startup_spends_startup_trials_plus_gaps(table, csv, arm):
-    settings = Settings(threshold=1e9, calibration_rate=0.0, n_startup_trials=3)
+    settings = replay_settings(threshold=1e9, calibration_rate=0.0, n_startup_trials=3)
     res = Replay(table, arm, 0, settings).run()
     startup = [t for t in res.records if t.rule == "startup"]
     assert all(t.state == "pruned" and t.rule == "law" and t.step == 0 for t in res.records[len(startup):])
@@ -109,7 +110,7 @@ def test_pruning_everything_after_startup_spends_startup_trials_plus_gaps(table,
 
 @pytest.mark.parametrize("arm", ARMS)
 def test_every_arm_pays_what_its_trials_reached(table, arm):
-    results = run_order(table, [arm], 3, Settings())
+    results = run_order(table, [arm], 3, replay_settings())
     res = results[arm]
     expected = Ledger()
     for t in res.records:
@@ -135,7 +136,7 @@ def test_law_arm_decides_as_the_live_gap_law_pruner(table, tmp_path):
     from opsd_platform.law import leave_one_out
 
     assert register_law(fit, tracking_uri=uri, holdout=leave_one_out(table.law_points))["aliases"] == ["champion"]
-    settings = Settings(refit_every=0, calibration_rate=0.3, n_startup_trials=2)
+    settings = replay_settings(refit_every=0, calibration_rate=0.3, n_startup_trials=2)
     for order in (0, 1, 2, 3):
         memory = Replay(table, "law", order, settings).run()
         live = GapLawPruner(uri, n_startup_trials=2, calibration_rate=0.3, level=0.9, seed=order)
@@ -165,13 +166,13 @@ def test_in_memory_refit_equals_fit_law_and_leave_one_out():
         frame = pd.DataFrame({"gap": [-0.2, 0.1, 0.4], **({"tokens": [50.0, 90.0, 140.0]} if covariates else {})})
         want = ref.predict(frame, level=0.8)
         inputs = {c: frame[c].to_numpy() for c in frame}
-        for view in (fast_view(1, ref), LawView.of_fit(1, ref)):
+        for view in (array_view(1, ref), LawView.of_fit(1, ref)):
             for column, values in zip(("predicted_improvement", "lower", "upper"), view.predict(inputs, 0.8)):
                 np.testing.assert_array_equal(values, want[column].to_numpy())
 
 
 def test_learning_loop_promotes_only_a_lower_holdout_error(table):
-    memory = LawMemory(table, Settings())
+    memory = law_memory(table, replay_settings())
     assert memory.version == 1 and memory.view().version == 1
     first = memory.champion_rmse
     for rid in table.runs_of["search/reference/lr3e-05"] + table.runs_of["search/none/lr1e-05"]:
@@ -179,13 +180,13 @@ def test_learning_loop_promotes_only_a_lower_holdout_error(table):
         memory.add(run.config, rid, run.gap, run.improvement, {})
     assert memory.version == 5  # one challenger per completed trial
     assert memory.champion_rmse is None or first is None or memory.champion_rmse <= first
-    frozen = LawMemory(table, Settings(refit_every=0))
+    frozen = law_memory(table, replay_settings(refit_every=0))
     frozen.add("x", "k", 0.1, 0.1, {})
     assert frozen.version == 1
 
 
 def test_sequential_arm_saves_gap_cost_and_reports_the_decisions_it_changes(table):
-    settings = Settings(seq_batch=4)
+    settings = replay_settings(seq_batch=4)
     results = [run_order(table, ["law", "law_sequential"], o, settings) for o in range(6)]
     for res in results:
         assert res["law_sequential"].gap_cpu <= res["law"].gap_cpu + 1e-9
@@ -196,13 +197,13 @@ def test_sequential_arm_saves_gap_cost_and_reports_the_decisions_it_changes(tabl
 
 
 def test_topk_trains_the_largest_gaps_within_the_law_budget(table):
-    res = run_order(table, ["topk"], 4, Settings())
+    res = run_order(table, ["topk"], 4, replay_settings())
     topk, law = res["topk"], res["law"]
     assert topk.cpu <= law.cpu + 1e-9 or sum(t.state == "complete" for t in topk.records) == 1
     trained = [table.runs[t.run_id].gap for t in topk.records if t.state == "complete"]
     others = [table.runs[t.run_id].gap for t in topk.records if t.state == "pruned"]
     assert trained and (not others or min(trained) >= max(others))
-    fixed = run_topk(table, 4, Settings(topk_k=3), res["none"].records, None)
+    fixed = run_topk(table, 4, replay_settings(topk_k=3), res["none"].records, None)
     assert sum(t.state == "complete" for t in fixed.records) == 3
 
 
@@ -278,13 +279,14 @@ def test_unknown_arm_lists_the_valid_ones(capsys):
         parse_arms("nope")
 
 
-def test_grid_slice_names_are_read_and_grpo_rows_left_out(tmp_path):
-    """The exported table names slices as the grid does (law-<world>, search-<world>, grpo-<world>):
-    the same runs as the fixture's law/search, plus GRPO rows the replay leaves out."""
+def test_grid_slice_names_are_read_and_grpo_and_pilot_rows_left_out(tmp_path):
+    """The exported table names slices as the grid does (law-<world>, search-<world>, grpo-<world>,
+    pilot-<world>): the same runs as the fixture's law/search, plus GRPO and recipe-pilot rows the
+    replay leaves out."""
     def grid_names(frame):
         frame["slice"] = frame["slice"].map({"law": "law-arithmetic", "search": "search-arithmetic"})
         extra = frame.iloc[:2].copy()
-        extra["slice"], extra["run_id"] = "grpo-arithmetic", ["g000", "g001"]
+        extra["slice"], extra["run_id"] = ["grpo-arithmetic", "pilot-arithmetic"], ["g000", "g001"]
         return pd.concat([frame, extra], ignore_index=True)
 
     data = broken_copy(tmp_path, lambda d: rewrite(d / "runs.csv", grid_names))

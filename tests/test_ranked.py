@@ -10,12 +10,12 @@ import pandas as pd
 import pytest
 
 from benchmarks.ranked import RankedReplay, prior_of
-from benchmarks.replay import Replay, Settings
+from benchmarks.replay import Replay, replay_settings
 from benchmarks.replay_table import load_table
 from opsd_platform import law
 from opsd_platform.law import registry
 from opsd_platform.law.holdout import fit_and_check
-from opsd_platform.search.ranked import CURVE, RANKED, STOP, TRAIN, RankedPolicy, RankedSettings, drive
+from opsd_platform.search.ranked import CURVE, RANKED, STOP, TRAIN, RankedPolicy, RankedSettings, chosen_contexts, drive
 
 FIXTURE = Path(__file__).parent / "data" / "replay_fixture"
 
@@ -38,7 +38,7 @@ def test_a_law_with_a_slope_interval_containing_zero_spends_exactly_the_curve_ar
     gaps = rng.uniform(0, 0.4, 12)
     flat = prior_from(gaps, rng.normal(0, 0.05, 12))
     assert not flat[1].usable and "contains 0" in flat[1].reason
-    s = Settings()
+    s = replay_settings()
     for order in range(4):
         ranked = RankedReplay(contexts, "ranked_prior", order, s, prior=flat)
         result = ranked.run()
@@ -50,7 +50,7 @@ def test_a_law_with_a_slope_interval_containing_zero_spends_exactly_the_curve_ar
 
 
 def test_a_usable_prior_ranks_measures_every_gap_once_and_stops(contexts):
-    s = Settings()
+    s = replay_settings()
     prior = prior_of(load_table(FIXTURE), s)  # the fixture's own law slice: a law that fits these contexts
     assert prior[1].usable
     ranked = RankedReplay(contexts, "ranked_prior", 0, s, prior=prior)
@@ -69,13 +69,13 @@ def test_a_usable_prior_ranks_measures_every_gap_once_and_stops(contexts):
 def test_the_replay_arm_decides_as_a_fresh_policy_driven_over_the_same_trials(contexts):
     """One policy, two callers: a policy driven by plain callbacks over the recorded runs (as the
     live search drives it over trials) takes the replay arm's decisions, step for step."""
-    s = Settings()
+    s = replay_settings()
     prior = prior_of(load_table(FIXTURE), s)
     for order in range(3):
         replay = RankedReplay(contexts, "ranked_prior", order, s, prior=prior)
         replay.run()
         runs = replay.runs
-        policy = RankedPolicy([(c, c) for c in runs], *prior, "prior (the table's law slices)", RankedSettings(level=s.level))
+        policy = RankedPolicy([(c, c) for c in runs], *prior, "prior (the table's law slices)", RankedSettings(level=s.search.level))
         drive(policy, lambda key, step: runs[key].gap, lambda key, step: (runs[key].improvement, True))
         assert [(st.kind, st.keys, st.reason) for st in policy.steps] == [(st.kind, st.keys, st.reason) for st in replay.policy.steps]
 
@@ -174,43 +174,76 @@ def test_prior_law_settings_are_checked():
 # ============================================================================== the live ranked search
 
 
-def test_a_live_ranked_search_measures_ranks_trains_and_agrees_with_its_replay(store, tmp_path, capsys):
-    """The tiny model, 3 contexts, a prior fitted on another world (forced): phase 1 measures every
-    gap (trials stopped after their gap), phase 2 trains in the law's order until the stopping rule;
-    the same policy driven over the measured gaps and improvements takes the same decisions."""
+def test_a_live_ranked_search_measures_ranks_trains_searches_inside_and_agrees_with_its_replay(store, tmp_path, capsys):
+    """The tiny model, 3 contexts and a learning rate, a prior fitted on another world (forced):
+    phase 1 measures every gap (trials stopped after their gap), phase 2 trains the contexts at the
+    base learning rate in the law's order until the stopping rule; the same policy driven over the
+    measured gaps and improvements takes the same decisions. Then the trials left of n_trials
+    sample the learning rate inside the best context, each under the study's curve pruner."""
+    import json
+
     import optuna
     from mlflow.tracking import MlflowClient
 
     from opsd_platform.cli import main
+    from opsd_platform.search.ranked_run import load_prior
+    from opsd_platform.search.settings import SearchConfig
     from test_search import FAST
 
     _, uri = store
     storage = f"sqlite:///{tmp_path}/optuna.db"
     space = tmp_path / "space.yaml"
-    space.write_text("space:\n  context: {type: categorical, choices: [none, feedback, reference]}\n")
+    space.write_text("space:\n  context: {type: categorical, choices: [none, feedback, reference]}\n"
+                     "  optim.lr: {type: float, low: 1.0e-4, high: 1.0e-1, log: true}\n")
     args = ["search", *FAST, f"tracking.uri={uri}", f"search.storage={storage}", f"search.space={space}",
             "search.strategy=ranked", "search.prior_law=models:/opsd-gap-law@champion", "search.prior_law_force=true",
-            "search.study=ranked", f"search.out_dir={tmp_path}/report"]
+            "search.study=ranked", "search.n_trials=8", f"search.out_dir={tmp_path}/report"]
     assert main(args) == 0
     out = capsys.readouterr().out
     assert "prior opsd-gap-law v1 (@champion) decides (may decide: 8 configurations" in out
     trials = optuna.load_study(study_name="ranked", storage=storage).trials
     phases = [t.user_attrs["ranked.phase"] for t in trials]
-    assert phases[:3] == ["gap"] * 3 and all(p == "train" for p in phases[3:]) and len(phases) >= 4
+    n_train = phases.count("train")
+    assert phases == ["gap"] * 3 + ["train"] * n_train + ["inner"] * (8 - 3 - n_train) and n_train >= 1 and len(trials) == 8
     gaps = {t.params["context"]: t.user_attrs["gap"] for t in trials[:3]}
-    trained = {t.params["context"]: t.value for t in trials[3:]}
+    ranked = trials[3:3 + n_train]
+    trained = {t.params["context"]: t.value for t in ranked}
     assert all(t.state == optuna.trial.TrialState.PRUNED for t in trials[:3]) and all(v is not None for v in trained.values())
+    assert all(t.params.keys() == {"context"} and t.user_attrs["overrides"] == [f"context={t.params['context']}"]
+               for t in trials[:3 + n_train])  # the ranked phase: the learning rate at its base value
     parent = MlflowClient(tracking_uri=uri).search_runs(
         [MlflowClient(tracking_uri=uri).get_experiment_by_name("opsd").experiment_id], "tags.kind = 'search'")[0]
     recorded = MlflowClient(tracking_uri=uri).download_artifacts(parent.info.run_id, "ranked/decisions.json", str(tmp_path))
-    import json
-
-    live = json.loads(Path(recorded).read_text())["decisions"]
-    from opsd_platform.search.ranked import load_prior
-    from opsd_platform.search.settings import SearchConfig
-
+    doc = json.loads(Path(recorded).read_text())
     prior = load_prior(SearchConfig(strategy="ranked", prior_law="models:/opsd-gap-law@champion", prior_law_force=True),
                        uri, "arithmetic")
     replay = RankedPolicy([(c, c) for c in ["none", "feedback", "reference"]], *prior)
     drive(replay, lambda key, step: gaps[key], lambda key, step: (trained[key], True))
-    assert [(d["kind"], d["keys"], d["reason"]) for d in live] == [(s.kind, list(s.keys), s.reason) for s in replay.steps]
+    assert [(d["kind"], d["keys"], d["reason"]) for d in doc["decisions"]] == [(s.kind, list(s.keys), s.reason) for s in replay.steps]
+    # the inner phase: inside the incumbent, the learning rate sampled, every step reported to the curve pruner
+    best = max(ranked, key=lambda t: t.value).params["context"]
+    assert chosen_contexts(replay, 1) == [best]
+    inner = trials[3 + n_train:]
+    assert all(t.params["context"] == best and "optim.lr" in t.params and t.user_attrs["ranked.curve"] for t in inner)
+    assert len({t.params["optim.lr"] for t in inner}) == len(inner)
+    assert all(t.intermediate_values for t in inner)  # what the curve pruner judged, step by step
+    assert [r["trial"] for r in doc["inner"]] == [t.number for t in inner]
+    assert f"inner phase: {len(inner)} trials sample optim.lr inside {best}" in out
+
+
+def test_the_ranked_space_needs_a_context_key_and_the_curve_pruner_is_checked(tmp_path):
+    from opsd_platform.config import ConfigError
+    from opsd_platform.search.ranked_run import ranked_space
+    from opsd_platform.search.settings import SearchConfig
+    from opsd_platform.search.study import curve_pruner
+
+    space = tmp_path / "lr.yaml"
+    space.write_text("space:\n  optim.lr: {type: float, low: 1.0e-4, high: 1.0e-1, log: true}\n")
+    with pytest.raises(ConfigError, match="has no unconditional categorical key 'context' \\(keys: optim.lr\\)"):
+        ranked_space(SearchConfig(strategy="ranked", space=str(space)))
+    assert ranked_space(SearchConfig(strategy="ranked", space="demo")) == (
+        ["none", "static", "feedback", "peer_hints", "peer_solution", "peer_or_feedback", "reference"],
+        ["optim.lr", "loss.divergence", "loss.top_k", "teacher.kind"])
+    with pytest.raises(ConfigError, match="search.curve_pruner: unknown value 'median'"):
+        SearchConfig(strategy="ranked", curve_pruner="median")
+    assert type(curve_pruner("hyperband", 20)).__name__ == "HyperbandPruner"

@@ -28,7 +28,8 @@ def at_most_nominal(failures: int, reps: int, alpha: float) -> bool:
 
 def linear_law(intercept=-0.05, slope=1.2, half_width=0.05):
     """A law's interval bounds as functions of the gap (a constant-width band, enough for the rule)."""
-    return (lambda g: intercept + slope * np.asarray(g) + half_width), (lambda g: intercept + slope * np.asarray(g) - half_width)
+    return ((lambda g: intercept + slope * np.asarray(g) + half_width),
+            (lambda g: intercept + slope * np.asarray(g) - half_width))
 
 
 def test_paired_differences_checks_its_input():

@@ -52,7 +52,8 @@ def opsd_ui(uri: str, port: int, *extra: str) -> list[str]:
 
 def test_opsd_ui_serves_the_store(tmp_path):
     port = free_port()
-    with serving(opsd_ui(f"sqlite:///{tmp_path}/mlflow.db", port, "create=true"), port) as base:  # a new store: asked for
+    # a new store: asked for
+    with serving(opsd_ui(f"sqlite:///{tmp_path}/mlflow.db", port, "create=true"), port) as base:
         page = urllib.request.urlopen(f"{base}/", timeout=5).read().decode()
         assert "MLflow" in page
 

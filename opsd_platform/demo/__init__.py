@@ -12,12 +12,16 @@ recorded benchmark does not hold.
                     2 worker processes x 1 torch thread (grid.run_grid), capped to the time budget
     4. report       predicted vs measured per trained configuration, and the compute the
                     pruning saved; a law whose slope interval holds 0 is said to be noise
+    5. ranked       the ranked search's policy (search.strategy=ranked) on the same candidates,
+                    the law as its prior, the live gaps as its phase 1: best predicted first,
+                    stopped when no upper bound reaches what it measured; a candidate it asks for
+                    that step 3 did not train trains now, within the budget and demo.max_train
 
 Re-running resumes: the gaps come from the measurement store, finished trainings from the grid's
 runs. ``demo.*`` overrides change the demo (``DemoConfig``); any other override is a training
 setting applied after the benchmark's (``model=tiny ...``: the smoke run of pipelines/demo.py).
 
-Modules: decide.py, the pure functions (``recorded_configs``, ``choose_candidates``, ``new_seed``, ``best_recorded``,
+Modules: ranked.py, step 5's walk and its lines; decide.py, the pure functions (``recorded_configs``, ``choose_candidates``, ``new_seed``, ``best_recorded``,
 ``law_verdict``, ``training_cap``, ``plan``, ``savings``, ``outcome_rows``, ``summary_text``)
 hold every choice and every number of the report; run.py's ``run_demo`` only gathers their inputs.
 """

@@ -275,6 +275,7 @@ class DemoReport:
     law: dict  # name, version, alias, run id
     uri: str
     seconds: dict[str, float]
+    ranked: list[str] = field(default_factory=list)  # the ranked search's section (demo/ranked.py), if it ran
 
 
 def decision_line(label: str, d: Any, gap_ci: tuple[float, float] | None = None) -> str:
@@ -325,6 +326,7 @@ def summary_text(r: DemoReport) -> str:
         f"{sum(bool(o.inside) for o in r.outcomes)} of {sum(o.measured is not None for o in r.outcomes)} measured "
         f"improvements inside their {r.level:.0%} interval.",
         "",
+        *([*r.ranked, ""] if r.ranked else []),
         "## Compute",
         "",
         f"- spent (measured CPU-s): gaps {s.gap_cpu_s:.0f} + trainings {s.train_cpu_s:.0f} = {s.spent:.0f}",

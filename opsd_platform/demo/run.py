@@ -114,6 +114,7 @@ def run_demo(overrides: Sequence[str], progress: Callable[[str], None] = print) 
 
     from opsd_platform import tracking
     from opsd_platform.compare_grpo import measure_gaps
+    from opsd_platform.demo.ranked import NotTrained, ranked_lines, ranked_walk
     from opsd_platform.law.pipeline import FitLawConfig, fit_and_register
     from opsd_platform.search.grid import GridConfig, load_spec, run_grid
     from opsd_platform.search.pruner import GapLawPruner
@@ -136,7 +137,7 @@ def run_demo(overrides: Sequence[str], progress: Callable[[str], None] = print) 
     bar = best_recorded(recorded)
 
     # -- 1. the law
-    progress(f"== 1/4 the law: fit on the recorded benchmark ({path}, slice {cfg.slice}) and register it in {uri}")
+    progress(f"== 1/5 the law: fit on the recorded benchmark ({path}, slice {cfg.slice}) and register it in {uri}")
     law_cfg = FitLawConfig(experiment=experiment, table=str(path), slices=[cfg.slice], level=cfg.level)
     report = fit_and_register(uri, law_cfg)
     reg = report.registration
@@ -151,7 +152,7 @@ def run_demo(overrides: Sequence[str], progress: Callable[[str], None] = print) 
     # -- 2. the live gaps (one thread: the measurement keys then match the one-thread trainings,
     #    which reuse these gaps instead of measuring them again)
     t = time.perf_counter()
-    progress(f"== 2/4 live gaps: {', '.join(cands)} at seed {seed} (not in the table), student side shared")
+    progress(f"== 2/5 live gaps: {', '.join(cands)} at seed {seed} (not in the table), student side shared")
     point = lambda c: [*base, *c.overrides, *user, f"seed={seed}", "gap.enabled=true"]  # noqa: E731  (grid.points' order)
     gap_cfgs = {k: train_config([*point(c), "trainer.num_threads=1"]) for k, c in cands.items()}
     gaps, _ = measure_gaps(gap_cfgs, progress=progress)
@@ -160,7 +161,7 @@ def run_demo(overrides: Sequence[str], progress: Callable[[str], None] = print) 
     seconds["gaps"] = time.perf_counter() - t
 
     # -- 3. predict, decide (the search's own policy), train the survivors
-    progress(f"== 3/4 predictions BEFORE training ({cfg.level:.0%} intervals; bar: best recorded configuration "
+    progress(f"== 3/5 predictions BEFORE training ({cfg.level:.0%} intervals; bar: best recorded configuration "
              f"{bar[1]} {bar[0]:+.3f}; law v{reg['version']})")
     view = GapLawPruner(uri, name=reg["name"], alias=DEMO_ALIAS, level=cfg.level, record=False).law_view
     decisions = decide_all({k: {"gap": g.gap, "context_tokens": g.teacher_prompt_tokens} for k, g in gaps.items()},
@@ -183,8 +184,8 @@ def run_demo(overrides: Sequence[str], progress: Callable[[str], None] = print) 
 
     t = time.perf_counter()
     failed: list[str] = []
+    out_dir = (tracking.sqlite_path(uri) or default_home() / "demo" / "x").parent
     if p.train:
-        out_dir = (tracking.sqlite_path(uri) or default_home() / "demo" / "x").parent
         spec_file = write_spec(out_dir / "grid-demo.yaml", spec, sl, [cands[k].overrides for k in p.train], seed)
         workers = min(cfg.workers, len(p.train))
         grid_words = [f"grid.spec={spec_file}", "grid.threads=1", "grid.exported=null", "grid.poll_s=60"]
@@ -196,14 +197,47 @@ def run_demo(overrides: Sequence[str], progress: Callable[[str], None] = print) 
     seconds["training"] = time.perf_counter() - t
 
     # -- 4. predicted vs measured, compute
-    progress("== 4/4 predicted vs measured")
+    progress("== 4/5 predicted vs measured")
     measured, trained_cpu, val_cpu = measured_runs(uri, experiment, {k: config_hash(gap_cfgs[k]) for k in p.train}, seed)
     outcomes = outcome_rows(decisions, measured, p.train)
     sv = savings(gap_cpu, trained_cpu, val_cpu, cands, p)
+
+    # -- 5. the ranked search's policy on the same candidates (demo/ranked.py)
+    t = time.perf_counter()
+    progress("== 5/5 the ranked search on the same candidates (search.strategy=ranked, the law as its prior)")
+    more = {"n": len(p.train), "cpu": 0.0}  # trainings so far; CPU-s of the walk's own
+
+    def improvement(label: str) -> float:
+        if label in measured:
+            return measured[label][0]
+        c = cands[label]
+        left, cost = cfg.budget_s - (time.perf_counter() - start) - 30, c.recorded_train_cpu_s + c.recorded_val_cpu_s
+        if cfg.max_train is not None and more["n"] >= cfg.max_train:
+            raise NotTrained(f"it asks for {label}, and demo.max_train={cfg.max_train} trainings have run")
+        if cost > left:
+            raise NotTrained(f"it asks for {label}, whose recorded ~{cost:.0f} s do not fit in the {max(left, 0):.0f} s "
+                             f"left of the {cfg.budget_s:.0f} s budget")
+        more["n"] += 1
+        spec_file = write_spec(out_dir / "grid-demo.yaml", spec, sl, [c.overrides], seed)
+        run_grid(user, GridConfig(spec=str(spec_file), workers=min(cfg.workers, 1), threads=1, exported=None, poll_s=60.0),
+                 progress=progress, grid_overrides=[f"grid.spec={spec_file}", "grid.threads=1", "grid.exported=null"])
+        got, cpu, _ = measured_runs(uri, experiment, {label: config_hash(gap_cfgs[label])}, seed)
+        more["cpu"] += cpu
+        if label not in got:
+            raise NotTrained(f"its training of {label} did not finish")
+        measured[label] = got[label]
+        return got[label][0]
+
+    walk = ranked_walk({k: g.gap for k, g in gaps.items()}, (report.fit, reg["check"]), f"the demo's law v{reg['version']}",
+                       cfg.level, improvement)
+    walk.cpu_s = more["cpu"]
+    for line in ranked_lines(walk, p.train)[4:]:
+        progress("  " + line)
+    seconds["ranked"] = time.perf_counter() - t
     seconds["total"] = time.perf_counter() - start
     law = {"name": reg["name"], "version": reg["version"], "alias": DEMO_ALIAS, "run_id": report.law_run_id}
     result = DemoReport(prov, report.fit.summary(), verdict, bar, seed, decisions, p, cap_reason, outcomes, sv,
-                        cfg.level, law, uri, seconds)
+                        cfg.level, law, uri, seconds, ranked_lines(walk, p.train))
     text = summary_text(result)
     db = tracking.sqlite_path(uri)
     summary_path = (db.parent if db else default_home() / "demo") / "summary.md"

@@ -40,6 +40,10 @@ RUN_COLUMNS = ["run_id", "model", "family", "world", "context", "config", "seed"
                "train_cpu_s"]
 META_COLUMNS = ["grid", "slice", "point", "gap_key", "gap_student_key", "gap_student_cpu_s", "gap_student_tokens",
                 "val_key", "val_initial_cpu_s", "val_initial_tokens", "context_tokens", "teacher_coverage"]
+# META_COLUMNS a table may lack (written by later exports than some tables, the replay's fixtures):
+# a replay of the table (benchmarks/replay_table.py) requires RUN_COLUMNS and the other META_COLUMNS.
+OPTIONAL_META = ("grid", "point", "teacher_coverage")
+REPLAY_RUN_COLUMNS = RUN_COLUMNS + [c for c in META_COLUMNS if c not in OPTIONAL_META]
 STEP_COLUMNS = ["run_id", "step", "rollout_pass_rate", "val_pass_rate", "cpu_s", "tokens", "val_cpu_s"]
 # Per-step curves the failure modes of the literature are read from (length drift, collapse, GRPO's
 # groups without signal), column <- MLflow metric. Written after STEP_COLUMNS but not required by

@@ -160,7 +160,8 @@ class LawFit:
             index=index,
         )
 
-    def predict_arrays(self, values: Mapping[str, Any], level: float | None = None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    def predict_arrays(self, values: Mapping[str, Any],
+                       level: float | None = None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """(predicted, lower, upper) arrays: ``predict``'s expressions on numpy arrays, without
         pandas (a search or a replay predicts many times). values: "gap" and each covariate -> values."""
         from scipy import stats
@@ -168,13 +169,15 @@ class LawFit:
         level = _check_level(self.level if level is None else level)
         missing = [c for c in ("gap", *self.covariates) if c not in values]
         if missing:
-            raise LawError(f"input: missing {missing[0]!r} (this law needs gap{''.join(', ' + c for c in self.covariates)})")
+            needs = "".join(", " + c for c in self.covariates)
+            raise LawError(f"input: missing {missing[0]!r} (this law needs gap{needs})")
         cols = [np.atleast_1d(np.asarray(values[c], dtype=float)) for c in ("gap", *self.covariates)]
         exog = np.column_stack([np.ones(cols[0].size), *cols])
         if not np.isfinite(exog).all():
             raise LawError("input: non-finite gap or covariate")
         mean = exog @ np.asarray(self.params, dtype=float)
-        se_obs = np.sqrt((exog * np.dot(np.asarray(self.cov_params, dtype=float), exog.T).T).sum(1) + self.sigma2 / self.new_weight)
+        se_obs = np.sqrt((exog * np.dot(np.asarray(self.cov_params, dtype=float), exog.T).T).sum(1)
+                         + self.sigma2 / self.new_weight)
         q = stats.t.ppf(1 - (1 - level) / 2.0, self.df_resid)
         return mean, mean - q * se_obs, mean + q * se_obs
 
@@ -268,7 +271,8 @@ class LawFit:
             f"(p {self.pearson_p:.3g}); residual std {self.residual_std:.4g}"
         )
         if self.method == "wls":
-            lines.append("  WLS weights = 1 / var(config mean improvement); a new config is assumed to have the mean weight")
+            lines.append("  WLS weights = 1 / var(config mean improvement); "
+                         "a new config is assumed to have the mean weight")
         if self.method == "hc3":
             lines.append("  standard errors: HC3 heteroskedasticity-robust")
         return "\n".join(lines)
@@ -312,12 +316,14 @@ def _check_fittable(agg: pd.DataFrame, covariates: Sequence[str]) -> np.ndarray:
         values = agg[cov].to_numpy(dtype=float)
         bad = ~np.isfinite(values)
         if bad.any():
-            raise LawError(f"points: non-finite covariate {cov}={float(values[bad][0])} for config {agg['config'][bad].iloc[0]!r}")
+            raise LawError(f"points: non-finite covariate {cov}={float(values[bad][0])} "
+                           f"for config {agg['config'][bad].iloc[0]!r}")
         cols.append(values)
     exog = np.column_stack(cols)
     k = exog.shape[1]
     if n <= k:
-        raise LawError(f"need more configurations ({n}) than coefficients ({k}: intercept, gap, {', '.join(covariates)})")
+        raise LawError(f"need more configurations ({n}) than coefficients "
+                       f"({k}: intercept, gap, {', '.join(covariates)})")
     if np.linalg.matrix_rank(exog) < k:
         raise LawError(
             f"covariates {list(covariates)} are constant or collinear with gap across the {n} configurations"
@@ -359,7 +365,8 @@ def fit_law(
             if bad.any():
                 row = points.iloc[int(np.flatnonzero(bad)[0])]
                 raise LawError(
-                    f"points: non-finite covariate {cov}={show_value(row[cov])} for config {row['config']!r} seed {show_value(row['seed'])}"
+                    f"points: non-finite covariate {cov}={show_value(row[cov])} for config {row['config']!r} "
+                    f"seed {show_value(row['seed'])}"
                 )
     agg = aggregate(points)
     exog = _check_fittable(agg, covariates)

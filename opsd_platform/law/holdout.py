@@ -114,7 +114,8 @@ def grouped_holdout(points: pd.DataFrame, group: str, **fit_kwargs: Any) -> dict
         part = _holdout_rows(fit, held)
         part.insert(0, "group", value)
         rows.append(part)
-        per_group.append({"group": value, "n_configs": len(part), **{k: v for k, v in _metrics(part).items() if k != "n"}})
+        per_group.append({"group": value, "n_configs": len(part),
+                          **{k: v for k, v in _metrics(part).items() if k != "n"}})
     table = pd.concat(rows, ignore_index=True) if rows else pd.DataFrame(columns=["group", *_TABLE_COLUMNS])
     return {
         "kind": "grouped",
@@ -327,7 +328,8 @@ def check_law(fit: LawFit, *, loo_rmse: float | None, constant_rmse: float | Non
     elif not loo < const:
         why = f"leave-one-configuration-out RMSE {loo:.3g} is not below a constant predictor's {const:.3g}"
     else:
-        return LawCheck(True, f"may decide: {fit.n_configs} configurations, slope {fit.slope:+.3g} [{lo:+.3g}, {hi:+.3g}], "
+        return LawCheck(True, f"may decide: {fit.n_configs} configurations, "
+                        f"slope {fit.slope:+.3g} [{lo:+.3g}, {hi:+.3g}], "
                         f"leave-one-out RMSE {loo:.3g} < constant {const:.3g}", fit.n_configs, fit.df_resid, width,
                         (lo, hi), loo, const)
     return LawCheck(False, f"the law may not decide: {why}", fit.n_configs, fit.df_resid, width, (lo, hi), loo, const)
@@ -349,7 +351,8 @@ def check_points(points: pd.DataFrame, fit: LawFit | None = None, *, loo_rmse: f
 def check_from_tags(fit: LawFit, tags: Mapping[str, str]) -> LawCheck:
     """The verdict on a registered law, from its fit and its version tags (``holdout_rmse``,
     ``holdout_constant_rmse``): recomputed, so a version registered before this check is judged too."""
-    return check_law(fit, loo_rmse=finite_or_none(tags.get("holdout_rmse")), constant_rmse=finite_or_none(tags.get("holdout_constant_rmse")))
+    return check_law(fit, loo_rmse=finite_or_none(tags.get("holdout_rmse")),
+                     constant_rmse=finite_or_none(tags.get("holdout_constant_rmse")))
 
 
 # ----------------------------------------------------------------------------------------------
@@ -357,8 +360,8 @@ def check_from_tags(fit: LawFit, tags: Mapping[str, str]) -> LawCheck:
 # refits of a search or a replay (equal to fit_law(method='ols') and leave_one_out to rounding; tested)
 
 
-def fit_ols_arrays(config: np.ndarray, gap: np.ndarray, improvement: np.ndarray, covs: np.ndarray, covariates: tuple[str, ...],
-                   level: float) -> tuple[LawFit, float | None]:
+def fit_ols_arrays(config: np.ndarray, gap: np.ndarray, improvement: np.ndarray, covs: np.ndarray,
+                   covariates: tuple[str, ...], level: float) -> tuple[LawFit, float | None]:
     """fit_law(method="ols") and leave_one_out's RMSE in numpy (module docstring).
 
     config: integer configuration ids per point; covs: [points, covariates]. The prediction
@@ -399,12 +402,13 @@ def fit_ols_arrays(config: np.ndarray, gap: np.ndarray, improvement: np.ndarray,
     return fit, (float(np.sqrt(np.mean(press ** 2))) if keep.any() else None)
 
 
-def fit_and_check(config: np.ndarray, gap: np.ndarray, improvement: np.ndarray, level: float, covs: np.ndarray | None = None,
-                  covariates: tuple[str, ...] = ()):
+def fit_and_check(config: np.ndarray, gap: np.ndarray, improvement: np.ndarray, level: float,
+                  covs: np.ndarray | None = None, covariates: tuple[str, ...] = ()):
     """(LawFit, leave-one-out RMSE, LawCheck) of an OLS refit, all in numpy: what a search
     or a replay needs after each trained configuration. Raises LawError where fit_law would."""
     config, improvement = np.asarray(config), np.asarray(improvement, dtype=float)
-    covs = np.empty((config.size, 0)) if covs is None else np.asarray(covs, dtype=float).reshape(config.size, len(covariates))
+    covs = (np.empty((config.size, 0)) if covs is None
+            else np.asarray(covs, dtype=float).reshape(config.size, len(covariates)))
     fit, rmse = fit_ols_arrays(config, np.asarray(gap, dtype=float), improvement, covs, covariates, level)
     _, inverse = np.unique(config, return_inverse=True)
     means = np.bincount(inverse, weights=improvement) / np.bincount(inverse)

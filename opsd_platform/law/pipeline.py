@@ -89,6 +89,12 @@ def points_from_table(table: str, slices: list[str] | None = None) -> pd.DataFra
             raise LawError(f"{path}: no rows of slice(s) {', '.join(sorted(unknown))}; "
                            f"slices there: {', '.join(sorted(set(runs['slice'].dropna())))}")
         runs = runs[runs["slice"].isin(slices)]
+    return points_from_runs(runs)
+
+
+def points_from_runs(runs: pd.DataFrame) -> pd.DataFrame:
+    """The law's points from rows of an exported table (already read and filtered): OPSD rows only,
+    one point per run, sorted by configuration and seed."""
     if "algorithm" in runs:  # the law predicts OPSD's improvement only (rows without the column are OPSD's)
         runs = runs[runs["algorithm"].fillna("opsd") == "opsd"]
     points = pd.DataFrame({

@@ -48,7 +48,8 @@ def _label_points(ax, labels: Sequence[str], xs: np.ndarray, ys: np.ndarray) -> 
     ax.figure.canvas.draw()  # fixes the axis limits, so data -> pixel transforms are final
     to_px = ax.transData.transform
     placed: list[tuple[float, float, float]] = []  # x0, x1, y (pixels) of labels already placed
-    offsets = [(5, 4, "left"), (5, -11, "left"), (-5, 4, "right"), (-5, -11, "right"), (5, 14, "left"), (5, -21, "left")]
+    offsets = [(5, 4, "left"), (5, -11, "left"), (-5, 4, "right"), (-5, -11, "right"),
+               (5, 14, "left"), (5, -21, "left")]
     scale = ax.figure.dpi / 72.0
     for i in np.argsort(-ys):
         px, py = to_px((xs[i], ys[i]))

@@ -72,14 +72,16 @@ def aggregate(points: pd.DataFrame) -> pd.DataFrame:
             i = int(np.flatnonzero(bad)[0])
             row = pts.iloc[i]
             raise LawError(
-                f"points: non-finite {col}={float(values[i])} for config {row['config']!r} seed {show_value(row['seed'])}"
+                f"points: non-finite {col}={float(values[i])} for config {row['config']!r} "
+                f"seed {show_value(row['seed'])}"
                 + (f" (and {int(bad.sum()) - 1} more rows)" if bad.sum() > 1 else "")
             )
         pts[col] = values
     dup = pts.duplicated(["config", "seed"], keep=False)
     if dup.any():
         row = pts[dup].iloc[0]
-        raise LawError(f"points: config {row['config']!r} seed {show_value(row['seed'])} appears {int(dup.sum())} times")
+        raise LawError(f"points: config {row['config']!r} seed {show_value(row['seed'])} "
+                       f"appears {int(dup.sum())} times")
 
     grouped = pts.groupby("config", sort=False)
     out = pd.DataFrame(

@@ -40,7 +40,8 @@ def check_gaps(frame: pd.DataFrame) -> None:
     outside = np.isfinite(gaps) & ((gaps < GAP_RANGE[0]) | (gaps > GAP_RANGE[1]))
     if outside.any():
         i = int(np.flatnonzero(outside)[0])
-        raise LawError(f"input: gap={gaps[i]} in row {frame.index[i]!r} is outside [-1, 1] (a difference of two pass rates)")
+        raise LawError(f"input: gap={gaps[i]} in row {frame.index[i]!r} is outside [-1, 1] "
+                       "(a difference of two pass rates)")
 
 
 def clip_predictions(out: pd.DataFrame) -> pd.DataFrame:

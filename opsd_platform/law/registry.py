@@ -34,6 +34,7 @@ from opsd_platform import tracking
 from opsd_platform.law import LawFit
 from opsd_platform.law.holdout import LawCheck, check_law, constant_loo_rmse
 from opsd_platform.law.names import CHALLENGER, CHAMPION, DEFAULT_NAME  # noqa: F401 (re-exported)
+from opsd_platform.law.promotion import Standing, promotion
 
 
 MODEL_CODE = Path(__file__).with_name("pyfunc_model.py")
@@ -124,7 +125,8 @@ def law_signature(fit: LawFit) -> ModelSignature:
     """Input: gap (+ covariates) as doubles; output: predicted_improvement, lower, upper; param level."""
     return ModelSignature(
         inputs=Schema([ColSpec("double", col) for col in ["gap", *fit.covariates]]),
-        outputs=Schema([*(ColSpec("double", c) for c in ("predicted_improvement", "lower", "upper")), ColSpec("boolean", "clipped")]),
+        outputs=Schema([*(ColSpec("double", c) for c in ("predicted_improvement", "lower", "upper")),
+                        ColSpec("boolean", "clipped")]),
         params=ParamSchema([ParamSpec("level", "double", float(fit.level))]),
     )
 
@@ -199,7 +201,8 @@ def alias_version(client, name: str, alias: str) -> str:
     refused = [v for v in found if (v.tags or {}).get("usable") == "false"]
     why = f"; v{refused[-1].version} was refused ({refused[-1].tags.get('usable_reason', '')})" if refused else ""
     raise RegistryError(
-        f"registered model {name!r} has no alias {alias!r}; aliases: {have}; versions: {', '.join(versions) or 'none'}{why}"
+        f"registered model {name!r} has no alias {alias!r}; aliases: {have}; "
+        f"versions: {', '.join(versions) or 'none'}{why}"
     )
 
 
@@ -257,12 +260,14 @@ def register_law(
     tags.update(check.tags())
 
     try:
-        metrics = {"law/slope": fit.slope, "law/intercept": fit.intercept, "law/r2": fit.r2, "law/n_configs": fit.n_configs}
+        metrics = {"law/slope": fit.slope, "law/intercept": fit.intercept, "law/r2": fit.r2,
+                   "law/n_configs": fit.n_configs}
         metrics.update({f"law/holdout_{k}": v for k, v in h_metrics.items() if _parse_float(_tag_float(v)) is not None})
         for key, value in metrics.items():
             client.log_metric(run_id, key, float(value))
         # tags, not params: a run may hold several laws, and MLflow refuses to change a param
-        for key, value in {"law.method": fit.method, "law.level": fit.level, "law.covariates": ",".join(fit.covariates)}.items():
+        law_tags = {"law.method": fit.method, "law.level": fit.level, "law.covariates": ",".join(fit.covariates)}
+        for key, value in law_tags.items():
             client.set_tag(run_id, key, str(value))
         client.log_dict(run_id, fit.to_dict(), "law/fit.json")
         client.log_text(run_id, fit.summary(), "law/summary.txt")
@@ -369,35 +374,13 @@ def promote(
     champion = aliases.get(CHAMPION)
     champion = None if champion is None else str(champion)
 
-    def tag_rmse(v: str) -> tuple[float | None, str | None]:
+    def standing(v: str) -> Standing:
         tags = client.get_model_version(name, v).tags
-        return _parse_float(tags.get("holdout_rmse")), tags.get("holdout_kind")
+        return Standing(v, _parse_float(tags.get("holdout_rmse")), tags.get("holdout_kind"), tags.get("usable") != "false",
+                        tags.get("usable_reason", "may not decide"))
 
-    cand, cand_kind = tag_rmse(version)
-    usable = client.get_model_version(name, version).tags.get("usable")
-    if champion == version:
-        decision, reason = "unchanged", f"v{version} is already @{CHAMPION}"
-    elif usable == "false":  # even forced: a law that may not decide never becomes the one that decides
-        decision, reason = "kept", (f"v{version} {client.get_model_version(name, version).tags.get('usable_reason', 'may not decide')}"
-                                    + ("" if champion is None else f"; v{champion} stays @{CHAMPION}"))
-    elif champion is None:
-        decision, reason = "promoted", f"{name!r} had no @{CHAMPION}"
-    else:
-        champ, champ_kind = tag_rmse(champion)
-        if force:
-            decision, reason = "promoted", f"forced over v{champion} (hold-out RMSE {cand} vs {champ})"
-        elif cand is None:
-            decision, reason = "kept", f"v{version} has no hold-out RMSE; v{champion} stays @{CHAMPION} (use force)"
-        elif champ is None:  # e.g. a first law fitted on too few configurations for a hold-out
-            decision, reason = "promoted", f"v{version} has a hold-out RMSE ({cand:.4g}) and @{CHAMPION} v{champion} has none"
-        elif cand_kind != champ_kind:
-            decision, reason = "kept", (
-                f"hold-out kinds differ (v{version}: {cand_kind}, v{champion}: {champ_kind}); RMSEs not comparable (use force)"
-            )
-        elif cand < champ:
-            decision, reason = "promoted", f"hold-out RMSE {cand:.4g} < {champ:.4g} of v{champion}"
-        else:
-            decision, reason = "kept", f"hold-out RMSE {cand:.4g} >= {champ:.4g} of @{CHAMPION} v{champion}"
+    decision, reason = promotion(standing(version), None if champion is None else standing(champion), name=name,
+                                 alias=CHAMPION, force=force)
     if decision == "promoted":
         client.set_registered_model_alias(name, CHAMPION, version)
         if aliases.get(CHALLENGER) is not None and str(aliases[CHALLENGER]) == version:

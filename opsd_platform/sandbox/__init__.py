@@ -46,8 +46,15 @@ the environment is entirely ours anyway and ``-E`` would make the requested ``PY
 (deterministic set/dict-of-str order, hence reproducible rewards) ineffective.
 """
 
-from opsd_platform.sandbox.limits import (OPEN_FILES_LIMIT, STATUSES, UID_BASE, UID_SPAN, SandboxError, SandboxLimits,
-                                          SandboxResult)
+from opsd_platform.sandbox.limits import (
+    OPEN_FILES_LIMIT,
+    STATUSES,
+    UID_BASE,
+    UID_SPAN,
+    SandboxError,
+    SandboxLimits,
+    SandboxResult,
+)
 from opsd_platform.sandbox.modes import isolation, run_python
 
 __all__ = ["SandboxLimits", "SandboxResult", "SandboxError", "run_python", "isolation", "STATUSES", "OPEN_FILES_LIMIT",

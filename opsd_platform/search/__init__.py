@@ -39,11 +39,13 @@ report, compare; and grid.py, the recorded benchmark's grid on the same storage)
   the same per-trial-seeded configurations and measures the saving, the best configuration each
   found and the false-prune rate against the unpruned arm (``compare``).
 
-**Ranked search** (``search.strategy=ranked``; ranked.py the policy and the live
+**Ranked search** (``search.strategy=ranked``; ranked.py the policy, ranked_run.py the live
 driver): the law ranks the space's contexts by predicted improvement, from a prior law
 (``search.prior_law=models:/<name>@<alias>``) or the study's own fit, trains the most promising
 first and stops when every waiting context's upper bound is below the incumbent; a law that may
-not decide (law.holdout.check_law) is not used and the curve-based pruner searches alone.
+not decide (law.holdout.check_law) is not used and the curve-based pruner searches alone. The
+trials left of ``n_trials`` then sample the space's other keys inside the best contexts, under
+the curve-based pruner (successive halving or Hyperband), in the same study.
 
 Known limits: two workers that ask for a new trial at the same instant may together start up to
 (workers - 1) trials more than ``n_trials``; none is lost or run twice.
@@ -79,7 +81,7 @@ def search(base_overrides, settings, progress=print):
     if settings.compare:
         return compare(base_overrides, settings, progress)
     if settings.strategy == "ranked":
-        from opsd_platform.search.ranked import run_ranked_search
+        from opsd_platform.search.ranked_run import run_ranked_search
 
         return run_ranked_search(base_overrides, settings, progress)
     return run_search(base_overrides, settings, progress)

@@ -16,6 +16,7 @@ os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")  # no dow
 
 PRUNERS = ("law", "median", "none")
 STRATEGIES = ("pruned", "ranked")
+CURVE_PRUNERS = ("successive_halving", "hyperband")
 SAMPLERS = ("random", "tpe")
 PARAM_TYPES = ("float", "int", "categorical")
 
@@ -36,6 +37,12 @@ class SearchConfig:
         "help": "ranked: a registered law that replaces startup trials, models:/<name>@<alias> (another family, world or "
                 "an earlier study); default: none (the study fits its own)"})
     prior_law_force: bool = field(default=False, metadata={"help": "ranked: use a prior law fitted on another world"})
+    inner_contexts: int = field(default=1, metadata={
+        "help": "ranked: after the law's ranking, the trials left of n_trials sample the space's other keys inside this "
+                "many contexts, the best by measured improvement (search/ranked_run.py)"})
+    curve_pruner: str = field(default="successive_halving", metadata={
+        "help": "ranked: the curve-based pruner of the inner phase (and where the law may not decide): successive_halving "
+                "or hyperband (Optuna's)"})
     sampler: str = field(default="random", metadata={
         "help": "random: seeded per trial number (reproducible, parallel-safe, the same configurations in every "
                 "compare arm); tpe: Optuna TPE (seeded per worker process)"})
@@ -68,6 +75,9 @@ class SearchConfig:
         check(self.prior_law is None or (self.prior_law.startswith("models:/") and "@" in self.prior_law), "prior_law",
               f"must be models:/<name>@<alias>, got {self.prior_law!r}")
         check(self.prior_law is None or self.strategy == "ranked", "prior_law", "needs search.strategy=ranked")
+        check(self.inner_contexts >= 1, "inner_contexts", f"must be >= 1, got {self.inner_contexts}")
+        check(self.curve_pruner in CURVE_PRUNERS, "curve_pruner",
+              f"unknown value {self.curve_pruner!r}; valid: {', '.join(CURVE_PRUNERS)}")
         check(self.sampler in SAMPLERS, "sampler", f"unknown value {self.sampler!r}; valid: {', '.join(SAMPLERS)}")
         check(self.n_startup_trials >= 0, "n_startup_trials", f"must be >= 0, got {self.n_startup_trials}")
         check(0.0 <= self.calibration_rate <= 1.0, "calibration_rate", f"must be in [0, 1], got {self.calibration_rate}")

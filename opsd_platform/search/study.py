@@ -125,18 +125,52 @@ class StudyHandle:
         return self.study.study_name
 
 
-def make_pruner(settings: SearchConfig, tracking_uri: str, max_steps: int) -> optuna.pruners.BasePruner:
-    if settings.strategy == "ranked":  # the law ranks before any trial; the curve pruner stops trainings (ranked.py)
+PRUNER_KINDS = ("none", "median", "successive_halving", "hyperband", "law", "law_then_halving")
+
+
+def curve_pruner(kind: str, max_steps: int) -> optuna.pruners.BasePruner:
+    """A curve-based pruner of settings.CURVE_PRUNERS (the ranked search's; the replay's arms)."""
+    if kind == "hyperband":
+        return optuna.pruners.HyperbandPruner(min_resource=1, max_resource=max_steps, reduction_factor=3)
+    if kind == "successive_halving":
         return optuna.pruners.SuccessiveHalvingPruner()
-    if settings.pruner == "law":
-        return GapLawPruner(
-            tracking_uri, name=settings.law_name, alias=settings.law_alias, n_startup_trials=settings.n_startup_trials,
-            calibration_rate=settings.calibration_rate, threshold=settings.threshold, level=settings.level, seed=settings.seed,
-        )
-    if settings.pruner == "median":
-        warmup = settings.median_warmup_steps if settings.median_warmup_steps is not None else max_steps // 3
-        return optuna.pruners.MedianPruner(n_startup_trials=settings.n_startup_trials, n_warmup_steps=warmup)
-    return optuna.pruners.NopPruner()
+    raise ValueError(f"unknown curve-based pruner {kind!r}")
+
+
+class LawThenCurve(optuna.pruners.BasePruner):
+    """The law decides before training (no intermediate value yet), a curve pruner afterwards."""
+
+    def __init__(self, law: GapLawPruner, curve: optuna.pruners.BasePruner) -> None:
+        self.law, self.curve = law, curve
+
+    def prune(self, study: optuna.Study, trial) -> bool:
+        return self.law.prune(study, trial) if trial.last_step is None else self.curve.prune(study, trial)
+
+
+def pruner_of(kind: str, *, max_steps: int, n_startup_trials: int, median_warmup_steps: int | None,
+              law: Callable[[], GapLawPruner]) -> optuna.pruners.BasePruner:
+    """The study's pruner of a kind (PRUNER_KINDS), for the live search (make_pruner) and the replay
+    (benchmarks/replay.py); `law` builds the law pruner (from the registry, or a law in memory)."""
+    if kind in ("law", "law_then_halving"):
+        return LawThenCurve(law(), curve_pruner("successive_halving", max_steps)) if kind == "law_then_halving" else law()
+    if kind == "median":
+        warmup = median_warmup_steps if median_warmup_steps is not None else max_steps // 3
+        return optuna.pruners.MedianPruner(n_startup_trials=n_startup_trials, n_warmup_steps=warmup)
+    if kind in ("successive_halving", "hyperband"):
+        return curve_pruner(kind, max_steps)
+    if kind == "none":
+        return optuna.pruners.NopPruner()
+    raise ValueError(f"unknown pruner {kind!r}; kinds: {', '.join(PRUNER_KINDS)}")
+
+
+def make_pruner(settings: SearchConfig, tracking_uri: str, max_steps: int) -> optuna.pruners.BasePruner:
+    if settings.strategy == "ranked":  # the law ranks before any trial; the curve pruner stops trainings (ranked_run.py)
+        return curve_pruner(settings.curve_pruner, max_steps)
+    return pruner_of(settings.pruner, max_steps=max_steps, n_startup_trials=settings.n_startup_trials,
+                     median_warmup_steps=settings.median_warmup_steps, law=lambda: GapLawPruner(
+                         tracking_uri, name=settings.law_name, alias=settings.law_alias,
+                         n_startup_trials=settings.n_startup_trials, calibration_rate=settings.calibration_rate,
+                         threshold=settings.threshold, level=settings.level, seed=settings.seed))
 
 
 def make_sampler(settings: SearchConfig) -> optuna.samplers.BaseSampler:

@@ -5,7 +5,7 @@ attempts at the same problem) to the privileged text appended to the student's p
 ``None`` when the context is unavailable for that sample; such a sample gets no teacher and no
 loss. The table is a plain dict: ``CONTEXTS[name](sample)``.
 
-Choices where the sources leave room (algorithm.md, section 2):
+Choices where the sources leave room (docs/method.md, "Privileged contexts"):
 - ``feedback`` is available only for *failed* attempts: the feedback on a success ("Correct.")
   carries nothing to learn from, so successes get no teacher under this context.
 - ``peer_solution`` / ``peer_hints`` use the best-rewarded *other* successful attempt at the same
@@ -194,8 +194,8 @@ def worked_prefix(worked: str, fraction: float) -> str:
 
 def graded_context(sample: Sample) -> str | None:
     """A chosen share of the reference (``graded_fraction``): a knob that moves the gap between
-    ``none`` (0) and ``reference``-like (1), for covering the law's gap axis densely (algorithm.md,
-    section 2). The teacher is told it sees only the beginning."""
+    ``none`` (0) and ``reference``-like (1), for covering the law's gap axis densely (docs/method.md,
+    "Privileged contexts"). The teacher is told it sees only the beginning."""
     problem = sample.problem
     if not problem.reference.strip():
         return None

@@ -12,7 +12,7 @@ A sample whose context is unavailable (no peer succeeded, a success under `feedb
 no teacher in training. Here its teacher answer is generated under the *plain* student prompt,
 so it contributes zero to the gap in expectation. Scoring it as the student's own outcome instead
 would bias the gap upwards for contexts given only to failures: resampling alone already fixes
-some failures (algorithm.md, section 2). This is a departure from a literal "teacher = student
+some failures (docs/method.md, "The gap"). This is a departure from a literal "teacher = student
 for unavailable contexts", on purpose.
 
 The measurement is one rollout pass (student + teacher generations, no backward), a small

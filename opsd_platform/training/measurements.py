@@ -1,6 +1,6 @@
 """Measurements that do not depend on the training configuration: measured once per key, reused.
 
-At step 0 every teacher kind is the initial model, so (algorithm.md, section 6):
+At step 0 every teacher kind is the initial model, so (docs/method.md, "What the gap can and cannot tell apart"):
 
     initial validation  depends on  model, world, validation sampling settings, seed
     gap, student side   depends on  model, world, gap problems, sampling settings, seed

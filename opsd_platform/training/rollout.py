@@ -196,7 +196,7 @@ class HFGenerateEngine:
     rows not started yet take their places (their prompts prefilled, their cache joined to the
     running one). The rows left at the end of a fixed micro-batch no longer decode nearly alone: a
     decode forward of SmolLM2 costs ~70 ms at batch 1 and ~150 ms at 16 on one core, so a tail of
-    3 long rows paid ~45 % of a measured rollout (benchmarks/README.md, "The rollout's floor").
+    3 long rows paid ~45 % of a measured rollout (docs/results.md, "The rollout against its floor").
     Same distribution; other random draws (they are drawn per forward, over the rows in it)."""
 
     def __init__(self, model, tokenizer, batch_size: int = 16, share_prefix: bool = True, round_tokens: int = 8,

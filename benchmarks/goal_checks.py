@@ -1,0 +1,89 @@
+"""bench-v2's goal, checked on the exported table (pure functions; `law_report` prints them).
+
+The benchmark issue states what must hold before a law slice's result is about OPSD rather than
+about how it was measured. Three of those checks read the recorded trainings (the fourth, at most
+5 % of initial responses cut by the token cap, is measured on the initial model by
+`benchmarks/diagnose.py` and is not in the table):
+
+- **`none` does not drift**: the fixed context's improvement (its loss is ~0, so any change is the
+  optimizer's) lies within 2 seed standard deviations of 0, the bar the recipe pilot used;
+- **the graded dial is monotone**: on the initial model, the gap grows with the revealed share;
+- **the controls sit where their gap puts them**: `shuffled_reference` and `retry` have the form
+  of a context without its content. Each is predicted by the law fitted on the slice's other
+  contexts; a control far above its interval means the improvement came from the form, which the
+  gap (a pass-rate difference) does not see.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pandas as pd
+from scipy import stats
+
+from opsd_platform.law import LawError, fit_law
+from opsd_platform.law.pipeline import points_from_runs
+
+CONTROLS = ("shuffled_reference", "retry")  # the contexts' form without their content (bench-v2)
+DRIFT_BAR_STDS = 2.0  # `none` within this many seed std of 0 (the pilot's rule, benchmarks/pilot_report.py)
+
+
+def none_drift(law: pd.DataFrame, seed_std: dict[str, float]) -> list[dict]:
+    """Per law slice: `none`'s improvement per seed and its mean against the drift bar (2 x the
+    slice's within-configuration seed std; NaN until the slice has two seeds of something)."""
+    rows = []
+    for name, part in law.groupby("slice"):
+        none = part[part["context"] == "none"].sort_values("seed")
+        if none.empty:
+            continue
+        bar = DRIFT_BAR_STDS * seed_std.get(name, float("nan"))
+        mean = float(none["improvement"].mean())
+        per_seed = " / ".join(none["improvement"].map("{:+.3f}".format))
+        rows.append({"slice": name, "seeds": len(none), "per_seed": per_seed,
+                     "mean": mean, "bar": bar, "within": bool(abs(mean) <= bar) if not math.isnan(bar) else None})
+    return rows
+
+
+def graded_dial(law: pd.DataFrame) -> list[dict]:
+    """Per law slice with >= 2 graded shares: the mean gap (and improvement) at each share, whether
+    the gap never falls as the share grows, and Spearman's rho of gap against share."""
+    rows = []
+    for name, part in law[law["context"] == "graded"].groupby("slice"):
+        by_share = part.groupby(part["graded_fraction"].astype(float)).agg(gap=("gap", "mean"),
+                                                                           improvement=("improvement", "mean"))
+        if len(by_share) < 2:
+            continue
+        gaps = by_share["gap"].to_numpy()
+        rho = stats.spearmanr(by_share.index.to_numpy(), gaps).statistic if len(by_share) >= 3 else float("nan")
+        rows.append({"slice": name, "shares": " / ".join(f"{s:g}" for s in by_share.index),
+                     "gap": " / ".join(f"{g:+.3f}" for g in gaps),
+                     "improvement": " / ".join(f"{v:+.3f}" for v in by_share["improvement"]),
+                     "monotone": bool(np.all(np.diff(gaps) >= 0)), "spearman_rho": float(rho)})
+    return rows
+
+
+def controls_against_law(law: pd.DataFrame, level: float) -> list[dict]:
+    """Each control's mean gap and improvement beside the law fitted on the slice's other contexts
+    (the controls left out): the prediction at the control's gap, its interval, and whether the
+    measured improvement lies inside it."""
+    rows = []
+    for name, part in law.groupby("slice"):
+        controls = part[part["context"].isin(CONTROLS)]
+        if controls.empty:
+            continue
+        others = points_from_runs(part[~part["context"].isin(CONTROLS)])
+        try:
+            fit = fit_law(others, level=level)
+        except LawError as exc:
+            rows += [{"slice": name, "control": c, "error": str(exc)} for c in sorted(controls["context"].unique())]
+            continue
+        none = part.loc[part["context"] == "none", "improvement"]
+        for control, g in controls.groupby("context"):
+            gap, imp = float(g["gap"].mean()), float(g["improvement"].mean())
+            mean, lo, hi = (float(a[0]) for a in fit.predict_gaps([gap], level=level))
+            rows.append({"slice": name, "control": control, "seeds": len(g), "gap": gap, "improvement": imp,
+                         "none_improvement": float(none.mean()) if len(none) else float("nan"),
+                         "predicted": mean, "predicted_lo": lo, "predicted_hi": hi,
+                         "inside": bool(lo <= imp <= hi), "residual": imp - mean})
+    return rows
