@@ -47,17 +47,19 @@ USAGE = __doc__
 
 # The config sections each command composes: (prefix, "module:Class"), "" for the train config. One
 # table, read by the commands (`command_sections` composes each section with Hydra) and by
-# `opsd <command> --help` (which describes each section's keys).
+# `opsd <command> --help` (which describes each section's keys). Every module named here is light
+# (no torch, MLflow, Optuna or pandas; tests/test_first_hour.py checks it): a command checks its
+# whole command line first and imports what runs it after, so a config error comes in a second.
 TRAIN_CONFIG = "opsd_platform.config:TrainConfig"
 SECTIONS = {
     "train": [("", TRAIN_CONFIG)],
     "gap": [("", TRAIN_CONFIG)],
-    "calibrate": [("calibrate.", "opsd_platform.law.calibrate:CalibrateConfig"), ("", TRAIN_CONFIG)],
+    "calibrate": [("calibrate.", "opsd_platform.law.settings:CalibrateConfig"), ("", TRAIN_CONFIG)],
     "search": [("search.", "opsd_platform.search.settings:SearchConfig"), ("", TRAIN_CONFIG)],
-    "grid": [("grid.", "opsd_platform.search.grid:GridConfig"), ("", TRAIN_CONFIG)],
-    "export": [("export.", "opsd_platform.law.export:ExportConfig"), ("tracking.", "opsd_platform.config:TrackingConfig")],
-    "fit-law": [("law.", "opsd_platform.law.pipeline:FitLawConfig"), ("tracking.", "opsd_platform.config:TrackingConfig")],
-    "law": [("", "opsd_platform.law.registry:LawCommandConfig")],
+    "grid": [("grid.", "opsd_platform.search.settings:GridConfig"), ("", TRAIN_CONFIG)],
+    "export": [("export.", "opsd_platform.law.settings:ExportConfig"), ("tracking.", "opsd_platform.config:TrackingConfig")],
+    "fit-law": [("law.", "opsd_platform.law.settings:FitLawConfig"), ("tracking.", "opsd_platform.config:TrackingConfig")],
+    "law": [("", "opsd_platform.law.settings:LawCommandConfig")],
     "compare-grpo": [("compare.", "opsd_platform.compare_grpo:CompareConfig"), ("", TRAIN_CONFIG)],
     "ui": [("", "opsd_platform.servers:UIConfig")],
     "dashboard": [("", "opsd_platform.servers:DashboardConfig")],
@@ -73,8 +75,10 @@ def section_class(target: str) -> type:
 
 
 def command_sections(command: str, overrides: Sequence[str]) -> tuple[dict, list[str]]:
-    """(the command's section configs by name, the overrides left for its train config). A command
-    without a train config refuses any override outside its sections, naming them."""
+    """(the command's section configs by name, the overrides left for its train config), all checked:
+    the overrides left compose a valid train config (the command composes its own from them later,
+    per trial or point), and a command without a train config refuses any override outside its
+    sections, naming them."""
     configs: dict = {}
     rest = list(overrides)
     for prefix, target in SECTIONS[command]:
@@ -88,6 +92,8 @@ def command_sections(command: str, overrides: Sequence[str]) -> tuple[dict, list
     if rest and all(prefix for prefix, _ in SECTIONS[command]):
         takes = " and ".join(f"{prefix}*" for prefix, _ in SECTIONS[command])
         raise CLIError(f"unknown override(s) {', '.join(rest)}; {command} takes {takes} keys")
+    if ("", TRAIN_CONFIG) in SECTIONS[command]:
+        train_config(rest)
     return configs, rest
 
 
@@ -151,10 +157,10 @@ def cmd_gap(overrides: Sequence[str]) -> int:
 
 
 def cmd_calibrate(overrides: Sequence[str]) -> int:
-    from opsd_platform.law.calibrate import CalibrateConfig, calibrate
-
     sections, base = command_sections("calibrate", overrides)
-    cal: CalibrateConfig = sections["calibrate"]
+    cal = sections["calibrate"]
+    from opsd_platform.law.calibrate import calibrate
+
     result = calibrate(base, cal)
     print(
         f"\ncalibration {cal.name!r}: {len(result.done)} trained, {len(result.skipped)} already in the store, "
@@ -165,11 +171,10 @@ def cmd_calibrate(overrides: Sequence[str]) -> int:
 
 
 def cmd_search(overrides: Sequence[str]) -> int:
-    from opsd_platform.search.settings import SearchConfig
+    sections, base = command_sections("search", overrides)
+    cfg = sections["search"]
     from opsd_platform.search import search
 
-    sections, base = command_sections("search", overrides)
-    cfg: SearchConfig = sections["search"]
     try:
         result = search(base, cfg)
     except KeyboardInterrupt:
@@ -194,10 +199,10 @@ def cmd_search(overrides: Sequence[str]) -> int:
 
 
 def cmd_grid(overrides: Sequence[str]) -> int:
-    from opsd_platform.search.grid import GridConfig, run_grid
-
     sections, base = command_sections("grid", overrides)
-    cfg: GridConfig = sections["grid"]
+    cfg = sections["grid"]
+    from opsd_platform.search.grid import run_grid
+
     mine, _ = split_section(overrides, "grid")  # as given: the workers are started with them
     try:
         st = run_grid(base, cfg, grid_overrides=mine)
@@ -210,11 +215,10 @@ def cmd_grid(overrides: Sequence[str]) -> int:
 
 
 def cmd_export(overrides: Sequence[str]) -> int:
-    from opsd_platform.law.export import ExportConfig, export
-
     sections, _ = command_sections("export", overrides)
-    cfg: ExportConfig = sections["export"]
-    tracking_cfg = sections["tracking"]
+    cfg, tracking_cfg = sections["export"], sections["tracking"]
+    from opsd_platform.law.export import export
+
     out = export(tracking_cfg.resolved_uri(), tracking_cfg.experiment, cfg)
     for name, n in out.items():
         print(f"{name}: {n} rows")
@@ -222,12 +226,11 @@ def cmd_export(overrides: Sequence[str]) -> int:
 
 
 def cmd_fit_law(overrides: Sequence[str]) -> int:
-    from opsd_platform.law import LawError
-    from opsd_platform.law.pipeline import FitLawConfig, fit_and_register
-
     sections, _ = command_sections("fit-law", overrides)
-    cfg: FitLawConfig = sections["law"]
-    tracking_cfg = sections["tracking"]
+    cfg, tracking_cfg = sections["law"], sections["tracking"]
+    from opsd_platform.errors import LawError
+    from opsd_platform.law.pipeline import fit_and_register
+
     if cfg.experiment == "opsd" and tracking_cfg.experiment != "opsd":
         cfg.experiment = tracking_cfg.experiment
     uri = tracking_cfg.resolved_uri()
@@ -264,13 +267,13 @@ def cmd_fit_law(overrides: Sequence[str]) -> int:
 
 
 def cmd_law(overrides: Sequence[str]) -> int:
-    from opsd_platform.law.registry import describe, format_table, promote
-
     if not overrides or overrides[0] not in ("show", "promote"):
         raise CLIError("usage: opsd law show|promote [name=...] [version=N] [force=true] [tracking.uri=...]")
     action = overrides[0]
     sections, _ = command_sections("law", overrides[1:])
     cfg = sections[""]
+    from opsd_platform.law.registry import describe, format_table, promote
+
     uri = cfg.tracking.resolved_uri()
     if action == "show":  # a missing name, alias or version is a RegistryError: one line, exit 2
         print(format_table(describe(uri, cfg.name)))
@@ -282,10 +285,10 @@ def cmd_law(overrides: Sequence[str]) -> int:
 
 
 def cmd_compare_grpo(overrides: Sequence[str]) -> int:
-    from opsd_platform.compare_grpo import CompareConfig, compare_grpo, format_table
-
     sections, base = command_sections("compare-grpo", overrides)
-    cfg: CompareConfig = sections["compare"]
+    cfg = sections["compare"]
+    from opsd_platform.compare_grpo import compare_grpo, format_table
+
     result = compare_grpo(base, cfg)
     g = result.grpo
     print(f"\n{result.world} / {result.model} (family {result.family}), seed {result.seed}; law {result.law['name']} "

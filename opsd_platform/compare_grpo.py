@@ -23,14 +23,15 @@ import logging
 import math
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Sequence
-
-import pandas as pd
+from typing import TYPE_CHECKING, Any, Callable, Sequence
 
 from opsd_platform.errors import CompareError  # noqa: F401 (re-exported)
 from opsd_platform.config import TrainConfig
 from opsd_platform.training.contexts import CONTEXTS
-from opsd_platform.law.registry import CHAMPION, DEFAULT_NAME
+from opsd_platform.law.names import CHAMPION, DEFAULT_NAME
+
+if TYPE_CHECKING:  # pandas only where a table is read: CompareConfig is checked before it is imported
+    import pandas as pd
 
 log = logging.getLogger(__name__)
 
@@ -254,6 +255,8 @@ def baseline_from_rows(rows: pd.DataFrame, level: float, source: str) -> GrpoBas
 def read_runs(table: str) -> tuple[pd.DataFrame, str]:
     """(the runs.csv of `table`, its path as shown). Read with pandas directly rather than
     export.read_table: that check requires a gap on every row, and a GRPO run measures none."""
+    import pandas as pd
+
     path = Path(table)
     path = path / "runs.csv" if path.is_dir() else path
     if not path.is_file():

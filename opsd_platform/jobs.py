@@ -57,16 +57,16 @@ def calibrate_law(overrides: Sequence[str], progress: Callable[[str], None] = pr
     this grid's name, so points of other calibrations in the store are left out), the rest is the
     training config of every point. Raises ``LawError`` when the points cannot give a law (fewer
     than 3 configurations, all gaps equal): nothing is registered then."""
-    from opsd_platform.law.calibrate import CalibrateConfig, calibrate
-    from opsd_platform.config.compose import section_config, split_section
-    from opsd_platform.config.compose import train_config
-    from opsd_platform.law.pipeline import FitLawConfig, fit_and_register
+    from opsd_platform.config.compose import section_config, split_section, train_config
+    from opsd_platform.law.settings import CalibrateConfig, FitLawConfig
 
     cal_overrides, rest = split_section(overrides, "calibrate")
     law_overrides, base = split_section(rest, "law")
     cal = section_config(CalibrateConfig, "calibrate", cal_overrides)
     law = section_config(FitLawConfig, "law", law_overrides)
-    tracking_cfg = train_config(base).tracking
+    tracking_cfg = train_config(base).tracking  # the command line checked: now what runs it (seconds)
+    from opsd_platform.law.calibrate import calibrate
+    from opsd_platform.law.pipeline import fit_and_register
     uri, experiment = tracking_cfg.resolved_uri(), tracking_cfg.experiment
     law.calibration = law.calibration or cal.name
     law.experiment = experiment

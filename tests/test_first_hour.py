@@ -17,6 +17,7 @@ from pathlib import Path
 
 import pytest
 
+from benchmarks.config_errors import CASES, probe
 from test_bad_input import runs_logged
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -131,17 +132,16 @@ def test_help_into_a_pipe_closed_early_is_quiet(tmp_path):
     assert err == ""
 
 
-@pytest.mark.parametrize("args", [["train", "model=tiny", "optim.learning_rate=0.1"], ["gap", "loss.top_k=0"],
-                                  ["search", "search.trials=4"], ["ui", "port=abc"]])
-def test_a_config_error_comes_before_torch_is_imported(tmp_path, args):
-    """The time it saves is measured by benchmarks/config_errors.py; here: torch is not imported."""
-    code = ("import sys; from opsd_platform.cli import main; rc = main(sys.argv[1:]); "
-            "print('torch' in sys.modules, file=sys.stderr); sys.exit(rc)")
-    proc = subprocess.run([sys.executable, "-c", code, *args], capture_output=True, text=True, cwd=ROOT,
-                          env={**os.environ, "OPSD_HOME": str(tmp_path)}, timeout=120)
-    assert proc.returncode == 2
-    message, torch_imported = proc.stderr.strip().splitlines()
-    assert message.startswith(f"opsd {args[0]}: ") and torch_imported == "False", proc.stderr
+@pytest.mark.parametrize("program,args", CASES, ids=[" ".join([p.split("/")[-1], *a]) for p, a in CASES])
+def test_a_config_error_comes_before_the_heavy_imports(tmp_path, program, args):
+    """Every command and pipeline: a config error is one line, exit 2, and neither torch nor MLflow,
+    Optuna, Lightning or transformers was imported to find it (the time it saves is measured by
+    benchmarks/config_errors.py, which runs these same cases)."""
+    seen = probe(program, args, {**os.environ, "OPSD_HOME": str(tmp_path)})
+    assert seen["exit"] == 2, seen["stderr"]
+    assert len(seen["message"]) == 1 and "Traceback" not in seen["stderr"], seen["stderr"]
+    assert seen["imported"] == [], f"{' '.join([program, *args])} imported {seen['imported']} before its config error"
+    assert list(tmp_path.iterdir()) == [], "a config error left files in OPSD_HOME"
 
 
 def test_ctrl_c_exits_130_with_the_resume_command_that_works(tmp_path):

@@ -361,8 +361,10 @@ def test_fast_search_prunes_some_trials_trains_others_and_reports(law_uri, tmp_p
     children = [r for r in children if r.data.tags.get("kind") != "law"]
     assert sorted(int(r.data.tags["search.trial"]) for r in children) == list(range(6))  # one run per trial
     for r in children:
-        assert r.info.status == "FINISHED"
-        if r.data.tags["search.state"] == "PRUNED":
+        pruned = r.data.tags["search.state"] == "PRUNED"
+        assert r.info.status == ("KILLED" if pruned else "FINISHED") and r.data.tags["search.decision"] == (
+            "prune" if pruned else "train")
+        if pruned:
             assert "improvement" not in r.data.metrics and "search/predicted_improvement" in r.data.metrics
             # decided before the initial validation: a pruned trial pays (and counts) the gap only
             assert study.trials[int(r.data.tags["search.trial"])].user_attrs["cost.tokens"] == r.data.metrics["gap/tokens"]

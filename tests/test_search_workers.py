@@ -131,7 +131,7 @@ def test_two_workers_share_a_postgres_study_without_losing_or_repeating_trials(p
     assert len({t.user_attrs["worker"] for t in trials}) == 2  # both workers ran trials
     _, parent, children = child_runs(uri, "shared")
     assert sorted(int(r.data.tags["search.trial"]) for r in children) == [t.number for t in trials]  # one run each
-    assert all(r.info.status == "FINISHED" for r in children)
+    assert all(r.info.status == ("KILLED" if r.data.tags["search.state"] == "PRUNED" else "FINISHED") for r in children)
     assert parent.info.status == "FINISHED" and parent.data.metrics["search/n_trials"] == len(trials)
     assert (tmp_path / "report" / "report.html").exists()
 

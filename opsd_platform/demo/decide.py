@@ -7,12 +7,13 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
-from typing import Any, Callable, Sequence
-
-import pandas as pd
+from typing import TYPE_CHECKING, Any, Callable, Sequence
 
 from opsd_platform.config import ConfigError
 from opsd_platform.training.contexts import context_label
+
+if TYPE_CHECKING:  # the tables are pandas'; not imported here, so DemoConfig is checked before pandas loads
+    import pandas as pd
 
 # `--smoke` (pipelines/demo.py): the same flow on the tiny in-memory model in seconds per step, to
 # check the wiring; its numbers mean nothing (the law is still the recorded SmolLM2 one).
@@ -70,7 +71,7 @@ def recorded_configs(rows: pd.DataFrame) -> pd.DataFrame:
     the seeds it has; sorted by mean gap."""
     if rows.empty:
         raise ConfigError("demo.table: no rows in the chosen slice")
-    frac = rows["graded_fraction"] if "graded_fraction" in rows else pd.Series([None] * len(rows), index=rows.index)
+    frac = rows["graded_fraction"] if "graded_fraction" in rows else [None] * len(rows)
     rows = rows.assign(label=[context_label(c, f) for c, f in zip(rows["context"], frac)])
     agg = rows.groupby("config").agg(
         label=("label", "first"), gap=("gap", "mean"), improvement=("improvement", "mean"),

@@ -8,9 +8,7 @@ import hashlib
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Sequence
-
-import pandas as pd
+from typing import TYPE_CHECKING, Callable, Sequence
 
 from opsd_platform.config import ConfigError, default_home
 from opsd_platform.demo.decide import (
@@ -33,7 +31,9 @@ from opsd_platform.demo.decide import (
     summary_text,
     training_cap,
 )
-from opsd_platform.demo.ranked import NotTrained, ranked_walk, ranked_lines
+
+if TYPE_CHECKING:  # pandas is imported by run_demo once the command line is checked
+    import pandas as pd
 
 # ============================================================================== gathering the inputs
 
@@ -100,22 +100,25 @@ class DemoResult:
 
 
 def run_demo(overrides: Sequence[str], progress: Callable[[str], None] = print) -> DemoResult:
-    from mlflow.tracking import MlflowClient
-
-    from opsd_platform import tracking
-    from opsd_platform.compare_grpo import measure_gaps
     from opsd_platform.config import config_hash
     from opsd_platform.config.compose import section_config, split_section, train_config
-    from opsd_platform.law.pipeline import FitLawConfig, fit_and_register
-    from opsd_platform.search.grid import GridConfig, load_spec, run_grid
-    from opsd_platform.search.pruner import GapLawPruner
 
     start = time.perf_counter()
     seconds: dict[str, float] = {}
     mine, user = split_section(overrides, "demo")
     cfg = section_config(DemoConfig, "demo", mine)
     user = demo_store(user)
-    tracking_cfg = train_config(list(user)).tracking
+    tracking_cfg = train_config(list(user)).tracking  # the command line checked: now what runs it (seconds)
+    import pandas as pd
+    from mlflow.tracking import MlflowClient
+
+    from opsd_platform import tracking
+    from opsd_platform.compare_grpo import measure_gaps
+    from opsd_platform.demo.ranked import NotTrained, ranked_lines, ranked_walk
+    from opsd_platform.law.pipeline import FitLawConfig, fit_and_register
+    from opsd_platform.search.grid import GridConfig, load_spec, run_grid
+    from opsd_platform.search.pruner import GapLawPruner
+
     uri, experiment = tracking_cfg.resolved_uri(), tracking_cfg.experiment
 
     # -- what to measure: the slice's configurations as recorded, at a seed the table lacks

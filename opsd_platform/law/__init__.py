@@ -3,7 +3,9 @@
 Modules, from the recorded runs to the registry: export (MLflow runs -> the benchmark table),
 points (raw points -> one per configuration), fit (LawFit, fit_law), holdout (out-of-sample
 checks), plot, registry (the law in the MLflow registry), pyfunc_model (its MLflow model),
-pipeline (points collected, fitted, registered), calibrate (the calibration grid).
+pipeline (points collected, fitted, registered), calibrate (the calibration grid); settings (the
+config dataclasses of these commands) and names (the registry's names, the methods) import no
+pandas or MLflow, so the CLI checks a command line before paying for them.
 
 A *configuration* (string key, e.g. ``"smollm2/arithmetic/reference"``) is trained with several
 seeds; each training run is one raw point with columns ``config``, ``seed``, ``gap`` (initial
@@ -22,14 +24,28 @@ numpy/scipy, reproduces statsmodels' ``get_prediction(x).summary_frame(alpha)`` 
 exactly, and round-trips through JSON (the registered MLflow model is built from ``to_dict()``).
 """
 
-from opsd_platform.law.fit import LawFit, fit_law  # noqa: F401
-from opsd_platform.law.holdout import family_slopes, grouped_holdout, leave_one_out  # noqa: F401
-from opsd_platform.law.points import (  # noqa: F401
-    FORMAT_VERSION,
-    GROUP_COLUMNS,
-    METHODS,
-    REQUIRED_COLUMNS,
-    WLS_VARIANCE_FLOOR_FRACTION,
-    LawError,
-    aggregate,
-)
+import importlib
+
+# Loaded on first use (PEP 562), as in opsd_platform.search: importing opsd_platform.law.settings
+# (the CLI's config check) must not import pandas and statsmodels through this package.
+_EXPORTS = {
+    "fit": ["LawFit", "fit_law"],
+    "holdout": ["family_slopes", "grouped_holdout", "leave_one_out"],
+    "names": ["METHODS"],
+    "points": ["FORMAT_VERSION", "GROUP_COLUMNS", "REQUIRED_COLUMNS", "WLS_VARIANCE_FLOOR_FRACTION", "LawError",
+               "aggregate"],
+}
+_MODULE_OF = {name: module for module, names in _EXPORTS.items() for name in names}
+
+__all__ = list(_MODULE_OF)
+
+
+def __getattr__(name: str):
+    if name in _MODULE_OF:
+        return getattr(importlib.import_module(f"{__name__}.{_MODULE_OF[name]}"), name)
+    try:  # a submodule reached as an attribute (``law.holdout.check_law``), as when this file imported them all
+        return importlib.import_module(f"{__name__}.{name}")
+    except ModuleNotFoundError as exc:
+        if exc.name != f"{__name__}.{name}":  # the submodule exists but something it imports does not
+            raise
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}") from None

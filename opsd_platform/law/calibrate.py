@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import logging
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Sequence
 
 from mlflow.tracking import MlflowClient
@@ -23,29 +23,9 @@ from mlflow.tracking import MlflowClient
 from opsd_platform import tracking
 from opsd_platform.config import ConfigError, TrainConfig, config_hash
 from opsd_platform.config.compose import train_config
+from opsd_platform.law.settings import CalibrateConfig  # noqa: F401 (re-exported)
 
 log = logging.getLogger(__name__)
-
-
-
-@dataclass
-class CalibrateConfig:
-    name: str = field(default="default", metadata={"help": "calibration name: resuming matches on it"})
-    contexts: list[str] = field(
-        default_factory=lambda: ["none", "static", "feedback", "peer_solution", "reference"],
-        metadata={"help": "context types of the grid"},
-    )
-    seeds: list[int] = field(default_factory=lambda: [0, 1], metadata={"help": "seeds per configuration"})
-    worlds: list[str] = field(default_factory=list, metadata={"help": "world config groups (empty: the base one)"})
-    models: list[str] = field(default_factory=list, metadata={"help": "model config groups (empty: the base one)"})
-
-    def __post_init__(self) -> None:
-        if not self.contexts:
-            raise ConfigError("calibrate.contexts: must list at least one context type")
-        if not self.seeds:
-            raise ConfigError("calibrate.seeds: must list at least one seed")
-        if len(set(self.seeds)) != len(self.seeds):
-            raise ConfigError(f"calibrate.seeds: duplicate seeds in {self.seeds}")
 
 
 @dataclass(frozen=True)

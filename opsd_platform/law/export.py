@@ -23,7 +23,6 @@ import json
 import math
 import os
 import tempfile
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -32,6 +31,7 @@ import yaml
 
 from opsd_platform.errors import ExportError  # noqa: F401 (re-exported)
 from opsd_platform import tracking
+from opsd_platform.law.settings import ExportConfig  # noqa: F401 (re-exported)
 
 os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")  # one download per run: no bars
 
@@ -65,12 +65,6 @@ NOT_HYPER = ("seed", "tracking.", "resume", "trainer.progress_bar", "trainer.num
 # What the initial validation depends on (measurements.val_key_fields), for the val_key column.
 VAL_KEY_PARAMS = ("model.", "world.", "rollout.val_samples", "rollout.val_temperature", "rollout.val_top_p",
                   "rollout.max_new_tokens", "rollout.engine", "trainer.num_threads", "seed")
-
-
-@dataclass
-class ExportConfig:
-    grid: str | None = field(default="bench-v1", metadata={"help": "the grid's name (grid files' 'name'); null = every train run with a gap"})
-    out: str = field(default="benchmarks/data", metadata={"help": "directory of the three CSV files (merged into)"})
 
 
 def _value(text: str | None) -> Any:

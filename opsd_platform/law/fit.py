@@ -13,11 +13,11 @@ from typing import Any, Mapping, Sequence
 import numpy as np
 import pandas as pd
 
+from opsd_platform.law.names import METHODS
 from opsd_platform.law.points import (
     ABS_VARIANCE_FLOOR,
     FORMAT_VERSION,
     GROUP_COLUMNS,
-    METHODS,
     REQUIRED_COLUMNS,
     WLS_VARIANCE_FLOOR_FRACTION,
     LawError,

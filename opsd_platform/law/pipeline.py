@@ -14,7 +14,7 @@ import json
 import logging
 import tempfile
 import warnings
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -23,47 +23,14 @@ from mlflow.tracking import MlflowClient
 
 from opsd_platform import tracking
 from opsd_platform.config import ConfigError, default_home
-from opsd_platform.law import METHODS, LawError, family_slopes, fit_law, grouped_holdout, leave_one_out
+from opsd_platform.law import LawError, family_slopes, fit_law, grouped_holdout, leave_one_out
 from opsd_platform.law.plot import plot_law
-from opsd_platform.law.registry import DEFAULT_NAME, register_law
+from opsd_platform.law.registry import register_law
+from opsd_platform.law.settings import FitLawConfig  # noqa: F401 (re-exported)
 from opsd_platform.law.holdout import check_points
 from opsd_platform.training.contexts import context_label
 
 log = logging.getLogger(__name__)
-
-
-@dataclass
-class FitLawConfig:
-    experiment: str = field(default="opsd", metadata={"help": "experiment holding the training runs"})
-    calibration: str | None = field(default=None, metadata={"help": "only points of this calibration name"})
-    calibrations: list[str] = field(
-        default_factory=list,
-        metadata={"help": "only points of these calibration names (with `calibration`, of any of them), e.g. one per model family"},
-    )
-    method: str = field(default="ols", metadata={"help": "ols, wls (by seed variance) or hc3"})
-    level: float = field(default=0.9, metadata={"help": "prediction-interval level"})
-    covariates: list[str] = field(default_factory=list, metadata={"help": "extra regressors, e.g. context_tokens"})
-    holdout_groups: list[str] = field(
-        default_factory=lambda: ["context", "world", "family"], metadata={"help": "grouped hold-out columns"}
-    )
-    name: str = field(default=DEFAULT_NAME, metadata={"help": "registered model name"})
-    register: bool = field(default=True, metadata={"help": "register the fitted law"})
-    promote: bool = field(default=False, metadata={"help": "promote to @champion if hold-out error is lower"})
-    out_dir: str | None = field(default=None, metadata={"help": "where the plot and tables go (default: law/ beside a SQLite store)"})
-    table: str | None = field(
-        default=None,
-        metadata={"help": "fit on an exported table (a directory holding runs.csv, or the file) instead of the store's runs"},
-    )
-    slices: list[str] = field(
-        default_factory=list,
-        metadata={"help": "with law.table: only rows of these grid slices (empty = all), e.g. [law-arithmetic]"},
-    )
-
-    def __post_init__(self) -> None:
-        if self.method not in METHODS:
-            raise ConfigError(f"law.method: unknown value {self.method!r}; valid: {', '.join(METHODS)}")
-        if not 0 < self.level < 1:
-            raise ConfigError(f"law.level: must be in (0, 1), got {self.level}")
 
 
 def collect_points(uri: str, experiment: str, calibration: str | list[str] | None = None) -> pd.DataFrame:

@@ -13,7 +13,6 @@ from opsd_platform.errors import LawError  # noqa: F401 (re-exported)
 
 REQUIRED_COLUMNS = ("config", "seed", "gap", "improvement")
 GROUP_COLUMNS = ("context", "world", "family")
-METHODS = ("ols", "wls", "hc3")
 FORMAT_VERSION = 1
 
 # WLS: the variance of a configuration's mean improvement is floored at this fraction of the

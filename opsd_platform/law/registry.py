@@ -21,7 +21,6 @@ import math
 import os
 import shutil
 import tempfile
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterator, Mapping, Sequence
 
@@ -30,26 +29,12 @@ import pandas as pd
 from mlflow.models import Model, ModelSignature
 from mlflow.types import ColSpec, ParamSchema, ParamSpec, Schema
 
-from opsd_platform.config import TrackingConfig
 from opsd_platform.errors import RegistryError  # noqa: F401 (re-exported)
 from opsd_platform import tracking
 from opsd_platform.law import LawFit
 from opsd_platform.law.holdout import LawCheck, check_law, constant_loo_rmse
+from opsd_platform.law.names import CHALLENGER, CHAMPION, DEFAULT_NAME  # noqa: F401 (re-exported)
 from opsd_platform.law.promotion import Standing, promotion
-
-DEFAULT_NAME = "opsd-gap-law"
-CHAMPION = "champion"
-CHALLENGER = "challenger"
-
-
-@dataclass
-class LawCommandConfig:
-    """`opsd law show|promote`: which registered law, and for promote which version."""
-
-    name: str = field(default=DEFAULT_NAME, metadata={"help": "the registered model's name"})
-    version: str | None = field(default=None, metadata={"help": "promote: the version to make @champion (default: @challenger's)"})
-    force: bool = field(default=False, metadata={"help": "promote: even when the challenger is not better on held-out data"})
-    tracking: TrackingConfig = field(default_factory=TrackingConfig)
 
 
 MODEL_CODE = Path(__file__).with_name("pyfunc_model.py")
@@ -100,13 +85,15 @@ def _using_uri(uri: str) -> Iterator[None]:
                 os.environ[key] = value
 
 
-def _tag_float(value: Any) -> str:
-    """A float as a tag string that parses back exactly ("nan" for missing)."""
+def _tag_float(value: Any, exact: bool = False) -> str:
+    """A float as a version tag ("nan" for missing): 4 significant digits, as `opsd law show` prints
+    it, for a person reading the registry page; exact (parses back to the same float) for a tag a
+    decision parses (holdout_rmse: promote compares it with the champion's)."""
     try:
         value = float(value)
     except (TypeError, ValueError):
         return "nan"
-    return repr(value)
+    return repr(value) if exact else f"{value:.4g}"
 
 
 def _parse_float(text: str | None) -> float | None:
@@ -268,7 +255,7 @@ def register_law(
         "source_run_ids": _join_ids(source_run_ids),
     }
     if holdout:
-        tags.update({f"holdout_{k}": _tag_float(v) for k, v in h_metrics.items()})
+        tags.update({f"holdout_{k}": _tag_float(v, exact=k == "rmse") for k, v in h_metrics.items()})
         tags["holdout_kind"] = str(holdout.get("kind", "leave_one_out"))
     tags.update(check.tags())
 

@@ -30,7 +30,7 @@ import signal
 import subprocess
 import sys
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
@@ -41,39 +41,10 @@ from optuna.trial import FrozenTrial, TrialState
 from opsd_platform import tracking
 from opsd_platform.config.compose import conf_dir, train_config
 from opsd_platform.config import ConfigError, TrainConfig, config_hash, default_home, flatten
+from opsd_platform.search.settings import GridConfig  # noqa: F401 (re-exported)
 
 log = logging.getLogger(__name__)
 optuna.logging.set_verbosity(optuna.logging.WARNING)
-
-
-@dataclass
-class GridConfig:
-    spec: str = field(default="benchmark", metadata={"help": "conf/grid/<spec>.yaml, or a path to a grid file"})
-    workers: int = field(default=2, metadata={"help": "worker processes to start (0 = run as one worker in this process)"})
-    threads: int = field(default=1, metadata={"help": "torch threads per worker (one per core is fastest here)"})
-    only: list[str] = field(default_factory=list, metadata={"help": "run only these slices, in the order listed (empty = all, in file order)"})
-    storage: str | None = field(default=None, metadata={"help": "Optuna storage URL (default: grid.db beside a SQLite MLflow store)"})
-    exported: str | None = field(
-        default="benchmarks/data/runs.csv",
-        metadata={"help": "a committed runs.csv whose points count as done (null = none): a session that lost "
-                          "its store resumes from the table"},
-    )
-    max_retry: int = field(default=1, metadata={"help": "re-runs of a point whose worker died"})
-    heartbeat_interval: int = field(default=30, metadata={"help": "seconds between a running point's heartbeats"})
-    grace_period: int = field(default=180, metadata={"help": "seconds without a heartbeat before a point counts as dead"})
-    poll_s: float = field(default=60.0, metadata={"help": "seconds between progress lines while workers run"})
-    dry_run: bool = field(default=False, metadata={"help": "list the points and what is done; run nothing"})
-
-    def __post_init__(self) -> None:
-        if self.workers < 0:
-            raise ConfigError(f"grid.workers: must be >= 0, got {self.workers}")
-        if self.threads < 1:
-            raise ConfigError(f"grid.threads: must be >= 1, got {self.threads}")
-        if self.max_retry < 0:
-            raise ConfigError(f"grid.max_retry: must be >= 0, got {self.max_retry}")
-        if self.grace_period <= self.heartbeat_interval:
-            raise ConfigError(f"grid.grace_period: must be > heartbeat_interval ({self.heartbeat_interval}), "
-                              f"got {self.grace_period}")
 
 
 @dataclass(frozen=True)

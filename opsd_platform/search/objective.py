@@ -207,6 +207,12 @@ class MlflowTrialCallback:
         client.set_tag(run_id, "search.state", trial.state.name)
         client.set_tag(run_id, "search.decision", decision.action if decision else ("prune" if trial.state == TrialState.PRUNED else "train"))
         client.set_tag(run_id, "search.params", json.dumps(trial.params)[:5000])
+        if trial.state == TrialState.PRUNED and decision is not None and decision.prune:
+            # Stopped by the search, not trained to the end: KILLED (the UI's "Killed", filtered with
+            # attributes.status = 'KILLED'), not FINISHED like a trained trial. Nothing counts a
+            # pruned run as FINISHED: it has no `improvement`, so export and the law skip it anyway.
+            # A ranked search's gap-only trials (PRUNED, no prune decision) stay FINISHED.
+            client.set_terminated(run_id, "KILLED", end_time=client.get_run(run_id).info.end_time)
         for key in ("cost.tokens", "cost.seconds"):
             if key in trial.user_attrs:
                 client.log_metric(run_id, "search/" + key.split(".")[1], float(trial.user_attrs[key]))

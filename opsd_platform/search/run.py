@@ -16,10 +16,11 @@ from optuna.trial import FrozenTrial, TrialState
 from opsd_platform import tracking
 from opsd_platform.search.objective import LearningLoop, MlflowTrialCallback, Objective
 from opsd_platform.search.pruner import PRUNE, Decision
-from opsd_platform.search.settings import FINAL_STATES, SearchConfig
+from opsd_platform.search.settings import SearchConfig
 from opsd_platform.search.study import StudyHandle, prepare
 
 log = logging.getLogger(__name__)
+FINAL_STATES = (TrialState.COMPLETE, TrialState.PRUNED)
 
 
 @dataclass

@@ -1,31 +1,24 @@
-"""The search's settings (the ``search.*`` keys) and the names they choose between.
+"""The settings of a search (the ``search.*`` keys) and of a grid (``grid.*``), and the names they
+choose between. Light on purpose (no Optuna, MLflow or torch): the CLI checks a command line against
+them before importing what runs it, so a config error comes in a second.
 """
 
 from __future__ import annotations
 
-import logging
 import math
 import os
-import warnings
 from dataclasses import dataclass, field
 
-import optuna
-from optuna.trial import TrialState
-
 from opsd_platform.config import ConfigError
-from opsd_platform.law.registry import CHAMPION, DEFAULT_NAME
+from opsd_platform.law.names import CHAMPION, DEFAULT_NAME
 
-log = logging.getLogger(__name__)
-optuna.logging.set_verbosity(optuna.logging.WARNING)
 os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")  # no download bars per law load
-warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
 
 PRUNERS = ("law", "median", "none")
 STRATEGIES = ("pruned", "ranked")
 CURVE_PRUNERS = ("successive_halving", "hyperband")
 SAMPLERS = ("random", "tpe")
 PARAM_TYPES = ("float", "int", "categorical")
-FINAL_STATES = (TrialState.COMPLETE, TrialState.PRUNED)
 
 
 @dataclass
@@ -101,3 +94,31 @@ class SearchConfig:
         check(bool(self.law_name) and bool(self.law_alias), "law_name", "law_name and law_alias must be non-empty")
 
 
+@dataclass
+class GridConfig:
+    spec: str = field(default="benchmark", metadata={"help": "conf/grid/<spec>.yaml, or a path to a grid file"})
+    workers: int = field(default=2, metadata={"help": "worker processes to start (0 = run as one worker in this process)"})
+    threads: int = field(default=1, metadata={"help": "torch threads per worker (one per core is fastest here)"})
+    only: list[str] = field(default_factory=list, metadata={"help": "run only these slices, in the order listed (empty = all, in file order)"})
+    storage: str | None = field(default=None, metadata={"help": "Optuna storage URL (default: grid.db beside a SQLite MLflow store)"})
+    exported: str | None = field(
+        default="benchmarks/data/runs.csv",
+        metadata={"help": "a committed runs.csv whose points count as done (null = none): a session that lost "
+                          "its store resumes from the table"},
+    )
+    max_retry: int = field(default=1, metadata={"help": "re-runs of a point whose worker died"})
+    heartbeat_interval: int = field(default=30, metadata={"help": "seconds between a running point's heartbeats"})
+    grace_period: int = field(default=180, metadata={"help": "seconds without a heartbeat before a point counts as dead"})
+    poll_s: float = field(default=60.0, metadata={"help": "seconds between progress lines while workers run"})
+    dry_run: bool = field(default=False, metadata={"help": "list the points and what is done; run nothing"})
+
+    def __post_init__(self) -> None:
+        if self.workers < 0:
+            raise ConfigError(f"grid.workers: must be >= 0, got {self.workers}")
+        if self.threads < 1:
+            raise ConfigError(f"grid.threads: must be >= 1, got {self.threads}")
+        if self.max_retry < 0:
+            raise ConfigError(f"grid.max_retry: must be >= 0, got {self.max_retry}")
+        if self.grace_period <= self.heartbeat_interval:
+            raise ConfigError(f"grid.grace_period: must be > heartbeat_interval ({self.heartbeat_interval}), "
+                              f"got {self.grace_period}")
