@@ -37,8 +37,8 @@ import torch
 from opsd_platform.config import ConfigError
 from opsd_platform.config.compose import train_config
 from opsd_platform.search.grid import load_spec, points
-from opsd_platform.training.gap import StudentSamples, cheap_gap, sample_student
 from opsd_platform.training.evaluation import Evaluation, cpu_seconds
+from opsd_platform.training.gap import StudentSamples, cheap_gap, sample_student
 from opsd_platform.training.measurements import gap_sampling
 from opsd_platform.training.rollout import Rollouts, engine_for
 from opsd_platform.training.train import setup_run

@@ -33,8 +33,13 @@ import numpy as np
 from opsd_platform.config.compose import train_config
 from opsd_platform.search.grid import load_spec, points
 from opsd_platform.training.contexts import context_label
-from opsd_platform.training.diagnostics import (length_stats, monotone, position_classes, split_divergence,
-                                                token_divergence_terms)
+from opsd_platform.training.diagnostics import (
+    length_stats,
+    monotone,
+    position_classes,
+    split_divergence,
+    token_divergence_terms,
+)
 from opsd_platform.training.evaluation import Evaluation, cpu_seconds, seeded_stream
 from opsd_platform.training.gap import bootstrap_means, teacher_messages
 from opsd_platform.training.sequences import chat_ids, eos_ids, is_eos

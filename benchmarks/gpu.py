@@ -109,8 +109,16 @@ def run_case(case: Case, args, device) -> dict:
     import lightning as L
     import torch
 
-    from opsd_platform.config import (LossConfig, ModelConfig, OptimConfig, RolloutConfig, TeacherConfig,
-                                      TrainConfig, TrainerConfig, WorldConfig)
+    from opsd_platform.config import (
+        LossConfig,
+        ModelConfig,
+        OptimConfig,
+        RolloutConfig,
+        TeacherConfig,
+        TrainConfig,
+        TrainerConfig,
+        WorldConfig,
+    )
     from opsd_platform.training.module import OPSDModule
     from opsd_platform.worlds import make_world
 

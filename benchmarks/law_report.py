@@ -40,13 +40,12 @@ import numpy as np
 import pandas as pd
 from scipy import stats
 
-from opsd_platform.law.export import ExportError, only_grid, read_table
+from benchmarks.goal_checks import CONTROLS, controls_against_law, graded_dial, none_drift
 from opsd_platform.law import LawError, family_slopes, fit_law, grouped_holdout, leave_one_out
+from opsd_platform.law.export import ExportError, only_grid, read_table
 from opsd_platform.law.pipeline import points_from_runs
 from opsd_platform.law.robust import bootstrap_slope, influence, with_fixed_effects
 from opsd_platform.training.contexts import context_label
-
-from benchmarks.goal_checks import CONTROLS, controls_against_law, graded_dial, none_drift
 
 
 def seed_noise(runs: pd.DataFrame) -> pd.DataFrame:

@@ -37,8 +37,17 @@ from pathlib import Path
 import numpy as np
 
 from benchmarks.ranked import RANKED_ARMS, RankedReplay
-from benchmarks.replay import ARMS as REPLAY_ARMS
-from benchmarks.replay import LAW_ARMS, SAMPLERS, Ledger, OrderResult, Replay, ReplaySettings, replay_settings, run_topk
+from benchmarks.replay import (
+    ARMS as REPLAY_ARMS,
+    LAW_ARMS,
+    SAMPLERS,
+    Ledger,
+    OrderResult,
+    Replay,
+    ReplaySettings,
+    replay_settings,
+    run_topk,
+)
 from benchmarks.replay_table import Table, TableError, load_table
 from opsd_platform.training.sequential import RULES
 

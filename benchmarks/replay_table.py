@@ -18,8 +18,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from opsd_platform.law.export import GAP_COLUMNS, REPLAY_RUN_COLUMNS
-from opsd_platform.law.export import STEP_COLUMNS as EXPORTED_STEP_COLUMNS
+from opsd_platform.law.export import GAP_COLUMNS, REPLAY_RUN_COLUMNS, STEP_COLUMNS as EXPORTED_STEP_COLUMNS
 
 # The table's columns are declared once, by the export that writes them (law/export.py); the
 # replay requires these of them, and reads the roles below.

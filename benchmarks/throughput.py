@@ -170,15 +170,15 @@ def measure_gap_cost(cfg, model, tok, args) -> dict:
 
 
 def run_trl(args) -> dict:
+    from types import SimpleNamespace
+
     import torch
     from datasets import Dataset
     from transformers import TrainerCallback
     from trl.experimental.sdpo import SDPOConfig, SDPOTrainer
 
-    from types import SimpleNamespace
-
-    from opsd_platform.training.contexts import reference_context
     from opsd_platform.models import load_policy
+    from opsd_platform.training.contexts import reference_context
     from opsd_platform.worlds import make_world
 
     _threads(args.threads)
@@ -281,16 +281,16 @@ def run_trl(args) -> dict:
 def loss_check(args) -> dict:
     """Per-token loss of both implementations on one batch: the same student and teacher logits."""
     import torch
+    from trl.experimental.sdpo.loss_utils import compute_topk_self_distillation_loss
 
+    from opsd_platform.models import load_policy
     from opsd_platform.training.contexts import build_for_rollouts
     from opsd_platform.training.losses import token_divergence
-    from opsd_platform.models import load_policy
     from opsd_platform.training.packing import response_logits
     from opsd_platform.training.precision import autocast
     from opsd_platform.training.rollout import HFGenerateEngine, chat_ids
     from opsd_platform.training.scoring import micro_batch_loss, scoring_with
     from opsd_platform.worlds import make_world
-    from trl.experimental.sdpo.loss_utils import compute_topk_self_distillation_loss
 
     _threads(args.threads)
     torch.manual_seed(0)

@@ -34,8 +34,8 @@ import shlex
 import sys
 from typing import Sequence
 
-from opsd_platform.errors import CLIError, RunInterrupted, UserError
 from opsd_platform.config.compose import compose, section_config, split_section, train_config
+from opsd_platform.errors import CLIError, RunInterrupted, UserError
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 

@@ -25,10 +25,10 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, Sequence
 
-from opsd_platform.errors import CompareError  # noqa: F401 (re-exported)
 from opsd_platform.config import TrainConfig
-from opsd_platform.training.contexts import CONTEXTS
+from opsd_platform.errors import CompareError  # noqa: F401 (re-exported)
 from opsd_platform.law.names import CHAMPION, DEFAULT_NAME
+from opsd_platform.training.contexts import CONTEXTS
 
 if TYPE_CHECKING:  # pandas only where a table is read: CompareConfig is checked before it is imported
     import pandas as pd
@@ -269,8 +269,8 @@ def read_runs(table: str) -> tuple[pd.DataFrame, str]:
 
 def law_view(uri: str, cfg: CompareConfig):
     """The registered law, loaded and predicted with by the search's own pruner code."""
-    from opsd_platform.search.pruner import GapLawPruner
     from opsd_platform.law.registry import RegistryError
+    from opsd_platform.search.pruner import GapLawPruner
 
     try:
         return GapLawPruner(uri, name=cfg.law_name, alias=cfg.law_alias, record=False).law_view()

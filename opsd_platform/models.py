@@ -37,9 +37,9 @@ from pathlib import Path
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer, LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
 
+from opsd_platform.config import ModelConfig, default_home
 from opsd_platform.config.choices import TEMPLATES, check_implemented
 from opsd_platform.errors import ModelLoadError  # noqa: F401 (re-exported)
-from opsd_platform.config import ModelConfig, default_home
 
 log = logging.getLogger(__name__)
 

@@ -14,6 +14,7 @@ import pytest
 from mlflow.tracking import MlflowClient
 
 from opsd_platform.cli import main
+
 from test_calibrate import log_points
 from test_ui import free_port, opsd_ui, serving
 

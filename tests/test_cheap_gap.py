@@ -8,10 +8,19 @@ import torch
 
 from opsd_platform.config.compose import train_config
 from opsd_platform.models import load_policy
-from opsd_platform.training.gap import cheap_gap, sample_student, score_rows
-from opsd_platform.training.gap import Sampling, measure_student
-from opsd_platform.training.gap_estimators import (SampleSummary, bootstrap, cov_pooled, cov_within, estimates,
-                                                   is_ess, is_gap, is_teacher_pass_rate, ll_diff, summarise)
+from opsd_platform.training.gap import Sampling, cheap_gap, measure_student, sample_student, score_rows
+from opsd_platform.training.gap_estimators import (
+    SampleSummary,
+    bootstrap,
+    cov_pooled,
+    cov_within,
+    estimates,
+    is_ess,
+    is_gap,
+    is_teacher_pass_rate,
+    ll_diff,
+    summarise,
+)
 from opsd_platform.training.rollout import HFGenerateEngine, chat_ids
 from opsd_platform.training.scoring import LossSettings, micro_batch_loss, scoring_with
 from opsd_platform.worlds import make_world

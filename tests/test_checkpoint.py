@@ -7,15 +7,15 @@ import sys
 import time
 from pathlib import Path
 
-import numpy as np
 import lightning as L
+import numpy as np
 import pytest
 import torch
 from mlflow.tracking import MlflowClient
 
+from opsd_platform.config.compose import train_config
 from opsd_platform.training import checkpoint
 from opsd_platform.training.checkpoint import CheckpointError
-from opsd_platform.config.compose import train_config
 from opsd_platform.training.train import train
 
 # ----------------------------------------------------------------------------- pure helpers

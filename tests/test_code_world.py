@@ -384,8 +384,8 @@ def test_pyfunc_bad_config():
 # ---- grading: lcb (LiveCodeBench's verdicts, tests/test_lcb_parity.py) and lenient ----------
 
 def test_default_grading_is_lcb_for_code_and_lenient_for_pyfunc():
-    from opsd_platform.config.compose import train_config
     from opsd_platform.config import WorldConfig
+    from opsd_platform.config.compose import train_config
     from opsd_platform.worlds import make_world
 
     assert WorldConfig(name="code", path=str(FIXTURE)).grading == "lcb"

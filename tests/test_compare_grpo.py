@@ -14,6 +14,7 @@ from opsd_platform import compare_grpo as cg
 from opsd_platform.cli import main
 from opsd_platform.law.pipeline import FitLawConfig, fit_and_register
 from opsd_platform.search.pruner import LawView
+
 from test_calibrate import log_points
 
 # improvement = -0.1 + 1.5 * gap (+ seed noise): a law with a real residual scatter

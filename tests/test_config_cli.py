@@ -3,8 +3,8 @@
 import pytest
 
 from opsd_platform.cli import main
-from opsd_platform.config.compose import train_config
 from opsd_platform.config import ConfigError, LossConfig, TrainConfig, WorldConfig, config_hash
+from opsd_platform.config.compose import train_config
 
 
 def test_defaults_compose_to_the_embedded_model():

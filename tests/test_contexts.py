@@ -2,8 +2,8 @@
 
 import pytest
 
-from opsd_platform.training.contexts import CONTEXTS, STATIC_PREAMBLE, Attempt, build_group, get_builder
 from opsd_platform.models import build_char_tokenizer
+from opsd_platform.training.contexts import CONTEXTS, STATIC_PREAMBLE, Attempt, build_group, get_builder
 from opsd_platform.training.rollout import chat_ids
 from opsd_platform.worlds.base import Judgement, Problem
 

@@ -7,9 +7,9 @@ from pathlib import Path
 
 from mlflow.tracking import MlflowClient
 
-from opsd_platform.training.checkpoint import tensors_digest
 from opsd_platform.config.compose import train_config
 from opsd_platform.models import load_policy
+from opsd_platform.training.checkpoint import tensors_digest
 
 
 def test_two_ranks_train_on_different_problems_and_stay_identical(tiny_overrides, tmp_path):

@@ -11,13 +11,28 @@ import pytest
 import yaml
 from mlflow.tracking import MlflowClient
 
-from opsd_platform.config.compose import train_config
 from opsd_platform.config import ConfigError, config_hash
-from opsd_platform.demo import (Candidate, DemoReport, Outcome, Plan, best_recorded, choose_candidates, decide_all,
-                                law_verdict, new_seed, outcome_rows, outcome_table, plan, recorded_configs, savings,
-                                summary_text, training_cap)
-from opsd_platform.law import fit_law
+from opsd_platform.config.compose import train_config
+from opsd_platform.demo import (
+    Candidate,
+    DemoReport,
+    Outcome,
+    Plan,
+    best_recorded,
+    choose_candidates,
+    decide_all,
+    law_verdict,
+    new_seed,
+    outcome_rows,
+    outcome_table,
+    plan,
+    recorded_configs,
+    savings,
+    summary_text,
+    training_cap,
+)
 from opsd_platform.jobs import run_job
+from opsd_platform.law import fit_law
 from opsd_platform.search.pruner import Decision, LawView
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -4,8 +4,13 @@ position classes, where the divergence sits, and why a context is skipped."""
 import pytest
 import torch
 
-from opsd_platform.training.diagnostics import (length_stats, monotone, position_classes, split_divergence,
-                                                token_divergence_terms)
+from opsd_platform.training.diagnostics import (
+    length_stats,
+    monotone,
+    position_classes,
+    split_divergence,
+    token_divergence_terms,
+)
 from opsd_platform.training.losses import token_divergence
 from opsd_platform.worlds.base import Problem
 

@@ -18,6 +18,7 @@ from pathlib import Path
 import pytest
 
 from benchmarks.config_errors import CASES, probe
+
 from test_bad_input import runs_logged
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -72,8 +73,8 @@ def test_a_file_that_is_not_a_database_is_left_as_it_was(tmp_path):
 @pytest.mark.parametrize("command", ["ui", "dashboard"])
 def test_a_port_already_taken_is_refused_before_the_server_starts(tmp_path, capsys, command):
     """MLflow's server printed "Address already in use" and exited 0."""
-    from opsd_platform.cli import main
     from opsd_platform import tracking
+    from opsd_platform.cli import main
 
     uri = f"sqlite:///{tmp_path}/mlflow.db"
     tracking.init_store(uri)

@@ -18,8 +18,8 @@ import yaml
 from mlflow.tracking import MlflowClient
 from optuna.trial import TrialState
 
-from opsd_platform.config.compose import train_config
 from opsd_platform.config import config_hash
+from opsd_platform.config.compose import train_config
 from opsd_platform.errors import ConfigError
 from opsd_platform.law.export import STEP_COLUMNS, STEP_CURVES
 
@@ -75,9 +75,9 @@ def test_one_measurement_per_student_key_when_two_processes_want_it_at_once(tmp_
     workers measured it at once. The key's lock makes the second wait and reuse the first's."""
     from concurrent.futures import ThreadPoolExecutor
 
-    from opsd_platform.training.measurements import MeasurementStore, _cached, student_key_fields
-    from opsd_platform.training.gap import Side
     from opsd_platform.training.evaluation import Evaluation
+    from opsd_platform.training.gap import Side
+    from opsd_platform.training.measurements import MeasurementStore, _cached, student_key_fields
 
     store = MeasurementStore(f"sqlite:///{tmp_path}/m.db", "opsd")
     store.experiment_id()

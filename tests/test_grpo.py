@@ -8,10 +8,10 @@ import pytest
 import torch
 from mlflow.tracking import MlflowClient
 
-from opsd_platform.training import checkpoint
 from opsd_platform.config.compose import train_config
-from opsd_platform.training.losses import aggregation_weights, group_advantages, grpo_loss, grpo_token_loss, k3_kl
 from opsd_platform.models import load_policy
+from opsd_platform.training import checkpoint
+from opsd_platform.training.losses import aggregation_weights, group_advantages, grpo_loss, grpo_token_loss, k3_kl
 from opsd_platform.training.module import OPSDModule
 from opsd_platform.training.train import train
 from opsd_platform.worlds import make_world
@@ -188,8 +188,8 @@ def test_micro_batches_give_the_full_batch_loss_and_gradient(aggregation, kl_bet
     import copy
     from types import SimpleNamespace
 
-    from opsd_platform.training import grpo
     from opsd_platform.config import ModelConfig, TinyModelConfig
+    from opsd_platform.training import grpo
     from opsd_platform.training.packing import response_logits
     from opsd_platform.training.rollout import HFGenerateEngine, chunks
     from opsd_platform.training.scoring import scoring_with
@@ -394,6 +394,7 @@ def _failed_grpo_run_resumes(tiny_overrides, tmp_path):
 def test_grpo_runs_are_never_law_points_and_calibration_refuses_grpo(tmp_path, capsys):
     from opsd_platform.cli import main
     from opsd_platform.law.pipeline import collect_points
+
     from test_calibrate import log_points
 
     uri = f"sqlite:///{tmp_path}/mlflow.db"

@@ -188,6 +188,7 @@ def test_a_live_ranked_search_measures_ranks_trains_searches_inside_and_agrees_w
     from opsd_platform.cli import main
     from opsd_platform.search.ranked_run import load_prior
     from opsd_platform.search.settings import SearchConfig
+
     from test_search import FAST
 
     _, uri = store

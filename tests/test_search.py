@@ -15,11 +15,12 @@ from optuna.trial import TrialState
 from opsd_platform.cli import main
 from opsd_platform.config import ConfigError
 from opsd_platform.law.pipeline import FitLawConfig, fit_and_register
-from opsd_platform.search.pruner import GapLawPruner
 from opsd_platform.law.registry import describe
 from opsd_platform.search import SearchConfig, TrialSeededSampler, load_space, parse_space, sample, to_overrides
 from opsd_platform.search.compare import comparison_rows
+from opsd_platform.search.pruner import GapLawPruner
 from opsd_platform.search.report import summarize
+
 from test_calibrate import log_points
 
 # improvement = -0.5 + 1.5 * gap, with seed noise: a law that predicts a loss near gap 0

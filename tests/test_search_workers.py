@@ -24,6 +24,7 @@ from optuna.trial import TrialState
 
 from opsd_platform.cli import main
 from opsd_platform.law.pipeline import FitLawConfig, fit_and_register
+
 from test_calibrate import log_points
 from test_search import FAST, LAW_POINTS
 

@@ -7,7 +7,12 @@ import pytest
 from scipy import stats
 
 from opsd_platform.training.sequential import (
-    PRUNE, TRAIN, confidence_sequence, law_settle, paired_differences, sequential_gap,
+    PRUNE,
+    TRAIN,
+    confidence_sequence,
+    law_settle,
+    paired_differences,
+    sequential_gap,
 )
 
 ALPHA = 0.1

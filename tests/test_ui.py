@@ -62,6 +62,7 @@ def test_opsd_ui_api_shows_runs_and_the_champion_law(tmp_path):
     from mlflow.tracking import MlflowClient
 
     from opsd_platform.cli import main
+
     from test_calibrate import log_points
 
     uri = f"sqlite:///{tmp_path}/mlflow.db"

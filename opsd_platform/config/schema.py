@@ -12,9 +12,18 @@ from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
+from opsd_platform.config.choices import (
+    AGGREGATIONS,
+    CONTEXTS,
+    DEFAULT_PRECISION,
+    DIVERGENCES,
+    GRADINGS,
+    PRECISIONS,
+    RULES,
+    SUPPORTS,
+    TEMPLATES,
+)
 from opsd_platform.errors import ConfigError  # noqa: F401 (re-exported)
-from opsd_platform.config.choices import (AGGREGATIONS, CONTEXTS, DEFAULT_PRECISION, DIVERGENCES, GRADINGS, PRECISIONS,
-                                          RULES, SUPPORTS, TEMPLATES)
 
 MODEL_SOURCES = ("smollm2", "gemma3", "tiny", "hf", "gguf")
 WORLD_NAMES = ("arithmetic", "hidden_rule", "pyfunc", "code")

@@ -26,5 +26,38 @@ Modules: ranked.py, step 5's walk and its lines; decide.py, the pure functions (
 hold every choice and every number of the report; run.py's ``run_demo`` only gathers their inputs.
 """
 
-from opsd_platform.demo.decide import SMOKE_OVERRIDES, DEMO_ALIAS, GRID_NAME, DemoConfig, Candidate, recorded_configs, choose_candidates, new_seed, best_recorded, Verdict, law_verdict, training_cap, decide_all, Plan, plan, Outcome, outcome_rows, outcome_table, Savings, savings, DemoReport, decision_line, summary_text  # noqa: F401
-from opsd_platform.demo.run import demo_store, slice_of, table_rows, provenance, write_spec, DemoResult, run_demo, measured_runs  # noqa: F401
+from opsd_platform.demo.decide import (  # noqa: F401
+    DEMO_ALIAS,
+    GRID_NAME,
+    SMOKE_OVERRIDES,
+    Candidate,
+    DemoConfig,
+    DemoReport,
+    Outcome,
+    Plan,
+    Savings,
+    Verdict,
+    best_recorded,
+    choose_candidates,
+    decide_all,
+    decision_line,
+    law_verdict,
+    new_seed,
+    outcome_rows,
+    outcome_table,
+    plan,
+    recorded_configs,
+    savings,
+    summary_text,
+    training_cap,
+)
+from opsd_platform.demo.run import (  # noqa: F401
+    DemoResult,
+    demo_store,
+    measured_runs,
+    provenance,
+    run_demo,
+    slice_of,
+    table_rows,
+    write_spec,
+)

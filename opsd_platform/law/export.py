@@ -29,8 +29,8 @@ from typing import Any
 import pandas as pd
 import yaml
 
-from opsd_platform.errors import ExportError  # noqa: F401 (re-exported)
 from opsd_platform import tracking
+from opsd_platform.errors import ExportError  # noqa: F401 (re-exported)
 from opsd_platform.law.settings import ExportConfig  # noqa: F401 (re-exported)
 
 os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")  # one download per run: no bars

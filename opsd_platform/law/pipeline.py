@@ -24,10 +24,10 @@ from mlflow.tracking import MlflowClient
 from opsd_platform import tracking
 from opsd_platform.config import ConfigError, default_home
 from opsd_platform.law import LawError, family_slopes, fit_law, grouped_holdout, leave_one_out
+from opsd_platform.law.holdout import check_points
 from opsd_platform.law.plot import plot_law
 from opsd_platform.law.registry import register_law
 from opsd_platform.law.settings import FitLawConfig  # noqa: F401 (re-exported)
-from opsd_platform.law.holdout import check_points
 from opsd_platform.training.contexts import context_label
 
 log = logging.getLogger(__name__)

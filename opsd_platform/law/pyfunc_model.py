@@ -20,8 +20,8 @@ import mlflow
 import numpy as np
 import pandas as pd
 from mlflow.exceptions import MlflowException
-from mlflow.pyfunc import PythonModel
 from mlflow.protos.databricks_pb2 import INVALID_PARAMETER_VALUE
+from mlflow.pyfunc import PythonModel
 
 try:  # an installed opsd_platform: the platform itself, or a notebook beside it
     from opsd_platform.law import LawError, LawFit

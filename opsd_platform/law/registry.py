@@ -29,13 +29,12 @@ import pandas as pd
 from mlflow.models import Model, ModelSignature
 from mlflow.types import ColSpec, ParamSchema, ParamSpec, Schema
 
-from opsd_platform.errors import RegistryError  # noqa: F401 (re-exported)
 from opsd_platform import tracking
+from opsd_platform.errors import RegistryError  # noqa: F401 (re-exported)
 from opsd_platform.law import LawFit
 from opsd_platform.law.holdout import LawCheck, check_law, constant_loo_rmse
 from opsd_platform.law.names import CHALLENGER, CHAMPION, DEFAULT_NAME  # noqa: F401 (re-exported)
 from opsd_platform.law.promotion import Standing, promotion
-
 
 MODEL_CODE = Path(__file__).with_name("pyfunc_model.py")
 CARRIED_CODE = "opsd_law_code"  # the model's code/ folder holding its copy of opsd_platform (_law_code)

@@ -5,7 +5,16 @@ before the fork and the privilege drop. Only the standard library: it runs with 
 
 if __name__ != "__main__":  # a program, read as text and run with `python -I -S -c`; never imported
     raise ImportError(__name__ + " is a program for the sandbox: run it with python -c, do not import it")
-import ctypes, json, os, resource, select, signal, stat, struct, sys
+import ctypes
+import json
+import os
+import resource
+import select
+import signal
+import stat
+import struct
+import sys
+
 cfg = json.loads(sys.argv[1])
 st = cfg["status_fd"]  # a pipe to the parent: the program never gets it (close-on-exec)
 ctl = cfg["ctl_fd"]  # EOF on this pipe = stop now (the parent timed out, was flooded, or died)

@@ -39,8 +39,8 @@ import yaml
 from optuna.trial import FrozenTrial, TrialState
 
 from opsd_platform import tracking
-from opsd_platform.config.compose import conf_dir, train_config
 from opsd_platform.config import ConfigError, TrainConfig, config_hash, default_home, flatten
+from opsd_platform.config.compose import conf_dir, train_config
 from opsd_platform.search.settings import GridConfig  # noqa: F401 (re-exported)
 
 log = logging.getLogger(__name__)

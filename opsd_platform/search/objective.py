@@ -15,10 +15,10 @@ import numpy as np
 import optuna
 from optuna.trial import FrozenTrial, TrialState
 
-from opsd_platform.errors import WorkerInterrupted  # noqa: F401 (re-exported)
 from opsd_platform import tracking
 from opsd_platform.config import TrainConfig
 from opsd_platform.config.compose import train_config
+from opsd_platform.errors import WorkerInterrupted  # noqa: F401 (re-exported)
 from opsd_platform.law.registry import CHAMPION
 from opsd_platform.search.pruner import (
     PRUNE,

@@ -319,8 +319,8 @@ class GapLawPruner(optuna.pruners.BasePruner):
 
     def _law(self) -> tuple[int, Any, Any]:
         """(version, pyfunc, LawCheck) of ``<name>@<alias>``, reloaded only when the alias moves."""
-        from opsd_platform.law.registry import alias_version, load_law
         from opsd_platform.law.holdout import check_from_tags
+        from opsd_platform.law.registry import alias_version, load_law
 
         client = tracking.init_store(self.tracking_uri)
         version = int(alias_version(client, self.name, self.alias))

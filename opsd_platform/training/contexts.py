@@ -39,8 +39,7 @@ import re
 from dataclasses import dataclass
 from typing import Callable, Sequence
 
-from opsd_platform.config.choices import CONTEXTS as CONTEXT_NAMES
-from opsd_platform.config.choices import check_implemented
+from opsd_platform.config.choices import CONTEXTS as CONTEXT_NAMES, check_implemented
 from opsd_platform.worlds.base import Judgement, Problem
 
 MAX_CHARS = 1200  # cap on any quoted attempt, feedback or reference inside a teacher prompt

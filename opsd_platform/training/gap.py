@@ -50,7 +50,6 @@ from dataclasses import asdict, dataclass, field
 from typing import Sequence
 
 import numpy as np
-
 import torch
 
 from opsd_platform.training.contexts import DEFAULT_FORM, build_for_rollouts

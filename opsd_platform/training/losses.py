@@ -243,6 +243,7 @@ def sequence_logprobs(logits: torch.Tensor, tokens: torch.Tensor) -> torch.Tenso
 #   normaliser (the generation budget) instead of each sequence's length (its length bias).
 
 from opsd_platform.config.choices import AGGREGATIONS  # noqa: E402,F401  (loss.aggregation)
+
 ADVANTAGE_EPS = 1e-4  # added to the group std before dividing (as TRL's GRPOTrainer)
 
 

@@ -55,8 +55,16 @@ from mlflow.tracking import MlflowClient
 from opsd_platform import tracking
 from opsd_platform.config import TrainConfig, default_home, world_fields
 from opsd_platform.training.evaluation import Evaluation, Stream, concat, cpu_seconds, seeded_stream, take
-from opsd_platform.training.gap import (STUDENT_STREAM, GapResult, Sampling, Side, combine, measure_student, measure_teacher,
-                               teacher_stream)
+from opsd_platform.training.gap import (
+    STUDENT_STREAM,
+    GapResult,
+    Sampling,
+    Side,
+    combine,
+    measure_student,
+    measure_teacher,
+    teacher_stream,
+)
 from opsd_platform.training.precision import DEFAULT_PRECISION
 
 log = logging.getLogger(__name__)

@@ -36,9 +36,9 @@ import lightning as L
 from mlflow.tracking import MlflowClient
 
 from opsd_platform import tracking
-from opsd_platform.config import how_fields, TrainConfig, config_hash, default_home, flatten
-from opsd_platform.training import checkpoint
+from opsd_platform.config import TrainConfig, config_hash, default_home, flatten, how_fields
 from opsd_platform.errors import RunInterrupted
+from opsd_platform.training import checkpoint
 from opsd_platform.training.checkpoint import Checkpoint, CheckpointError
 from opsd_platform.training.module import OPSDModule
 

@@ -44,9 +44,9 @@ import yaml
 from lightning.pytorch.loggers import MLFlowLogger
 from mlflow.tracking import MlflowClient
 
-from opsd_platform.errors import RunInterrupted, StopTraining  # noqa: F401 (re-exported)
 from opsd_platform import tracking
 from opsd_platform.config import ConfigError, TrainConfig, config_hash, flatten
+from opsd_platform.errors import RunInterrupted, StopTraining  # noqa: F401 (re-exported)
 from opsd_platform.models import load_policy
 from opsd_platform.training.checkpoint import Checkpoint
 from opsd_platform.training.gap import GapResult

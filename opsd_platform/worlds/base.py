@@ -12,8 +12,8 @@ from typing import Any, Protocol, Sequence, runtime_checkable
 
 SPLITS = ("train", "val")
 # How code worlds grade: LiveCodeBench's own verdicts, or the friendlier judge (docs/code-judge.md)
-from opsd_platform.errors import WorldError  # noqa: F401 (re-exported)
 from opsd_platform.config.choices import GRADINGS  # noqa: F401  (offered by world.grading)
+from opsd_platform.errors import WorldError  # noqa: F401 (re-exported)
 
 
 @dataclass(frozen=True)

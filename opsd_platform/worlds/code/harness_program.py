@@ -9,7 +9,16 @@ it as the program's own output, and for a hidden test uses nothing of it but a f
 
 if __name__ != "__main__":  # a program, read as text and run in the sandbox as main.py; never imported
     raise ImportError(__name__ + " is the code judge's harness: it runs in the sandbox, do not import it")
-import builtins, io, json, os, signal, sys, threading, time, traceback
+import builtins
+import io
+import json
+import os
+import signal
+import sys
+import threading
+import time
+import traceback
+
 HARNESS_GLOBALS = globals()
 
 class _Deadline(BaseException):
@@ -94,7 +103,9 @@ def to_json_value(v):
 def to_typed(v):
     """Plain data, with the types == tells apart kept: tuple, dict (any keys), set, and the
     numbers int/float/bool/complex/Fraction/Decimal; anything else is only named ("other")."""
-    import collections, decimal, fractions
+    import collections
+    import decimal
+    import fractions
     seen = set()
     def enc(v):
         t = type(v)
