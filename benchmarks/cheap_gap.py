@@ -5,8 +5,8 @@
     nice -n 5 python -m benchmarks.cheap_gap --grid bench-v2 --slices law-arithmetic-v2 --cache <dir>
 
 For each law-slice configuration x seed of a grid file (``--grid``: bench-v1's ``benchmark`` by default;
-composed as the grid composes a point, one torch thread as the grid's workers ran), it regenerates the gap's student side exactly
-as recorded (same model, world, problems, sampling settings and stream "gap/student") and checks
+composed as the grid composes a point, one torch thread as the grid's workers ran), it regenerates the gap's student
+side exactly as recorded (same model, world, problems, sampling settings and stream "gap/student") and checks
 its per-problem passes against ``benchmarks/data/gap_problems.csv``; then, per configuration, the
 self-teacher scores the student's tokens under that configuration's context once
 (opsd_platform.training.cheap_gap) and every estimator of gap_estimators.py is computed with its

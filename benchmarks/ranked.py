@@ -39,7 +39,8 @@ def prior_of(table: Table, settings: ReplaySettings):
             fit = fit_law(table.law_points, level=settings.search.level) if len(table.law_points) else None
         except LawError:
             fit = None
-        table.cache[key] = (fit, None if fit is None else check_points(table.law_points, fit, level=settings.search.level))
+        table.cache[key] = (fit, None if fit is None
+                            else check_points(table.law_points, fit, level=settings.search.level))
     return table.cache[key]
 
 
@@ -65,9 +66,11 @@ class RankedReplay(Replay):
         for number, config in enumerate(seq):  # the run each other arm draws for this configuration
             run = _draw(table, config, order, number, drawn)
             self.runs.setdefault(config, run)
-        fit, check = (prior if prior is not None else prior_of(table, settings)) if arm == "ranked_prior" else (None, None)
+        fit, check = ((prior if prior is not None else prior_of(table, settings)) if arm == "ranked_prior"
+                      else (None, None))
         self.policy = RankedPolicy([(c, context_of(table, c)) for c in self.runs], fit, check,
-                                   "prior (the table's law slices)", ranked or RankedSettings(level=settings.search.level))
+                                   "prior (the table's law slices)",
+                                   ranked or RankedSettings(level=settings.search.level))
 
     def run(self) -> OrderResult:
         name = self.arm

@@ -67,7 +67,8 @@ def verdict(summary: dict, curves: dict, arm: str, transfer: bool, curve_alone: 
     shortfall = float(np.max(curve_best - curves[arm]))
     s, none, sh = summary[arm], summary["none"], summary["successive_halving"]
     out = {"anytime_shortfall_vs_best_curve_arm": shortfall, "anytime_at_or_above_curve_arms": shortfall <= 0,
-           "p_best": s["p_best"], "p_best_none": none["p_best"], "p_best_within_0.02_of_none": s["p_best"] >= none["p_best"] - 0.02,
+           "p_best": s["p_best"], "p_best_none": none["p_best"],
+           "p_best_within_0.02_of_none": s["p_best"] >= none["p_best"] - 0.02,
            "compute_ratio": s["compute_ratio"], "compute_ratio_successive_halving": sh["compute_ratio"]}
     if transfer and not curve_alone:
         out["compute<=0.30_with_transferred_law"] = s["compute_ratio"] <= 0.30
@@ -154,7 +155,8 @@ def main(argv: list[str] | None = None) -> int:
     started, docs, curves = time.perf_counter(), [], []
     for name, search, law, transfer in SCENARIOS:
         try:
-            doc, curve, _ = run_scenario(args.data, name, search, law, transfer, args.orders, args.jobs, replay_settings())
+            doc, curve, _ = run_scenario(args.data, name, search, law, transfer, args.orders, args.jobs,
+                                         replay_settings())
         except TableError as exc:
             print(f"error: {exc}", file=sys.stderr)
             return 2

@@ -244,7 +244,8 @@ def load_table(directory: str | Path, *, problems: bool = False, search_slices: 
         )
         r = table_runs[rid]
         if problems and r.slice == "search" and r.diffs is None:
-            raise TableError(f"{directory / 'gap_problems.csv'}: column 'run_id': no problems for gap_key {r.gap_key!r} (run {rid})")
+            raise TableError(f"{directory / 'gap_problems.csv'}: column 'run_id': "
+                             f"no problems for gap_key {r.gap_key!r} (run {rid})")
         if r.diffs is not None and abs(float(r.diffs.mean()) - r.gap) > 1e-6:
             warnings.append(f"run {rid}: mean per-problem difference {r.diffs.mean():+.4f} != gap {r.gap:+.4f}")
 
@@ -269,7 +270,8 @@ def _load_problems(path: Path, runs: pd.DataFrame, known: set[str]) -> dict[str,
         bad = (v < 0) | (v > n) | (n <= 0)
         if bad.any():
             i = int(np.flatnonzero(bad)[0])
-            raise TableError(f"{path}: column {col!r}: {v[i]:g} passes of {n[i]:g} samples in row {i + 2} (run_id {frame['run_id'].iloc[i]})")
+            raise TableError(f"{path}: column {col!r}: {v[i]:g} passes of {n[i]:g} samples in row {i + 2} "
+                             f"(run_id {frame['run_id'].iloc[i]})")
     unknown = ~frame["run_id"].isin(known)
     if unknown.any():
         i = int(np.flatnonzero(unknown.to_numpy())[0])

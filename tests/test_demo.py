@@ -169,7 +169,8 @@ def test_a_law_fitted_on_noise_is_said_to_be_noise_and_a_real_one_is_not(tmp_pat
 
 
 def test_predicted_vs_measured_says_inside_or_not():
-    d = {k: Decision("train", "interval", "r", gap=0.1, predicted=0.0, lower=-0.1, upper=0.1) for k in ("in", "out", "edge", "todo")}
+    d = {k: Decision("train", "interval", "r", gap=0.1, predicted=0.0, lower=-0.1, upper=0.1)
+         for k in ("in", "out", "edge", "todo")}
     rows = outcome_rows(d, {"in": (0.05, "r1"), "out": (0.3, "r2"), "edge": (0.1, "r3")}, ["in", "out", "edge", "todo"])
     assert [r.inside for r in rows] == [True, False, True, None]
     table = outcome_table(rows, 0.9)
@@ -203,7 +204,8 @@ def test_the_ranked_walk_trains_best_predicted_first_stops_and_says_where_the_de
     assert [s.kind for s in walk.steps] == ["measure", "train", "stop"]
     text = "\n".join(ranked_lines(walk, ["reference", "feedback"]))
     assert "**stop** none, static, feedback: stop: the highest 90% upper bound" in text
-    assert "Ranked: trained `reference` (in that order)" in text and "per-trial policy above trained `reference`, `feedback`." in text
+    assert ("Ranked: trained `reference` (in that order)" in text
+            and "per-trial policy above trained `reference`, `feedback`." in text)
 
     def only_trained(k):
         if k not in {"reference": 0.3}:
@@ -212,7 +214,8 @@ def test_the_ranked_walk_trains_best_predicted_first_stops_and_says_where_the_de
 
     low = ranked_walk({**gaps, "reference": 0.25}, (fit, check), "law v1", 0.9,
                       lambda k: {"reference": -0.5}.get(k) if k == "reference" else only_trained(k))
-    assert low.trained == ["reference"] and low.ended == "the walk ends here: it asks for feedback, and demo.max_train=1 trainings have run"
+    assert low.trained == ["reference"] and low.ended == (
+        "the walk ends here: it asks for feedback, and demo.max_train=1 trainings have run")
 
 
 # ------------------------------------------------------------------------------ the flow, on the tiny model

@@ -75,9 +75,11 @@ def test_the_replay_arm_decides_as_a_fresh_policy_driven_over_the_same_trials(co
         replay = RankedReplay(contexts, "ranked_prior", order, s, prior=prior)
         replay.run()
         runs = replay.runs
-        policy = RankedPolicy([(c, c) for c in runs], *prior, "prior (the table's law slices)", RankedSettings(level=s.search.level))
+        policy = RankedPolicy([(c, c) for c in runs], *prior, "prior (the table's law slices)",
+                              RankedSettings(level=s.search.level))
         drive(policy, lambda key, step: runs[key].gap, lambda key, step: (runs[key].improvement, True))
-        assert [(st.kind, st.keys, st.reason) for st in policy.steps] == [(st.kind, st.keys, st.reason) for st in replay.policy.steps]
+        assert ([(st.kind, st.keys, st.reason) for st in policy.steps]
+                == [(st.kind, st.keys, st.reason) for st in replay.policy.steps])
 
 
 def test_a_prior_that_mispredicts_its_first_trials_is_dropped():

@@ -52,9 +52,11 @@ def slice_of(spec: dict, name: str) -> dict:
     for s in spec["slices"]:
         if s["name"] == name:
             if "configs" not in s:
-                raise ConfigError(f"demo.slice: {name} draws its configurations; the demo needs a slice that lists them")
+                raise ConfigError(f"demo.slice: {name} draws its configurations; "
+                                  "the demo needs a slice that lists them")
             return s
-    raise ConfigError(f"demo.slice: no slice {name!r} in {spec['path']}; slices: {', '.join(s['name'] for s in spec['slices'])}")
+    raise ConfigError(f"demo.slice: no slice {name!r} in {spec['path']}; "
+                      f"slices: {', '.join(s['name'] for s in spec['slices'])}")
 
 
 def table_rows(table: str, slice_name: str) -> tuple[pd.DataFrame, Path]:
@@ -76,7 +78,8 @@ def provenance(path: Path, rows: pd.DataFrame, spec: dict) -> list[str]:
     grids = ", ".join(sorted(str(g) for g in rows["grid"].dropna().unique())) if "grid" in rows else "?"
     return [f"Fitted on {len(rows)} recorded runs ({rows['config'].nunique()} configurations x seeds "
             f"{sorted(int(s) for s in rows['seed'].unique())}) of `{path}` (sha256 {digest}), slice "
-            f"`{rows['slice'].iloc[0]}` of grid {grids} ({spec['path']}): {', '.join(sorted(rows['model'].astype(str).unique()))}, "
+            f"`{rows['slice'].iloc[0]}` of grid {grids} ({spec['path']}): "
+            f"{', '.join(sorted(rows['model'].astype(str).unique()))}, "
             f"{', '.join(str(int(s)) for s in sorted(rows['steps'].unique()))} steps. Each row's `run_id` is the MLflow run "
             "that produced it (benchmarks/data/README.md)."]
 
@@ -86,7 +89,8 @@ def write_spec(path: Path, spec: dict, sl: dict, configs: Sequence[Sequence[str]
     import yaml
 
     doc = {"name": GRID_NAME, "seeds": [int(seed)], "base": list(spec.get("base", [])),
-           "slices": [{"name": sl["name"], "overrides": list(sl.get("overrides", [])), "configs": [list(c) for c in configs]}]}
+           "slices": [{"name": sl["name"], "overrides": list(sl.get("overrides", [])),
+                       "configs": [list(c) for c in configs]}]}
     path.write_text("# written by the demo (opsd_platform/demo/): the survivors of the law, at the benchmark's settings\n"
                     + yaml.safe_dump(doc, sort_keys=False))
     return path

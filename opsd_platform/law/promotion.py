@@ -30,7 +30,8 @@ def promotion(candidate: Standing, champion: Standing | None, *, name: str = "th
     if champion is not None and champion.version == c.version:
         return UNCHANGED, f"v{c.version} is already {at}"
     if not c.usable:
-        return KEPT, f"v{c.version} {c.usable_reason}" + ("" if champion is None else f"; v{champion.version} stays {at}")
+        return KEPT, f"v{c.version} {c.usable_reason}" + (
+            "" if champion is None else f"; v{champion.version} stays {at}")
     if champion is None:
         return PROMOTED, f"{name!r} had no {at}"
     ch = champion
@@ -41,7 +42,8 @@ def promotion(candidate: Standing, champion: Standing | None, *, name: str = "th
     if ch.rmse is None:  # e.g. a first law fitted on too few configurations for a hold-out
         return PROMOTED, f"v{c.version} has a hold-out RMSE ({c.rmse:.4g}) and {at} v{ch.version} has none"
     if c.kind != ch.kind:
-        return KEPT, f"hold-out kinds differ (v{c.version}: {c.kind}, v{ch.version}: {ch.kind}); RMSEs not comparable (use force)"
+        return KEPT, (f"hold-out kinds differ (v{c.version}: {c.kind}, v{ch.version}: {ch.kind}); "
+                      "RMSEs not comparable (use force)")
     if c.rmse < ch.rmse:
         return PROMOTED, f"hold-out RMSE {c.rmse:.4g} < {ch.rmse:.4g} of v{ch.version}"
     return KEPT, f"hold-out RMSE {c.rmse:.4g} >= {ch.rmse:.4g} of {at} v{ch.version}"

@@ -38,7 +38,8 @@ class FitLawConfig:
     calibration: str | None = field(default=None, metadata={"help": "only points of this calibration name"})
     calibrations: list[str] = field(
         default_factory=list,
-        metadata={"help": "only points of these calibration names (with `calibration`, of any of them), e.g. one per model family"},
+        metadata={"help": "only points of these calibration names (with `calibration`, of any of them), "
+                          "e.g. one per model family"},
     )
     method: str = field(default="ols", metadata={"help": "ols, wls (by seed variance) or hc3"})
     level: float = field(default=0.9, metadata={"help": "prediction-interval level"})
@@ -49,10 +50,12 @@ class FitLawConfig:
     name: str = field(default=DEFAULT_NAME, metadata={"help": "registered model name"})
     register: bool = field(default=True, metadata={"help": "register the fitted law"})
     promote: bool = field(default=False, metadata={"help": "promote to @champion if hold-out error is lower"})
-    out_dir: str | None = field(default=None, metadata={"help": "where the plot and tables go (default: law/ beside a SQLite store)"})
+    out_dir: str | None = field(default=None, metadata={
+        "help": "where the plot and tables go (default: law/ beside a SQLite store)"})
     table: str | None = field(
         default=None,
-        metadata={"help": "fit on an exported table (a directory holding runs.csv, or the file) instead of the store's runs"},
+        metadata={"help": "fit on an exported table (a directory holding runs.csv, or the file) "
+                          "instead of the store's runs"},
     )
     slices: list[str] = field(
         default_factory=list,
@@ -68,7 +71,8 @@ class FitLawConfig:
 
 @dataclass
 class ExportConfig:
-    grid: str | None = field(default="bench-v1", metadata={"help": "the grid's name (grid files' 'name'); null = every train run with a gap"})
+    grid: str | None = field(default="bench-v1", metadata={
+        "help": "the grid's name (grid files' 'name'); null = every train run with a gap"})
     out: str = field(default="benchmarks/data", metadata={"help": "directory of the three CSV files (merged into)"})
 
 
@@ -77,6 +81,8 @@ class LawCommandConfig:
     """`opsd law show|promote`: which registered law, and for promote which version."""
 
     name: str = field(default=DEFAULT_NAME, metadata={"help": "the registered model's name"})
-    version: str | None = field(default=None, metadata={"help": "promote: the version to make @champion (default: @challenger's)"})
-    force: bool = field(default=False, metadata={"help": "promote: even when the challenger is not better on held-out data"})
+    version: str | None = field(default=None, metadata={
+        "help": "promote: the version to make @champion (default: @challenger's)"})
+    force: bool = field(default=False, metadata={
+        "help": "promote: even when the challenger is not better on held-out data"})
     tracking: TrackingConfig = field(default_factory=TrackingConfig)

@@ -33,7 +33,8 @@ def array_view(version: int, fit: LawFit, check: LawCheck | None = None) -> LawV
     return LawView(int(version), ("gap", *fit.covariates), fit.predict_arrays, check)
 
 
-def first_law(points: pd.DataFrame, *, level: float, method: str = "ols", covariates: Sequence[str] = ()) -> Fitted | None:
+def first_law(points: pd.DataFrame, *, level: float, method: str = "ols",
+              covariates: Sequence[str] = ()) -> Fitted | None:
     """The law `opsd fit-law` would fit on `points` (its RMSE and verdict), or None (no point, unfittable)."""
     from opsd_platform.law import leave_one_out
 
@@ -79,10 +80,12 @@ class LawMemory:
     def _refit(self) -> Fitted | None:
         try:
             if self.method == "ols":
-                return fit_and_check(np.asarray(self.config), self.gap, self.improvement, self.level, self.covs, self.covariates)
+                return fit_and_check(np.asarray(self.config), self.gap, self.improvement, self.level, self.covs,
+                                     self.covariates)
         except LawError:
             return None
-        points = pd.DataFrame({"config": self.config, "seed": self.keys, "gap": self.gap, "improvement": self.improvement,
+        points = pd.DataFrame({"config": self.config, "seed": self.keys, "gap": self.gap,
+                               "improvement": self.improvement,
                                **{c: [row[j] for row in self.covs] for j, c in enumerate(self.covariates)}})
         return first_law(points, level=self.level, method=self.method, covariates=self.covariates)
 
@@ -110,7 +113,8 @@ class LawMemory:
 
     def view(self) -> LawView:
         if self._view is None:
-            raise RegistryError("no law yet: the first law's points are missing, unfittable or may not decide, and no refit may")
+            raise RegistryError("no law yet: the first law's points are missing, unfittable or may not decide, "
+                                "and no refit may")
         return self._view
 
 

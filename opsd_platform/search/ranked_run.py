@@ -75,7 +75,8 @@ def load_prior(settings: Any, uri: str, world: str):
         raise ConfigError(f"search.prior_law={settings.prior_law}: {exc}") from None
     fitted_on = worlds_of(fit)
     if fitted_on and world not in fitted_on and not settings.prior_law_force:
-        raise ConfigError(f"search.prior_law={settings.prior_law} (v{version}) was fitted on world {', '.join(sorted(fitted_on))}; "
+        raise ConfigError(f"search.prior_law={settings.prior_law} (v{version}) was fitted on world "
+                          f"{', '.join(sorted(fitted_on))}; "
                           f"this search is on {world} (search.prior_law_force=true to use it anyway)")
     check = check_from_tags(fit, client.get_model_version(name, version).tags or {})
     return fit, check, f"prior {name} v{version} (@{alias})"
@@ -111,8 +112,10 @@ class LiveSteps:
         self.h.study.enqueue_trial({"context": key}, user_attrs=attrs)
         self.h.study.optimize(lambda t: self.objective(t, phase, step), n_trials=1, catch=(), callbacks=[self.record])
         frozen = self.h.study.get_trials(deepcopy=False)[-1]
-        inner = ", ".join(f"{k}={v:.3g}" if isinstance(v, float) else f"{k}={v}" for k, v in frozen.params.items() if k != "context")
-        self.progress(f"trial #{frozen.number} {phase} {key}{f' [{inner}]' if inner else ''}: {frozen.state.name.lower()}"
+        inner = ", ".join(f"{k}={v:.3g}" if isinstance(v, float) else f"{k}={v}"
+                          for k, v in frozen.params.items() if k != "context")
+        self.progress(f"trial #{frozen.number} {phase} {key}{f' [{inner}]' if inner else ''}: "
+                      f"{frozen.state.name.lower()}"
                       + (f", improvement {frozen.value:+.3f}" if frozen.value is not None else "")
                       + (f", gap {frozen.user_attrs['gap']:+.3f}" if frozen.user_attrs.get("gap") is not None else "")
                       + f" ({step.reason})")
@@ -138,7 +141,8 @@ class LiveSteps:
                  f"tracking.run_name=trial-{trial.number}-{phase}-{context}", "trainer.progress_bar=false"]
         cfg = train_config([*h.base_overrides, *extra])
         tags = {"search.study": h.name, "search.trial": str(trial.number), "search.strategy": "ranked",
-                "ranked.phase": phase, "ranked.rule": step.rule, "ranked.law": str(step.law), "ranked.reason": step.reason[:4000]}
+                "ranked.phase": phase, "ranked.rule": step.rule, "ranked.law": str(step.law),
+                "ranked.reason": step.reason[:4000]}
 
         def after_gap(run_id: str, gap) -> None:
             trial.set_user_attr("mlflow_run_id", run_id)
@@ -147,8 +151,8 @@ class LiveSteps:
             raise StopTraining("ranked search, phase 1: the gap is measured; this context trains later if it ranks")
 
         reporter = StepReporter(trial, h.settings.median_window, step.curve, h.tracking_uri)
-        result = train(cfg, parent_run_id=h.parent_run_id, extra_tags=tags, after_gap=after_gap if phase == GAP else None,
-                       callbacks=[reporter])
+        result = train(cfg, parent_run_id=h.parent_run_id, extra_tags=tags,
+                       after_gap=after_gap if phase == GAP else None, callbacks=[reporter])
         trial.set_user_attr("mlflow_run_id", result.run_id)
         trial.set_user_attr("cost.seconds", float(result.seconds))
         trial.set_user_attr("cost.tokens", int(result.tokens_generated))
@@ -159,7 +163,8 @@ class LiveSteps:
     def measure(self, key: str, step: Step) -> float:
         frozen = self._trial(key, step, GAP)
         if frozen.user_attrs.get("gap") is None:
-            raise RuntimeError(f"ranked search: the gap trial #{frozen.number} of {key} measured no gap ({frozen.state.name})")
+            raise RuntimeError(f"ranked search: the gap trial #{frozen.number} of {key} measured no gap "
+                               f"({frozen.state.name})")
         return float(frozen.user_attrs["gap"])
 
     def train(self, key: str, step: Step) -> tuple[float | None, bool]:

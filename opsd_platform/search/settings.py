@@ -48,20 +48,26 @@ class SearchConfig:
                 "compare arm); tpe: Optuna TPE (seeded per worker process)"})
     seed: int = field(default=0, metadata={"help": "sampler seed (and the pruner's calibration draws)"})
     n_startup_trials: int = field(default=3, metadata={"help": "completed trials before any pruning (law and median)"})
-    calibration_rate: float = field(default=0.2, metadata={"help": "share of would-be-pruned trials trained anyway (false-prune rate)"})
-    threshold: float | None = field(default=None, metadata={"help": "fixed bar for the law pruner (default: best completed improvement)"})
+    calibration_rate: float = field(default=0.2, metadata={
+        "help": "share of would-be-pruned trials trained anyway (false-prune rate)"})
+    threshold: float | None = field(default=None, metadata={
+        "help": "fixed bar for the law pruner (default: best completed improvement)"})
     level: float = field(default=0.9, metadata={"help": "prediction-interval level of the law"})
     law_name: str = field(default=DEFAULT_NAME, metadata={"help": "registered law name"})
     law_alias: str = field(default=CHAMPION, metadata={"help": "alias of the law the pruner uses"})
-    refit_every: int = field(default=1, metadata={"help": "refit + register a challenger law after this many completed trials (0 = never)"})
-    median_warmup_steps: int | None = field(default=None, metadata={"help": "MedianPruner steps before pruning (default max_steps // 3)"})
+    refit_every: int = field(default=1, metadata={
+        "help": "refit + register a challenger law after this many completed trials (0 = never)"})
+    median_warmup_steps: int | None = field(default=None, metadata={
+        "help": "MedianPruner steps before pruning (default max_steps // 3)"})
     median_window: int = field(default=3, metadata={"help": "steps averaged into each intermediate value (rollout pass rate)"})
     heartbeat_interval: int = field(default=10, metadata={"help": "seconds between a running trial's heartbeats"})
     grace_period: int = field(default=60, metadata={"help": "seconds without a heartbeat before a trial counts as dead"})
     max_retry: int = field(default=2, metadata={"help": "re-runs of a trial whose worker died or was interrupted"})
-    prepare_only: bool = field(default=False, metadata={"help": "create the storage, study and parent run, then exit (start workers after)"})
+    prepare_only: bool = field(default=False, metadata={
+        "help": "create the storage, study and parent run, then exit (start workers after)"})
     compare: bool = field(default=False, metadata={"help": "run the search three ways (law, median, none) and compare them"})
-    out_dir: str | None = field(default=None, metadata={"help": "report directory (default: search/<study> beside a SQLite MLflow store)"})
+    out_dir: str | None = field(default=None, metadata={
+        "help": "report directory (default: search/<study> beside a SQLite MLflow store)"})
 
     def __post_init__(self) -> None:
         def check(ok: bool, key: str, message: str) -> None:
@@ -99,7 +105,8 @@ class GridConfig:
     spec: str = field(default="benchmark", metadata={"help": "conf/grid/<spec>.yaml, or a path to a grid file"})
     workers: int = field(default=2, metadata={"help": "worker processes to start (0 = run as one worker in this process)"})
     threads: int = field(default=1, metadata={"help": "torch threads per worker (one per core is fastest here)"})
-    only: list[str] = field(default_factory=list, metadata={"help": "run only these slices, in the order listed (empty = all, in file order)"})
+    only: list[str] = field(default_factory=list, metadata={
+        "help": "run only these slices, in the order listed (empty = all, in file order)"})
     storage: str | None = field(default=None, metadata={"help": "Optuna storage URL (default: grid.db beside a SQLite MLflow store)"})
     exported: str | None = field(
         default="benchmarks/data/runs.csv",

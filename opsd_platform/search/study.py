@@ -209,7 +209,8 @@ def prepare(base_overrides: Sequence[str], settings: SearchConfig) -> StudyHandl
     shared = {k: v for k, v in asdict(settings).items() if k in SHARED_SETTINGS}
     attrs = study.user_attrs
     if "opsd.parent_run_id" in attrs:
-        for key, mine in (("base_overrides", list(base)), ("settings", shared), ("tracking_uri", uri), ("experiment", experiment)):
+        for key, mine in (("base_overrides", list(base)), ("settings", shared), ("tracking_uri", uri),
+                          ("experiment", experiment)):
             theirs = attrs.get(f"opsd.{key}")
             if theirs != mine:
                 raise ConfigError(
