@@ -3,6 +3,7 @@ params (model, world, the context with its revealed share, seed), not by a hash.
 
 from __future__ import annotations
 
+import pytest
 from mlflow.tracking import MlflowClient
 
 from opsd_platform.cli import main
@@ -32,3 +33,6 @@ def test_a_training_run_says_its_result_first(tmp_path, tiny_overrides, capsys):
     note = run.data.tags["mlflow.note.content"]
     assert note.startswith(f"**improvement {run.data.metrics['improvement']:+.3f}** (validation pass rate ")
     assert f"gap {run.data.metrics['gap/value']:+.3f} [" in note and "(context feedback)" in note
+    tags = run.data.tags  # the headline as tags too: columns in the runs table
+    assert float(tags["result.improvement"]) == pytest.approx(run.data.metrics["improvement"], abs=1e-4)
+    assert float(tags["result.gap"]) == pytest.approx(run.data.metrics["gap/value"], abs=1e-4)

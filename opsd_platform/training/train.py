@@ -122,6 +122,19 @@ def headline(init, final, gap: GapResult | None, stopped: str | None) -> str:
     return "  \n".join(lines) or "no validation (trainer.validate=false)"
 
 
+def headline_tags(init, final, gap: GapResult | None) -> dict[str, str]:
+    """The headline numbers as tags (`result.*`), so the runs table can show them as columns and a
+    run's overview lists them beside its description. The metrics of the same names stay: export,
+    the law and the search read those."""
+    tags = {}
+    if init is not None and final is not None:
+        tags.update({"result.improvement": f"{final.pass_rate - init.pass_rate:+.4f}",
+                     "result.val_initial": f"{init.pass_rate:.4f}", "result.val_final": f"{final.pass_rate:.4f}"})
+    if gap is not None:
+        tags["result.gap"] = f"{gap.gap:+.4f}"
+    return tags
+
+
 def peak_rss_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
 
@@ -393,6 +406,8 @@ def train(
             if module.rank_report is not None:
                 client.log_dict(run_id, module.rank_report, "ddp_ranks.json")
             client.set_tag(run_id, "mlflow.note.content", headline(module.initial_val, module.final_val, gap, stopped))
+            for key, value in headline_tags(module.initial_val, module.final_val, gap).items():
+                client.set_tag(run_id, key, value)
     if not worker:  # FINISHED now: nothing left to resume
         shutil.rmtree(checkpoint_root(cfg) / run_id, ignore_errors=True)
 
