@@ -11,6 +11,7 @@ import pytest
 import torch
 from mlflow.tracking import MlflowClient
 
+from opsd_platform import tracking
 from opsd_platform.config.compose import train_config
 from opsd_platform.models import load_policy
 from opsd_platform.training.module import OPSDModule
@@ -141,10 +142,13 @@ def test_interrupted_run_ends_failed_with_reason(tiny_overrides, tmp_path):
            "trainer.validate=false", "trainer.checkpoint_every=1"]  # metrics reach MLflow with checkpoints
     # A shell runs background jobs with SIGINT ignored, and Python keeps an inherited SIG_IGN: give
     # the child the default disposition, as a terminal would, so Ctrl-C is delivered as under a user.
+    # The store exists before the child starts: a bare client polling a store that the child is
+    # still creating would migrate the same fresh SQLite file at once and crash the child
+    # (init_store creates it under the store's lock, as every opsd process does).
+    client = tracking.init_store(uri)
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
                             preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     try:
-        client = MlflowClient(tracking_uri=uri)
         deadline = time.time() + 120
         run_id = None
         while time.time() < deadline and run_id is None:
