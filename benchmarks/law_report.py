@@ -97,8 +97,6 @@ def reuse_saving(runs: pd.DataFrame) -> dict:
                          "gap_key": int(runs["gap_key"].nunique())}}
 
 
-
-
 def law_row(name: str, points: pd.DataFrame, level: float, covariates=(), fixed_by: str | None = None) -> dict:
     """One fit with its leave-one-configuration-out errors (or the reason it cannot be fitted);
     `fixed_by`: pooled with an intercept per value of that column (law/robust.fixed_effects)."""
