@@ -2,8 +2,12 @@
 and the transfer scenarios (each family's contexts with the other family's law; each world's with
 the other world's).
 
-    python -m benchmarks.ranked_report [--data benchmarks/data] [--orders 200] [--jobs 2]
-        [--out benchmarks/results/ranked-v1.json] [--plot docs/ranked-anytime.png]
+    python -m benchmarks.ranked_report [--grid benchmark|bench-v2] [--data benchmarks/data] [--orders 200]
+        [--jobs 2] [--out benchmarks/results/ranked-v1.json] [--plot docs/ranked-anytime.png]
+
+``--grid bench-v2`` replays bench-v2's slices instead (defaults ``ranked-v2.json``,
+``docs/benchmark/v2/ranked-anytime.png``); a scenario whose slices are not recorded yet is listed
+as skipped, so the report grows with the grid.
 
 Each scenario is one ``benchmarks.pruning`` replay (the same orders, seeds, costs and summary as
 ``python -m benchmarks.pruning --search-slices S --law-slices L``). Added here: the anytime curve
@@ -39,13 +43,26 @@ from benchmarks.ranked import RANKED_ARMS, prior_of
 from benchmarks.replay import ReplaySettings, replay_settings
 from benchmarks.replay_table import TableError, load_table
 
-SCENARIOS = (  # (name, searched slice, law slices; () = every law-* slice not searched), transfer
+SCENARIOS_V1 = (  # (name, searched slice, law slices; () = every law-* slice not searched), transfer
     ("search slice, law from every law slice", "search-arithmetic", (), False),
     ("SmolLM2 arithmetic contexts, law from Gemma-3", "law-arithmetic", ("law-gemma3-arithmetic",), True),
     ("Gemma-3 arithmetic contexts, law from SmolLM2", "law-gemma3-arithmetic", ("law-arithmetic",), True),
     ("SmolLM2 arithmetic contexts, law from pyfunc", "law-arithmetic", ("law-pyfunc",), True),
     ("SmolLM2 pyfunc contexts, law from arithmetic", "law-pyfunc", ("law-arithmetic",), True),
 )
+# bench-v2: the same transfers inside v2 as its slices land, and v1's laws as priors from an earlier study
+# (same model and world, the v1 recipe and contexts: the prior check says whether they still predict).
+SCENARIOS_V2 = (
+    ("v2 search slice, law from every v2 law slice",
+     "search-arithmetic-v2", ("law-arithmetic-v2", "law-pyfunc-v2", "law-gemma3-arithmetic-v2"), False),
+    ("v2 SmolLM2 arithmetic contexts, law from v2 Gemma-3", "law-arithmetic-v2", ("law-gemma3-arithmetic-v2",), True),
+    ("v2 Gemma-3 arithmetic contexts, law from v2 SmolLM2", "law-gemma3-arithmetic-v2", ("law-arithmetic-v2",), True),
+    ("v2 SmolLM2 pyfunc contexts, law from v2 arithmetic", "law-pyfunc-v2", ("law-arithmetic-v2",), True),
+    ("v2 SmolLM2 arithmetic contexts, law from v1 SmolLM2 (earlier study)", "law-arithmetic-v2", ("law-arithmetic",), True),
+    ("v2 SmolLM2 arithmetic contexts, law from v1 Gemma-3", "law-arithmetic-v2", ("law-gemma3-arithmetic",), True),
+)
+GRIDS = {"benchmark": ("bench-v1", SCENARIOS_V1, "benchmarks/results/ranked-v1.json", "docs/ranked-anytime.png"),
+         "bench-v2": ("bench-v2", SCENARIOS_V2, "benchmarks/results/ranked-v2.json", "docs/benchmark/v2/ranked-anytime.png")}
 ARMS = ["none", "median", "successive_halving", "hyperband", "law", "law_then_halving", *RANKED_ARMS]
 GRID = np.linspace(0.0, 1.5, 301)
 
@@ -77,6 +94,17 @@ def verdict(summary: dict, curves: dict, arm: str, transfer: bool, curve_alone: 
     return out
 
 
+def unrecorded(data: str, slices: tuple[str, ...]) -> list[str]:
+    """The slices of a scenario with no row in the table yet (a grid still recording)."""
+    import pandas as pd
+
+    path = Path(data) / "runs.csv"
+    if not path.is_file():
+        return []  # load_table names the missing file
+    present = set(pd.read_csv(path, usecols=["slice"])["slice"])
+    return [s for s in slices if s not in present]
+
+
 def run_scenario(data: str, name: str, search: str, law: tuple[str, ...], transfer: bool, orders: int, jobs: int,
                  settings: ReplaySettings) -> tuple[dict, object, list]:
     table = load_table(data, search_slices=(search,), law_slices=law)
@@ -99,11 +127,12 @@ def run_scenario(data: str, name: str, search: str, law: tuple[str, ...], transf
     return doc, curves, results
 
 
-def markdown(docs: list[dict], orders: int) -> str:
-    lines = [f"# Ranked search replay on bench-v1 ({orders} orders per scenario)", "",
+def markdown(docs: list[dict], orders: int, label: str = "bench-v1", skipped: tuple[str, ...] = ()) -> str:
+    lines = [f"# Ranked search replay on {label} ({orders} orders per scenario)", "",
              "Compute as a share of `none` (train every configuration) on the same order; p_best = share of orders whose "
              "incumbent is a best configuration; shortfall = largest gap of the anytime p_best curve below the best "
              "curve-based arm's (<= 0: at or above everywhere).", ""]
+    lines += [f"Skipped (not recorded yet): {s}" for s in skipped] + ([""] if skipped else [])
     for d in docs:
         lines += [f"## {d['name']}", "", f"prior: {d['prior']['check'] if d['prior'] else 'none'}", "",
                   "| arm | compute | p_best | regret at end | trained | stopped/pruned |", "|---|---|---|---|---|---|"]
@@ -117,7 +146,7 @@ def markdown(docs: list[dict], orders: int) -> str:
     return "\n".join(lines) + "\n"
 
 
-def plot(docs: list[dict], curves: list[dict], path: Path) -> Path:
+def plot(docs: list[dict], curves: list[dict], path: Path, label: str = "bench-v1") -> Path:
     import matplotlib
 
     matplotlib.use("Agg")
@@ -133,7 +162,7 @@ def plot(docs: list[dict], curves: list[dict], path: Path) -> Path:
         ax.set_xlim(0, 1.3)
     np.atleast_1d(axes)[0].set_ylabel("p_best (incumbent is a best configuration)")
     np.atleast_1d(axes)[0].legend(fontsize=7, loc="lower right")
-    fig.suptitle("Ranked search vs the other arms: anytime p_best on bench-v1 (replay)", fontsize=10)
+    fig.suptitle(f"Ranked search vs the other arms: anytime p_best on {label} (replay)", fontsize=10)
     fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=110)
@@ -143,17 +172,25 @@ def plot(docs: list[dict], curves: list[dict], path: Path) -> Path:
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m benchmarks.ranked_report", description=__doc__.split("\n")[0])
+    p.add_argument("--grid", choices=sorted(GRIDS), default="benchmark", help="whose slices to replay")
     p.add_argument("--data", default="benchmarks/data")
     p.add_argument("--orders", type=int, default=200)
     p.add_argument("--jobs", type=int, default=1)
-    p.add_argument("--out", default="benchmarks/results/ranked-v1.json")
-    p.add_argument("--plot", default="docs/ranked-anytime.png")
+    p.add_argument("--out", default=None, help="default: benchmarks/results/ranked-v1.json (ranked-v2.json for bench-v2)")
+    p.add_argument("--plot", default=None, help="default: docs/ranked-anytime.png (docs/benchmark/v2/... for bench-v2)")
     args = p.parse_args(argv)
+    label, scenarios, default_out, default_plot = GRIDS[args.grid]
+    args.out, args.plot = args.out or default_out, args.plot or default_plot
     if args.orders < 1 or args.jobs < 1:
         print("error: --orders and --jobs must be >= 1", file=sys.stderr)
         return 2
-    started, docs, curves = time.perf_counter(), [], []
-    for name, search, law, transfer in SCENARIOS:
+    started, docs, curves, skipped = time.perf_counter(), [], [], []
+    for name, search, law, transfer in scenarios:
+        missing = unrecorded(args.data, (search, *law))
+        if missing:
+            skipped.append(f"{name} ({', '.join(missing)})")
+            print(f"\n== {name}: skipped, not recorded yet: {', '.join(missing)}")
+            continue
         try:
             doc, curve, _ = run_scenario(args.data, name, search, law, transfer, args.orders, args.jobs,
                                          replay_settings())
@@ -171,9 +208,14 @@ def main(argv: list[str] | None = None) -> int:
     out.parent.mkdir(parents=True, exist_ok=True)
     meta = {"orders": args.orders, "data": args.data, "seconds": time.perf_counter() - started,
             "command": "python -m benchmarks.ranked_report " + " ".join(argv if argv is not None else sys.argv[1:])}
-    out.write_text(json.dumps({**meta, "scenarios": docs}, indent=1, default=float), encoding="utf-8")
-    out.with_suffix(".md").write_text(markdown(docs, args.orders), encoding="utf-8")
-    print(f"wrote {out}, {out.with_suffix('.md')}, {plot(docs, curves, Path(args.plot))} ({meta['seconds']:.0f} s)")
+    if not docs:
+        print(f"error: no scenario of {label} is recorded in {args.data} yet", file=sys.stderr)
+        return 2
+    out.write_text(json.dumps({**meta, "grid": label, "skipped": skipped, "scenarios": docs}, indent=1, default=float),
+                   encoding="utf-8")
+    out.with_suffix(".md").write_text(markdown(docs, args.orders, label, tuple(skipped)), encoding="utf-8")
+    print(f"wrote {out}, {out.with_suffix('.md')}, {plot(docs, curves, Path(args.plot), label)} "
+          f"({meta['seconds']:.0f} s)")
     return 0
 
 

@@ -49,6 +49,23 @@ def test_a_law_with_a_slope_interval_containing_zero_spends_exactly_the_curve_ar
         assert all(step.rule == CURVE for step in ranked.policy.steps[:-1])
 
 
+def test_without_a_prior_startup_trains_under_the_curve_pruner_and_costs_the_curve_arm_plus_gaps(contexts):
+    """No law may decide yet: each startup candidate pays its gap, then trains as the curve-based
+    arm would (never fully when the curve pruner would stop it)."""
+    s, compared = replay_settings(), 0
+    for order in range(3):
+        ranked = RankedReplay(contexts, "ranked", order, s)
+        result = ranked.run()
+        assert ranked.policy.notes[0].startswith("no prior law: the first candidates train under the curve-based pruner")
+        startup = [st for st in ranked.policy.steps if st.kind == TRAIN and st.rule == "startup"]
+        assert startup and all(st.curve for st in startup)
+        if all(st.rule in ("startup", "curve") for st in ranked.policy.steps if st.kind == TRAIN):
+            halving = Replay(contexts, "successive_halving", order, s).run()  # no law ever decided
+            assert result.cpu - result.gap_cpu == pytest.approx(halving.cpu)
+            compared += 1
+    assert compared  # the fixture's 5 contexts are too few for an own fit: every order compares
+
+
 def test_a_usable_prior_ranks_measures_every_gap_once_and_stops(contexts):
     s = replay_settings()
     prior = prior_of(load_table(FIXTURE), s)  # the fixture's own law slice: a law that fits these contexts

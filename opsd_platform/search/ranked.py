@@ -8,7 +8,9 @@ drew them), asked ``next()`` for a ``Step`` and told what was measured:
 
 - **Which law.** A *prior* (a law fitted elsewhere, e.g. ``models:/opsd-gap-law@<alias>``: another
   family, world or an earlier study) replaces startup trials. Without one, the first candidates
-  train fully in the drawn order (``startup``) and their points make the study's own fit. Either
+  train in the drawn order (``startup``) under the curve-based pruner, as the curve-based arm
+  would, and those trained to the end make the study's own fit (the points are then the
+  survivors of the pruner: a selection the own fit's slope carries). Either
   law decides only when ``law.holdout.check_law`` says it may (>= 5 configurations, >= 3 residual
   degrees of freedom, a non-degenerate interval, a slope interval excluding 0, a leave-one-out
   error below a constant predictor's); the own fit is refitted and re-checked after every trained
@@ -33,7 +35,7 @@ drew them), asked ``next()`` for a ``Step`` and told what was measured:
   direction that makes the stopping rule stop wrongly; a prior that over-predicts only stops
   later, and its ranking may still hold). More than ``prior_max_misses`` misses and the prior is
   dropped for the study's own fit: used at once if it may decide, else the next candidates train
-  fully in the drawn order until it may (as without a prior). Every decision names its law.
+  in the drawn order under the curve pruner until it may (as without a prior). Every decision names its law.
 """
 
 from __future__ import annotations
@@ -126,7 +128,8 @@ class RankedPolicy:
                 self._use(self.prior, self.prior_label, f"{self.prior_label} decides ({check.reason})")
         else:
             self.mode = STARTUP
-            self.notes.append("no prior law: the first candidates train fully until the study's own fit may decide")
+            self.notes.append("no prior law: the first candidates train under the curve-based pruner until the study's own "
+                              "fit may decide")
 
     # ------------------------------------------------------------------ state changes
 
@@ -156,7 +159,8 @@ class RankedPolicy:
             self._use(fit, label, (f"{dropped}; " if dropped else "") + f"{label} decides ({why})")
         elif dropped:  # as without a prior: train in the drawn order until the own fit may decide
             self.mode, self.law, self.law_label = STARTUP, None, None
-            self.notes.append(f"{dropped}; {label}: {why}; the next candidates train fully until it may decide")
+            self.notes.append(f"{dropped}; {label}: {why}; the next candidates train under the curve-based pruner until "
+                              "it may decide")
         elif self.mode == RANKED:
             self._curve(f"{label}: {why}; the curve-based pruner for the rest")
 
@@ -215,7 +219,9 @@ class RankedPolicy:
             first = waiting[0]
             if first.gap is None:
                 return Step(MEASURE, (first.key,), STARTUP, "startup: its gap, a point of the study's own fit")
-            return Step(TRAIN, (first.key,), STARTUP, f"startup: {self.notes[-1]}", bar=bar)
+            # under the curve pruner: until a law may decide, a startup candidate costs what the
+            # curve-based arm would pay for it (plus its gap); one it prunes gives the fit no point
+            return Step(TRAIN, (first.key,), STARTUP, f"startup: {self.notes[-1]}", curve=True, bar=bar)
         if unmeasured:
             return Step(MEASURE, unmeasured, "phase1", f"phase 1: the gap of every waiting candidate ({self.law_label})",
                         law=self.law_label)

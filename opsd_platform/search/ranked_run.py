@@ -14,7 +14,7 @@ those keys; the inner phase searches them.
 - ``measure``: a trial that measures the context's gap and stops before training (state PRUNED,
   ``ranked.phase=gap``); the student side of the gap is shared as in any trial;
 - ``train``: a trial that trains the context (``gap.enabled=false``: its gap is already known);
-  under the curve-based pruner when the policy says the law may not decide;
+  under the curve-based pruner when the policy says no law may decide (yet);
 - ``stop``: no trial; the decision (which contexts were left, why) is on the parent run.
 
 **The inner phase.** What is left of ``search.n_trials`` after the ranked phase samples the other
