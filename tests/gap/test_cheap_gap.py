@@ -1,4 +1,4 @@
-"""The cheap gap (issue 31): estimators from the student's own samples and one teacher scoring pass."""
+"""The cheap gap (docs/cheap-gap.md): estimators from the student's own samples and one teacher scoring pass."""
 
 import itertools
 

@@ -1,4 +1,4 @@
-"""Calibration -> fit-law -> registry, the issue's fast form, through the real CLI and stores."""
+"""Calibration -> fit-law -> registry on the tiny model, through the real CLI and stores."""
 
 import mlflow
 import pandas as pd

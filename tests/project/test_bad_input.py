@@ -140,7 +140,7 @@ CASES = [
          "opsd compare-grpo: no gap law to predict OPSD's improvement with (no registered model 'opsd-gap-law'; registered models: none) "
          "in sqlite:////data/empty/mlflow.db; register one: opsd calibrate, then opsd fit-law, on this store "
          "(or opsd fit-law law.table=DIR: from a recorded runs.csv table)"),
-    # ------------------------------------------------------------------ a new user's first hour (issue 33)
+    # ------------------------------------------------------------------ a new user's first hour
     Case("tracking URI: a file that is not a database", f"{TRAIN} tracking.uri=sqlite:///{DATA}/notes.db",
          "opsd train: tracking.uri=sqlite:////data/notes.db: /data/notes.db is not an SQLite database; name an MLflow "
          "store (.../mlflow.db) or a file that does not exist yet"),

@@ -4,11 +4,14 @@ most 120 characters E501) over the code the project ships and tests.
 F and I hold everywhere. E501 holds in every file but those in LONG_LINES, which hold lines written
 before the gate: each may keep at most its count here, so the count can only shrink (lower it when
 you shorten lines: `python -m tests.project.test_lint` prints the current counts).
+
+And every test file or fixture the repository names (docs, comments, configs) is where it says.
 """
 
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 import sys
 from collections import Counter
@@ -127,6 +130,23 @@ def test_no_file_gains_a_line_over_120_characters():
 def test_the_long_line_caps_name_files_that_exist():
     stale = [path for path in LONG_LINES if not (ROOT / path).is_file()]
     assert not stale, f"LONG_LINES names files that are gone: {stale}"
+
+
+TEST_PATH = re.compile(r"(?<![\w/.-])tests/[\w/.-]*\w\.(?:py|yaml|jsonl|csv|md)")
+
+
+def test_every_test_path_named_in_the_repository_exists():
+    """A moved or deleted test leaves no pointer behind (docs, module comments, configs)."""
+    texts = [p for p in ROOT.iterdir() if p.suffix in (".md", ".toml", ".yaml") or p.name in ("Makefile", "MLproject")]
+    texts += [p for folder in [*CHECKED, "docs", "conf", ".ci"] for p in (ROOT / folder).rglob("*")
+              if p.suffix in (".py", ".md", ".yaml", "") and p.is_file() and "__pycache__" not in p.parts]
+    named = {(f"{path.relative_to(ROOT)}:{i}", name) for path in texts
+             for i, line in enumerate(path.read_text(encoding="utf-8", errors="replace").splitlines(), 1)
+             for name in TEST_PATH.findall(line)}
+    found = {(where.split(":")[0], name) for where, name in named}
+    assert ("README.md", "tests/project/test_journeys.py") in found  # the search sees what it should
+    stale = sorted(f"{where}: {name}" for where, name in named if not (ROOT / name).exists())
+    assert not stale, "paths under tests/ that do not exist (moved or deleted):\n" + "\n".join(stale)
 
 
 if __name__ == "__main__":  # the current counts, to paste into LONG_LINES after shortening lines

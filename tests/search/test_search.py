@@ -291,7 +291,7 @@ def test_comparison_counts_false_prunes_against_the_unpruned_arm():
 
 
 def test_fast_search_prunes_some_trials_trains_others_and_reports(law_uri, tmp_path, capsys):
-    """The issue's fast form on the tiny model, with the law registered above: 2 startup trials
+    """A search end to end on the tiny model, with the law of `law_uri` (conftest.py): 2 startup trials
     train, the law (predicting ~-0.45 at the tiny model's gap ~0) prunes the rest; every finished
     trial refits the law (learning loop); a re-run finds the study done."""
     storage = f"sqlite:///{tmp_path}/optuna.db"

@@ -143,7 +143,7 @@ CASES = [
     # ---------------------------------------------------------------- stdin
     Case("stdin", "iterating `sys.stdin`", py("import sys\nfor line in sys.stdin:\n    a, b = map(int, line.split())\n"
                                                "    print(a + b)"), AB,
-         True, True, "sys.stdin is a StringIO of the input, which iterates (issue 15 expected a failure here)"),
+         True, True, "sys.stdin is a StringIO of the input, which iterates (a failure here was once expected)"),
     # ---------------------------------------------------------------- LCB accidents, not reproduced
     Case("LCB accident", "`open(0).read()`", py("a, b = map(int, open(0).read().split())\nprint(a + b)"), AB,
          False, True, "`from builtins import *` binds the real open, which reads the grader's own stdin", ours=True),
