@@ -1,7 +1,9 @@
 """Fixtures for the whole suite. The tests mirror the package: tests/<stage>/ holds the tests of
 opsd_platform/<stage>/, tests/benchmarks/ those of benchmarks/, tests/project/ those of the top-level
 modules and of the project as a whole (layers, lint, packaging, the README's journeys). What tests
-in several folders share is in tests/helpers.py; the fixture files are in tests/data/."""
+in several folders share is in tests/helpers.py; the fixture files are in tests/data/. Every folder
+is a package (an __init__.py), so two test files may share a name and `from tests.helpers import`
+resolves under a plain `pytest` too."""
 
 import os
 
