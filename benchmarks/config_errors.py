@@ -9,7 +9,7 @@ gives the median wall time, the exit code and which heavy libraries were importe
 (the same command run once more under ``python -c``, listing ``HEAVY`` found in ``sys.modules``).
 Wall time on a shared machine is noisy: the median of a few runs, and say what else was running.
 Issue 33's target: under 1 s, i.e. before torch, MLflow or Optuna is imported.
-tests/test_first_hour.py runs the same cases through ``probe`` and asserts the imports, not the time.
+tests/project/test_first_hour.py runs the same cases through ``probe`` and asserts the imports, not the time.
 """
 
 from __future__ import annotations

@@ -48,7 +48,7 @@ USAGE = __doc__
 # The config sections each command composes: (prefix, "module:Class"), "" for the train config. One
 # table, read by the commands (`command_sections` composes each section with Hydra) and by
 # `opsd <command> --help` (which describes each section's keys). Every module named here is light
-# (no torch, MLflow, Optuna or pandas; tests/test_first_hour.py checks it): a command checks its
+# (no torch, MLflow, Optuna or pandas; tests/project/test_first_hour.py checks it): a command checks its
 # whole command line first and imports what runs it after, so a config error comes in a second.
 TRAIN_CONFIG = "opsd_platform.config:TrainConfig"
 SECTIONS = {

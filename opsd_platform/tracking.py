@@ -8,7 +8,7 @@ Several processes may write to one SQLite store at once (calibration points, sea
 ``init_store`` creates or checks the schema under an exclusive file lock (``<db>.lock``), since
 MLflow's schema migration run by two processes at once breaks the store; every other write
 relies on the ``PRAGMA busy_timeout`` (20 s) MLflow sets on each SQLite session, which
-``tests/test_concurrent.py`` shows to be enough (no "database is locked", nothing lost).
+``tests/search/test_concurrent.py`` shows to be enough (no "database is locked", nothing lost).
 
 A URI that cannot work fails once, early, as ``TrackingError`` naming ``tracking.uri`` and the
 cause: a relative or uncreatable SQLite path, a plain directory / ``file:`` URI (MLflow's file

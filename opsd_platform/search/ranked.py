@@ -29,7 +29,7 @@ drew them), asked ``next()`` for a ``Step`` and told what was measured:
   Its error: when the law is right, a candidate's new improvement exceeds its upper bound with
   probability (1 - level) / 2, and a stopped candidate can beat the incumbent only then; so the
   share of candidates wrongly stopped is at most (1 - level) / 2 (5 % at level 0.9), tested on
-  synthetic laws in tests/test_ranked.py.
+  synthetic laws in tests/search/test_ranked.py.
 - **The prior on trial.** The first ``prior_test_trials`` candidates trained under a prior test
   it: a measured improvement *above* the prior's ``prior_test_level`` upper bound is a miss (the
   direction that makes the stopping rule stop wrongly; a prior that over-predicts only stops

@@ -4,7 +4,7 @@ Student and teacher score *the same* sampled response tokens under their own pro
 samples of a problem share the student's prompt (and the teacher's, when its context is the same
 for each sample), so with ``share_prefix`` each distinct prompt is run once. Three ways, in the
 order they are tried; values and gradients equal one pass per row to float tolerance
-(``tests/test_scoring.py``):
+(``tests/training/test_scoring.py``):
 
 - *segments* (sdpa attention, not under gradient checkpointing): everything in ONE row with no
   padding at all: ``[prompt_a | r_1 | r_2 ... | prompt_b | r_5 ...]``. The linear layers see

@@ -182,7 +182,7 @@ class HFGenerateEngine:
     ``share_prefix``, the rows of a micro-batch that share a prompt (the n samples of a problem)
     share its prefill: each distinct prompt but its last token is run once with the KV cache on,
     the cache is gathered out to the rows, and ``generate`` goes on from it (the same tokens and
-    random draws as without; ``tests/test_rollout.py``). The prefill of the prompts is most of a
+    random draws as without; ``tests/training/test_rollout.py``). The prefill of the prompts is most of a
     short rollout's compute on CPU.
 
     Two departures from a plain ``generate`` call, both for speed and both exact: it generates in

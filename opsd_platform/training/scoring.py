@@ -18,7 +18,7 @@ and no position past a response's end is scored when the rows are packed. With
 ``support=full`` the divergence needs both full log-softmax tensors by definition. The caller
 backpropagates each micro-batch's loss divided by the token count of the whole step, which gives
 the full-batch loss and gradient (checked against an ``F.kl_div`` reference in
-``tests/test_scoring.py``).
+``tests/training/test_scoring.py``).
 """
 
 from __future__ import annotations

@@ -13,7 +13,7 @@ def adamw(params: list[torch.nn.Parameter], lr: float, weight_decay: float, fuse
     """AdamW, with torch's fused kernel when asked and torch has one for these parameters. Without
     it torch updates CPU parameters one tensor and one elementwise op at a time: ~0.4 s per step
     for a 135M model on one thread, against ~0.08 s fused (``python -m benchmarks.optimizer``).
-    Same update to float precision (tests/test_training.py)."""
+    Same update to float precision (tests/training/test_training.py)."""
     if fused:
         try:
             return torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay, fused=True)
