@@ -58,11 +58,13 @@ SCENARIOS_V2 = (
     ("v2 SmolLM2 arithmetic contexts, law from v2 Gemma-3", "law-arithmetic-v2", ("law-gemma3-arithmetic-v2",), True),
     ("v2 Gemma-3 arithmetic contexts, law from v2 SmolLM2", "law-gemma3-arithmetic-v2", ("law-arithmetic-v2",), True),
     ("v2 SmolLM2 pyfunc contexts, law from v2 arithmetic", "law-pyfunc-v2", ("law-arithmetic-v2",), True),
-    ("v2 SmolLM2 arithmetic contexts, law from v1 SmolLM2 (earlier study)", "law-arithmetic-v2", ("law-arithmetic",), True),
+    ("v2 SmolLM2 arithmetic contexts, law from v1 SmolLM2 (earlier study)",
+     "law-arithmetic-v2", ("law-arithmetic",), True),
     ("v2 SmolLM2 arithmetic contexts, law from v1 Gemma-3", "law-arithmetic-v2", ("law-gemma3-arithmetic",), True),
 )
 GRIDS = {"benchmark": ("bench-v1", SCENARIOS_V1, "benchmarks/results/ranked-v1.json", "docs/ranked-anytime.png"),
-         "bench-v2": ("bench-v2", SCENARIOS_V2, "benchmarks/results/ranked-v2.json", "docs/benchmark/v2/ranked-anytime.png")}
+         "bench-v2": ("bench-v2", SCENARIOS_V2, "benchmarks/results/ranked-v2.json",
+                      "docs/benchmark/v2/ranked-anytime.png")}
 ARMS = ["none", "median", "successive_halving", "hyperband", "law", "law_then_halving", *RANKED_ARMS]
 GRID = np.linspace(0.0, 1.5, 301)
 
@@ -176,7 +178,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--data", default="benchmarks/data")
     p.add_argument("--orders", type=int, default=200)
     p.add_argument("--jobs", type=int, default=1)
-    p.add_argument("--out", default=None, help="default: benchmarks/results/ranked-v1.json (ranked-v2.json for bench-v2)")
+    p.add_argument("--out", default=None,
+                   help="default: benchmarks/results/ranked-v1.json (ranked-v2.json for bench-v2)")
     p.add_argument("--plot", default=None, help="default: docs/ranked-anytime.png (docs/benchmark/v2/... for bench-v2)")
     args = p.parse_args(argv)
     label, scenarios, default_out, default_plot = GRIDS[args.grid]

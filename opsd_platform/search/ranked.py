@@ -128,8 +128,8 @@ class RankedPolicy:
                 self._use(self.prior, self.prior_label, f"{self.prior_label} decides ({check.reason})")
         else:
             self.mode = STARTUP
-            self.notes.append("no prior law: the first candidates train under the curve-based pruner until the study's own "
-                              "fit may decide")
+            self.notes.append("no prior law: the first candidates train under the curve-based pruner until the "
+                              "study's own fit may decide")
 
     # ------------------------------------------------------------------ state changes
 
@@ -159,8 +159,8 @@ class RankedPolicy:
             self._use(fit, label, (f"{dropped}; " if dropped else "") + f"{label} decides ({why})")
         elif dropped:  # as without a prior: train in the drawn order until the own fit may decide
             self.mode, self.law, self.law_label = STARTUP, None, None
-            self.notes.append(f"{dropped}; {label}: {why}; the next candidates train under the curve-based pruner until "
-                              "it may decide")
+            self.notes.append(f"{dropped}; {label}: {why}; the next candidates train under the curve-based "
+                              "pruner until it may decide")
         elif self.mode == RANKED:
             self._curve(f"{label}: {why}; the curve-based pruner for the rest")
 

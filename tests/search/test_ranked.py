@@ -57,7 +57,7 @@ def test_without_a_prior_startup_trains_under_the_curve_pruner_and_costs_the_cur
     for order in range(3):
         ranked = RankedReplay(contexts, "ranked", order, s)
         result = ranked.run()
-        assert ranked.policy.notes[0].startswith("no prior law: the first candidates train under the curve-based pruner")
+        assert ranked.policy.notes[0].startswith("no prior law: the first candidates train under the curve-based")
         startup = [st for st in ranked.policy.steps if st.kind == TRAIN and st.rule == "startup"]
         assert startup and all(st.curve for st in startup)
         if all(st.rule in ("startup", "curve") for st in ranked.policy.steps if st.kind == TRAIN):
