@@ -121,6 +121,17 @@ def cmd_compare(args: argparse.Namespace) -> int:
     drive(replay, measure, train)
     live_again = RankedPolicy([(c, c) for c in contexts], *prior, "prior (recorded law slice)", RankedSettings(level=args.level))
     drive(live_again, lambda key, step: gaps[key], lambda key, step: (improvements.get(key), key in improvements))
+    same = Ledger()  # the live decisions charged at the recorded costs (what the replay would pay for them)
+    for st in live_again.steps:
+        for key in st.keys if st.kind == "measure" else ():
+            same.gap(runs[key])
+        if st.kind == "train":
+            same.validation(runs[st.keys[0]])
+            same.train(runs[st.keys[0]], runs[st.keys[0]].steps)
+    trained_live = [r["context"] for r in rows if r["phase"] == "train"]
+    measured_live = [r["context"] for r in rows if r["phase"] == "gap"]
+    reproduces = (trained_live == [s.keys[0] for s in live_again.steps if s.kind == "train"]
+                  and measured_live == [k for s in live_again.steps if s.kind == "measure" for k in s.keys])
     none = Ledger()  # every context trained, as `none` would
     for run in runs.values():
         none.validation(run)
@@ -130,13 +141,18 @@ def cmd_compare(args: argparse.Namespace) -> int:
     doc = {"study": args.study, "search_slice": args.search_slice, "law_slice": args.law_slice, "seed": args.seed,
            "live_trials": rows, "gaps": {c: {"live": gaps[c], "recorded": runs[c].gap} for c in contexts},
            "improvements": {c: {"live": improvements.get(c), "recorded": runs[c].improvement} for c in contexts},
-           "decisions": {"live": live, "replay": decisions, "agree": live == decisions},
+           # live: the policy driven again over the live study's own measurements; it must take the
+           # study's decisions (one policy, two callers). replay: over the recorded table's.
+           "decisions": {"live": live, "replay": decisions, "agree": live == decisions,
+                         "policy_reproduces_the_live_study": reproduces},
            "cost": {"live_seconds": seconds, "replay_recorded_cpu_s": ledger.cpu,
-                    "none_recorded_cpu_s": none.cpu}}
+                    "live_decisions_at_recorded_cpu_s": same.cpu, "none_recorded_cpu_s": none.cpu}}
     for c in contexts:
         print(f"{c:<18} gap live {gaps[c]:+.3f} recorded {runs[c].gap:+.3f}; improvement live "
               f"{improvements.get(c, float('nan')):+.3f} recorded {runs[c].improvement:+.3f}")
+    print(f"the policy over the live measurements {'takes' if reproduces else 'does NOT take'} the live study's decisions")
     print(f"decisions {'agree' if doc['decisions']['agree'] else 'DIFFER'}: live {live}\n  replay {decisions}")
+    print(f"the live decisions at the recorded costs: {same.cpu:.0f} CPU-s ({same.cpu / none.cpu:.0%} of `none`'s)")
     print(f"cost: live {seconds:.0f} s; replay {ledger.cpu:.0f} recorded CPU-s ({ledger.cpu / none.cpu:.0%} of `none`'s "
           f"{none.cpu:.0f})")
     if args.out:
