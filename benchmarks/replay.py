@@ -28,7 +28,6 @@ the settings the pruners read are a ``SearchConfig`` (``ReplaySettings.search``)
 
 from __future__ import annotations
 
-import warnings
 from dataclasses import dataclass, field, fields
 from typing import Any, Sequence
 
@@ -37,14 +36,11 @@ import optuna
 from optuna.trial import TrialState
 
 from benchmarks.replay_table import Run, Table
+from opsd_platform.gap.sequential import confidence_sequence, law_settle, sequential_gap
 from opsd_platform.search.memory import LawMemory, MemoryLawPruner, first_law
 from opsd_platform.search.pruner import GAP_RULES, PRUNE, GapLawPruner, decide_policy
 from opsd_platform.search.settings import SearchConfig
 from opsd_platform.search.study import LawThenCurve, pruner_of
-from opsd_platform.training.sequential import confidence_sequence, law_settle, sequential_gap
-
-optuna.logging.set_verbosity(optuna.logging.ERROR)
-warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
 
 ARMS = ("none", "median", "successive_halving", "hyperband", "topk", "law", "law_sequential", "law_then_halving")
 LAW_ARMS = ("law", "law_sequential", "law_then_halving")

@@ -9,8 +9,8 @@ Two kinds:
 - **Control flow** inside a run or a search (`StopTraining`, `RunInterrupted`,
   `WorkerInterrupted`): not errors of the user; the training loop, the grid and the search catch them.
 
-The modules that raise an error re-export it where it always lived (``from opsd_platform.law
-import LawError`` still works); this module is where it is defined. Internal failures (a sandbox
+Every error is imported from here (``opsd_platform.law`` also names ``LawError``: the code of
+already registered law models imports it from there). Internal failures (a sandbox
 that cannot start, an import guard) stay where they are raised: they are bugs or broken machines,
 not bad input, and they keep their traceback.
 """

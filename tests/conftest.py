@@ -1,8 +1,8 @@
-import os
-
 import pytest
 
-os.environ.setdefault("HF_HUB_OFFLINE", "1")
+from opsd_platform.process import configure_process
+
+configure_process()  # as every entry point does first (opsd_platform/process.py)
 
 
 @pytest.fixture

@@ -14,9 +14,9 @@ import torch
 from mlflow.tracking import MlflowClient
 
 from opsd_platform.config.compose import train_config
+from opsd_platform.errors import CheckpointError
+from opsd_platform.runs.train import train
 from opsd_platform.training import checkpoint
-from opsd_platform.training.checkpoint import CheckpointError
-from opsd_platform.training.train import train
 
 # ----------------------------------------------------------------------------- pure helpers
 

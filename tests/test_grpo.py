@@ -10,10 +10,10 @@ from mlflow.tracking import MlflowClient
 
 from opsd_platform.config.compose import train_config
 from opsd_platform.models import load_policy
+from opsd_platform.runs.train import train
 from opsd_platform.training import checkpoint
 from opsd_platform.training.losses import aggregation_weights, group_advantages, grpo_loss, grpo_token_loss, k3_kl
 from opsd_platform.training.module import OPSDModule
-from opsd_platform.training.train import train
 from opsd_platform.worlds import make_world
 from opsd_platform.worlds.base import Judgement, Problem
 
@@ -191,8 +191,9 @@ def test_micro_batches_give_the_full_batch_loss_and_gradient(aggregation, kl_bet
     from opsd_platform.config import ModelConfig, TinyModelConfig
     from opsd_platform.training import grpo
     from opsd_platform.training.packing import response_logits
-    from opsd_platform.training.rollout import HFGenerateEngine, chunks
+    from opsd_platform.training.rollout import HFGenerateEngine
     from opsd_platform.training.scoring import scoring_with
+    from opsd_platform.training.sequences import chunks
 
     torch.manual_seed(0)
     policy, tok = load_policy(ModelConfig(source="tiny", tiny=TinyModelConfig(init_std=0.2)), seed=0)
@@ -354,7 +355,7 @@ def test_a_failed_grpo_run_resumes_bitwise_and_is_tracked(tiny_overrides, tmp_pa
     """As the OPSD resume tests (test_checkpoint.py): a run failing before step 4 (newest checkpoint:
     step 2) resumes to the weights, KL reference and optimizer state of an uninterrupted run, each
     step logged once; the run carries the algorithm tag and GRPO's metrics."""
-    monkeypatch.setattr("opsd_platform.training.train.make_world", lambda cfg, seed=0: DigitWorld())
+    monkeypatch.setattr("opsd_platform.runs.train.make_world", lambda cfg, seed=0: DigitWorld())
     threads = torch.get_num_threads()
     try:
         _failed_grpo_run_resumes(tiny_overrides, tmp_path)

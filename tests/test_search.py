@@ -14,8 +14,9 @@ from optuna.trial import TrialState
 
 from opsd_platform.cli import main
 from opsd_platform.config import ConfigError
-from opsd_platform.law.pipeline import FitLawConfig, fit_and_register
+from opsd_platform.law.pipeline import fit_and_register
 from opsd_platform.law.registry import describe
+from opsd_platform.law.settings import FitLawConfig
 from opsd_platform.search import SearchConfig, TrialSeededSampler, load_space, parse_space, sample, to_overrides
 from opsd_platform.search.compare import comparison_rows
 from opsd_platform.search.pruner import GapLawPruner

@@ -23,7 +23,8 @@ from mlflow.tracking import MlflowClient
 from optuna.trial import TrialState
 
 from opsd_platform.cli import main
-from opsd_platform.law.pipeline import FitLawConfig, fit_and_register
+from opsd_platform.law.pipeline import fit_and_register
+from opsd_platform.law.settings import FitLawConfig
 
 from test_calibrate import log_points
 from test_search import FAST, LAW_POINTS

@@ -14,13 +14,13 @@ from optuna.trial import TrialState
 from opsd_platform.cli import main
 from opsd_platform.config import ConfigError, config_hash
 from opsd_platform.config.compose import train_config
+from opsd_platform.gap import measurements
+from opsd_platform.gap.measure import measure_student, measure_teacher
+from opsd_platform.gap.sequential import PRUNE, TRAIN, aligned_batch
 from opsd_platform.models import load_policy
 from opsd_platform.search import Objective
 from opsd_platform.search.pruner import GapLawPruner
-from opsd_platform.training import measurements
-from opsd_platform.training.gap import measure_student, measure_teacher
 from opsd_platform.training.rollout import HFGenerateEngine
-from opsd_platform.training.sequential import PRUNE, TRAIN, aligned_batch
 from opsd_platform.worlds import make_world
 
 from test_search import FAST, law_uri  # noqa: F401  (the module-scoped fixture: a registered law)

@@ -14,8 +14,8 @@ from mlflow.tracking import MlflowClient
 from opsd_platform import tracking
 from opsd_platform.config.compose import train_config
 from opsd_platform.models import load_policy
+from opsd_platform.runs.train import train
 from opsd_platform.training.module import OPSDModule
-from opsd_platform.training.train import train
 from opsd_platform.worlds import make_world
 
 

@@ -41,10 +41,10 @@ from optuna.trial import FrozenTrial, TrialState
 from opsd_platform import tracking
 from opsd_platform.config import ConfigError, TrainConfig, config_hash, default_home, flatten
 from opsd_platform.config.compose import conf_dir, train_config
-from opsd_platform.search.settings import GridConfig  # noqa: F401 (re-exported)
+from opsd_platform.process import configure_process
+from opsd_platform.search.settings import GridConfig
 
 log = logging.getLogger(__name__)
-optuna.logging.set_verbosity(optuna.logging.WARNING)
 
 
 @dataclass(frozen=True)
@@ -248,7 +248,8 @@ class Objective:
         self.uri, self.experiment, self.progress = uri, experiment, progress
 
     def __call__(self, trial: optuna.Trial) -> float:
-        from opsd_platform.training.train import RunInterrupted, train
+        from opsd_platform.errors import RunInterrupted
+        from opsd_platform.runs.train import train
 
         key = trial.user_attrs.get("point")
         if key is not None and key not in self.by_key:  # queued by a newer grid file than this worker read
@@ -340,6 +341,7 @@ def run_grid(overrides: Sequence[str], settings: GridConfig, progress: Callable[
              grid_overrides: Sequence[str] = ()) -> GridStatus:
     """Prepare the queue, then run `settings.workers` worker processes (started with `overrides`
     and `grid_overrides`, the grid.* keys), or be the one worker."""
+    configure_process()  # again, now that Optuna is loaded: its log level (process.quiet_optuna)
     spec = load_spec(settings.spec)
     grid_points = points(spec, overrides, settings.only)
     first = train_config(list(grid_points[0].overrides)) if grid_points else train_config(list(overrides))

@@ -18,8 +18,8 @@ from optuna.trial import FrozenTrial, TrialState
 from opsd_platform import tracking
 from opsd_platform.config import TrainConfig
 from opsd_platform.config.compose import train_config
-from opsd_platform.errors import WorkerInterrupted  # noqa: F401 (re-exported)
-from opsd_platform.law.registry import CHAMPION
+from opsd_platform.errors import WorkerInterrupted
+from opsd_platform.law.names import CHAMPION
 from opsd_platform.search.pruner import (
     PRUNE,
     Decision,
@@ -49,7 +49,7 @@ class StepReporter(L.Callback):
         self.values: list[float] = []
 
     def on_train_start(self, trainer, pl_module) -> None:
-        from opsd_platform.training.train import StopTraining
+        from opsd_platform.errors import StopTraining
 
         run_id = getattr(trainer.logger, "run_id", None)
         if run_id and "mlflow_run_id" not in self.trial.user_attrs:
@@ -61,7 +61,7 @@ class StepReporter(L.Callback):
                 raise StopTraining(f"pruned: {decision.reason}")
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
-        from opsd_platform.training.train import StopTraining
+        from opsd_platform.errors import StopTraining
 
         last = pl_module.history[-1] if pl_module.history else {}
         if "rollout/pass_rate" not in last:
@@ -89,7 +89,8 @@ class Objective:
         self.h, self.progress = handle, progress
 
     def __call__(self, trial: optuna.Trial) -> float:
-        from opsd_platform.training.train import RunInterrupted, train
+        from opsd_platform.errors import RunInterrupted
+        from opsd_platform.runs.train import train
 
         h, s = self.h, self.h.settings
         trial.set_user_attr("worker", worker_id())
@@ -149,8 +150,8 @@ class Objective:
         """gap.sequential: (stopping rule, "") from the study's own pruner (its policy and the bar it
         would use now, sequential.policy_gate), or (None, why) when the decision will not depend on
         the gap. Built as the measurement starts, so the bar is as fresh as the pruner's will be."""
+        from opsd_platform.gap.sequential import policy_gate
         from opsd_platform.search.pruner import GAP_RULES, decide_policy
-        from opsd_platform.training.sequential import policy_gate
 
         pruner = trial.study.pruner
         if not isinstance(pruner, GapLawPruner):
@@ -161,7 +162,8 @@ class Objective:
 
     def after_gap(self, trial: optuna.Trial, cfg: TrainConfig, run_id: str, gap) -> None:
         """Record the gap, then let the pruner decide before any training (StopTraining to prune)."""
-        from opsd_platform.training.train import StopTraining, estimated_training_tokens
+        from opsd_platform.errors import StopTraining
+        from opsd_platform.runs.train import estimated_training_tokens
 
         mean_len = gap.tokens_generated / max(1, 2 * gap.n_problems * gap.samples_per_problem)
         attrs = {
@@ -238,7 +240,8 @@ class LearningLoop:
         from mlflow.tracking import MlflowClient
 
         from opsd_platform.law import LawError
-        from opsd_platform.law.pipeline import FitLawConfig, fit_and_register
+        from opsd_platform.law.pipeline import fit_and_register
+        from opsd_platform.law.settings import FitLawConfig
 
         h, s = self.h, self.h.settings
         if s.pruner != "law" or s.refit_every == 0 or trial.state != TrialState.COMPLETE:

@@ -49,8 +49,9 @@ import pandas as pd
 from optuna.trial import FrozenTrial, TrialState
 
 from opsd_platform import tracking
+from opsd_platform.errors import RegistryError
 from opsd_platform.law.holdout import finite_or_none
-from opsd_platform.law.registry import CHAMPION, DEFAULT_NAME, RegistryError
+from opsd_platform.law.names import CHAMPION, DEFAULT_NAME
 
 TRAIN, PRUNE, CALIBRATE = "train", "prune", "calibrate"
 ATTR_PREFIX = "pruner."

@@ -61,8 +61,9 @@ def load_prior(settings: Any, uri: str, world: str):
     """(LawFit, LawCheck, label) of ``search.prior_law``, or None; ConfigError when it cannot be used."""
     from opsd_platform import tracking
     from opsd_platform.config import ConfigError
+    from opsd_platform.errors import RegistryError
     from opsd_platform.law.holdout import check_from_tags
-    from opsd_platform.law.registry import RegistryError, alias_version, load_law
+    from opsd_platform.law.registry import alias_version, load_law
 
     if settings.prior_law is None:
         return None
@@ -125,9 +126,10 @@ class LiveSteps:
         import optuna
 
         from opsd_platform.config.compose import train_config
+        from opsd_platform.errors import StopTraining
+        from opsd_platform.runs.train import train
         from opsd_platform.search.objective import StepReporter
         from opsd_platform.search.space import sample, to_overrides
-        from opsd_platform.training.train import StopTraining, train
 
         h = self.h
         if phase == INNER:  # the context is enqueued; the sampler draws the other keys

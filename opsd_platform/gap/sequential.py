@@ -43,8 +43,9 @@ from typing import Callable
 
 import numpy as np
 
+from opsd_platform.config.choices import RULES
+
 PRUNE, TRAIN = "prune", "train"
-from opsd_platform.config.choices import RULES  # noqa: F401  (offered by gap.sequential_rule)
 
 
 def paired_differences(student_passes, teacher_passes, samples) -> np.ndarray:

@@ -34,7 +34,6 @@ import socket
 import tempfile
 import threading
 import time
-import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Iterator, Sequence
@@ -46,10 +45,10 @@ from mlflow.tracking import MlflowClient
 
 from opsd_platform import tracking
 from opsd_platform.config import ConfigError, TrainConfig, config_hash, flatten
-from opsd_platform.errors import RunInterrupted, StopTraining  # noqa: F401 (re-exported)
+from opsd_platform.errors import RunInterrupted, StopTraining
+from opsd_platform.gap.measure import GapResult
 from opsd_platform.models import load_policy
 from opsd_platform.training.checkpoint import Checkpoint
-from opsd_platform.training.gap import GapResult
 from opsd_platform.training.module import OPSDModule
 from opsd_platform.training.resume import (
     DDP_RUN_ENV,
@@ -66,18 +65,9 @@ from opsd_platform.training.resume import (
     resolve_resume,
 )
 from opsd_platform.training.rollout import engine_for
-
-log = logging.getLogger(__name__)
-
-
 from opsd_platform.worlds import make_world
 
-os.environ.setdefault("HF_HUB_OFFLINE", "1")  # never reach for the Hub: it is not reachable here
 log = logging.getLogger(__name__)
-# Lightning sets its loggers to INFO on import ("GPU available: False", tips): keep warnings only.
-for _name in ("lightning.pytorch", "lightning.fabric", "pytorch_lightning"):
-    logging.getLogger(_name).setLevel(logging.WARNING)
-warnings.filterwarnings("ignore", message=r".*isinstance\(treespec, LeafSpec\).*")
 
 
 @dataclass(frozen=True)
@@ -218,7 +208,7 @@ def setup_run(cfg: TrainConfig):
 
 def measurement_store(cfg: TrainConfig):
     """Where reusable measurements live (measurements.py), or None with ``trainer.reuse_measurements=false``."""
-    from opsd_platform.training.measurements import MeasurementStore
+    from opsd_platform.gap.measurements import MeasurementStore
 
     return MeasurementStore.for_config(cfg) if cfg.trainer.reuse_measurements else None
 
@@ -227,7 +217,7 @@ def measure_initial_gap(cfg: TrainConfig, engine, world, gap_gate=None) -> GapRe
     """The gap of `cfg` with the model behind `engine`, as configured in `cfg.gap` (each side
     reused from an earlier measurement with the same key when ``trainer.reuse_measurements``);
     gap_gate: the stopping rule of ``gap.sequential`` (measurements.gap)."""
-    from opsd_platform.training import measurements
+    from opsd_platform.gap import measurements
 
     batch_size = getattr(engine, "batch_size", None)  # the HF engine's rows per call; vLLM schedules its own
     if batch_size is not None:
@@ -379,7 +369,7 @@ def train(
             if after_gap is not None and gap is not None:  # the law decides first: a pruned trial pays no validation
                 after_gap(run_id, gap)
             if cfg.trainer.validate and ckpt is None and not worker:  # before fit: it may be reused
-                from opsd_platform.training.measurements import initial_validation
+                from opsd_platform.gap.measurements import initial_validation
 
                 module.set_initial_validation(initial_validation(cfg, module.validate_policy, measurement_store(cfg)))
             with _env(DDP_RUN_ENV, run_id if cfg.trainer.devices > 1 and not worker else None):

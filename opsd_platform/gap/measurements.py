@@ -54,8 +54,8 @@ from mlflow.tracking import MlflowClient
 
 from opsd_platform import tracking
 from opsd_platform.config import TrainConfig, default_home, world_fields
-from opsd_platform.training.evaluation import Evaluation, Stream, concat, cpu_seconds, seeded_stream, take
-from opsd_platform.training.gap import (
+from opsd_platform.config.choices import DEFAULT_PRECISION
+from opsd_platform.gap.measure import (
     STUDENT_STREAM,
     GapResult,
     Sampling,
@@ -65,7 +65,7 @@ from opsd_platform.training.gap import (
     measure_teacher,
     teacher_stream,
 )
-from opsd_platform.training.precision import DEFAULT_PRECISION
+from opsd_platform.training.evaluation import Evaluation, Stream, concat, cpu_seconds, seeded_stream, take
 
 log = logging.getLogger(__name__)
 
@@ -304,7 +304,7 @@ def sequential_gap(cfg: TrainConfig, engine, world, store: MeasurementStore | No
     and its ``gap`` is their mean kept inside the CS, where the settled decision holds for every
     gap; ``sequential`` records t, N, the CS, the decision and the cost saved (estimated: what was
     measured now, per problem, times the problems left). Store interaction: module docstring."""
-    from opsd_platform.training.sequential import aligned_batch, confidence_sequence, paired_differences
+    from opsd_platform.gap.sequential import aligned_batch, confidence_sequence, paired_differences
 
     g = cfg.gap
     n, total = sampling.n, len(problems)
