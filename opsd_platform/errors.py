@@ -70,8 +70,8 @@ class CompareError(ConfigError):
 
 
 class StopTraining(Exception):
-    """Raised on purpose by an ``after_gap`` hook or a Lightning callback given to `train` (a search
-    pruning the trial): training stops there, the run ends FINISHED with the reason in its
+    """Raised on purpose by the trial gate given to `train` (runs/gate.py: a search pruning the
+    trial): training stops there, the run ends FINISHED with the reason in its
     ``stopped`` tag and without a final validation, so it has no ``improvement``."""
 
 

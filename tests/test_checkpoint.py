@@ -7,7 +7,6 @@ import sys
 import time
 from pathlib import Path
 
-import lightning as L
 import numpy as np
 import pytest
 import torch
@@ -15,6 +14,7 @@ from mlflow.tracking import MlflowClient
 
 from opsd_platform.config.compose import train_config
 from opsd_platform.errors import CheckpointError
+from opsd_platform.runs.gate import Gate
 from opsd_platform.runs.train import train
 from opsd_platform.training import checkpoint
 
@@ -72,12 +72,14 @@ def test_rng_states_round_trip_through_a_checkpoint(tmp_path):
 # ----------------------------------------------------------------------------- resume errors
 
 
-class _FailBeforeStep(L.Callback):
+class _FailBeforeStep(Gate):
+    """A trial gate that fails the run once step - 1 has ended (and been checkpointed)."""
+
     def __init__(self, step: int):
         self.step = step
 
-    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
-        if pl_module.start_step + batch_idx + 1 == self.step:
+    def on_step(self, step: int, row: dict) -> None:
+        if step + 1 == self.step:
             raise RuntimeError(f"injected failure before step {self.step}")
 
 
@@ -97,7 +99,7 @@ def test_a_failed_lora_run_resumes_in_process_without_duplicate_steps(tiny_overr
                              "model.lora.enabled=true", "model.lora.r=4", "optim.lr=1e-2", "context=reference"]
     reference = train(train_config(base + [f"tracking.uri=sqlite:///{tmp_path}/reference.db"]))
     with pytest.raises(Exception, match="injected failure"):
-        train(train_config(base), callbacks=[_FailBeforeStep(4)])
+        train(train_config(base), gate=_FailBeforeStep(4))
     (run_dir,) = (tmp_path / "checkpoints").iterdir()
     run_id = run_dir.name
     assert [c.step for c in checkpoint.list_checkpoints(run_dir)] == [2]

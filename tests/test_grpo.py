@@ -10,6 +10,7 @@ from mlflow.tracking import MlflowClient
 
 from opsd_platform.config.compose import train_config
 from opsd_platform.models import load_policy
+from opsd_platform.runs.gate import Gate
 from opsd_platform.runs.train import train
 from opsd_platform.training import checkpoint
 from opsd_platform.training.losses import aggregation_weights, group_advantages, grpo_loss, grpo_token_loss, k3_kl
@@ -338,12 +339,14 @@ def test_batch_reuse_clips_and_other_variants_run(tiny_overrides, extra):
 # ----------------------------------------------------------------------------- tracking and resume
 
 
-class _FailBeforeStep(L.Callback):
+class _FailBeforeStep(Gate):
+    """A trial gate that fails the run once step - 1 has ended (and been checkpointed)."""
+
     def __init__(self, step: int):
         self.step = step
 
-    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
-        if pl_module.start_step + batch_idx + 1 == self.step:
+    def on_step(self, step: int, row: dict) -> None:
+        if step + 1 == self.step:
             raise RuntimeError(f"injected failure before step {self.step}")
 
 
@@ -369,7 +372,7 @@ def _failed_grpo_run_resumes(tiny_overrides, tmp_path):
                              "trainer.reuse_measurements=false", "rollout.val_samples=1", "trainer.num_threads=1"]
     reference = train(train_config(base + [f"tracking.uri=sqlite:///{tmp_path}/reference.db"]))
     with pytest.raises(Exception, match="injected failure"):
-        train(train_config(base), callbacks=[_FailBeforeStep(4)])
+        train(train_config(base), gate=_FailBeforeStep(4))
     (run_dir,) = (tmp_path / "checkpoints").iterdir()
     assert [c.step for c in checkpoint.list_checkpoints(run_dir)] == [2]
     assert checkpoint.list_checkpoints(run_dir)[0].state()["teacher"] is None  # nothing but the policy to keep

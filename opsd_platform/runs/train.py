@@ -36,7 +36,7 @@ import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Iterator, Sequence
+from typing import Iterator
 
 import lightning as L
 import yaml
@@ -48,6 +48,7 @@ from opsd_platform.config import ConfigError, TrainConfig, config_hash, flatten
 from opsd_platform.errors import RunInterrupted, StopTraining
 from opsd_platform.gap.measure import GapResult
 from opsd_platform.models import load_policy
+from opsd_platform.runs.gate import TrialGate
 from opsd_platform.training.checkpoint import Checkpoint
 from opsd_platform.training.module import OPSDModule
 from opsd_platform.training.resume import (
@@ -96,6 +97,21 @@ class _FailureRecorder(L.Callback):
 
     def on_exception(self, trainer, pl_module, exception: BaseException) -> None:
         self.reason = f"{type(exception).__name__}: {exception}"
+
+
+class GateCallback(L.Callback):
+    """The gate's two decision points inside Lightning's fit (given a gate, train adds it)."""
+
+    def __init__(self, gate: TrialGate, run_id: str) -> None:
+        self.gate, self.run_id = gate, run_id
+
+    def on_train_start(self, trainer, pl_module) -> None:
+        self.gate.on_train_start(self.run_id)
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        row = pl_module.history[-1] if pl_module.history else {}
+        if "step" in row:
+            self.gate.on_step(int(row["step"]), row)
 
 
 def headline(init, final, gap: GapResult | None, stopped: str | None) -> str:
@@ -213,17 +229,18 @@ def measurement_store(cfg: TrainConfig):
     return MeasurementStore.for_config(cfg) if cfg.trainer.reuse_measurements else None
 
 
-def measure_initial_gap(cfg: TrainConfig, engine, world, gap_gate=None) -> GapResult:
+def measure_initial_gap(cfg: TrainConfig, engine, world, gate: TrialGate | None = None) -> GapResult:
     """The gap of `cfg` with the model behind `engine`, as configured in `cfg.gap` (each side
     reused from an earlier measurement with the same key when ``trainer.reuse_measurements``);
-    gap_gate: the stopping rule of ``gap.sequential`` (measurements.gap)."""
+    with ``gap.sequential``, under the stopping rule `gate` gives now (measurements.gap)."""
     from opsd_platform.gap import measurements
 
     batch_size = getattr(engine, "batch_size", None)  # the HF engine's rows per call; vLLM schedules its own
     if batch_size is not None:
         engine.batch_size = cfg.gap.batch_size
     try:
-        return measurements.gap(cfg, engine, world, measurement_store(cfg), gate=gap_gate)
+        rule = gate.sequential_rule(cfg) if gate is not None and cfg.gap.sequential else None
+        return measurements.gap(cfg, engine, world, measurement_store(cfg), rule)
     finally:
         if batch_size is not None:
             engine.batch_size = batch_size
@@ -301,18 +318,14 @@ def train(
     parent_run_id: str | None = None,
     extra_tags: dict[str, str] | None = None,
     *,
-    after_gap: Callable[[str, GapResult], None] | None = None,
-    callbacks: Sequence[L.Callback] = (),
-    gap_gate: Callable[[], tuple[Callable | None, str]] | None = None,
+    gate: TrialGate | None = None,
 ) -> TrainResult:
     """Run one OPSD training; returns its summary. Raises on failure (after marking the run).
 
-    after_gap(run_id, gap): called once the initial gap is measured and logged (``gap.enabled``),
-    before the initial validation and training (a trial the law prunes pays for the gap only);
-    callbacks: extra Lightning callbacks (e.g. one reporting each step to a
-    search). Either may raise `StopTraining` to end the run early on purpose. gap_gate: with
-    ``gap.sequential``, () -> (stopping rule or None, why), called as the gap measurement starts
-    (a search trial builds it from its pruner: search.Objective).
+    gate: a search's trial gate (gate.py), called at each decision point: the sequential gap's
+    stopping rule, the gap measured and logged (before the initial validation: a trial the law
+    prunes pays for the gap only), the start of training, each step. It may raise `StopTraining`
+    to end the run early on purpose. Without a search, no gate.
 
     With ``cfg.resume`` set, continues that run from its newest checkpoint (module docstring)."""
     ckpt = resolve_resume(cfg) if cfg.resume else None
@@ -345,7 +358,7 @@ def train(
                 module.skip_logging_through = relog_missing(uri, run_id, meta["pending_metrics"])
             log.warning("resuming run %s from %s (step %d of %d)", run_id, ckpt.path, ckpt.step, cfg.trainer.max_steps)
         if cfg.gap.enabled and ckpt is None and not worker:
-            gap = measure_initial_gap(cfg, module.engine, world, gap_gate)
+            gap = measure_initial_gap(cfg, module.engine, world, gate)
             _log_gap(MlflowClient(tracking_uri=uri), run_id, cfg, gap)
         logger = False if worker else MLFlowLogger(experiment_name=cfg.tracking.experiment, tracking_uri=uri, run_id=run_id)
         checkpointer = None
@@ -358,7 +371,8 @@ def train(
             use_distributed_sampler=False,  # each rank's problems come from module.train_dataloader
             max_epochs=1,
             logger=logger,
-            callbacks=[recorder, *([checkpointer] if checkpointer else []), *callbacks],
+            callbacks=[recorder, *([checkpointer] if checkpointer else []),
+                       *([GateCallback(gate, run_id)] if gate is not None else [])],
             enable_checkpointing=False,
             enable_progress_bar=cfg.trainer.progress_bar,
             enable_model_summary=False,
@@ -366,8 +380,8 @@ def train(
             log_every_n_steps=1,
         )
         try:
-            if after_gap is not None and gap is not None:  # the law decides first: a pruned trial pays no validation
-                after_gap(run_id, gap)
+            if gate is not None and gap is not None:  # the law decides first: a pruned trial pays no validation
+                gate.on_gap(run_id, gap)
             if cfg.trainer.validate and ckpt is None and not worker:  # before fit: it may be reused
                 from opsd_platform.gap.measurements import initial_validation
 

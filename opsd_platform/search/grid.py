@@ -42,6 +42,7 @@ from opsd_platform import tracking
 from opsd_platform.config import ConfigError, TrainConfig, config_hash, default_home, flatten
 from opsd_platform.config.compose import conf_dir, train_config
 from opsd_platform.process import configure_process
+from opsd_platform.runs.gate import Gate
 from opsd_platform.search.settings import GridConfig
 
 log = logging.getLogger(__name__)
@@ -238,6 +239,17 @@ def prepare(spec: dict, grid_points: Sequence[GridPoint], settings: GridConfig, 
 # ----------------------------------------------------------------------------- a worker
 
 
+class RunNamer(Gate):
+    """The grid's trial gate: names the point's MLflow run on its trial once the gap is logged, so
+    the run of a worker that dies while training is found (and reported) from the queue."""
+
+    def __init__(self, trial: optuna.Trial) -> None:
+        self.trial = trial
+
+    def on_gap(self, run_id: str, gap) -> None:
+        self.trial.set_user_attr("run_id", run_id)
+
+
 class Objective:
     """Train one point (or return its recorded result when it is already done)."""
 
@@ -270,7 +282,7 @@ class Objective:
                 "calibrate.key": key}
         self.progress(f"point {key}: gap, then {cfg.trainer.max_steps} steps (trial #{trial.number})")
         try:
-            result = train(cfg, extra_tags=tags, after_gap=lambda run_id, gap: trial.set_user_attr("run_id", run_id))
+            result = train(cfg, extra_tags=tags, gate=RunNamer(trial))
         except RunInterrupted:  # SIGTERM / Ctrl-C: the point goes back to the queue, this worker stops
             trial.study.enqueue_trial({}, user_attrs={"point": key, "interrupted": trial.number})
             raise KeyboardInterrupt from None
