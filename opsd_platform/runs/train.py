@@ -48,6 +48,7 @@ from opsd_platform.config import ConfigError, TrainConfig, config_hash, flatten
 from opsd_platform.errors import RunInterrupted, StopTraining
 from opsd_platform.gap.measure import GapResult
 from opsd_platform.models import load_policy
+from opsd_platform.process import quiet_libraries
 from opsd_platform.runs.gate import TrialGate
 from opsd_platform.training.checkpoint import Checkpoint
 from opsd_platform.training.module import OPSDModule
@@ -211,6 +212,7 @@ def check_accelerator(cfg: TrainConfig) -> None:
 def setup_run(cfg: TrainConfig):
     """(world, model, tokenizer) of `cfg`, after seeding and setting the thread count: the start of
     every run, and of `opsd compare-grpo`'s shared engine."""
+    quiet_libraries()  # again, now that Lightning is loaded: its log level (process.py)
     check_accelerator(cfg)
     if cfg.trainer.num_threads:
         import torch

@@ -75,11 +75,11 @@ def __getattr__(name: str):
 def search(base_overrides, settings, progress=print):
     """`opsd search`: one study run to the end (a SearchResult), or with ``search.compare=true`` the
     same study three ways (a Comparison)."""
-    from opsd_platform.process import configure_process
+    from opsd_platform.process import quiet_libraries
     from opsd_platform.search.compare import compare
     from opsd_platform.search.run import run_search
 
-    configure_process()  # again, now that Optuna is loaded: its log level (process.quiet_optuna)
+    quiet_libraries()  # again, now that Optuna is loaded: its log level (process.py)
     if settings.compare:
         return compare(base_overrides, settings, progress)
     if settings.strategy == "ranked":

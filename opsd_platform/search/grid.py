@@ -41,7 +41,7 @@ from optuna.trial import FrozenTrial, TrialState
 from opsd_platform import tracking
 from opsd_platform.config import ConfigError, TrainConfig, config_hash, default_home, flatten
 from opsd_platform.config.compose import conf_dir, train_config
-from opsd_platform.process import configure_process
+from opsd_platform.process import quiet_libraries
 from opsd_platform.runs.gate import Gate
 from opsd_platform.search.settings import GridConfig
 
@@ -353,7 +353,7 @@ def run_grid(overrides: Sequence[str], settings: GridConfig, progress: Callable[
              grid_overrides: Sequence[str] = ()) -> GridStatus:
     """Prepare the queue, then run `settings.workers` worker processes (started with `overrides`
     and `grid_overrides`, the grid.* keys), or be the one worker."""
-    configure_process()  # again, now that Optuna is loaded: its log level (process.quiet_optuna)
+    quiet_libraries()  # again, now that Optuna is loaded: its log level (process.py)
     spec = load_spec(settings.spec)
     grid_points = points(spec, overrides, settings.only)
     first = train_config(list(grid_points[0].overrides)) if grid_points else train_config(list(overrides))
