@@ -191,9 +191,10 @@ def decide_policy(
     """The policy of the module docstring, as a function of plain inputs and nothing else.
 
     facts: the trial's TrialFacts (a mapping: a recorded trial's user attributes, read with
-    ``TrialFacts.from_attrs``); n_complete: completed trials of the study; best: () -> (value, number) of the best completed trial or
-    None; law: () -> LawView, raising RegistryError when there is no law (called only once a
-    prediction is needed, so startup trials never touch the registry).
+    ``TrialFacts.from_attrs``); n_complete: completed trials of the study; best: () -> (value,
+    number) of the best completed trial or None; law: () -> LawView, raising RegistryError when
+    there is no law (called only once a prediction is needed, so startup trials never touch the
+    registry).
     """
     if not isinstance(facts, TrialFacts):
         facts = TrialFacts.from_attrs(facts)
