@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
 import os
 import sys
 from pathlib import Path
@@ -36,12 +37,13 @@ import torch
 
 from opsd_platform.config import ConfigError
 from opsd_platform.config.compose import train_config
+from opsd_platform.gap.measure import StudentSamples, cheap_gap, sample_student
+from opsd_platform.gap.measurements import gap_sampling
+from opsd_platform.process import configure_process
+from opsd_platform.runs.train import setup_run
 from opsd_platform.search.grid import load_spec, points
 from opsd_platform.training.evaluation import Evaluation, cpu_seconds
-from opsd_platform.training.gap import StudentSamples, cheap_gap, sample_student
-from opsd_platform.training.measurements import gap_sampling
 from opsd_platform.training.rollout import Rollouts, engine_for
-from opsd_platform.training.train import setup_run
 
 LAW_SLICES = ("law-arithmetic", "law-pyfunc", "law-gemma3-arithmetic")
 
@@ -154,6 +156,7 @@ def measure(slices, cache: Cache, data: Path, budget_cpu_s: float, progress=prin
 
 
 def main(argv=None) -> int:
+    configure_process(log_level=logging.WARNING)
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--grid", default="benchmark",
                     help="the grid file whose law slices are measured (benchmark = bench-v1)")

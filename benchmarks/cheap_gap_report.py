@@ -28,9 +28,9 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from opsd_platform.gap.estimators import ESTIMATORS
 from opsd_platform.law import LawError, fit_law, leave_one_out
 from opsd_platform.law.pipeline import points_from_table
-from opsd_platform.training.gap_estimators import ESTIMATORS
 
 LEVEL = 0.9
 GOAL_COST_FRACTION = 0.02

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
 import os
 import platform
 import statistics
@@ -24,6 +25,8 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+
+from opsd_platform.process import configure_process
 
 ROOT = Path(__file__).resolve().parents[1]
 HEAVY = ("torch", "lightning", "transformers", "mlflow", "optuna")
@@ -102,6 +105,7 @@ def measure(program: str, args: list[str], repeat: int, home: str) -> dict:
 
 
 def main() -> None:
+    configure_process(log_level=logging.WARNING)
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--repeat", type=int, default=3)
     ap.add_argument("--out", type=Path, default=None, help="write the rows as JSON here")

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
 import math
 import subprocess
 import sys
@@ -31,6 +32,8 @@ from pathlib import Path
 import numpy as np
 
 from opsd_platform.config.compose import train_config
+from opsd_platform.gap.measure import bootstrap_means, teacher_messages
+from opsd_platform.process import configure_process
 from opsd_platform.search.grid import load_spec, points
 from opsd_platform.training.contexts import context_label
 from opsd_platform.training.diagnostics import (
@@ -41,7 +44,6 @@ from opsd_platform.training.diagnostics import (
     token_divergence_terms,
 )
 from opsd_platform.training.evaluation import Evaluation, cpu_seconds, seeded_stream
-from opsd_platform.training.gap import bootstrap_means, teacher_messages
 from opsd_platform.training.sequences import chat_ids, eos_ids, is_eos
 
 RESULTS = Path(__file__).resolve().parent / "results"
@@ -264,6 +266,7 @@ def markdown(results: list[dict]) -> str:
 
 
 def main(argv: list[str] | None = None) -> None:
+    configure_process(log_level=logging.WARNING)
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--grid", default="bench-v2", help="grid file (conf/grid/<name>.yaml)")
     ap.add_argument("--slice", action="append", required=True, help="slice to diagnose (repeatable)")

@@ -24,6 +24,7 @@ from __future__ import annotations
 import argparse
 import gc
 import json
+import logging
 import os
 import resource
 import statistics
@@ -32,6 +33,8 @@ import time
 import traceback
 from dataclasses import dataclass
 from pathlib import Path
+
+from opsd_platform.process import configure_process
 
 # Shapes of the real models (from their published configs); weights are random.
 ARCHS = {
@@ -213,6 +216,7 @@ def markdown(results: list[dict], meta: dict) -> str:
 
 
 def main(argv=None) -> int:
+    configure_process(log_level=logging.WARNING)
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--tiny", action="store_true", help="tiny models (a quick check of the harness, any device)")
     parser.add_argument("--steps", type=int, default=None, help="measured steps per case (default 4; tiny 2)")
@@ -227,17 +231,12 @@ def main(argv=None) -> int:
     args.steps = args.steps or (2 if args.tiny else 4)
     args.prompts = args.prompts or (2 if args.tiny else 8)
     args.max_new_tokens = args.max_new_tokens or (16 if args.tiny else 128)
-    os.environ.setdefault("HF_HUB_OFFLINE", "1")
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     started = time.perf_counter()
-
-    import logging
 
     import torch
     import transformers
 
-    for name in ("lightning.pytorch", "lightning.fabric", "pytorch_lightning"):
-        logging.getLogger(name).setLevel(logging.WARNING)
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     device_name = torch.cuda.get_device_name(0) if device.type == "cuda" else f"cpu ({torch.get_num_threads()} threads)"
     meta = {"device": device_name,

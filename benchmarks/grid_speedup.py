@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
 import os
 import platform
 import subprocess
@@ -22,6 +23,8 @@ import time
 from pathlib import Path
 
 import yaml
+
+from opsd_platform.process import configure_process
 
 CONTEXTS = ["none", "reference", "feedback", "peer_solution", "static", "peer_hints", "peer_or_feedback"]
 
@@ -52,6 +55,7 @@ def run_arm(spec: Path, workers: int, threads: int, home: Path) -> float:
 
 
 def main(argv=None) -> int:
+    configure_process(log_level=logging.WARNING)
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--points", type=int, default=4)
     ap.add_argument("--steps", type=int, default=3)

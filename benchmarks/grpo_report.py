@@ -42,6 +42,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
 import math
 import sys
 import warnings
@@ -52,7 +53,9 @@ import pandas as pd
 import statsmodels.formula.api as smf
 from scipy import stats
 
-from opsd_platform.law.export import STEP_CURVES, ExportError, only_grid, read_table
+from opsd_platform.errors import ExportError
+from opsd_platform.law.export import STEP_CURVES, only_grid, read_table
+from opsd_platform.process import configure_process
 
 WORLDS = ("arithmetic", "pyfunc")
 NAN = float("nan")
@@ -422,6 +425,7 @@ def report(data: Path, level: float, worlds, plot_path: Path | None, grid: str |
 
 
 def main(argv=None) -> int:
+    configure_process(log_level=logging.WARNING)
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--data", type=Path, default=Path("benchmarks/data"))
     ap.add_argument("--out", type=Path, default=Path("benchmarks/results/grpo-report.json"))

@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
 import math
 import sys
 import warnings
@@ -41,10 +42,12 @@ import pandas as pd
 from scipy import stats
 
 from benchmarks.goal_checks import CONTROLS, controls_against_law, graded_dial, none_drift
+from opsd_platform.errors import ExportError
 from opsd_platform.law import LawError, family_slopes, fit_law, grouped_holdout, leave_one_out
-from opsd_platform.law.export import ExportError, only_grid, read_table
+from opsd_platform.law.export import only_grid, read_table
 from opsd_platform.law.pipeline import points_from_runs
 from opsd_platform.law.robust import bootstrap_slope, influence, with_fixed_effects
+from opsd_platform.process import configure_process
 from opsd_platform.training.contexts import context_label
 
 
@@ -292,6 +295,7 @@ def goal_section(law: pd.DataFrame, noise: pd.DataFrame, level: float) -> dict:
 
 
 def main(argv=None) -> int:
+    configure_process(log_level=logging.WARNING)
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--data", type=Path, default=Path("benchmarks/data"))
     ap.add_argument("--out", type=Path, default=Path("benchmarks/results/law-report.json"))

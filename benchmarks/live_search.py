@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
 import sys
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -37,6 +38,7 @@ import yaml
 
 from benchmarks.replay import Ledger, Replay, ReplaySettings, replay_settings
 from benchmarks.replay_table import Run, TableError, load_table
+from opsd_platform.process import configure_process
 
 LAW_ALIAS = "live"
 
@@ -98,7 +100,8 @@ def cmd_run(args: argparse.Namespace) -> int:
 
     from opsd_platform.cli import main as opsd
     from opsd_platform.config.schema import default_home
-    from opsd_platform.law.pipeline import FitLawConfig, fit_and_register
+    from opsd_platform.law.pipeline import fit_and_register
+    from opsd_platform.law.settings import FitLawConfig
     from opsd_platform.tracking import sqlite_path
 
     base, configs, seeds = slice_settings(args.spec, args.search_slice)
@@ -273,6 +276,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    configure_process(log_level=logging.WARNING, optuna_level=logging.ERROR)
     args = build_parser().parse_args(argv)
     if args.search_slice == args.law_slice:
         print("error: --search-slice and --law-slice are the same: the law would have seen the search's answers", file=sys.stderr)

@@ -17,10 +17,13 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
 import time
 from pathlib import Path
 
 import torch
+
+from opsd_platform.process import configure_process
 
 LAYER = [(576, 576), (192, 576), (192, 576), (576, 576), (1536, 576), (1536, 576), (576, 1536), (576,), (576,)]
 SMOLLM2_SHAPES = [(49152, 576)] + LAYER * 30 + [(576,)]
@@ -43,6 +46,7 @@ def time_kind(kwargs: dict, repeats: int) -> tuple[float, list[torch.Tensor]]:
 
 
 def main(argv: list[str] | None = None) -> int:
+    configure_process(log_level=logging.WARNING)
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--threads", type=int, default=1, help="torch CPU threads")
     parser.add_argument("--repeats", type=int, default=5, help="timed steps per implementation")

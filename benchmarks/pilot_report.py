@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
 import re
 import sys
 from pathlib import Path
@@ -28,7 +29,9 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from opsd_platform.law.export import ExportError, read_table
+from opsd_platform.errors import ExportError
+from opsd_platform.law.export import read_table
+from opsd_platform.process import configure_process
 
 RECIPE = ["optim.lr", "teacher.ema_rate", "loss.token_clip"]
 DEFAULTS = {"optim.lr": 1e-5, "teacher.ema_rate": 0.05, "loss.token_clip": None}  # bench-v1's recipe
@@ -130,6 +133,7 @@ def markdown(res: dict) -> str:
 
 
 def main(argv=None) -> int:
+    configure_process(log_level=logging.WARNING)
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--data", type=Path, default=Path("benchmarks/data"))
     ap.add_argument("--out", type=Path, default=Path("benchmarks/results/pilot-report.json"))

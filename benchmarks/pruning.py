@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
 import math
 import os
 import sys
@@ -49,7 +50,8 @@ from benchmarks.replay import (
     run_topk,
 )
 from benchmarks.replay_table import Table, TableError, load_table
-from opsd_platform.training.sequential import RULES
+from opsd_platform.config.choices import RULES
+from opsd_platform.process import configure_process
 
 CURVE_ARMS = ("median", "successive_halving", "hyperband")
 ARMS = (*REPLAY_ARMS, *RANKED_ARMS)
@@ -325,6 +327,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    configure_process(log_level=logging.WARNING, optuna_level=logging.ERROR)
     args = build_parser().parse_args(argv)
     try:
         arms = parse_arms(args.arms)

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
 import sys
 from pathlib import Path
 from typing import Any
@@ -32,6 +33,7 @@ from benchmarks.live_search import slice_settings, store_uri
 from benchmarks.ranked import prior_of
 from benchmarks.replay import Ledger, replay_settings
 from benchmarks.replay_table import TableError, load_table
+from opsd_platform.process import configure_process
 from opsd_platform.search.ranked import RankedPolicy, RankedSettings, drive
 
 
@@ -50,7 +52,8 @@ def home_of(uri: str) -> Path:
 
 def cmd_run(args: argparse.Namespace) -> int:
     from opsd_platform.cli import main as opsd
-    from opsd_platform.law.pipeline import FitLawConfig, fit_and_register
+    from opsd_platform.law.pipeline import fit_and_register
+    from opsd_platform.law.settings import FitLawConfig
 
     base, configs, _ = slice_settings(args.spec, args.search_slice)
     uri, experiment = store_uri([*base, *args.overrides])
@@ -162,6 +165,7 @@ def cmd_compare(args: argparse.Namespace) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
+    configure_process(log_level=logging.WARNING, optuna_level=logging.ERROR)
     p = argparse.ArgumentParser(prog="python -m benchmarks.ranked_live", description=__doc__.split("\n")[0])
     p.add_argument("command", choices=("run", "compare"))
     p.add_argument("--data", default="benchmarks/data")

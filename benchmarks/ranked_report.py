@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
 import sys
 import time
 from collections import Counter
@@ -42,6 +43,7 @@ from benchmarks.pruning import CURVE_ARMS, per_order, print_table, replay, summa
 from benchmarks.ranked import RANKED_ARMS, prior_of
 from benchmarks.replay import ReplaySettings, replay_settings
 from benchmarks.replay_table import TableError, load_table
+from opsd_platform.process import configure_process
 
 SCENARIOS_V1 = (  # (name, searched slice, law slices; () = every law-* slice not searched), transfer
     ("search slice, law from every law slice", "search-arithmetic", (), False),
@@ -173,6 +175,7 @@ def plot(docs: list[dict], curves: list[dict], path: Path, label: str = "bench-v
 
 
 def main(argv: list[str] | None = None) -> int:
+    configure_process(log_level=logging.WARNING, optuna_level=logging.ERROR)
     p = argparse.ArgumentParser(prog="python -m benchmarks.ranked_report", description=__doc__.split("\n")[0])
     p.add_argument("--grid", choices=sorted(GRIDS), default="benchmark", help="whose slices to replay")
     p.add_argument("--data", default="benchmarks/data")

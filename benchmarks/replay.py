@@ -28,7 +28,6 @@ the settings the pruners read are a ``SearchConfig`` (``ReplaySettings.search``)
 
 from __future__ import annotations
 
-import warnings
 from dataclasses import dataclass, field, fields
 from typing import Any, Sequence
 
@@ -37,14 +36,11 @@ import optuna
 from optuna.trial import TrialState
 
 from benchmarks.replay_table import Run, Table
+from opsd_platform.gap.sequential import confidence_sequence, law_settle, sequential_gap
 from opsd_platform.search.memory import LawMemory, MemoryLawPruner, first_law
-from opsd_platform.search.pruner import GAP_RULES, PRUNE, GapLawPruner, decide_policy
+from opsd_platform.search.pruner import GAP_RULES, PRUNE, GapLawPruner, TrialFacts, decide_policy
 from opsd_platform.search.settings import SearchConfig
 from opsd_platform.search.study import LawThenCurve, pruner_of
-from opsd_platform.training.sequential import confidence_sequence, law_settle, sequential_gap
-
-optuna.logging.set_verbosity(optuna.logging.ERROR)
-warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
 
 ARMS = ("none", "median", "successive_halving", "hyperband", "topk", "law", "law_sequential", "law_then_halving")
 LAW_ARMS = ("law", "law_sequential", "law_then_halving")
@@ -236,12 +232,12 @@ class Replay:
             self.ledger.gap(run)
             return run.gap, 1.0, None
         inputs = self.law.policy_inputs(trial.study, trial)
-        attrs = {**trial.user_attrs, **run.covariates}
-        probe = decide_policy({**attrs, "gap": 0.0}, **inputs)  # which rule, which bar: they do not depend on the gap's value
+        facts = TrialFacts(covariates=run.covariates)  # what the live trial's gate hands the pruner
+        probe = decide_policy(facts.at(0.0), **inputs)  # which rule, which bar: they do not depend on the gap's value
         if probe.rule not in GAP_RULES:  # startup, no law, no bar: decided without the gap (measured in full, for the law's points)
             self.ledger.gap(run)
             return run.gap, 1.0, None
-        full = decide_policy({**attrs, "gap": run.gap}, **inputs).action
+        full = decide_policy(facts.at(run.gap), **inputs).action
         n = run.diffs.size
         already = int(round(self.ledger.gap_done.get(run.gap_key, 0.0) * n))
         if already == n:
@@ -272,7 +268,8 @@ class Replay:
             trial.set_user_attr("gap", gap)
             for key, value in run.covariates.items():
                 trial.set_user_attr(key, value)
-            pruned = self.law.judge(trial).prune  # as the live search's Objective.after_gap asks it
+            # as the live search's gate asks it (search.gate.SearchGate.on_gap): the typed facts, recorded after
+            pruned = self.law.judge(trial, TrialFacts(gap=gap, covariates=run.covariates)).prune
             attrs = dict(trial.user_attrs)
             record.action, record.rule = attrs.get("pruner.action"), attrs.get("pruner.rule")
             record.decision = {k: v for k, v in attrs.items() if k.startswith("pruner.")}

@@ -37,11 +37,14 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
 import os
 import time
 from pathlib import Path
 
 import torch
+
+from opsd_platform.process import configure_process
 
 
 def best_cpu_s(fn, repeats: int, inner: int = 1) -> float:
@@ -205,6 +208,7 @@ def validation_rollouts(model, tokenizer, n_problems: int, batch: int) -> list[d
 
 
 def main(argv: list[str] | None = None) -> int:
+    configure_process(log_level=logging.WARNING)
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--batch", type=int, default=16, help="rows decoded together (the engine's micro-batch)")
     parser.add_argument("--context", type=int, default=96, help="tokens in the KV cache (prompt + some answer)")

@@ -36,6 +36,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
 import os
 import resource
 import statistics
@@ -44,6 +45,8 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+
+from opsd_platform.process import configure_process
 
 STEPS_OF_A_RUN = 50  # the gap's cost is reported as a share of a run this long
 
@@ -154,8 +157,8 @@ def run_ours(args, share_prefix: bool = True) -> dict:
 
 def measure_gap_cost(cfg, model, tok, args) -> dict:
     """One `opsd gap` measurement (gap.n_problems problems x n samples, student + teacher)."""
+    from opsd_platform.runs.train import measure_initial_gap
     from opsd_platform.training.rollout import make_engine
-    from opsd_platform.training.train import measure_initial_gap
     from opsd_platform.worlds import make_world
 
     engine = make_engine(cfg.rollout.engine, model, tok, cfg.rollout.batch_size,
@@ -288,8 +291,9 @@ def loss_check(args) -> dict:
     from opsd_platform.training.losses import token_divergence
     from opsd_platform.training.packing import response_logits
     from opsd_platform.training.precision import autocast
-    from opsd_platform.training.rollout import HFGenerateEngine, chat_ids
+    from opsd_platform.training.rollout import HFGenerateEngine
     from opsd_platform.training.scoring import micro_batch_loss, scoring_with
+    from opsd_platform.training.sequences import chat_ids
     from opsd_platform.worlds import make_world
 
     _threads(args.threads)
@@ -385,6 +389,7 @@ def table(results: dict) -> str:
 
 
 def main(argv=None) -> int:
+    configure_process(log_level=logging.WARNING)
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", default="smollm2", help="smollm2 (embedded default) or tiny (harness check)")
     parser.add_argument("--steps", type=int, default=10, help="measured optimizer steps per contender")
@@ -406,7 +411,6 @@ def main(argv=None) -> int:
     parser.add_argument("--worker", choices=["ours", "ours-noshare", "trl", "loss"], help=argparse.SUPPRESS)
     parser.add_argument("--result", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
-    os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
     if args.worker:
         workers = {"ours": run_ours, "ours-noshare": lambda a: run_ours(a, share_prefix=False), "trl": run_trl,

@@ -28,7 +28,6 @@ of ``opsd_platform.config``; a bad value exits with code 2 and one line naming i
 
 from __future__ import annotations
 
-import logging
 import os
 import shlex
 import sys
@@ -36,8 +35,7 @@ from typing import Sequence
 
 from opsd_platform.config.compose import compose, section_config, split_section, train_config
 from opsd_platform.errors import CLIError, RunInterrupted, UserError
-
-os.environ.setdefault("HF_HUB_OFFLINE", "1")
+from opsd_platform.process import configure_process
 
 USAGE = __doc__
 
@@ -102,7 +100,7 @@ def cmd_train(overrides: Sequence[str]) -> int:
     from opsd_platform import tracking
 
     tracking.init_store(cfg.tracking.resolved_uri())  # so does a store that cannot be used
-    from opsd_platform.training.train import train
+    from opsd_platform.runs.train import train
 
     try:
         result = train(cfg)
@@ -139,7 +137,7 @@ def interrupted_message(exc: RunInterrupted, command: str, overrides: Sequence[s
 
 def cmd_gap(overrides: Sequence[str]) -> int:
     cfg = train_config(overrides)
-    from opsd_platform.training.train import gap_token_ratio, run_gap
+    from opsd_platform.runs.train import gap_token_ratio, run_gap
 
     run_id, gap = run_gap(cfg)
     pct = lambda ci: f"[{ci[0]:+.3f}, {ci[1]:+.3f}]"  # noqa: E731
@@ -307,8 +305,8 @@ def cmd_judge(overrides: Sequence[str]) -> int:
     from omegaconf import OmegaConf
 
     from opsd_platform.config import WorldConfig
+    from opsd_platform.errors import WorldError
     from opsd_platform.worlds import make_world
-    from opsd_platform.worlds.base import WorldError
     from opsd_platform.worlds.jsonl import judge_responses
 
     cfg = compose("judge", overrides)
@@ -383,6 +381,7 @@ def print_or_pipe_closed(text: str) -> int:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    configure_process()
     argv = list(sys.argv[1:] if argv is None else argv)
     if not argv or argv[0] in ("-h", "--help", "help"):
         print_or_pipe_closed(USAGE)
@@ -393,9 +392,6 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     if any(o in ("-h", "--help") for o in overrides):
         return print_or_pipe_closed(command_help(command))
-    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
-    for noisy in ("alembic", "mlflow", "httpx", "urllib3"):
-        logging.getLogger(noisy).setLevel(logging.WARNING)
     try:
         return COMMANDS[command](overrides)
     except UserError as exc:  # the message is the whole story (opsd_platform/errors.py): no traceback

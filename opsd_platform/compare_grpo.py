@@ -26,7 +26,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, Sequence
 
 from opsd_platform.config import TrainConfig
-from opsd_platform.errors import CompareError  # noqa: F401 (re-exported)
+from opsd_platform.errors import CompareError
 from opsd_platform.law.names import CHAMPION, DEFAULT_NAME
 from opsd_platform.training.contexts import CONTEXTS
 
@@ -269,7 +269,7 @@ def read_runs(table: str) -> tuple[pd.DataFrame, str]:
 
 def law_view(uri: str, cfg: CompareConfig):
     """The registered law, loaded and predicted with by the search's own pruner code."""
-    from opsd_platform.law.registry import RegistryError
+    from opsd_platform.errors import RegistryError
     from opsd_platform.search.pruner import GapLawPruner
 
     try:
@@ -316,9 +316,9 @@ def measure_gaps(cfgs: dict[str, TrainConfig],
     The configs differ only in `context` (and its settings); they share one world, one model and
     one engine. The engine is built the way `opsd gap` builds it (train.setup_run), at the gap's batch
     size. progress: told before each measurement (a side costs ~45 CPU-s on SmolLM2)."""
-    from opsd_platform.training import measurements
+    from opsd_platform.gap import measurements
+    from opsd_platform.runs.train import measurement_store, setup_run
     from opsd_platform.training.rollout import engine_for
-    from opsd_platform.training.train import measurement_store, setup_run
     from opsd_platform.worlds import make_world
 
     first = next(iter(cfgs.values()))
@@ -365,7 +365,7 @@ def _finished_grpo_run(cfg: TrainConfig) -> tuple[str, float] | None:
 
 def train_grpo(cfgs: Sequence[TrainConfig], level: float, progress: Callable[[str], None]) -> GrpoBaseline:
     """GRPO trained with the same settings, one run per seed (a finished one is reused)."""
-    from opsd_platform.training.train import train
+    from opsd_platform.runs.train import train
 
     run_ids, improvements = [], []
     for cfg in cfgs:

@@ -9,8 +9,8 @@ Two kinds:
 - **Control flow** inside a run or a search (`StopTraining`, `RunInterrupted`,
   `WorkerInterrupted`): not errors of the user; the training loop, the grid and the search catch them.
 
-The modules that raise an error re-export it where it always lived (``from opsd_platform.law
-import LawError`` still works); this module is where it is defined. Internal failures (a sandbox
+Every error is imported from here (``opsd_platform.law`` also names ``LawError``: the code of
+already registered law models imports it from there). Internal failures (a sandbox
 that cannot start, an import guard) stay where they are raised: they are bugs or broken machines,
 not bad input, and they keep their traceback.
 """
@@ -70,8 +70,8 @@ class CompareError(ConfigError):
 
 
 class StopTraining(Exception):
-    """Raised on purpose by an ``after_gap`` hook or a Lightning callback given to `train` (a search
-    pruning the trial): training stops there, the run ends FINISHED with the reason in its
+    """Raised on purpose by the trial gate given to `train` (runs/gate.py: a search pruning the
+    trial): training stops there, the run ends FINISHED with the reason in its
     ``stopped`` tag and without a final validation, so it has no ``improvement``."""
 
 

@@ -81,14 +81,12 @@ def calibrate_law(overrides: Sequence[str], progress: Callable[[str], None] = pr
 def run_job(name: str, job: Callable[[list[str]], int], words: Sequence[str]) -> int:
     """Run a pipeline from its command-line words the way `opsd` runs a command: logging set up,
     a bad config or a law that cannot be fitted is one line on stderr and exit code 2."""
-    import logging
     import sys
 
     from opsd_platform.errors import LawError, UserError
+    from opsd_platform.process import configure_process
 
-    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
-    for noisy in ("alembic", "mlflow", "httpx", "urllib3"):
-        logging.getLogger(noisy).setLevel(logging.WARNING)
+    configure_process()
     try:
         return job(project_overrides(words))
     except LawError as exc:

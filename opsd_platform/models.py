@@ -39,7 +39,7 @@ from transformers import AutoModelForCausalLM, AutoTokenizer, LlamaConfig, Llama
 
 from opsd_platform.config import ModelConfig, default_home
 from opsd_platform.config.choices import TEMPLATES, check_implemented
-from opsd_platform.errors import ModelLoadError  # noqa: F401 (re-exported)
+from opsd_platform.errors import ModelLoadError
 
 log = logging.getLogger(__name__)
 

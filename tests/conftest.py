@@ -5,11 +5,12 @@ in several folders share is in tests/helpers.py; the fixture files are in tests/
 is a package (an __init__.py), so two test files may share a name and `from tests.helpers import`
 resolves under a plain `pytest` too."""
 
-import os
 
 import pytest
 
-os.environ.setdefault("HF_HUB_OFFLINE", "1")
+from opsd_platform.process import configure_process
+
+configure_process()  # as every entry point does first (opsd_platform/process.py)
 
 
 @pytest.fixture

@@ -18,6 +18,8 @@ from pathlib import Path
 
 import lightning as L
 
+from opsd_platform.runs.gate import Gate
+
 ROOT = Path(__file__).resolve().parents[1]
 FIXTURES = ROOT / "tests" / "data"  # fixtures read by tests in several folders (provenance beside each)
 
@@ -55,7 +57,8 @@ def log_points(uri, points, experiment="opsd", calibration="synthetic", family="
 def store_with_law(folder: Path, points):
     """A SQLite store in `folder` holding `points`, with the law fitted on them registered as
     opsd-gap-law (its files under folder/law): (the tracking URI, the fit-law report)."""
-    from opsd_platform.law.pipeline import FitLawConfig, fit_and_register
+    from opsd_platform.law.pipeline import fit_and_register
+    from opsd_platform.law.settings import FitLawConfig
 
     uri = f"sqlite:///{folder}/mlflow.db"
     log_points(uri, points)
@@ -124,14 +127,15 @@ def fit_in_process(cfg, world=None, prepare=None):
     return module
 
 
-class FailBeforeStep(L.Callback):
-    """Raises before global step `step`: a run that fails part way, to resume."""
+class FailBeforeStep(Gate):
+    """A trial gate that fails the run once step - 1 has ended (and been checkpointed): a run that
+    fails part way, to resume."""
 
     def __init__(self, step: int):
         self.step = step
 
-    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
-        if pl_module.start_step + batch_idx + 1 == self.step:
+    def on_step(self, step: int, row: dict) -> None:
+        if step + 1 == self.step:
             raise RuntimeError(f"injected failure before step {self.step}")
 
 

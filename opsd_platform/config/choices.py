@@ -22,7 +22,7 @@ GRADINGS = ("lcb", "lenient")
 DIVERGENCES = ("reverse", "forward", "jsd")
 SUPPORTS = ("full", "topk", "sampled")
 AGGREGATIONS = ("sequence", "token", "constant")
-# training/sequential.py: when a sequential gap stops
+# gap/sequential.py: when a sequential gap stops
 RULES = ("decision", "confident")
 
 

@@ -12,7 +12,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
-from opsd_platform.errors import NotTrained  # noqa: F401 (re-exported)
+from opsd_platform.errors import NotTrained
 from opsd_platform.search.ranked import CURVE, DONE, STOP, TRAIN, RankedPolicy, RankedSettings, Step, drive
 
 

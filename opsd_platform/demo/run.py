@@ -118,10 +118,13 @@ def run_demo(overrides: Sequence[str], progress: Callable[[str], None] = print) 
 
     from opsd_platform import tracking
     from opsd_platform.compare_grpo import measure_gaps
-    from opsd_platform.demo.ranked import NotTrained, ranked_lines, ranked_walk
-    from opsd_platform.law.pipeline import FitLawConfig, fit_and_register
-    from opsd_platform.search.grid import GridConfig, load_spec, run_grid
+    from opsd_platform.demo.ranked import ranked_lines, ranked_walk
+    from opsd_platform.errors import NotTrained
+    from opsd_platform.law.pipeline import fit_and_register
+    from opsd_platform.law.settings import FitLawConfig
+    from opsd_platform.search.grid import load_spec, run_grid
     from opsd_platform.search.pruner import GapLawPruner
+    from opsd_platform.search.settings import GridConfig
 
     uri, experiment = tracking_cfg.resolved_uri(), tracking_cfg.experiment
 
@@ -257,7 +260,8 @@ def measured_runs(uri: str, experiment: str, hashes: dict[str, str], seed: int) 
     """({label: (improvement, run id)}, training CPU-s, initial-validation CPU-s) of the demo's
     finished trainings (export.collect reads them the way the benchmark table was made); the
     initial validation is counted once per key (runs of a seed share it)."""
-    from opsd_platform.law.export import ExportError, collect
+    from opsd_platform.errors import ExportError
+    from opsd_platform.law.export import collect
 
     try:
         runs, _, _ = collect(uri, experiment, GRID_NAME)

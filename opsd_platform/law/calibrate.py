@@ -23,7 +23,7 @@ from mlflow.tracking import MlflowClient
 from opsd_platform import tracking
 from opsd_platform.config import ConfigError, TrainConfig, config_hash
 from opsd_platform.config.compose import train_config
-from opsd_platform.law.settings import CalibrateConfig  # noqa: F401 (re-exported)
+from opsd_platform.law.settings import CalibrateConfig
 
 log = logging.getLogger(__name__)
 
@@ -89,7 +89,8 @@ class CalibrationResult:
 
 def calibrate(base_overrides: Sequence[str], cal: CalibrateConfig, progress=print) -> CalibrationResult:
     """Run (or resume) calibration `cal.name`: a gap + a training per grid point."""
-    from opsd_platform.training.train import RunInterrupted, train  # heavy imports only when calibrating
+    from opsd_platform.errors import RunInterrupted
+    from opsd_platform.runs.train import train
 
     points = grid(base_overrides, cal)
     first = points[0][1]

@@ -21,7 +21,6 @@ from __future__ import annotations
 import hashlib
 import json
 import math
-import os
 import tempfile
 from pathlib import Path
 from typing import Any
@@ -30,10 +29,8 @@ import pandas as pd
 import yaml
 
 from opsd_platform import tracking
-from opsd_platform.errors import ExportError  # noqa: F401 (re-exported)
-from opsd_platform.law.settings import ExportConfig  # noqa: F401 (re-exported)
-
-os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")  # one download per run: no bars
+from opsd_platform.errors import ExportError
+from opsd_platform.law.settings import ExportConfig
 
 RUN_COLUMNS = ["run_id", "model", "family", "world", "context", "config", "seed", "steps", "gap", "gap_lower",
                "gap_upper", "gap_tokens", "gap_cpu_s", "val_initial", "val_final", "improvement", "train_tokens",

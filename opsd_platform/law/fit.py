@@ -13,6 +13,7 @@ from typing import Any, Mapping, Sequence
 import numpy as np
 import pandas as pd
 
+from opsd_platform.errors import LawError
 from opsd_platform.law.names import METHODS
 from opsd_platform.law.points import (
     ABS_VARIANCE_FLOOR,
@@ -20,7 +21,6 @@ from opsd_platform.law.points import (
     GROUP_COLUMNS,
     REQUIRED_COLUMNS,
     WLS_VARIANCE_FLOOR_FRACTION,
-    LawError,
     aggregate,
     numeric_column,
     show_value,

@@ -13,8 +13,9 @@ from typing import Any, Mapping
 import numpy as np
 import pandas as pd
 
+from opsd_platform.errors import LawError
 from opsd_platform.law.fit import LawFit, fit_law
-from opsd_platform.law.points import LawError, aggregate, check_columns
+from opsd_platform.law.points import aggregate, check_columns
 
 # ----------------------------------------------------------------------------------------------
 # out-of-sample evidence

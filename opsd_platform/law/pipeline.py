@@ -27,7 +27,7 @@ from opsd_platform.law import LawError, family_slopes, fit_law, grouped_holdout,
 from opsd_platform.law.holdout import check_points
 from opsd_platform.law.plot import plot_law
 from opsd_platform.law.registry import register_law
-from opsd_platform.law.settings import FitLawConfig  # noqa: F401 (re-exported)
+from opsd_platform.law.settings import FitLawConfig
 from opsd_platform.training.contexts import context_label
 
 log = logging.getLogger(__name__)

@@ -9,7 +9,7 @@ from typing import Any, Sequence
 import numpy as np
 import pandas as pd
 
-from opsd_platform.errors import LawError  # noqa: F401 (re-exported)
+from opsd_platform.errors import LawError
 
 REQUIRED_COLUMNS = ("config", "seed", "gap", "improvement")
 GROUP_COLUMNS = ("context", "world", "family")

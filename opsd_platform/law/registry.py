@@ -30,10 +30,10 @@ from mlflow.models import Model, ModelSignature
 from mlflow.types import ColSpec, ParamSchema, ParamSpec, Schema
 
 from opsd_platform import tracking
-from opsd_platform.errors import RegistryError  # noqa: F401 (re-exported)
+from opsd_platform.errors import RegistryError
 from opsd_platform.law import LawFit
 from opsd_platform.law.holdout import LawCheck, check_law, constant_loo_rmse
-from opsd_platform.law.names import CHALLENGER, CHAMPION, DEFAULT_NAME  # noqa: F401 (re-exported)
+from opsd_platform.law.names import CHALLENGER, CHAMPION, DEFAULT_NAME
 from opsd_platform.law.promotion import Standing, promotion
 
 MODEL_CODE = Path(__file__).with_name("pyfunc_model.py")

@@ -15,8 +15,9 @@ import re
 import numpy as np
 import pandas as pd
 
+from opsd_platform.errors import LawError
 from opsd_platform.law.fit import LawFit, fit_law
-from opsd_platform.law.points import LawError, aggregate
+from opsd_platform.law.points import aggregate
 
 
 def _dummy_name(value: str) -> str:

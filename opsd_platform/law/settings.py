@@ -1,7 +1,6 @@
 """The law stage's settings: the ``calibrate.*``, ``law.*`` and ``export.*`` keys and those of
 ``opsd law show|promote``. Light on purpose (dataclasses, the config layer, names.py): the CLI checks
 a command line against them before importing pandas or MLflow, so a config error comes in a second.
-Each stage module re-exports its own (``law.calibrate.CalibrateConfig`` ...).
 """
 
 from __future__ import annotations

@@ -1,6 +1,6 @@
 """`opsd search`: an Optuna study over OPSD configurations, pruned by the registered gap law.
 
-Pieces, in the order a trial meets them (modules: settings, space, study, objective, run, pruner,
+Pieces, in the order a trial meets them (modules: settings, space, study, objective, gate, run, pruner,
 report, compare; and grid.py, the recorded benchmark's grid on the same storage):
 
 - **Space** (``conf/search/<name>.yaml`` or a path; ``load_space``): training-config keys with
@@ -14,7 +14,7 @@ report, compare; and grid.py, the recorded benchmark's grid on the same storage)
   which predicts OPSD only: its decision, rule ``not_opsd``, is recorded as training starts); a
   pruned trial stops there (its run ends FINISHED with tag ``stopped``, the predicted improvement and its
   interval as metrics, and no ``improvement``). With ``MedianPruner`` each step reports an
-  intermediate value (see ``StepReporter``) and a pruned trial stops mid-training.
+  intermediate value (``gate.SearchGate.on_step``) and a pruned trial stops mid-training.
 - **Callbacks** (ours; the optuna-integration MLflow callback is deprecated and logs a pruned
   trial's last intermediate value as if final): the trial's run gets its Optuna state, decision,
   tokens and seconds; the parent run the running best; every trial has exactly one run (one is
@@ -75,9 +75,11 @@ def __getattr__(name: str):
 def search(base_overrides, settings, progress=print):
     """`opsd search`: one study run to the end (a SearchResult), or with ``search.compare=true`` the
     same study three ways (a Comparison)."""
+    from opsd_platform.process import quiet_libraries
     from opsd_platform.search.compare import compare
     from opsd_platform.search.run import run_search
 
+    quiet_libraries()  # again, now that Optuna is loaded: its log level (process.py)
     if settings.compare:
         return compare(base_overrides, settings, progress)
     if settings.strategy == "ranked":

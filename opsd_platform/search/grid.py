@@ -41,10 +41,11 @@ from optuna.trial import FrozenTrial, TrialState
 from opsd_platform import tracking
 from opsd_platform.config import ConfigError, TrainConfig, config_hash, default_home, flatten
 from opsd_platform.config.compose import conf_dir, train_config
-from opsd_platform.search.settings import GridConfig  # noqa: F401 (re-exported)
+from opsd_platform.process import quiet_libraries
+from opsd_platform.runs.gate import Gate
+from opsd_platform.search.settings import GridConfig
 
 log = logging.getLogger(__name__)
-optuna.logging.set_verbosity(optuna.logging.WARNING)
 
 
 @dataclass(frozen=True)
@@ -238,6 +239,17 @@ def prepare(spec: dict, grid_points: Sequence[GridPoint], settings: GridConfig, 
 # ----------------------------------------------------------------------------- a worker
 
 
+class RunNamer(Gate):
+    """The grid's trial gate: names the point's MLflow run on its trial once the gap is logged, so
+    the run of a worker that dies while training is found (and reported) from the queue."""
+
+    def __init__(self, trial: optuna.Trial) -> None:
+        self.trial = trial
+
+    def on_gap(self, run_id: str, gap) -> None:
+        self.trial.set_user_attr("run_id", run_id)
+
+
 class Objective:
     """Train one point (or return its recorded result when it is already done)."""
 
@@ -248,7 +260,8 @@ class Objective:
         self.uri, self.experiment, self.progress = uri, experiment, progress
 
     def __call__(self, trial: optuna.Trial) -> float:
-        from opsd_platform.training.train import RunInterrupted, train
+        from opsd_platform.errors import RunInterrupted
+        from opsd_platform.runs.train import train
 
         key = trial.user_attrs.get("point")
         if key is not None and key not in self.by_key:  # queued by a newer grid file than this worker read
@@ -269,7 +282,7 @@ class Objective:
                 "calibrate.key": key}
         self.progress(f"point {key}: gap, then {cfg.trainer.max_steps} steps (trial #{trial.number})")
         try:
-            result = train(cfg, extra_tags=tags, after_gap=lambda run_id, gap: trial.set_user_attr("run_id", run_id))
+            result = train(cfg, extra_tags=tags, gate=RunNamer(trial))
         except RunInterrupted:  # SIGTERM / Ctrl-C: the point goes back to the queue, this worker stops
             trial.study.enqueue_trial({}, user_attrs={"point": key, "interrupted": trial.number})
             raise KeyboardInterrupt from None
@@ -340,6 +353,7 @@ def run_grid(overrides: Sequence[str], settings: GridConfig, progress: Callable[
              grid_overrides: Sequence[str] = ()) -> GridStatus:
     """Prepare the queue, then run `settings.workers` worker processes (started with `overrides`
     and `grid_overrides`, the grid.* keys), or be the one worker."""
+    quiet_libraries()  # again, now that Optuna is loaded: its log level (process.py)
     spec = load_spec(settings.spec)
     grid_points = points(spec, overrides, settings.only)
     first = train_config(list(grid_points[0].overrides)) if grid_points else train_config(list(overrides))

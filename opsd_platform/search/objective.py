@@ -1,31 +1,24 @@
-"""One trial: its config composed like ``opsd train``'s, the gap measured and judged by the pruner,
-the training run reporting its steps; and the callbacks that record each trial (MLflow) and refit
+"""One trial: its config composed like ``opsd train``'s, trained under its gate (gate.py: the gap
+judged by the pruner, each step reported); and the callbacks that record each trial (MLflow) and refit
 the law after completed trials (the learning loop).
 """
 
 from __future__ import annotations
 
 import json
-import math
 import warnings
 from typing import Callable
 
-import lightning as L
-import numpy as np
 import optuna
 from optuna.trial import FrozenTrial, TrialState
 
 from opsd_platform import tracking
-from opsd_platform.config import TrainConfig
 from opsd_platform.config.compose import train_config
-from opsd_platform.errors import WorkerInterrupted  # noqa: F401 (re-exported)
-from opsd_platform.law.registry import CHAMPION
+from opsd_platform.errors import WorkerInterrupted
+from opsd_platform.law.names import CHAMPION
 from opsd_platform.search.pruner import (
-    PRUNE,
     Decision,
-    GapLawPruner,
     best_completed,
-    record_decision,
 )
 from opsd_platform.search.space import sample, to_overrides
 from opsd_platform.search.study import (
@@ -36,52 +29,6 @@ from opsd_platform.search.study import (
 )
 
 
-class StepReporter(L.Callback):
-    """Reports each training step to the trial: the running mean of the rollout pass rate over the
-    last `window` steps (the only per-step signal that costs nothing extra; a validation per step
-    would double a trial's cost). With `prune`, asks the study's pruner (MedianPruner) after each
-    report and stops the training when it says so."""
-
-    def __init__(self, trial: optuna.Trial, window: int, prune: bool, tracking_uri: str,
-                 decide_at_start: bool = False) -> None:
-        self.trial, self.window, self.prune, self.tracking_uri = trial, window, prune, tracking_uri
-        self.decide_at_start = decide_at_start  # a trial that measures no gap (GRPO) asks the law pruner here
-        self.values: list[float] = []
-
-    def on_train_start(self, trainer, pl_module) -> None:
-        from opsd_platform.training.train import StopTraining
-
-        run_id = getattr(trainer.logger, "run_id", None)
-        if run_id and "mlflow_run_id" not in self.trial.user_attrs:
-            self.trial.set_user_attr("mlflow_run_id", run_id)
-        pruner = self.trial.study.pruner
-        if self.decide_at_start and isinstance(pruner, GapLawPruner):  # recorded on the trial and its run (rule not_opsd)
-            decision = pruner.judge(self.trial)
-            if decision.prune:
-                raise StopTraining(f"pruned: {decision.reason}")
-
-    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
-        from opsd_platform.training.train import StopTraining
-
-        last = pl_module.history[-1] if pl_module.history else {}
-        if "rollout/pass_rate" not in last:
-            return
-        self.values.append(float(last["rollout/pass_rate"]))
-        step = int(last["step"])
-        value = float(np.mean(self.values[-self.window:]))
-        self.trial.report(value, step)
-        if self.prune and self.trial.should_prune():
-            best = best_completed(self.trial.study)
-            pruner = self.trial.study.pruner  # MedianPruner, or the ranked search's SuccessiveHalvingPruner
-            median = isinstance(pruner, optuna.pruners.MedianPruner)
-            why = "below the median of earlier trials at this step" if median else "not among the best at this rung"
-            decision = Decision(
-                PRUNE, "median" if median else "curve", f"{type(pruner).__name__}: step {step} running pass rate "
-                f"{value:.3f} is {why}", bar=best[0] if best else None, bar_source=f"best trial #{best[1]}" if best else None)
-            record_decision(self.trial, decision, self.tracking_uri)
-            raise StopTraining(decision.reason)
-
-
 class Objective:
     """The trial function: sample, compose, (gap -> law decision), train; returns the improvement."""
 
@@ -89,7 +36,9 @@ class Objective:
         self.h, self.progress = handle, progress
 
     def __call__(self, trial: optuna.Trial) -> float:
-        from opsd_platform.training.train import RunInterrupted, train
+        from opsd_platform.errors import RunInterrupted
+        from opsd_platform.runs.train import train
+        from opsd_platform.search.gate import SearchGate
 
         h, s = self.h, self.h.settings
         trial.set_user_attr("worker", worker_id())
@@ -109,13 +58,10 @@ class Objective:
         retry_of = trial.user_attrs.get("retry_of")
         if retry_of is not None:
             tags["search.retry_of"] = str(retry_of)
-        reporter = StepReporter(trial, s.median_window, s.pruner == "median", h.tracking_uri,
-                                decide_at_start=s.pruner == "law" and cfg.algorithm != "opsd")
-        after_gap = (lambda run_id, gap: self.after_gap(trial, cfg, run_id, gap)) if s.pruner == "law" else None
-        gap_gate = (lambda: self.gap_gate(trial, cfg)) if s.pruner == "law" and cfg.gap.sequential else None
+        gate = SearchGate(trial, cfg, law=s.pruner == "law", curve=s.pruner == "median", window=s.median_window,
+                          tracking_uri=h.tracking_uri)
         try:
-            result = train(cfg, parent_run_id=h.parent_run_id, extra_tags=tags, after_gap=after_gap, callbacks=[reporter],
-                           gap_gate=gap_gate)
+            result = train(cfg, parent_run_id=h.parent_run_id, extra_tags=tags, gate=gate)
         except (KeyboardInterrupt, RunInterrupted) as exc:
             frozen = next(t for t in trial.study.get_trials(deepcopy=False) if t.number == trial.number)
             RetryDeadTrial(h.tracking_uri, h.experiment, s.max_retry, s.grace_period)(
@@ -139,47 +85,10 @@ class Objective:
         if result.improvement is None:
             raise RuntimeError("the training reported no improvement (trainer.validate=false?): nothing to optimise")
         trial.set_user_attr("improvement", float(result.improvement))
-        decision = Decision.from_attrs(trial.user_attrs)
+        decision = gate.decision
         if decision is not None and decision.action == "calibrate":  # was it a false prune after all?
             trial.set_user_attr("pruner.false_prune", bool(result.improvement > decision.bar))
         return float(result.improvement)
-
-    @staticmethod
-    def gap_gate(trial: optuna.Trial, cfg: TrainConfig):
-        """gap.sequential: (stopping rule, "") from the study's own pruner (its policy and the bar it
-        would use now, sequential.policy_gate), or (None, why) when the decision will not depend on
-        the gap. Built as the measurement starts, so the bar is as fresh as the pruner's will be."""
-        from opsd_platform.search.pruner import GAP_RULES, decide_policy
-        from opsd_platform.training.sequential import policy_gate
-
-        pruner = trial.study.pruner
-        if not isinstance(pruner, GapLawPruner):
-            return None, "the study's pruner is not the gap law"
-        inputs = {**pruner.policy_inputs(trial.study, trial), "calibration_rate": 0.0}  # calibration decides after
-        return policy_gate(lambda attrs: decide_policy(attrs, **inputs), inputs["law"], dict(trial.user_attrs),
-                           rule=cfg.gap.sequential_rule, gap_rules=GAP_RULES)
-
-    def after_gap(self, trial: optuna.Trial, cfg: TrainConfig, run_id: str, gap) -> None:
-        """Record the gap, then let the pruner decide before any training (StopTraining to prune)."""
-        from opsd_platform.training.train import StopTraining, estimated_training_tokens
-
-        mean_len = gap.tokens_generated / max(1, 2 * gap.n_problems * gap.samples_per_problem)
-        attrs = {
-            "mlflow_run_id": run_id, "gap": float(gap.gap), "gap_ci": [float(gap.gap_ci[0]), float(gap.gap_ci[1])],
-            "context_tokens": float(gap.teacher_prompt_tokens), "cost.gap_tokens": int(gap.tokens_generated),
-            "cost.gap_seconds": float(gap.seconds),
-            "cost.train_tokens_est": float(estimated_training_tokens(cfg, mean_len)),
-            # gap.sequential: problems measured (of problems_total), the CS, the decision it settled, cost saved
-            **{f"gap.sequential.{k}": v for k, v in (gap.sequential or {}).items()},
-        }
-        for key, value in attrs.items():
-            trial.set_user_attr(key, value if (not isinstance(value, float) or math.isfinite(value)) else None)
-        pruner = trial.study.pruner
-        if isinstance(pruner, GapLawPruner):
-            decision = pruner.judge(trial)
-            if decision.prune:
-                raise StopTraining(f"pruned by the gap law v{decision.law_version}: {decision.reason}")
-
 
 # ============================================================================== callbacks
 
@@ -238,7 +147,8 @@ class LearningLoop:
         from mlflow.tracking import MlflowClient
 
         from opsd_platform.law import LawError
-        from opsd_platform.law.pipeline import FitLawConfig, fit_and_register
+        from opsd_platform.law.pipeline import fit_and_register
+        from opsd_platform.law.settings import FitLawConfig
 
         h, s = self.h, self.h.settings
         if s.pruner != "law" or s.refit_every == 0 or trial.state != TrialState.COMPLETE:

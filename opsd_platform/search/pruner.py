@@ -3,9 +3,12 @@
 A trial of another algorithm than OPSD (GRPO: user attribute ``algorithm``) is never pruned by
 the law, which predicts OPSD only; it is recorded as trained by rule ``not_opsd``.
 
-A trial measures its initial gap first (``trial.set_user_attr("gap", ...)``, plus the law's
-covariates under their names, e.g. ``context_tokens``), then asks ``trial.should_prune()``. The
-pruner loads the law by alias from the MLflow registry (``models:/<name>@<alias>``), predicts the
+A trial measures its initial gap first; its gate (search/gate.py) hands the typed ``GapResult``
+to ``judge`` as ``TrialFacts`` (the gap, the law's covariates under their names, e.g.
+``context_tokens``, the algorithm), and the decision is recorded on the trial afterwards, for
+the reports: nothing is read back from user attributes to decide. (Optuna's own interface,
+``prune(study, trial)``, sees only a FrozenTrial: it reads the same facts from what the trial
+recorded.) The pruner loads the law by alias from the MLflow registry (``models:/<name>@<alias>``), predicts the
 improvement with its prediction interval and prunes when the interval's *upper* bound is below
 the bar: the best improvement a finished trial of the study reached, or a fixed ``threshold``.
 
@@ -41,7 +44,7 @@ trial its last intermediate value as a "value", so a law-pruned trial reports no
 from __future__ import annotations
 
 import random
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from typing import Any, Callable, Mapping, Sequence
 
 import optuna
@@ -49,8 +52,9 @@ import pandas as pd
 from optuna.trial import FrozenTrial, TrialState
 
 from opsd_platform import tracking
+from opsd_platform.errors import RegistryError
 from opsd_platform.law.holdout import finite_or_none
-from opsd_platform.law.registry import CHAMPION, DEFAULT_NAME, RegistryError
+from opsd_platform.law.names import CHAMPION, DEFAULT_NAME
 
 TRAIN, PRUNE, CALIBRATE = "train", "prune", "calibrate"
 ATTR_PREFIX = "pruner."
@@ -85,6 +89,36 @@ class Decision:
         if f"{ATTR_PREFIX}action" not in attrs:
             return None
         return cls(**{k: attrs.get(f"{ATTR_PREFIX}{k}") for k in cls.__dataclass_fields__})
+
+
+@dataclass(frozen=True)
+class TrialFacts:
+    """What the policy reads of a trial: its algorithm, its gap, the law's covariates by column
+    name (``context_tokens``...), and a decision already made (a re-queued trial carries its
+    predecessor's, rule ``decided``). A live trial's come from its config and its GapResult
+    (``of_gap``); a recorded trial's from its user attributes (``from_attrs``)."""
+
+    algorithm: str = "opsd"
+    gap: float | None = None
+    covariates: Mapping[str, Any] = field(default_factory=dict)
+    decided: Decision | None = None
+
+    @classmethod
+    def of_gap(cls, gap: Any, algorithm: str = "opsd", decided: Decision | None = None) -> "TrialFacts":
+        """From a measured gap.measure.GapResult (None: no gap measured)."""
+        if gap is None:
+            return cls(algorithm, None, {}, decided)
+        return cls(algorithm, float(gap.gap), {"context_tokens": float(gap.teacher_prompt_tokens)}, decided)
+
+    @classmethod
+    def from_attrs(cls, attrs: Mapping[str, Any]) -> "TrialFacts":
+        """From a trial's recorded user attributes (Optuna's prune interface, a replayed table)."""
+        return cls(attrs.get("algorithm", "opsd"), attrs.get("gap"), attrs, Decision.from_attrs(dict(attrs)))
+
+    def at(self, gap: float, covariates: Mapping[str, Any] = {}) -> "TrialFacts":
+        """The same trial at another gap (a sequential measurement's bound), with the covariates
+        measured so far."""
+        return TrialFacts(self.algorithm, gap, {**self.covariates, **covariates}, self.decided)
 
 
 def best_completed(study: "optuna.Study") -> tuple[float, int] | None:
@@ -142,7 +176,7 @@ def _atleast_1d(value: Any) -> Sequence[Any]:
 
 
 def decide_policy(
-    attrs: Mapping[str, Any],
+    facts: "TrialFacts | Mapping[str, Any]",
     *,
     trial_number: int,
     n_complete: int,
@@ -156,16 +190,18 @@ def decide_policy(
 ) -> Decision:
     """The policy of the module docstring, as a function of plain inputs and nothing else.
 
-    attrs: the trial's user attributes (its previous decision, ``algorithm``, ``gap``, covariates); n_complete:
-    completed trials of the study; best: () -> (value, number) of the best completed trial or
-    None; law: () -> LawView, raising RegistryError when there is no law (called only once a
-    prediction is needed, so startup trials never touch the registry).
+    facts: the trial's TrialFacts (a mapping: a recorded trial's user attributes, read with
+    ``TrialFacts.from_attrs``); n_complete: completed trials of the study; best: () -> (value,
+    number) of the best completed trial or None; law: () -> LawView, raising RegistryError when
+    there is no law (called only once a prediction is needed, so startup trials never touch the
+    registry).
     """
-    previous = Decision.from_attrs(attrs)
-    if previous is not None:
-        return Decision(**{**asdict(previous), "rule": "decided"})
+    if not isinstance(facts, TrialFacts):
+        facts = TrialFacts.from_attrs(facts)
+    if facts.decided is not None:
+        return Decision(**{**asdict(facts.decided), "rule": "decided"})
 
-    algorithm = attrs.get("algorithm", "opsd")
+    algorithm = facts.algorithm
     if algorithm != "opsd":
         return Decision(TRAIN, "not_opsd", f"algorithm={algorithm}: the gap law predicts OPSD's improvement only, "
                         "so it never prunes this trial; trains fully")
@@ -173,7 +209,7 @@ def decide_policy(
     if n_complete < n_startup_trials:
         return Decision(TRAIN, "startup", f"startup: {n_complete} of {n_startup_trials} startup trials completed; trains fully")
 
-    raw_gap = attrs.get("gap")
+    raw_gap = facts.gap
     if raw_gap is None:
         return Decision(TRAIN, "no_gap", "no gap measured for this trial (user attribute 'gap'); trains fully")
     gap = finite_or_none(raw_gap)
@@ -190,10 +226,10 @@ def decide_policy(
     for col in view.inputs:
         if col == "gap":
             continue
-        value = finite_or_none(attrs.get(col))
+        value = finite_or_none(facts.covariates.get(col))
         if value is None:
             return Decision(TRAIN, "missing_input", f"law v{version} needs {col!r}, which this trial has not recorded "
-                            f"(got {attrs.get(col)!r}); trains fully", gap=gap, law_version=version)
+                            f"(got {facts.covariates.get(col)!r}); trains fully", gap=gap, law_version=version)
         inputs[col] = value
     predicted, lower, upper = view.predict(inputs, level)
     numbers = dict(gap=gap, predicted=float(predicted[0]), lower=float(lower[0]), upper=float(upper[0]),
@@ -273,24 +309,25 @@ class GapLawPruner(optuna.pruners.BasePruner):
     # ------------------------------------------------------------------ Optuna entry point
 
     def prune(self, study: "optuna.Study", trial: FrozenTrial) -> bool:
-        """Optuna's interface (``trial.should_prune()``): the decision, without side effects. The
-        search asks ``judge`` instead, which also records the decision on the trial."""
+        """Optuna's interface (``trial.should_prune()``): the decision, without side effects, from
+        what the trial recorded. The search asks ``judge`` instead."""
         return self.decide(study, trial).prune
 
-    def judge(self, trial: "optuna.Trial") -> Decision:
-        """The decision for the live `trial`, recorded on it and its MLflow run (``record``) the
-        first time it is made; asked again, the recorded one (rule ``decided``)."""
-        decision = self.decide(trial.study, trial)
+    def judge(self, trial: "optuna.Trial", facts: TrialFacts | None = None) -> Decision:
+        """The decision for the live `trial` from its `facts` (None: what it recorded), then
+        recorded on it and its MLflow run (``record``) when newly made (not rule ``decided``)."""
+        decision = self.decide(trial.study, trial, facts)
         if self.record and decision.rule != "decided":
             record_decision(trial, decision, self.tracking_uri)
         return decision
 
     # ------------------------------------------------------------------ the policy
 
-    def decide(self, study: "optuna.Study", trial: FrozenTrial) -> Decision:
+    def decide(self, study: "optuna.Study", trial: FrozenTrial, facts: TrialFacts | None = None) -> Decision:
         """The decision for `trial` (no side effects besides loading the law): ``decide_policy``
-        on what the study and the trial hold now."""
-        return decide_policy(dict(trial.user_attrs), **self.policy_inputs(study, trial))
+        on its `facts` (None: read from what the trial recorded) and what the study holds now."""
+        facts = facts if facts is not None else TrialFacts.from_attrs(trial.user_attrs)
+        return decide_policy(facts, **self.policy_inputs(study, trial))
 
     def policy_inputs(self, study: "optuna.Study", trial: FrozenTrial) -> dict[str, Any]:
         """Everything ``decide_policy`` needs besides the trial's attributes."""

@@ -24,7 +24,7 @@ with its context fixed (``ranked.phase=inner``) and trained under the curve-base
 
 **The curve-based pruner** is the study's own (``search.curve_pruner``: Optuna's
 ``SuccessiveHalvingPruner`` or ``HyperbandPruner``, study.curve_pruner), fed the per-step running
-rollout pass rate (objective.StepReporter, as ``search.pruner=median``). Every training of the
+rollout pass rate (gate.SearchGate.on_step, as ``search.pruner=median``). Every training of the
 study reports to it, the ranked phase's included, so an inner trial must keep up at each rung with
 the contexts' full trainings, not only with the other inner trials.
 
@@ -61,8 +61,9 @@ def load_prior(settings: Any, uri: str, world: str):
     """(LawFit, LawCheck, label) of ``search.prior_law``, or None; ConfigError when it cannot be used."""
     from opsd_platform import tracking
     from opsd_platform.config import ConfigError
+    from opsd_platform.errors import RegistryError
     from opsd_platform.law.holdout import check_from_tags
-    from opsd_platform.law.registry import RegistryError, alias_version, load_law
+    from opsd_platform.law.registry import alias_version, load_law
 
     if settings.prior_law is None:
         return None
@@ -125,9 +126,9 @@ class LiveSteps:
         import optuna
 
         from opsd_platform.config.compose import train_config
-        from opsd_platform.search.objective import StepReporter
+        from opsd_platform.runs.train import train
+        from opsd_platform.search.gate import GapOnlyGate, SearchGate
         from opsd_platform.search.space import sample, to_overrides
-        from opsd_platform.training.train import StopTraining, train
 
         h = self.h
         if phase == INNER:  # the context is enqueued; the sampler draws the other keys
@@ -143,16 +144,9 @@ class LiveSteps:
         tags = {"search.study": h.name, "search.trial": str(trial.number), "search.strategy": "ranked",
                 "ranked.phase": phase, "ranked.rule": step.rule, "ranked.law": str(step.law),
                 "ranked.reason": step.reason[:4000]}
-
-        def after_gap(run_id: str, gap) -> None:
-            trial.set_user_attr("mlflow_run_id", run_id)
-            trial.set_user_attr("gap", float(gap.gap))
-            trial.set_user_attr("cost.gap_seconds", float(gap.seconds))
-            raise StopTraining("ranked search, phase 1: the gap is measured; this context trains later if it ranks")
-
-        reporter = StepReporter(trial, h.settings.median_window, step.curve, h.tracking_uri)
-        result = train(cfg, parent_run_id=h.parent_run_id, extra_tags=tags,
-                       after_gap=after_gap if phase == GAP else None, callbacks=[reporter])
+        gate = GapOnlyGate(trial) if phase == GAP else SearchGate(
+            trial, cfg, law=False, curve=step.curve, window=h.settings.median_window, tracking_uri=h.tracking_uri)
+        result = train(cfg, parent_run_id=h.parent_run_id, extra_tags=tags, gate=gate)
         trial.set_user_attr("mlflow_run_id", result.run_id)
         trial.set_user_attr("cost.seconds", float(result.seconds))
         trial.set_user_attr("cost.tokens", int(result.tokens_generated))

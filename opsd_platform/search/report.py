@@ -312,7 +312,8 @@ def _short_params(params_json: str) -> str:
 def write_report(handle) -> StudyReport:
     """The report of a study (search.StudyHandle) in ``handle.out_dir``: report.html (images
     embedded), trials.csv, compute.json, law_plot.png, compute.png."""
-    from opsd_platform.law.registry import RegistryError, alias_version, load_law
+    from opsd_platform.errors import RegistryError
+    from opsd_platform.law.registry import alias_version, load_law
 
     s = handle.settings
     out = Path(handle.out_dir)

@@ -6,13 +6,10 @@ them before importing what runs it, so a config error comes in a second.
 from __future__ import annotations
 
 import math
-import os
 from dataclasses import dataclass, field
 
 from opsd_platform.config import ConfigError
 from opsd_platform.law.names import CHAMPION, DEFAULT_NAME
-
-os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")  # no download bars per law load
 
 PRUNERS = ("law", "median", "none")
 STRATEGIES = ("pruned", "ranked")

@@ -9,7 +9,6 @@ import copy
 import logging
 import os
 import socket
-import warnings
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Callable, Sequence
@@ -25,9 +24,6 @@ from opsd_platform.search.settings import SearchConfig
 from opsd_platform.search.space import Param, TrialSeededSampler, load_space, space_path
 
 log = logging.getLogger(__name__)
-optuna.logging.set_verbosity(optuna.logging.WARNING)
-# Heartbeats and the retry callback are "experimental" in Optuna: a warning per storage says nothing.
-warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
 
 
 def worker_id() -> str:

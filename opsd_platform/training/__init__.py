@@ -1,4 +1,6 @@
-"""Training: world -> rollout -> context -> loss -> module, and the gap measured at step 0.
+"""Training: world -> rollout -> context -> loss -> module, one OPSD (or GRPO) step at a time.
 
-Modules in data-flow order: rollout, contexts, losses, packing, scoring, precision, grpo,
-module, checkpoint, evaluation, gap, sequential, measurements, train (the order of operations)."""
+Modules in data-flow order: sequences, rollout, contexts, losses, packing, scoring, precision,
+teacher, optimizer, grpo, distributed, module (one step in the order it happens), evaluation,
+diagnostics, checkpoint, resume. The gap measured at step 0 is in opsd_platform/gap/, the run that
+puts them together (``train``) in opsd_platform/runs/."""

@@ -30,7 +30,7 @@ from typing import Any, Mapping
 import numpy as np
 import torch
 
-from opsd_platform.errors import CheckpointError  # noqa: F401 (re-exported)
+from opsd_platform.errors import CheckpointError
 
 STATE_FILE = "state.pt"
 META_FILE = "meta.json"

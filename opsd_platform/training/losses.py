@@ -36,7 +36,7 @@ import math
 import torch
 import torch.nn.functional as F
 
-from opsd_platform.config.choices import DIVERGENCES, SUPPORTS  # noqa: F401  (offered by loss.divergence, loss.support)
+from opsd_platform.config.choices import DIVERGENCES, SUPPORTS
 
 
 def _kl_terms(log_p: torch.Tensor, log_q: torch.Tensor) -> torch.Tensor:

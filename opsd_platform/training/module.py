@@ -46,10 +46,12 @@ from opsd_platform.training import distributed, grpo
 from opsd_platform.training.contexts import build_for_rollouts
 from opsd_platform.training.evaluation import Evaluation, cpu_seconds, evaluate, seeded_stream
 from opsd_platform.training.losses import importance_weights
+from opsd_platform.training.optimizer import adamw
 from opsd_platform.training.precision import autocast
-from opsd_platform.training.rollout import Rollouts, chat_ids, chunks, engine_for
+from opsd_platform.training.rollout import Rollouts, engine_for
 from opsd_platform.training.scoring import MicroBatchLoss, micro_batch_loss
-from opsd_platform.training.teacher import Teacher, adamw
+from opsd_platform.training.sequences import chat_ids, chunks
+from opsd_platform.training.teacher import Teacher
 from opsd_platform.worlds.base import World
 
 

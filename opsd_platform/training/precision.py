@@ -35,7 +35,7 @@ from __future__ import annotations
 import contextlib
 from typing import Callable, ContextManager, Iterator
 
-from opsd_platform.config.choices import DEFAULT_PRECISION, PRECISIONS  # noqa: F401  (Lightning's names)
+from opsd_platform.config.choices import DEFAULT_PRECISION, PRECISIONS
 
 
 def autocast(precision: str, device) -> ContextManager:

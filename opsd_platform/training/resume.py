@@ -37,9 +37,9 @@ from mlflow.tracking import MlflowClient
 
 from opsd_platform import tracking
 from opsd_platform.config import TrainConfig, config_hash, default_home, flatten, how_fields
-from opsd_platform.errors import RunInterrupted
+from opsd_platform.errors import CheckpointError, RunInterrupted
 from opsd_platform.training import checkpoint
-from opsd_platform.training.checkpoint import Checkpoint, CheckpointError
+from opsd_platform.training.checkpoint import Checkpoint
 from opsd_platform.training.module import OPSDModule
 
 log = logging.getLogger(__name__)

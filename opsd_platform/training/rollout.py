@@ -28,9 +28,10 @@ from typing import Protocol, Sequence, runtime_checkable
 
 import torch
 
+from opsd_platform.config.choices import DEFAULT_PRECISION
 from opsd_platform.errors import ConfigError
-from opsd_platform.training.precision import DEFAULT_PRECISION, autocast, sampling_attention
-from opsd_platform.training.sequences import (  # noqa: F401 (chat_ids, chunks, left_pad, model_device: re-exported)
+from opsd_platform.training.precision import autocast, sampling_attention
+from opsd_platform.training.sequences import (
     chat_ids,
     chunks,
     eos_ids,

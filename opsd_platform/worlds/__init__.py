@@ -8,7 +8,8 @@ from __future__ import annotations
 
 import importlib
 
-from opsd_platform.worlds.base import Judgement, Problem, World, WorldError
+from opsd_platform.errors import WorldError
+from opsd_platform.worlds.base import Judgement, Problem, World
 
 WORLD_CLASSES = {
     "arithmetic": "opsd_platform.worlds.arithmetic:ArithmeticWorld",

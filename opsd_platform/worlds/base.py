@@ -10,10 +10,9 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, Protocol, Sequence, runtime_checkable
 
+from opsd_platform.errors import WorldError
+
 SPLITS = ("train", "val")
-# How code worlds grade: LiveCodeBench's own verdicts, or the friendlier judge (docs/code-judge.md)
-from opsd_platform.config.choices import GRADINGS  # noqa: F401  (offered by world.grading)
-from opsd_platform.errors import WorldError  # noqa: F401 (re-exported)
 
 
 @dataclass(frozen=True)

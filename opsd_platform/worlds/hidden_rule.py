@@ -35,7 +35,8 @@ import string
 from dataclasses import dataclass, field
 from typing import Callable, Sequence, Union
 
-from opsd_platform.worlds.base import Judgement, Problem, WorldError, check_split
+from opsd_platform.errors import WorldError
+from opsd_platform.worlds.base import Judgement, Problem, check_split
 
 DIFFICULTIES: tuple[int, ...] = (1, 2, 3)
 LEVEL_DESCRIPTIONS: dict[int, str] = {

@@ -8,7 +8,7 @@ import pytest
 
 from benchmarks.cheap_gap import check_student
 from benchmarks.cheap_gap_report import report
-from opsd_platform.training.gap_estimators import ESTIMATORS
+from opsd_platform.gap.estimators import ESTIMATORS
 from tests.helpers import ROOT
 
 DATA = ROOT / "benchmarks" / "data"

@@ -15,7 +15,8 @@ import yaml
 
 from benchmarks.live_search import compare, live_trials, main, slice_settings, space_document
 from benchmarks.replay import replay_settings
-from opsd_platform.law.export import ExportConfig, export
+from opsd_platform.law.export import export
+from opsd_platform.law.settings import ExportConfig
 from opsd_platform.search.space import parse_space
 from tests.helpers import FIXTURES, ROOT
 

@@ -191,7 +191,8 @@ def test_savings_count_pruned_at_the_recorded_cost_and_never_the_capped():
 def test_the_ranked_walk_trains_best_predicted_first_stops_and_says_where_the_demo_did_not_train():
     import numpy as np
 
-    from opsd_platform.demo.ranked import NotTrained, ranked_lines, ranked_walk
+    from opsd_platform.demo.ranked import ranked_lines, ranked_walk
+    from opsd_platform.errors import NotTrained
     from opsd_platform.law.holdout import fit_and_check
 
     g = np.linspace(-0.2, 0.3, 8)

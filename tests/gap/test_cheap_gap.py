@@ -7,9 +7,7 @@ import pytest
 import torch
 
 from opsd_platform.config.compose import train_config
-from opsd_platform.models import load_policy
-from opsd_platform.training.gap import Sampling, cheap_gap, measure_student, sample_student, score_rows
-from opsd_platform.training.gap_estimators import (
+from opsd_platform.gap.estimators import (
     SampleSummary,
     bootstrap,
     cov_pooled,
@@ -21,8 +19,11 @@ from opsd_platform.training.gap_estimators import (
     ll_diff,
     summarise,
 )
-from opsd_platform.training.rollout import HFGenerateEngine, chat_ids
+from opsd_platform.gap.measure import Sampling, cheap_gap, measure_student, sample_student, score_rows
+from opsd_platform.models import load_policy
+from opsd_platform.training.rollout import HFGenerateEngine
 from opsd_platform.training.scoring import LossSettings, micro_batch_loss, scoring_with
+from opsd_platform.training.sequences import chat_ids
 from opsd_platform.worlds import make_world
 
 # ----------------------------------------------------------------------------- pure estimators
@@ -175,7 +176,7 @@ def test_cheap_gap_on_tiny_model(tiny, context):
     else:
         assert result.teacher_coverage == 1.0 and np.all(summary.ratio != 0.0)
         # the scored teacher log-probs are those of the teacher prompt, by hand for one row
-        from opsd_platform.training.gap import teacher_messages
+        from opsd_platform.gap.measure import teacher_messages
 
         messages, _ = teacher_messages(context, problems, student.evaluation, n)
         ro = student.rollouts

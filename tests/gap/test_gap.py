@@ -8,10 +8,10 @@ from mlflow.tracking import MlflowClient
 
 from opsd_platform.cli import main
 from opsd_platform.config.compose import train_config
+from opsd_platform.gap.measure import bootstrap_means, measure_gap
 from opsd_platform.models import load_policy
-from opsd_platform.training.gap import bootstrap_means, measure_gap
+from opsd_platform.runs.train import run_gap, train
 from opsd_platform.training.rollout import HFGenerateEngine
-from opsd_platform.training.train import run_gap, train
 from opsd_platform.worlds import make_world
 
 

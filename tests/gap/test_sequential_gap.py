@@ -1,4 +1,4 @@
-"""Sequential gap (opsd_platform/training/sequential.py): the confidence sequence is anytime-valid on
+"""Sequential gap (opsd_platform/gap/sequential.py): the confidence sequence is anytime-valid on
 synthetic Bernoulli data (statistical tests with fixed seeds), the decision it settles is wrong
 at most at the nominal rate, and it stops earlier the farther the gap is from the bar."""
 
@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from scipy import stats
 
-from opsd_platform.training.sequential import (
+from opsd_platform.gap.sequential import (
     PRUNE,
     TRAIN,
     confidence_sequence,

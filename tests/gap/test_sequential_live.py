@@ -1,4 +1,4 @@
-"""gap.sequential wired into live measurement (measurements.sequential_gap, search.Objective.gap_gate)
+"""gap.sequential wired into live measurement (measurements.sequential_gap, search.gate.SearchGate.sequential_rule)
 on the tiny model: a measurement that may not stop equals the full one bitwise (and is stored as
 it), a bar far from the gap stops it after the first batch, a search trial decides as it would on
 the full gap, outside a search it measures in full, and bad settings name their key."""
@@ -14,13 +14,13 @@ from optuna.trial import TrialState
 from opsd_platform.cli import main
 from opsd_platform.config import ConfigError, config_hash
 from opsd_platform.config.compose import train_config
+from opsd_platform.gap import measurements
+from opsd_platform.gap.measure import measure_student, measure_teacher
+from opsd_platform.gap.sequential import PRUNE, TRAIN, StoppingRule, aligned_batch
 from opsd_platform.models import load_policy
-from opsd_platform.search import Objective
+from opsd_platform.search.gate import SearchGate
 from opsd_platform.search.pruner import GapLawPruner
-from opsd_platform.training import measurements
-from opsd_platform.training.gap import measure_student, measure_teacher
 from opsd_platform.training.rollout import HFGenerateEngine
-from opsd_platform.training.sequential import PRUNE, TRAIN, aligned_batch
 from opsd_platform.worlds import make_world
 from tests.helpers import FAST
 
@@ -50,7 +50,7 @@ def test_a_sequential_gap_that_never_stops_equals_the_full_one_and_is_stored_as_
     store = measurements.MeasurementStore.for_config(cfg)
     seen = []
     never = lambda lo, hi, covariates: seen.append((lo, hi, covariates)) or None  # noqa: E731
-    seq = measurements.gap(cfg, engine, world, store, gate=lambda: (never, ""))
+    seq = measurements.gap(cfg, engine, world, store, StoppingRule(never))
     assert [len(seen), seq.sequential["batch"], seq.sequential["problems"]] == [3, 4, 12]  # checked at 4, 8, 12
     assert seq.sequential["decision"] is None and seq.sequential["saved_fraction"] == 0
     assert seen[-1][0] == pytest.approx(seq.gap) and seen[-1][1] == pytest.approx(seq.gap)  # exact at the end
@@ -75,7 +75,7 @@ def test_a_bar_far_from_the_gap_stops_after_the_first_batch(setup):
     cfg, engine, world = setup
     for decision in (PRUNE, TRAIN):
         far = lambda lo, hi, covariates, d=decision: d  # noqa: E731  (the law says the same for every gap)
-        seq = measurements.gap(cfg, engine, world, None, gate=lambda: (far, ""))
+        seq = measurements.gap(cfg, engine, world, None, StoppingRule(far))
         info = seq.sequential
         assert (info["problems"], info["problems_total"], info["decision"], seq.n_problems) == (4, 12, decision, 4)
         assert info["cs_low"] <= seq.gap <= info["cs_high"] and info["cs_high"] - info["cs_low"] > 0
@@ -117,12 +117,16 @@ def test_the_gate_comes_from_the_pruners_policy_and_bar(law_uri):
     for threshold, expected in ((0.5, PRUNE), (-0.9, TRAIN)):
         study = optuna.create_study(direction="maximize", pruner=GapLawPruner(
             law_uri, n_startup_trials=0, threshold=threshold, calibration_rate=1.0))  # calibration never settles
-        gate, why = Objective.gap_gate(study.ask(), cfg)
-        assert why == "" and gate(-0.05, 0.05, {}) == expected
-        assert gate(-1.0, 1.0, {}) is None  # the whole range: the decision could still go either way
+        rule = trial_gate(study.ask(), cfg).sequential_rule(cfg)
+        assert rule.why == "" and rule.settle(-0.05, 0.05, {}) == expected
+        assert rule.settle(-1.0, 1.0, {}) is None  # the whole range: the decision could still go either way
     study = optuna.create_study(direction="maximize", pruner=GapLawPruner(law_uri, n_startup_trials=3, threshold=0.5))
-    gate, why = Objective.gap_gate(study.ask(), cfg)
-    assert gate is None and "startup" in why  # decided without the gap: measured in full (a law point)
+    rule = trial_gate(study.ask(), cfg).sequential_rule(cfg)
+    assert rule.settle is None and "startup" in rule.why  # decided without the gap: measured in full (a law point)
+
+
+def trial_gate(trial, cfg):
+    return SearchGate(trial, cfg, law=True, curve=False, window=1, tracking_uri="")
 
 
 def test_a_search_trial_decides_as_on_the_full_gap_and_records_what_it_saved(law_uri, tmp_path):

@@ -11,8 +11,8 @@ from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 
 from opsd_platform import law, tracking
+from opsd_platform.errors import RegistryError
 from opsd_platform.law import plot as report, registry
-from opsd_platform.law.registry import RegistryError
 from tests.helpers import FIXTURES, fluent_tracking
 
 

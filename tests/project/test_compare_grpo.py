@@ -142,7 +142,7 @@ def test_no_registered_law_says_how_to_get_one(tmp_path, capsys, monkeypatch):
     def no_model(*a, **k):
         raise AssertionError("a model was loaded before the law was checked")
 
-    monkeypatch.setattr("opsd_platform.training.train.setup_run", no_model)
+    monkeypatch.setattr("opsd_platform.runs.train.setup_run", no_model)
     assert main(["compare-grpo", *FAST, f"tracking.uri=sqlite:///{tmp_path}/mlflow.db"]) == 2
     err = capsys.readouterr().err
     assert "no gap law to predict OPSD's improvement with (no registered model 'opsd-gap-law'" in err
@@ -183,7 +183,7 @@ def test_table_comparison_predicts_with_the_law_and_reuses_gaps(law_store, tmp_p
     def no_model(*a, **k):
         raise AssertionError("the second call loaded a model")
 
-    monkeypatch.setattr("opsd_platform.training.train.setup_run", no_model)
+    monkeypatch.setattr("opsd_platform.runs.train.setup_run", no_model)
     assert main(args) == 0
     printed = capsys.readouterr().out
     second = json.loads(out.read_text())
@@ -208,7 +208,7 @@ def test_train_grpo_trains_each_seed_once_then_reuses_the_runs(tmp_path, capsys,
     imps = [runs[r].data.metrics["improvement"] for r in first["grpo"]["run_ids"]]
     assert cg.Estimate(**first["grpo"]["estimate"]) == cg.seed_estimate(imps, 0.9)[0]
 
-    monkeypatch.setattr("opsd_platform.training.train.train", lambda *a, **k: (_ for _ in ()).throw(AssertionError("trained again")))
+    monkeypatch.setattr("opsd_platform.runs.train.train", lambda *a, **k: (_ for _ in ()).throw(AssertionError("trained again")))
     capsys.readouterr()
     assert main(args) == 0
     assert capsys.readouterr().out.count("in the store, reused") == 2

@@ -75,9 +75,9 @@ def test_one_measurement_per_student_key_when_two_processes_want_it_at_once(tmp_
     workers measured it at once. The key's lock makes the second wait and reuse the first's."""
     from concurrent.futures import ThreadPoolExecutor
 
+    from opsd_platform.gap.measure import Side
+    from opsd_platform.gap.measurements import MeasurementStore, _cached, student_key_fields
     from opsd_platform.training.evaluation import Evaluation
-    from opsd_platform.training.gap import Side
-    from opsd_platform.training.measurements import MeasurementStore, _cached, student_key_fields
 
     store = MeasurementStore(f"sqlite:///{tmp_path}/m.db", "opsd")
     store.experiment_id()
@@ -176,7 +176,7 @@ def test_a_sigkilled_workers_point_is_failed_by_heartbeat_and_rerun_once(tmp_pat
 def test_reused_measurements_give_bitwise_the_same_gap_and_improvement(tmp_path, tiny_overrides):
     """A run whose initial validation and gap come from the measurement store equals a run that
     measures them itself, to the last bit of its gap, pass rates and final weights."""
-    from opsd_platform.training.train import train
+    from opsd_platform.runs.train import train
 
     base = [o for o in tiny_overrides if not o.startswith("tracking.uri")]
     base += ["trainer.max_steps=2", "gap.enabled=true", "gap.n_problems=4", "gap.bootstrap=100",
@@ -204,7 +204,7 @@ def test_measurement_keys_ignore_settings_that_change_nothing_measured(tiny_over
     """A world setting that has no effect (the code judge of a world that runs no code, or the
     judge every older key had) leaves the keys as they were, as config_hash does; one that has an
     effect (another judge of code) changes them."""
-    from opsd_platform.training.measurements import key_of, student_key_fields, teacher_key_fields, val_key_fields
+    from opsd_platform.gap.measurements import key_of, student_key_fields, teacher_key_fields, val_key_fields
 
     def keys(*extra):
         cfg = train_config([*tiny_overrides, *extra])
@@ -217,8 +217,9 @@ def test_measurement_keys_ignore_settings_that_change_nothing_measured(tiny_over
 
 
 def test_export_round_trips_and_the_law_from_the_table_equals_the_law_from_the_store(tmp_path):
-    from opsd_platform.law.export import ExportConfig, export, read_table
+    from opsd_platform.law.export import export, read_table
     from opsd_platform.law.pipeline import collect_points, points_from_table
+    from opsd_platform.law.settings import ExportConfig
 
     uri = f"sqlite:///{tmp_path}/mlflow.db"
     assert opsd("grid", f"grid.spec={TINY_GRID}", "grid.workers=0", "grid.exported=null", f"tracking.uri={uri}").returncode == 0

@@ -13,9 +13,9 @@ import torch
 from mlflow.tracking import MlflowClient
 
 from opsd_platform.config.compose import train_config
+from opsd_platform.errors import CheckpointError
+from opsd_platform.runs.train import train
 from opsd_platform.training import checkpoint
-from opsd_platform.training.checkpoint import CheckpointError
-from opsd_platform.training.train import train
 from tests.helpers import FailBeforeStep
 
 # ----------------------------------------------------------------------------- pure helpers
@@ -88,7 +88,7 @@ def test_a_failed_lora_run_resumes_in_process_without_duplicate_steps(tiny_overr
                              "model.lora.enabled=true", "model.lora.r=4", "optim.lr=1e-2", "context=reference"]
     reference = train(train_config(base + [f"tracking.uri=sqlite:///{tmp_path}/reference.db"]))
     with pytest.raises(Exception, match="injected failure"):
-        train(train_config(base), callbacks=[FailBeforeStep(4)])
+        train(train_config(base), gate=FailBeforeStep(4))
     (run_dir,) = (tmp_path / "checkpoints").iterdir()
     run_id = run_dir.name
     assert [c.step for c in checkpoint.list_checkpoints(run_dir)] == [2]

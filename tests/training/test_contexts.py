@@ -4,7 +4,7 @@ import pytest
 
 from opsd_platform.models import build_char_tokenizer
 from opsd_platform.training.contexts import CONTEXTS, STATIC_PREAMBLE, Attempt, build_group, get_builder
-from opsd_platform.training.rollout import chat_ids
+from opsd_platform.training.sequences import chat_ids
 from opsd_platform.worlds.base import Judgement, Problem
 
 PROBLEM = Problem(id="p1", prompt="What is 7 + 5?", reference="7 + 5 = 12. The answer is 12.", data={"answer": 12})

@@ -7,8 +7,8 @@ from mlflow.tracking import MlflowClient
 from opsd_platform.config import ModelConfig, default_home
 from opsd_platform.config.compose import train_config
 from opsd_platform.models import SMOLLM2_SHA256, load_policy, sha256_file, smollm2_gguf
+from opsd_platform.runs.train import train
 from opsd_platform.training.rollout import HFGenerateEngine
-from opsd_platform.training.train import train
 
 pytestmark = pytest.mark.slow
 

@@ -8,10 +8,10 @@ import torch
 from mlflow.tracking import MlflowClient
 
 from opsd_platform.config.compose import train_config
+from opsd_platform.runs.train import train
 from opsd_platform.training import checkpoint
 from opsd_platform.training.losses import aggregation_weights, group_advantages, grpo_loss, grpo_token_loss, k3_kl
 from opsd_platform.training.module import OPSDModule
-from opsd_platform.training.train import train
 from opsd_platform.worlds.base import Judgement, Problem
 from tests.helpers import FailBeforeStep, fit_in_process, tiny_fp64_with_perturbed_copy
 
@@ -187,8 +187,9 @@ def test_micro_batches_give_the_full_batch_loss_and_gradient(aggregation, kl_bet
 
     from opsd_platform.training import grpo
     from opsd_platform.training.packing import response_logits
-    from opsd_platform.training.rollout import HFGenerateEngine, chunks
+    from opsd_platform.training.rollout import HFGenerateEngine
     from opsd_platform.training.scoring import scoring_with
+    from opsd_platform.training.sequences import chunks
 
     policy, reference, tok = tiny_fp64_with_perturbed_copy()
     ro = HFGenerateEngine(policy, tok, batch_size=4).generate(["What is 2 + 3?", "Reverse 'abc'.", "Name a colour."],
@@ -328,7 +329,7 @@ def test_a_failed_grpo_run_resumes_bitwise_and_is_tracked(tiny_overrides, tmp_pa
     """As the OPSD resume tests (test_checkpoint.py): a run failing before step 4 (newest checkpoint:
     step 2) resumes to the weights, KL reference and optimizer state of an uninterrupted run, each
     step logged once; the run carries the algorithm tag and GRPO's metrics."""
-    monkeypatch.setattr("opsd_platform.training.train.make_world", lambda cfg, seed=0: DigitWorld())
+    monkeypatch.setattr("opsd_platform.runs.train.make_world", lambda cfg, seed=0: DigitWorld())
     threads = torch.get_num_threads()
     try:
         _failed_grpo_run_resumes(tiny_overrides, tmp_path)
@@ -342,7 +343,7 @@ def _failed_grpo_run_resumes(tiny_overrides, tmp_path):
                              "trainer.reuse_measurements=false", "rollout.val_samples=1", "trainer.num_threads=1"]
     reference = train(train_config(base + [f"tracking.uri=sqlite:///{tmp_path}/reference.db"]))
     with pytest.raises(Exception, match="injected failure"):
-        train(train_config(base), callbacks=[FailBeforeStep(4)])
+        train(train_config(base), gate=FailBeforeStep(4))
     (run_dir,) = (tmp_path / "checkpoints").iterdir()
     assert [c.step for c in checkpoint.list_checkpoints(run_dir)] == [2]
     assert checkpoint.list_checkpoints(run_dir)[0].state()["teacher"] is None  # nothing but the policy to keep

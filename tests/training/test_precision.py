@@ -20,15 +20,16 @@ import torch
 
 from opsd_platform.config import ConfigError, config_hash
 from opsd_platform.config.compose import train_config
+from opsd_platform.gap.measurements import student_key_fields, teacher_key_fields, val_key_fields
 from opsd_platform.models import load_policy
+from opsd_platform.runs.train import run_gap
 from opsd_platform.training.losses import support_index_at, support_logprobs_at
-from opsd_platform.training.measurements import student_key_fields, teacher_key_fields, val_key_fields
 from opsd_platform.training.module import OPSDModule
 from opsd_platform.training.packing import position_logits
 from opsd_platform.training.precision import autocast
-from opsd_platform.training.rollout import HFGenerateEngine, chat_ids
+from opsd_platform.training.rollout import HFGenerateEngine
 from opsd_platform.training.scoring import micro_batch_loss, scoring_with
-from opsd_platform.training.train import run_gap
+from opsd_platform.training.sequences import chat_ids
 from opsd_platform.worlds import make_world
 from tests.helpers import fit_in_process as fit  # one Lightning fit of the tiny model, as the training tests run it
 

@@ -240,7 +240,8 @@ def test_stop_rule_ends_a_generation_at_the_stop_string(tiny):
 def test_the_qa_template_of_a_base_model_and_its_stop():
     """model.template=qa (bench-v2, Gemma-3 base): the message as 'Question: ...\\nAnswer:' and the
     response ended at its first line break; refused for a model with a chat template of its own."""
-    from opsd_platform.models import PROMPT_TEMPLATES, ModelLoadError, build_char_tokenizer, template_stops
+    from opsd_platform.errors import ModelLoadError
+    from opsd_platform.models import PROMPT_TEMPLATES, build_char_tokenizer, template_stops
     from opsd_platform.training.sequences import chat_ids
 
     tok = build_char_tokenizer()

@@ -11,8 +11,9 @@ from opsd_platform.config import ModelConfig
 from opsd_platform.models import load_policy
 from opsd_platform.training.packing import position_logits, response_logits
 from opsd_platform.training.precision import attention_switched
-from opsd_platform.training.rollout import HFGenerateEngine, chat_ids, chunks
+from opsd_platform.training.rollout import HFGenerateEngine
 from opsd_platform.training.scoring import LossSettings, micro_batch_loss, scoring_with
+from opsd_platform.training.sequences import chat_ids, chunks
 from tests.helpers import tiny_fp64_with_perturbed_copy
 
 

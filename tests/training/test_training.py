@@ -12,7 +12,7 @@ from mlflow.tracking import MlflowClient
 
 from opsd_platform import tracking
 from opsd_platform.config.compose import train_config
-from opsd_platform.training.train import train
+from opsd_platform.runs.train import train
 from tests.helpers import fit_in_process as fit
 
 

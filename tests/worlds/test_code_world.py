@@ -10,8 +10,9 @@ import zlib
 
 import pytest
 
+from opsd_platform.errors import WorldError
 from opsd_platform.sandbox import SandboxLimits
-from opsd_platform.worlds.base import Judgement, World, WorldError
+from opsd_platform.worlds.base import Judgement, World
 from opsd_platform.worlds.code import (
     CodeJsonlWorld,
     TestCase,

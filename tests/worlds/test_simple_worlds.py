@@ -9,6 +9,7 @@ from decimal import Decimal
 
 import pytest
 
+from opsd_platform.errors import WorldError
 from opsd_platform.worlds.arithmetic import (
     ArithmeticWorld,
     evaluate,
@@ -16,7 +17,7 @@ from opsd_platform.worlds.arithmetic import (
     reference_text,
     tree_from_json,
 )
-from opsd_platform.worlds.base import Problem, World, WorldError
+from opsd_platform.worlds.base import Problem, World
 from opsd_platform.worlds.hidden_rule import HiddenRuleWorld, extract_output
 
 WORLDS = (ArithmeticWorld, HiddenRuleWorld)

@@ -9,7 +9,7 @@ import random
 from dataclasses import dataclass
 from typing import Any, Union
 
-from opsd_platform.worlds.base import WorldError
+from opsd_platform.errors import WorldError
 
 DIFFICULTIES: tuple[int, ...] = (1, 2, 3, 4, 5)
 LEVEL_DESCRIPTIONS: dict[int, str] = {

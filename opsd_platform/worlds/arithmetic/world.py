@@ -7,6 +7,7 @@ from __future__ import annotations
 import random
 from typing import Sequence
 
+from opsd_platform.errors import WorldError
 from opsd_platform.worlds.arithmetic.answers import extract_answer
 from opsd_platform.worlds.arithmetic.explain import reference_text, worked_text
 from opsd_platform.worlds.arithmetic.feedback import NO_NUMBER_FEEDBACK, feedback_text
@@ -20,7 +21,7 @@ from opsd_platform.worlds.arithmetic.tree import (
     tree_from_json,
     tree_to_json,
 )
-from opsd_platform.worlds.base import Judgement, Problem, WorldError, check_split
+from opsd_platform.worlds.base import Judgement, Problem, check_split
 
 # --------------------------------------------------------------------------- the world
 

@@ -38,7 +38,7 @@ limit, output limit), never a text, a time or a test number the program could st
 whose tests are all public (pyfunc; ``reveal_hidden``) run all tests in one sandbox.
 """
 
-from opsd_platform.worlds.base import GRADINGS
+from opsd_platform.config.choices import GRADINGS
 from opsd_platform.worlds.code.extract import LCB_TIMEOUT_S, TESTTYPES, TestCase, extract_code
 from opsd_platform.worlds.code.judge import judge_code
 from opsd_platform.worlds.code.lcb import decode_lcb_tests

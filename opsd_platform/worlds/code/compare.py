@@ -11,7 +11,7 @@ import math
 import re
 from typing import Any
 
-from opsd_platform.worlds.base import WorldError
+from opsd_platform.errors import WorldError
 
 # ------------------------------------------------------------------------------------------
 # Comparison: lenient

@@ -9,7 +9,8 @@ import re
 from dataclasses import dataclass
 from typing import Any
 
-from opsd_platform.worlds.base import GRADINGS, WorldError
+from opsd_platform.config.choices import GRADINGS
+from opsd_platform.errors import WorldError
 
 TESTTYPES = ("stdin", "functional")
 SHOW_CHARS = 300  # characters of input/expected/got shown in feedback

@@ -14,8 +14,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Sequence
 
+from opsd_platform.errors import WorldError
 from opsd_platform.sandbox import SandboxLimits, run_python
-from opsd_platform.worlds.base import Judgement, Problem, WorldError
+from opsd_platform.worlds.base import Judgement, Problem
 from opsd_platform.worlds.code.compare import (
     canonical_json,
     from_typed,

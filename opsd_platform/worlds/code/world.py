@@ -8,8 +8,9 @@ import hashlib
 import json
 from typing import Any, Sequence
 
+from opsd_platform.errors import WorldError
 from opsd_platform.sandbox import SandboxLimits
-from opsd_platform.worlds.base import Judgement, Problem, WorldError, check_split
+from opsd_platform.worlds.base import Judgement, Problem, check_split
 from opsd_platform.worlds.code.compare import parse_args
 from opsd_platform.worlds.code.extract import TestCase, check_grading
 from opsd_platform.worlds.code.judge import judge_all, judge_code, tests_of

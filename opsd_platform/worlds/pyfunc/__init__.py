@@ -6,8 +6,9 @@ from __future__ import annotations
 
 from typing import Sequence
 
+from opsd_platform.errors import WorldError
 from opsd_platform.sandbox import SandboxLimits
-from opsd_platform.worlds.base import Judgement, Problem, WorldError, check_split
+from opsd_platform.worlds.base import Judgement, Problem, check_split
 from opsd_platform.worlds.code.extract import check_grading
 from opsd_platform.worlds.code.judge import judge_all, judge_code, tests_of
 

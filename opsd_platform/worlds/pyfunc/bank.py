@@ -17,7 +17,8 @@ import string
 from dataclasses import dataclass
 from typing import Any, Callable
 
-from opsd_platform.worlds.base import Problem, WorldError
+from opsd_platform.errors import WorldError
+from opsd_platform.worlds.base import Problem
 
 DIFFICULTIES = (1, 2, 3)
 N_TESTS = 5

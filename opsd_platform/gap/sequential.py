@@ -24,8 +24,8 @@ probability.
 
 Pure functions: nothing here measures anything. benchmarks/pruning.py uses them on recorded
 per-problem passes; a live search uses them through ``gap.sequential=true`` (config.GapConfig:
-``sequential_batch``, ``sequential_alpha``, ``sequential_rule``): search.Objective builds the
-stopping rule from its pruner with ``policy_gate`` (decide_policy and the bar it would use now),
+``sequential_batch``, ``sequential_alpha``, ``sequential_rule``): the trial's gate (search/gate.py)
+builds the stopping rule from its pruner with ``policy_gate`` (decide_policy and the bar it would use now),
 and measurements.sequential_gap measures the student and teacher sides a batch at a time
 (``aligned_batch`` problems, on their own resumed sampling streams) and asks it after each batch,
 with the without-replacement CS over the trial's N problems. A measurement that runs to the end
@@ -43,8 +43,9 @@ from typing import Callable
 
 import numpy as np
 
+from opsd_platform.config.choices import RULES
+
 PRUNE, TRAIN = "prune", "train"
-from opsd_platform.config.choices import RULES  # noqa: F401  (offered by gap.sequential_rule)
 
 
 def paired_differences(student_passes, teacher_passes, samples) -> np.ndarray:
@@ -264,30 +265,40 @@ def aligned_batch(batch: int, samples: int, rows_per_call: int | None) -> int:
     return -(-batch // unit) * unit
 
 
-Gate = Callable[[float, float, dict], "str | None"]
+Settle = Callable[[float, float, dict], "str | None"]
 
 
-def policy_gate(policy: Callable[[dict], object], law: Callable[[], object], attrs: dict, *,
-                rule: str = "decision", gap_rules: tuple[str, ...]) -> tuple[Gate | None, str]:
+@dataclass(frozen=True)
+class StoppingRule:
+    """What a live sequential gap stops on (a search's trial gate gives it, runs/gate.py):
+    ``settle(lo, hi, covariates)`` after each batch ("prune", "train" or None: go on), or no
+    settle and why (the decision will not depend on the gap: it is measured in full)."""
+
+    settle: Settle | None
+    why: str = ""
+
+
+def policy_gate(policy: Callable[[float, dict], object], law: Callable[[], object], *,
+                rule: str = "decision", gap_rules: tuple[str, ...]) -> StoppingRule:
     """The stopping rule of a live sequential gap, built from the pruner's own policy.
 
-    policy(attrs) -> pruner.Decision: ``decide_policy`` with the study's inputs bound (and no
-    calibration draw: calibration decides after the gap, it does not settle it); law() -> the
-    LawView it predicts with; attrs: the trial's user attributes before its gap; gap_rules: the
-    rules whose outcome depends on the gap (pruner.GAP_RULES).
+    policy(gap, covariates) -> pruner.Decision: ``decide_policy`` for this trial at that gap, with
+    the study's inputs bound (and no calibration draw: calibration decides after the gap, it does
+    not settle it); law() -> the LawView it predicts with; gap_rules: the rules whose outcome
+    depends on the gap (pruner.GAP_RULES).
 
-    Returns (None, why) when the decision will not depend on the gap (already decided, not OPSD,
-    startup, no law, no bar): then the gap is measured in full. Otherwise (gate, ""): after each
-    batch, ``gate(lo, hi, covariates)`` (the CS and the law's covariates as measured so far, e.g.
+    No settle (and why) when the decision will not depend on the gap (already decided, not OPSD,
+    startup, no law, no bar): then the gap is measured in full. Otherwise, after each batch,
+    ``settle(lo, hi, covariates)`` (the CS and the law's covariates as measured so far, e.g.
     ``context_tokens``) asks the policy again at that gap, so the bar is the one the pruner would
     use now, and applies ``law_settle`` with the law's interval at ``Decision.level``.
     """
-    probe = policy({**attrs, "gap": 0.0})
+    probe = policy(0.0, {})
     if probe.rule not in (*gap_rules, "missing_input"):  # a covariate is known only once measured
-        return None, probe.reason
+        return StoppingRule(None, probe.reason)
 
-    def gate(lo: float, hi: float, covariates: dict) -> str | None:
-        decision = policy({**attrs, **covariates, "gap": float(lo)})
+    def settle(lo: float, hi: float, covariates: dict) -> str | None:
+        decision = policy(float(lo), covariates)
         if decision.rule not in gap_rules:  # e.g. the law needs a covariate this trial does not record
             return None
         view = law()
@@ -301,4 +312,4 @@ def policy_gate(policy: Callable[[dict], object], law: Callable[[], object], att
 
         return law_settle(lambda g: bounds(g)[1], float(decision.bar), lower=lambda g: bounds(g)[0], rule=rule)(lo, hi)
 
-    return gate, ""
+    return StoppingRule(settle)

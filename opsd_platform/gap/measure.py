@@ -52,12 +52,14 @@ from typing import Sequence
 import numpy as np
 import torch
 
+from opsd_platform.config.choices import DEFAULT_PRECISION
+from opsd_platform.gap.estimators import DEFAULT_CLIP, Estimate, SampleSummary, estimates, summarise
 from opsd_platform.training.contexts import DEFAULT_FORM, build_for_rollouts
 from opsd_platform.training.evaluation import Evaluation, Stream, cpu_seconds, evaluate, judged, seeded_stream
-from opsd_platform.training.gap_estimators import DEFAULT_CLIP, Estimate, SampleSummary, estimates, summarise
-from opsd_platform.training.precision import DEFAULT_PRECISION, autocast
-from opsd_platform.training.rollout import Rollouts, chat_ids, chunks, model_device
+from opsd_platform.training.precision import autocast
+from opsd_platform.training.rollout import Rollouts
 from opsd_platform.training.scoring import sampled_token_logprobs
+from opsd_platform.training.sequences import chat_ids, chunks, model_device
 from opsd_platform.worlds.base import Problem, World
 
 

@@ -34,10 +34,9 @@ import socket
 import tempfile
 import threading
 import time
-import warnings
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Iterator, Sequence
+from typing import Iterator
 
 import lightning as L
 import yaml
@@ -46,10 +45,12 @@ from mlflow.tracking import MlflowClient
 
 from opsd_platform import tracking
 from opsd_platform.config import ConfigError, TrainConfig, config_hash, flatten
-from opsd_platform.errors import RunInterrupted, StopTraining  # noqa: F401 (re-exported)
+from opsd_platform.errors import RunInterrupted, StopTraining
+from opsd_platform.gap.measure import GapResult
 from opsd_platform.models import load_policy
+from opsd_platform.process import quiet_libraries
+from opsd_platform.runs.gate import TrialGate
 from opsd_platform.training.checkpoint import Checkpoint
-from opsd_platform.training.gap import GapResult
 from opsd_platform.training.module import OPSDModule
 from opsd_platform.training.resume import (
     DDP_RUN_ENV,
@@ -66,18 +67,9 @@ from opsd_platform.training.resume import (
     resolve_resume,
 )
 from opsd_platform.training.rollout import engine_for
-
-log = logging.getLogger(__name__)
-
-
 from opsd_platform.worlds import make_world
 
-os.environ.setdefault("HF_HUB_OFFLINE", "1")  # never reach for the Hub: it is not reachable here
 log = logging.getLogger(__name__)
-# Lightning sets its loggers to INFO on import ("GPU available: False", tips): keep warnings only.
-for _name in ("lightning.pytorch", "lightning.fabric", "pytorch_lightning"):
-    logging.getLogger(_name).setLevel(logging.WARNING)
-warnings.filterwarnings("ignore", message=r".*isinstance\(treespec, LeafSpec\).*")
 
 
 @dataclass(frozen=True)
@@ -106,6 +98,21 @@ class _FailureRecorder(L.Callback):
 
     def on_exception(self, trainer, pl_module, exception: BaseException) -> None:
         self.reason = f"{type(exception).__name__}: {exception}"
+
+
+class GateCallback(L.Callback):
+    """The gate's two decision points inside Lightning's fit (given a gate, train adds it)."""
+
+    def __init__(self, gate: TrialGate, run_id: str) -> None:
+        self.gate, self.run_id = gate, run_id
+
+    def on_train_start(self, trainer, pl_module) -> None:
+        self.gate.on_train_start(self.run_id)
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        row = pl_module.history[-1] if pl_module.history else {}
+        if "step" in row:
+            self.gate.on_step(int(row["step"]), row)
 
 
 def headline(init, final, gap: GapResult | None, stopped: str | None) -> str:
@@ -205,6 +212,7 @@ def check_accelerator(cfg: TrainConfig) -> None:
 def setup_run(cfg: TrainConfig):
     """(world, model, tokenizer) of `cfg`, after seeding and setting the thread count: the start of
     every run, and of `opsd compare-grpo`'s shared engine."""
+    quiet_libraries()  # again, now that Lightning is loaded: its log level (process.py)
     check_accelerator(cfg)
     if cfg.trainer.num_threads:
         import torch
@@ -218,22 +226,23 @@ def setup_run(cfg: TrainConfig):
 
 def measurement_store(cfg: TrainConfig):
     """Where reusable measurements live (measurements.py), or None with ``trainer.reuse_measurements=false``."""
-    from opsd_platform.training.measurements import MeasurementStore
+    from opsd_platform.gap.measurements import MeasurementStore
 
     return MeasurementStore.for_config(cfg) if cfg.trainer.reuse_measurements else None
 
 
-def measure_initial_gap(cfg: TrainConfig, engine, world, gap_gate=None) -> GapResult:
+def measure_initial_gap(cfg: TrainConfig, engine, world, gate: TrialGate | None = None) -> GapResult:
     """The gap of `cfg` with the model behind `engine`, as configured in `cfg.gap` (each side
     reused from an earlier measurement with the same key when ``trainer.reuse_measurements``);
-    gap_gate: the stopping rule of ``gap.sequential`` (measurements.gap)."""
-    from opsd_platform.training import measurements
+    with ``gap.sequential``, under the stopping rule `gate` gives now (measurements.gap)."""
+    from opsd_platform.gap import measurements
 
     batch_size = getattr(engine, "batch_size", None)  # the HF engine's rows per call; vLLM schedules its own
     if batch_size is not None:
         engine.batch_size = cfg.gap.batch_size
     try:
-        return measurements.gap(cfg, engine, world, measurement_store(cfg), gate=gap_gate)
+        rule = gate.sequential_rule(cfg) if gate is not None and cfg.gap.sequential else None
+        return measurements.gap(cfg, engine, world, measurement_store(cfg), rule)
     finally:
         if batch_size is not None:
             engine.batch_size = batch_size
@@ -311,18 +320,14 @@ def train(
     parent_run_id: str | None = None,
     extra_tags: dict[str, str] | None = None,
     *,
-    after_gap: Callable[[str, GapResult], None] | None = None,
-    callbacks: Sequence[L.Callback] = (),
-    gap_gate: Callable[[], tuple[Callable | None, str]] | None = None,
+    gate: TrialGate | None = None,
 ) -> TrainResult:
     """Run one OPSD training; returns its summary. Raises on failure (after marking the run).
 
-    after_gap(run_id, gap): called once the initial gap is measured and logged (``gap.enabled``),
-    before the initial validation and training (a trial the law prunes pays for the gap only);
-    callbacks: extra Lightning callbacks (e.g. one reporting each step to a
-    search). Either may raise `StopTraining` to end the run early on purpose. gap_gate: with
-    ``gap.sequential``, () -> (stopping rule or None, why), called as the gap measurement starts
-    (a search trial builds it from its pruner: search.Objective).
+    gate: a search's trial gate (gate.py), called at each decision point: the sequential gap's
+    stopping rule, the gap measured and logged (before the initial validation: a trial the law
+    prunes pays for the gap only), the start of training, each step. It may raise `StopTraining`
+    to end the run early on purpose. Without a search, no gate.
 
     With ``cfg.resume`` set, continues that run from its newest checkpoint (module docstring)."""
     ckpt = resolve_resume(cfg) if cfg.resume else None
@@ -355,7 +360,7 @@ def train(
                 module.skip_logging_through = relog_missing(uri, run_id, meta["pending_metrics"])
             log.warning("resuming run %s from %s (step %d of %d)", run_id, ckpt.path, ckpt.step, cfg.trainer.max_steps)
         if cfg.gap.enabled and ckpt is None and not worker:
-            gap = measure_initial_gap(cfg, module.engine, world, gap_gate)
+            gap = measure_initial_gap(cfg, module.engine, world, gate)
             _log_gap(MlflowClient(tracking_uri=uri), run_id, cfg, gap)
         logger = False if worker else MLFlowLogger(experiment_name=cfg.tracking.experiment, tracking_uri=uri, run_id=run_id)
         checkpointer = None
@@ -368,7 +373,8 @@ def train(
             use_distributed_sampler=False,  # each rank's problems come from module.train_dataloader
             max_epochs=1,
             logger=logger,
-            callbacks=[recorder, *([checkpointer] if checkpointer else []), *callbacks],
+            callbacks=[recorder, *([checkpointer] if checkpointer else []),
+                       *([GateCallback(gate, run_id)] if gate is not None else [])],
             enable_checkpointing=False,
             enable_progress_bar=cfg.trainer.progress_bar,
             enable_model_summary=False,
@@ -376,10 +382,10 @@ def train(
             log_every_n_steps=1,
         )
         try:
-            if after_gap is not None and gap is not None:  # the law decides first: a pruned trial pays no validation
-                after_gap(run_id, gap)
+            if gate is not None and gap is not None:  # the law decides first: a pruned trial pays no validation
+                gate.on_gap(run_id, gap)
             if cfg.trainer.validate and ckpt is None and not worker:  # before fit: it may be reused
-                from opsd_platform.training.measurements import initial_validation
+                from opsd_platform.gap.measurements import initial_validation
 
                 module.set_initial_validation(initial_validation(cfg, module.validate_policy, measurement_store(cfg)))
             with _env(DDP_RUN_ENV, run_id if cfg.trainer.devices > 1 and not worker else None):

@@ -54,8 +54,8 @@ from mlflow.tracking import MlflowClient
 
 from opsd_platform import tracking
 from opsd_platform.config import TrainConfig, default_home, world_fields
-from opsd_platform.training.evaluation import Evaluation, Stream, concat, cpu_seconds, seeded_stream, take
-from opsd_platform.training.gap import (
+from opsd_platform.config.choices import DEFAULT_PRECISION
+from opsd_platform.gap.measure import (
     STUDENT_STREAM,
     GapResult,
     Sampling,
@@ -65,7 +65,8 @@ from opsd_platform.training.gap import (
     measure_teacher,
     teacher_stream,
 )
-from opsd_platform.training.precision import DEFAULT_PRECISION
+from opsd_platform.gap.sequential import StoppingRule, aligned_batch, confidence_sequence, paired_differences
+from opsd_platform.training.evaluation import Evaluation, Stream, concat, cpu_seconds, seeded_stream, take
 
 log = logging.getLogger(__name__)
 
@@ -261,23 +262,23 @@ _said_full = False  # "gap.sequential=true but no law and bar here" is said once
 
 
 def gap(cfg: TrainConfig, engine, world, store: MeasurementStore | None,
-        gate: Callable[[], tuple[Callable | None, str]] | None = None) -> GapResult:
+        rule: StoppingRule | None = None) -> GapResult:
     """The initial gap of `cfg` (its two sides reused where stored), as configured in `cfg.gap`.
 
-    gate: with ``gap.sequential``, () -> (gate, why) (sequential.policy_gate, built by a search
-    trial from its pruner when the measurement starts): the gap is measured in batches and stops
-    once gate settles the decision (``sequential_gap``); a gate of None measures in full (why)."""
+    rule: with ``gap.sequential``, the stopping rule a search trial's gate gives as the
+    measurement starts (sequential.policy_gate): the gap is measured in batches and stops once
+    ``rule.settle`` settles the decision (``sequential_gap``); a rule without one measures in full
+    (``rule.why``); None (no search): in full."""
     global _said_full
     problems = world.problems(cfg.gap.split)[: cfg.gap.n_problems]
     if not problems:
         raise ValueError(f"world {world.name!r} has no {cfg.gap.split} problems to measure the gap on")
     sampling = gap_sampling(cfg)
     if cfg.gap.sequential:
-        settle, why = gate() if gate is not None else (None, "")
-        if settle is not None:
-            return sequential_gap(cfg, engine, world, store, problems, sampling, settle)
-        if gate is not None:
-            log.info("gap.sequential: measured in full: %s", why)
+        if rule is not None and rule.settle is not None:
+            return sequential_gap(cfg, engine, world, store, problems, sampling, rule.settle)
+        if rule is not None:
+            log.info("gap.sequential: measured in full: %s", rule.why)
         elif not _said_full:
             _said_full = True
             log.warning("gap.sequential=true: measured in full, since only a law-pruned search trial has the law "
@@ -292,10 +293,10 @@ def gap(cfg: TrainConfig, engine, world, store: MeasurementStore | None,
 
 
 def sequential_gap(cfg: TrainConfig, engine, world, store: MeasurementStore | None, problems, sampling: Sampling,
-                   gate: Callable[[float, float, dict], str | None]) -> GapResult:
+                   settle: Callable[[float, float, dict], str | None]) -> GapResult:
     """The gap measured ``gap.sequential_batch`` problems at a time (sequential.py): after each
     batch, the without-replacement CS of the paired differences so far and the law's covariates
-    go to ``gate``, and the measurement stops at its first answer that is not None.
+    go to ``settle``, and the measurement stops at its first answer that is not None.
 
     Each side keeps its own sampling stream across batches (evaluation.Stream), and a batch fills
     whole generate calls (sequential.aligned_batch), so one that runs to the end equals the full
@@ -304,8 +305,6 @@ def sequential_gap(cfg: TrainConfig, engine, world, store: MeasurementStore | No
     and its ``gap`` is their mean kept inside the CS, where the settled decision holds for every
     gap; ``sequential`` records t, N, the CS, the decision and the cost saved (estimated: what was
     measured now, per problem, times the problems left). Store interaction: module docstring."""
-    from opsd_platform.training.sequential import aligned_batch, confidence_sequence, paired_differences
-
     g = cfg.gap
     n, total = sampling.n, len(problems)
     step = aligned_batch(g.sequential_batch, n, getattr(engine, "batch_size", None))
@@ -334,7 +333,7 @@ def sequential_gap(cfg: TrainConfig, engine, world, store: MeasurementStore | No
         diffs = paired_differences(student_passes, teacher_passes, np.full(used, n))
         cs = confidence_sequence(diffs, alpha=g.sequential_alpha, population=total)
         lo, hi = float(cs.lo[-1]), float(cs.hi[-1])
-        settled = gate(lo, hi, {"context_tokens": float(t_ev.prompt_tokens)})
+        settled = settle(lo, hi, {"context_tokens": float(t_ev.prompt_tokens)})
         if settled is not None:
             break
 
