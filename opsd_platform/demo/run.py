@@ -105,14 +105,15 @@ class DemoResult:
 
 def run_demo(overrides: Sequence[str], progress: Callable[[str], None] = print) -> DemoResult:
     from opsd_platform.config import config_hash
-    from opsd_platform.config.compose import section_config, split_section, train_config
+    from opsd_platform.config.compose import parse_command, train_config
 
     start = time.perf_counter()
     seconds: dict[str, float] = {}
-    mine, user = split_section(overrides, "demo")
-    cfg = section_config(DemoConfig, "demo", mine)
-    user = demo_store(user)
-    tracking_cfg = train_config(list(user)).tracking  # the command line checked: now what runs it (seconds)
+    parsed = parse_command([("demo", DemoConfig)], demo_store(overrides), train=True)
+    # The training overrides stay words: the demo's points are grid points, composed from the spec's
+    # overrides (config-group presets per slice) and these, as the grid's worker processes compose them.
+    cfg, user, tracking_cfg = parsed.configs["demo"], parsed.rest, parsed.configs["train"].tracking
+    # the command line checked: now what runs it (seconds)
     import pandas as pd
     from mlflow.tracking import MlflowClient
 
@@ -120,7 +121,7 @@ def run_demo(overrides: Sequence[str], progress: Callable[[str], None] = print) 
     from opsd_platform.compare_grpo import measure_gaps
     from opsd_platform.demo.ranked import NotTrained, ranked_lines, ranked_walk
     from opsd_platform.law.pipeline import FitLawConfig, fit_and_register
-    from opsd_platform.search.grid import GridConfig, load_spec, run_grid
+    from opsd_platform.search.grid import GridConfig, load_spec, point_overrides, run_grid
     from opsd_platform.search.pruner import GapLawPruner
 
     uri, experiment = tracking_cfg.resolved_uri(), tracking_cfg.experiment
@@ -157,7 +158,7 @@ def run_demo(overrides: Sequence[str], progress: Callable[[str], None] = print) 
     #    which reuse these gaps instead of measuring them again)
     t = time.perf_counter()
     progress(f"== 2/5 live gaps: {', '.join(cands)} at seed {seed} (not in the table), student side shared")
-    point = lambda c: [*base, *c.overrides, *user, f"seed={seed}", "gap.enabled=true"]  # noqa: E731  (grid.points' order)
+    point = lambda c: list(point_overrides(spec, sl, c.overrides, seed, user))  # noqa: E731
     gap_cfgs = {k: train_config([*point(c), "trainer.num_threads=1"]) for k, c in cands.items()}
     gaps, _ = measure_gaps(gap_cfgs, progress=progress)
     student_cpu = max((g.student_cpu_s for g in gaps.values()), default=0.0)  # one side, shared by every context
