@@ -207,7 +207,8 @@ def test_a_trial_is_the_composed_base_with_its_keys_set():
               "rollout.samples_per_prompt": 2, "trainer.progress_bar": False}
     composed = train_config(["model=tiny", "world=pyfunc", "context=reference", "optim.lr=3e-05", "loss.divergence=jsd",
                              "loss.alpha=0.3", "rollout.samples_per_prompt=2", "trainer.progress_bar=false"])
-    assert with_overrides(base, values) == composed and config_hash(with_overrides(base, values)) == config_hash(composed)
+    trial = with_overrides(base, values)
+    assert trial == composed and config_hash(trial) == config_hash(composed)
     assert base.context == "feedback"  # the base is left as it was
     for bad, says in (({"optim.lr": -1.0}, "optim.lr: must be > 0"), ({"optim.lr": "fast"}, "key optim.lr"),
                       ({"optim.rate": 1e-5}, "unknown key optim.rate"),

@@ -109,11 +109,11 @@ def run_demo(overrides: Sequence[str], progress: Callable[[str], None] = print) 
 
     start = time.perf_counter()
     seconds: dict[str, float] = {}
-    parsed = parse_command([("demo", DemoConfig)], demo_store(overrides), train=True)
+    parsed = parse_command([("demo", DemoConfig)], overrides, train=False)  # its section first: nothing made yet
     # The training overrides stay words: the demo's points are grid points, composed from the spec's
     # overrides (config-group presets per slice) and these, as the grid's worker processes compose them.
-    cfg, user, tracking_cfg = parsed.configs["demo"], parsed.rest, parsed.configs["train"].tracking
-    # the command line checked: now what runs it (seconds)
+    cfg, user = parsed.configs["demo"], demo_store(parsed.rest)
+    tracking_cfg = train_config(user).tracking  # the command line checked: now what runs it (seconds)
     import pandas as pd
     from mlflow.tracking import MlflowClient
 

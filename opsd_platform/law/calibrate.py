@@ -110,7 +110,8 @@ def calibrate(configs: Sequence[TrainConfig], cal: CalibrateConfig, progress=pri
     if parent is None:
         parent = tracking.start_run(uri, experiment, f"calibrate-{cal.name}", {"kind": "calibrate", "calibrate.name": cal.name})
         client.log_dict(parent, {"contexts": cal.contexts, "seeds": cal.seeds, "worlds": cal.worlds,
-                                 "models": cal.models, "base_configs": [c.to_dict() for c in configs]}, "calibrate.json")
+                                 "models": cal.models, "base_configs": [c.to_dict() for c in configs]},
+                        "calibrate.json")
     else:
         client.update_run(parent, status="RUNNING")
     started = time.perf_counter()
