@@ -33,7 +33,7 @@ import shlex
 import sys
 from typing import Sequence
 
-from opsd_platform.config.compose import compose, section_config, split_section, train_config
+from opsd_platform.config.compose import CommandLine, compose, parse_command, section_config, train_config
 from opsd_platform.errors import CLIError, RunInterrupted, UserError
 from opsd_platform.process import configure_process
 
@@ -73,26 +73,26 @@ def section_class(target: str) -> type:
 
 
 def command_sections(command: str, overrides: Sequence[str]) -> tuple[dict, list[str]]:
-    """(the command's section configs by name, the overrides left for its train config), all checked:
-    the overrides left compose a valid train config (the command composes its own from them later,
-    per trial or point), and a command without a train config refuses any override outside its
-    sections, naming them."""
-    configs: dict = {}
-    rest = list(overrides)
-    for prefix, target in SECTIONS[command]:
-        if prefix:
-            name = prefix.rstrip(".")
-            mine, rest = split_section(rest, name)
-            configs[name] = section_config(section_class(target), name, mine)
-        elif target != TRAIN_CONFIG:  # a command whose own config takes the whole command line
-            configs[""] = section_config(section_class(target), "", rest)
-            rest = []
-    if rest and all(prefix for prefix, _ in SECTIONS[command]):
+    """(the command's configs by section name, the overrides left for its train config): the command
+    line composed once, all checked. The train config, composed from the overrides left, is under
+    "train" (a trial or point is that config with its own keys set: compose.with_overrides); a
+    command without one refuses any override outside its sections, naming them."""
+    parsed = parse_command_line(command, overrides)
+    return parsed.configs, parsed.rest
+
+
+def parse_command_line(command: str, overrides: Sequence[str]) -> CommandLine:
+    """`command_sections` with each section's overrides as given (`words`: a grid's workers get them)."""
+    sections = [(prefix.rstrip("."), section_class(target)) for prefix, target in SECTIONS[command] if prefix]
+    whole = [section_class(target) for prefix, target in SECTIONS[command] if not prefix and target != TRAIN_CONFIG]
+    takes_train = ("", TRAIN_CONFIG) in SECTIONS[command]
+    if whole:  # a command whose own config takes the whole command line
+        return CommandLine({"": section_config(whole[0], "", overrides)}, {}, [])
+    parsed = parse_command(sections, overrides, train=takes_train)
+    if parsed.rest and not takes_train:
         takes = " and ".join(f"{prefix}*" for prefix, _ in SECTIONS[command])
-        raise CLIError(f"unknown override(s) {', '.join(rest)}; {command} takes {takes} keys")
-    if ("", TRAIN_CONFIG) in SECTIONS[command]:
-        train_config(rest)
-    return configs, rest
+        raise CLIError(f"unknown override(s) {', '.join(parsed.rest)}; {command} takes {takes} keys")
+    return parsed
 
 
 def cmd_train(overrides: Sequence[str]) -> int:
@@ -157,9 +157,9 @@ def cmd_gap(overrides: Sequence[str]) -> int:
 def cmd_calibrate(overrides: Sequence[str]) -> int:
     sections, base = command_sections("calibrate", overrides)
     cal = sections["calibrate"]
-    from opsd_platform.law.calibrate import calibrate
+    from opsd_platform.law.calibrate import bases, calibrate
 
-    result = calibrate(base, cal)
+    result = calibrate(bases(base, cal, sections["train"]), cal)
     print(
         f"\ncalibration {cal.name!r}: {len(result.done)} trained, {len(result.skipped)} already in the store, "
         f"{len(result.failed)} failed ({result.seconds:.0f} s); parent MLflow run {result.parent_run_id}"
@@ -169,12 +169,12 @@ def cmd_calibrate(overrides: Sequence[str]) -> int:
 
 
 def cmd_search(overrides: Sequence[str]) -> int:
-    sections, base = command_sections("search", overrides)
+    sections, rest = command_sections("search", overrides)
     cfg = sections["search"]
-    from opsd_platform.search import search
+    from opsd_platform.search import search, search_base
 
     try:
-        result = search(base, cfg)
+        result = search(search_base(rest, cfg, sections["train"]), cfg)
     except KeyboardInterrupt:
         print("opsd search: interrupted; the trial in progress is re-queued: run the same command to resume", file=sys.stderr)
         return 130
@@ -197,13 +197,12 @@ def cmd_search(overrides: Sequence[str]) -> int:
 
 
 def cmd_grid(overrides: Sequence[str]) -> int:
-    sections, base = command_sections("grid", overrides)
-    cfg = sections["grid"]
+    parsed = parse_command_line("grid", overrides)
+    cfg, base = parsed.configs["grid"], parsed.rest
     from opsd_platform.search.grid import run_grid
 
-    mine, _ = split_section(overrides, "grid")  # as given: the workers are started with them
-    try:
-        st = run_grid(base, cfg, grid_overrides=mine)
+    try:  # a grid composes its points from its spec file and these words (config-group presets per slice)
+        st = run_grid(base, cfg, grid_overrides=parsed.words["grid"])
     except KeyboardInterrupt:
         print("opsd grid: interrupted; running points are re-queued: run the same command to resume", file=sys.stderr)
         return 130
@@ -283,11 +282,12 @@ def cmd_law(overrides: Sequence[str]) -> int:
 
 
 def cmd_compare_grpo(overrides: Sequence[str]) -> int:
-    sections, base = command_sections("compare-grpo", overrides)
+    sections, rest = command_sections("compare-grpo", overrides)
     cfg = sections["compare"]
-    from opsd_platform.compare_grpo import compare_grpo, format_table
+    from opsd_platform.compare_grpo import check_overrides, compare_grpo, format_table
 
-    result = compare_grpo(base, cfg)
+    check_overrides(rest)
+    result = compare_grpo(sections["train"], cfg)
     g = result.grpo
     print(f"\n{result.world} / {result.model} (family {result.family}), seed {result.seed}; law {result.law['name']} "
           f"v{result.law['version']} (@{result.law['alias']}); {result.level:.0%} intervals")

@@ -385,25 +385,32 @@ def train_grpo(cfgs: Sequence[TrainConfig], level: float, progress: Callable[[st
                         [cfgs[0].trainer.max_steps])
 
 
-def configs(base_overrides: Sequence[str], cfg: CompareConfig) -> tuple[dict[str, TrainConfig], list[TrainConfig]]:
-    """({context: OPSD config}, [GRPO config per seed, when trained]), all validated before anything runs."""
-    from opsd_platform.config.compose import train_config
+def check_overrides(overrides: Sequence[str]) -> None:
+    """Refuse training overrides of the keys compare-grpo sets itself (a check of the command line)."""
+    from opsd_platform.config.compose import given_keys
 
-    owned = [o for o in base_overrides if o.split("=", 1)[0].lstrip("+") in OWNED_KEYS]
+    owned = given_keys(overrides, OWNED_KEYS)
     if owned:
         raise CompareError(f"{', '.join(owned)}: compare-grpo sets these itself (the candidates are "
                            "compare.contexts=[...]; OPSD and GRPO are both run); drop them")
-    opsd = {c: train_config([*base_overrides, "algorithm=opsd", f"context={c}"]) for c in cfg.contexts}
-    grpo = [train_config([*base_overrides, "algorithm=grpo", f"seed={s}", "gap.enabled=false"])
+
+
+def configs(base: TrainConfig, cfg: CompareConfig) -> tuple[dict[str, TrainConfig], list[TrainConfig]]:
+    """({context: OPSD config}, [GRPO config per seed, when trained]): `base` with those keys set, all
+    validated before anything runs."""
+    from opsd_platform.config.compose import with_overrides
+
+    opsd = {c: with_overrides(base, {"algorithm": "opsd", "context": c}) for c in cfg.contexts}
+    grpo = [with_overrides(base, {"algorithm": "grpo", "seed": s, "gap.enabled": False})
             for s in cfg.grpo_seeds] if cfg.train_grpo else []
     return opsd, grpo
 
 
-def compare_grpo(base_overrides: Sequence[str], cfg: CompareConfig,
+def compare_grpo(base: TrainConfig, cfg: CompareConfig,
                  progress: Callable[[str], None] = print) -> CompareResult:
     """The comparison (module doc). Cheap checks first: configs, the law, the GRPO rows; then
     the gaps; GRPO trainings (the expensive part) last."""
-    opsd_cfgs, grpo_cfgs = configs(base_overrides, cfg)
+    opsd_cfgs, grpo_cfgs = configs(base, cfg)
     first = next(iter(opsd_cfgs.values()))
     uri = first.tracking.resolved_uri()
     view = law_view(uri, cfg)

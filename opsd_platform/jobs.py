@@ -57,21 +57,18 @@ def calibrate_law(overrides: Sequence[str], progress: Callable[[str], None] = pr
     this grid's name, so points of other calibrations in the store are left out), the rest is the
     training config of every point. Raises ``LawError`` when the points cannot give a law (fewer
     than 3 configurations, all gaps equal): nothing is registered then."""
-    from opsd_platform.config.compose import section_config, split_section, train_config
+    from opsd_platform.config.compose import parse_command
     from opsd_platform.law.settings import CalibrateConfig, FitLawConfig
 
-    cal_overrides, rest = split_section(overrides, "calibrate")
-    law_overrides, base = split_section(rest, "law")
-    cal = section_config(CalibrateConfig, "calibrate", cal_overrides)
-    law = section_config(FitLawConfig, "law", law_overrides)
-    tracking_cfg = train_config(base).tracking  # the command line checked: now what runs it (seconds)
-    from opsd_platform.law.calibrate import calibrate
+    parsed = parse_command([("calibrate", CalibrateConfig), ("law", FitLawConfig)], overrides, train=True)
+    cal, law, base = parsed.configs["calibrate"], parsed.configs["law"], parsed.configs["train"]
+    from opsd_platform.law.calibrate import bases, calibrate  # the command line checked: now what runs it (seconds)
     from opsd_platform.law.pipeline import fit_and_register
-    uri, experiment = tracking_cfg.resolved_uri(), tracking_cfg.experiment
+    uri, experiment = base.tracking.resolved_uri(), base.tracking.experiment
     law.calibration = law.calibration or cal.name
     law.experiment = experiment
 
-    calibration = calibrate(base, cal, progress=progress)
+    calibration = calibrate(bases(parsed.rest, cal, base), cal, progress=progress)
     if calibration.failed:
         progress(f"{len(calibration.failed)} calibration point(s) failed; fitting the law on the others")
     report = fit_and_register(uri, law)

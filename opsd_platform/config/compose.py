@@ -14,9 +14,9 @@ from __future__ import annotations
 import dataclasses
 import os
 from pathlib import Path
-from typing import Sequence
+from typing import Any, Collection, Mapping, Sequence
 
-from opsd_platform.config import ConfigError, TrainConfig
+from opsd_platform.config import ConfigError, TrainConfig, flatten
 
 
 def conf_dir() -> Path:
@@ -115,6 +115,55 @@ def _where(exc) -> str:
 def train_config(overrides: Sequence[str]) -> TrainConfig:
     """The validated `opsd train` config for these overrides."""
     return to_train_config(compose("train", overrides, schema=TrainConfig))
+
+
+def with_overrides(cfg: TrainConfig, values: Mapping[str, Any]) -> TrainConfig:
+    """`cfg` with the dotted keys of `values` set (a trial's sampled keys, a point's context and seed):
+    typed, and validated as a composed config is (OmegaConf's type checks, then every section's
+    own checks), without composing the command line again. Leaf keys only: a config group
+    (``model=tiny``, ``world=pyfunc``) picks a preset, which only composing from conf/ can do."""
+    from omegaconf import OmegaConf
+    from omegaconf.errors import OmegaConfBaseException
+
+    valid = set(flatten(cfg.to_dict()))
+    node = OmegaConf.structured(cfg)
+    try:
+        for key, value in values.items():
+            if key not in valid:
+                raise ConfigError(f"unknown key {key} (not a training-config key)")
+            OmegaConf.update(node, key, value, merge=False)
+        return OmegaConf.to_object(node)
+    except ConfigError as exc:
+        raise ConfigError(f"config error: {exc}") from None
+    except OmegaConfBaseException as exc:
+        raise ConfigError(f"config error: {str(exc).splitlines()[0]} ({_where(exc)})") from None
+
+
+def given_keys(overrides: Sequence[str], keys: Collection[str]) -> list[str]:
+    """The overrides (as given) that set one of `keys`: those a command sets itself."""
+    return [o for o in overrides if o.split("=", 1)[0].lstrip("+~") in keys]
+
+
+@dataclasses.dataclass
+class CommandLine:
+    """A command line composed once into typed configs."""
+
+    configs: dict[str, Any]  # section name -> its dataclass; "train" -> the TrainConfig, when the command takes one
+    words: dict[str, list[str]]  # section name -> its overrides as given (to start a worker process with them)
+    rest: list[str]  # the training overrides as given: records (a study's, a calibration's), config-group presets
+
+
+def parse_command(sections: Sequence[tuple[str, type]], overrides: Sequence[str], train: bool) -> CommandLine:
+    """Each `(section, dataclass)` composed from its ``section.key=value`` overrides, then (`train`) the
+    TrainConfig from the overrides left. Every value checked; the first problem is a ConfigError."""
+    rest, out = list(overrides), CommandLine({}, {}, [])
+    for name, schema in sections:
+        out.words[name], rest = split_section(rest, name)
+        out.configs[name] = section_config(schema, name, out.words[name])
+    out.rest = rest
+    if train:
+        out.configs["train"] = train_config(rest)
+    return out
 
 
 def split_section(overrides: Sequence[str], section: str) -> tuple[list[str], list[str]]:

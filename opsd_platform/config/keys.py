@@ -1,17 +1,18 @@
 """What identifies a configuration: its hash, the fields that change how a result is computed
-but not what, and the world's settings as they enter keys (measurement keys: training/measurements.py).
+but not what, and the world's settings as they enter keys (measurement keys: gap/measurements.py).
 
-Every "keeps older hashes" branch below exists so that a field added later leaves the hashes of
-configurations recorded before it (bench-v1's points, registered searches) unchanged: a field at
-the value every older configuration implicitly had is left out of the hash.
+A field added to the config after configurations were recorded (bench-v1's points, registered
+searches) must leave their hashes unchanged: it is declared in ``ADDED`` with the value every older
+configuration implicitly had, and left out of the hash at that value. One rule, one table; a field
+added without a line there changes every hash (tests/config/test_recorded_keys.py pins the recorded ones).
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
-from dataclasses import asdict, fields, is_dataclass
-from typing import Any
+from dataclasses import asdict, dataclass, fields, is_dataclass
+from typing import Any, Callable
 
 from opsd_platform.config.choices import DEFAULT_PRECISION
 from opsd_platform.config.schema import LossConfig, TrainConfig, WorldConfig
@@ -48,44 +49,71 @@ def how_fields(level: str | None = None) -> dict[str, str]:
     return out
 
 
+@dataclass(frozen=True)
+class Added:
+    """A field added after hashes were recorded: the hash version that added it, and the value every
+    configuration before it implicitly had (at that value the field is left out of the hash)."""
+
+    version: int
+    absent: Any
+
+
+# Version 1 is every field config_hash read when it was introduced; each later version added these.
+# A new field gets a line here (the next version) unless it is marked how-not-what (HOW_LEVELS).
+ADDED: dict[str, Added] = {
+    "trainer.devices": Added(2, 1),  # more ranks sample more problems per step
+    "algorithm": Added(3, "opsd"),  # GRPO beside OPSD; its loss options at their defaults: as before them
+    **{f"loss.{key}": Added(3, getattr(LossConfig(), key)) for key in LossConfig.GRPO_FIELDS},
+    "trainer.precision": Added(4, DEFAULT_PRECISION),  # fp32 matmuls
+    "context_form": Added(5, 1),  # bench-v1's wording of the contexts (the default is now 2)
+    "rollout.stop": Added(6, []),  # no stop rule
+    "gap.sampling": Added(6, "rollout"),  # the gap at the rollout temperature
+    "model.template": Added(7, None),  # the model's own prompt form
+}
+HASH_VERSION = max(a.version for a in ADDED.values())
+
+def _opsd(cfg: TrainConfig) -> bool:
+    return cfg.algorithm == "opsd"
+
+
+def _graded(cfg: TrainConfig) -> bool:
+    return cfg.algorithm == "opsd" and cfg.context == "graded"
+
+
+# What a configuration does not read is not part of what it is: a field (or a whole section) is
+# hashed only where `reads` holds. GRPO has no teacher; only the graded context reveals a share.
+READ_ONLY_WHEN: dict[str, Callable[[TrainConfig], bool]] = {
+    "graded_fraction": _graded, "context": _opsd, "teacher": _opsd, "context_form": _opsd,
+    **{f"loss.{f.name}": _opsd for f in fields(LossConfig) if f.name not in LossConfig.GRPO_FIELDS},
+}
+NOT_WHAT = ("seed", "tracking", "resume")  # which run of a configuration, where it is logged, what it resumes
+
+
+def _drop(d: dict[str, Any], name: str) -> None:
+    """Leave out the (dotted) field or section `name` of `d`, if it is still there."""
+    *sections, key = name.split(".")
+    for section in sections:
+        d = d.get(section, {})
+    d.pop(key, None)
+
+
 def config_hash(cfg: TrainConfig) -> str:
     """Short hash of what defines a configuration: everything but the seed, where it is logged,
-    and settings that change how it is computed, not what (threads, progress bar, checkpoints,
-    prefix sharing, batch sizes of the gap). Runs with equal hashes differ only by seed. An OPSD
-    configuration hashes without ``algorithm`` and GRPO's loss options (as before they existed); a
-    GRPO one without the teacher's settings (context, teacher, OPSD's loss options), which it never reads."""
+    and settings that change how it is computed, not what (fields marked "how": threads, progress
+    bar, checkpoints, prefix sharing, batch sizes of the gap). Runs with equal hashes differ only by
+    seed. Fields added later (ADDED) are left out at the value older configurations had, fields a
+    configuration does not read (READ_ONLY_WHEN) always, and world settings as in `world_fields`."""
     d = cfg.to_dict()
-    d.pop("seed")
-    d.pop("tracking")
-    if cfg.context != "graded":  # only the graded context reads it; dropping it keeps older hashes
-        d.pop("graded_fraction")
-    for name in how_fields():  # how, not what (the fields' "how" mark): never in the hash
-        section, key = name.split(".")
-        d[section].pop(key)
-    d.pop("resume")
-    if cfg.model.template is None:  # the model's own prompt form, as every older configuration
-        d["model"].pop("template")
-    if not cfg.rollout.stop:  # no stop rule, as every older configuration
-        d["rollout"].pop("stop")
-    if cfg.gap.sampling == "rollout":  # the gap at the rollout temperature, as every older configuration
-        d["gap"].pop("sampling")
-    if cfg.context_form == 1:  # bench-v1's wording: dropping the field keeps its hashes
-        d.pop("context_form")
-    if d["trainer"]["precision"] == DEFAULT_PRECISION:  # fp32, as every older configuration: keeps their hashes
-        d["trainer"].pop("precision")
-    if d["trainer"]["devices"] == 1:  # more ranks sample more problems per step; one keeps older hashes
-        d["trainer"].pop("devices")
+    flat = flatten(d)
+    for name in (*NOT_WHAT, *how_fields()):
+        _drop(d, name)
+    for name, added in ADDED.items():
+        if flat[name] == added.absent:
+            _drop(d, name)
     d["world"] = world_fields(cfg.world)
-    if cfg.algorithm == "opsd":  # the default: dropping the field and GRPO's options keeps older hashes
-        d.pop("algorithm")
-        for key in LossConfig.GRPO_FIELDS:
-            d["loss"].pop(key)
-    else:  # GRPO: drop what it does not read (the teacher's settings), and its options at their defaults
-        for key in ("context", "graded_fraction", "teacher", "context_form"):
-            d.pop(key, None)
-        defaults = LossConfig()
-        d["loss"] = {k: v for k, v in d["loss"].items()
-                     if k in LossConfig.GRPO_FIELDS and v != getattr(defaults, k)}
+    for name, reads in READ_ONLY_WHEN.items():
+        if not reads(cfg):
+            _drop(d, name)
     return hashlib.sha256(json.dumps(d, sort_keys=True).encode()).hexdigest()[:10]
 
 

@@ -105,14 +105,15 @@ class DemoResult:
 
 def run_demo(overrides: Sequence[str], progress: Callable[[str], None] = print) -> DemoResult:
     from opsd_platform.config import config_hash
-    from opsd_platform.config.compose import section_config, split_section, train_config
+    from opsd_platform.config.compose import parse_command, train_config
 
     start = time.perf_counter()
     seconds: dict[str, float] = {}
-    mine, user = split_section(overrides, "demo")
-    cfg = section_config(DemoConfig, "demo", mine)
-    user = demo_store(user)
-    tracking_cfg = train_config(list(user)).tracking  # the command line checked: now what runs it (seconds)
+    parsed = parse_command([("demo", DemoConfig)], overrides, train=False)  # its section first: nothing made yet
+    # The training overrides stay words: the demo's points are grid points, composed from the spec's
+    # overrides (config-group presets per slice) and these, as the grid's worker processes compose them.
+    cfg, user = parsed.configs["demo"], demo_store(parsed.rest)
+    tracking_cfg = train_config(user).tracking  # the command line checked: now what runs it (seconds)
     import pandas as pd
     from mlflow.tracking import MlflowClient
 
@@ -122,7 +123,7 @@ def run_demo(overrides: Sequence[str], progress: Callable[[str], None] = print) 
     from opsd_platform.errors import NotTrained
     from opsd_platform.law.pipeline import fit_and_register
     from opsd_platform.law.settings import FitLawConfig
-    from opsd_platform.search.grid import load_spec, run_grid
+    from opsd_platform.search.grid import load_spec, point_overrides, run_grid
     from opsd_platform.search.pruner import GapLawPruner
     from opsd_platform.search.settings import GridConfig
 
@@ -160,7 +161,7 @@ def run_demo(overrides: Sequence[str], progress: Callable[[str], None] = print) 
     #    which reuse these gaps instead of measuring them again)
     t = time.perf_counter()
     progress(f"== 2/5 live gaps: {', '.join(cands)} at seed {seed} (not in the table), student side shared")
-    point = lambda c: [*base, *c.overrides, *user, f"seed={seed}", "gap.enabled=true"]  # noqa: E731  (grid.points' order)
+    point = lambda c: list(point_overrides(spec, sl, c.overrides, seed, user))  # noqa: E731
     gap_cfgs = {k: train_config([*point(c), "trainer.num_threads=1"]) for k, c in cands.items()}
     gaps, _ = measure_gaps(gap_cfgs, progress=progress)
     student_cpu = max((g.student_cpu_s for g in gaps.values()), default=0.0)  # one side, shared by every context

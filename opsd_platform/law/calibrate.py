@@ -2,8 +2,9 @@
 
 A grid of configurations (context types x seeds, optionally x worlds and x models); for each
 point: the initial gap, then a full OPSD training, then the improvement, all in one MLflow run
-nested under one parent run for the calibration. Each point's config is composed with Hydra from
-the user's overrides plus the grid values, exactly as ``opsd train`` would compose it.
+nested under one parent run for the calibration. The user's overrides are composed with Hydra once
+per model and world preset (``bases``), exactly as ``opsd train`` would compose them; a point's
+config is that base with its context and seed set (``compose.with_overrides``).
 
 Resumable: a point whose run already FINISHED in the store (same calibration name, same point
 key) is skipped, so re-running the same command after a crash only does what is missing. A point
@@ -22,7 +23,7 @@ from mlflow.tracking import MlflowClient
 
 from opsd_platform import tracking
 from opsd_platform.config import ConfigError, TrainConfig, config_hash
-from opsd_platform.config.compose import train_config
+from opsd_platform.config.compose import given_keys, train_config, with_overrides
 from opsd_platform.law.settings import CalibrateConfig
 
 log = logging.getLogger(__name__)
@@ -30,32 +31,40 @@ log = logging.getLogger(__name__)
 
 @dataclass(frozen=True)
 class Point:
-    """One grid point: the overrides that make it and the key that identifies it in the store."""
+    """One grid point: the key that identifies it in the store."""
 
-    overrides: tuple[str, ...]
     key: str  # "<model>/<world>/<context>/seed<seed>#<hash of the rest of the config>"
 
 
-def grid(base_overrides: Sequence[str], cal: CalibrateConfig) -> list[tuple[Point, TrainConfig]]:
-    """All grid points with their validated configs (every config is checked before any runs)."""
+def bases(overrides: Sequence[str], cal: CalibrateConfig, composed: TrainConfig | None = None) -> list[TrainConfig]:
+    """The training overrides composed once per model and world of the grid (calibrate.models and
+    calibrate.worlds pick config-group presets, which only composing conf/ applies); `composed`, the
+    overrides' own config when the caller has it, serves a grid without such presets. The grid sets
+    context and seed per point: the same keys among the overrides are ignored."""
     owned = {"context", "seed"} | ({"model"} if cal.models else set()) | ({"world"} if cal.worlds else set())
-    base = [o for o in base_overrides if o.split("=", 1)[0].lstrip("+") not in owned]
-    if len(base) < len(base_overrides):
+    given = given_keys(overrides, owned)
+    if given:
         log.warning("the grid sets %s; the same keys among the overrides are ignored", ", ".join(sorted(owned)))
+    if not cal.models and not cal.worlds:
+        return [composed if composed is not None else train_config(list(overrides))]
+    base = [o for o in overrides if o not in given]
+    return [train_config([*base, *([f"model={model}"] if model else []), *([f"world={world}"] if world else [])])
+            for model in cal.models or [None] for world in cal.worlds or [None]]
+
+
+def grid(configs: Sequence[TrainConfig], cal: CalibrateConfig) -> list[tuple[Point, TrainConfig]]:
+    """All grid points with their validated configs (every config is checked before any runs): each
+    base config (`bases`) x context x seed."""
     points = []
-    for model in cal.models or [None]:
-        for world in cal.worlds or [None]:
-            for context in cal.contexts:
-                for seed in cal.seeds:
-                    extra = [f"context={context}", f"seed={seed}", "gap.enabled=true"]
-                    extra += [f"model={model}"] if model else []
-                    extra += [f"world={world}"] if world else []
-                    cfg = train_config([*base, *extra])
-                    if cfg.algorithm != "opsd":
-                        raise ConfigError(f"calibrate: algorithm={cfg.algorithm}: the law is fitted on OPSD runs (it "
-                                          "predicts OPSD's improvement from the gap); calibrate with algorithm=opsd")
-                    key = f"{cfg.model.name}/{cfg.world.name}/{context}/seed{seed}#{config_hash(cfg)}"
-                    points.append((Point(tuple([*base, *extra]), key), cfg))
+    for base in configs:
+        for context in cal.contexts:
+            for seed in cal.seeds:
+                cfg = with_overrides(base, {"context": context, "seed": seed, "gap.enabled": True})
+                if cfg.algorithm != "opsd":
+                    raise ConfigError(f"calibrate: algorithm={cfg.algorithm}: the law is fitted on OPSD runs (it "
+                                      "predicts OPSD's improvement from the gap); calibrate with algorithm=opsd")
+                key = f"{cfg.model.name}/{cfg.world.name}/{context}/seed{seed}#{config_hash(cfg)}"
+                points.append((Point(key), cfg))
     return points
 
 
@@ -87,12 +96,13 @@ class CalibrationResult:
     seconds: float
 
 
-def calibrate(base_overrides: Sequence[str], cal: CalibrateConfig, progress=print) -> CalibrationResult:
-    """Run (or resume) calibration `cal.name`: a gap + a training per grid point."""
+def calibrate(configs: Sequence[TrainConfig], cal: CalibrateConfig, progress=print) -> CalibrationResult:
+    """Run (or resume) calibration `cal.name`: a gap + a training per grid point of the base
+    configs (`bases`: one per model and world)."""
     from opsd_platform.errors import RunInterrupted
-    from opsd_platform.runs.train import train
+    from opsd_platform.runs.train import train  # heavy imports only when calibrating
 
-    points = grid(base_overrides, cal)
+    points = grid(configs, cal)
     first = points[0][1]
     uri, experiment = first.tracking.resolved_uri(), first.tracking.experiment
     client = tracking.init_store(uri)
@@ -101,7 +111,8 @@ def calibrate(base_overrides: Sequence[str], cal: CalibrateConfig, progress=prin
     if parent is None:
         parent = tracking.start_run(uri, experiment, f"calibrate-{cal.name}", {"kind": "calibrate", "calibrate.name": cal.name})
         client.log_dict(parent, {"contexts": cal.contexts, "seeds": cal.seeds, "worlds": cal.worlds,
-                                 "models": cal.models, "base_overrides": list(base_overrides)}, "calibrate.json")
+                                 "models": cal.models, "base_configs": [c.to_dict() for c in configs]},
+                        "calibrate.json")
     else:
         client.update_run(parent, status="RUNNING")
     started = time.perf_counter()

@@ -5,8 +5,9 @@ report, compare; and grid.py, the recorded benchmark's grid on the same storage)
 
 - **Space** (``conf/search/<name>.yaml`` or a path; ``load_space``): training-config keys with
   their distributions, sampled in order, optionally only ``when`` earlier keys have given values.
-- **Trial config**: the user's overrides + the sampled values, composed with Hydra's compose API
-  (``compose.train_config``), exactly as ``opsd train`` would compose them. Optuna is driven
+- **Trial config**: the base config (the user's overrides composed once by Hydra's compose API,
+  ``study.search_base``, exactly as ``opsd train`` would compose them) with the sampled values set
+  (``compose.with_overrides``: typed and validated, not composed again). Optuna is driven
   directly (Hydra's Optuna sweeper cannot prune inside a trial and pins an old Optuna).
 - **Trial**: one ``train()`` run nested under the study's parent MLflow run. With the law pruner
   it first measures the initial gap; ``GapLawPruner`` (pruner.py) then decides (a GRPO trial,
@@ -59,7 +60,7 @@ _EXPORTS = {
     "compare": ["Comparison", "compare"], "objective": ["Objective"], "run": ["SearchResult", "run_search", "run_worker"],
     "settings": ["PRUNERS", "SAMPLERS", "SearchConfig"],
     "space": ["TrialSeededSampler", "load_space", "parse_space", "sample", "to_overrides"],
-    "study": ["StudyHandle", "default_storage", "open_storage", "prepare"],
+    "study": ["SearchBase", "StudyHandle", "default_storage", "open_storage", "prepare", "search_base"],
 }
 _MODULE_OF = {name: module for module, names in _EXPORTS.items() for name in names}
 
@@ -72,18 +73,18 @@ def __getattr__(name: str):
     return getattr(importlib.import_module(f"{__name__}.{_MODULE_OF[name]}"), name)
 
 
-def search(base_overrides, settings, progress=print):
-    """`opsd search`: one study run to the end (a SearchResult), or with ``search.compare=true`` the
-    same study three ways (a Comparison)."""
+def search(base, settings, progress=print):
+    """`opsd search` from its base (a study.SearchBase: the command line composed once): one study run
+    to the end (a SearchResult), or with ``search.compare=true`` the same study three ways (a Comparison)."""
     from opsd_platform.process import quiet_libraries
     from opsd_platform.search.compare import compare
     from opsd_platform.search.run import run_search
 
     quiet_libraries()  # again, now that Optuna is loaded: its log level (process.py)
     if settings.compare:
-        return compare(base_overrides, settings, progress)
+        return compare(base, settings, progress)
     if settings.strategy == "ranked":
         from opsd_platform.search.ranked_run import run_ranked_search
 
-        return run_ranked_search(base_overrides, settings, progress)
-    return run_search(base_overrides, settings, progress)
+        return run_ranked_search(base, settings, progress)
+    return run_search(base, settings, progress)

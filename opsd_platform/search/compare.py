@@ -8,7 +8,7 @@ import json
 import math
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any, Callable, Mapping, Sequence
+from typing import Any, Callable, Mapping
 
 import pandas as pd
 
@@ -24,6 +24,7 @@ from opsd_platform.search.report import (
 )
 from opsd_platform.search.run import SearchResult, run_search
 from opsd_platform.search.settings import SearchConfig
+from opsd_platform.search.study import SearchBase
 
 ARMS = ("none", "median", "law")
 
@@ -36,7 +37,7 @@ class Comparison:
     results: dict[str, SearchResult]
 
 
-def compare(base_overrides: Sequence[str], settings: SearchConfig, progress: Callable[[str], None] = print) -> Comparison:
+def compare(base: SearchBase, settings: SearchConfig, progress: Callable[[str], None] = print) -> Comparison:
     """The same search three ways on the same per-trial-seeded configurations: no pruning (every
     trial trained fully: the reference), Optuna's MedianPruner, and the gap law. Writes
     comparison.json/.csv/.png and logs them on a ``kind=search-compare`` run."""
@@ -48,7 +49,7 @@ def compare(base_overrides: Sequence[str], settings: SearchConfig, progress: Cal
         out_dir = str(Path(settings.out_dir).expanduser() / study) if settings.out_dir else None
         arm_settings = SearchConfig(**{**asdict(settings), "compare": False, "pruner": arm, "study": study, "out_dir": out_dir})
         progress(f"== compare: {arm} ({arm_settings.study})")
-        results[arm] = run_search(base_overrides, arm_settings, progress)
+        results[arm] = run_search(base, arm_settings, progress)
         if not results[arm].done:
             raise RuntimeError(f"compare: study {arm_settings.study!r} is not done (another worker still running?)")
     return write_comparison(results, settings, progress)

@@ -107,6 +107,15 @@ def draw_configs(space: str, n: int, seed: int, base: Sequence[str]) -> list[lis
     return drawn
 
 
+def point_overrides(spec: dict, grid_slice: dict, conf: Sequence[str], seed: int,
+                    user_overrides: Sequence[str] = ()) -> tuple[str, ...]:
+    """A point's overrides, as `opsd train` takes them: the spec's base, the slice's, the configuration's,
+    the user's (e.g. tracking.uri), the seed. Words, not a config: a slice picks config-group presets
+    (world=..., model=...), which only composing conf/ applies, and a worker process composes them again."""
+    base = [*spec.get("base", []), *grid_slice.get("overrides", [])]
+    return (*base, *conf, *user_overrides, f"seed={seed}", "gap.enabled=true")
+
+
 def points(spec: dict, user_overrides: Sequence[str] = (), only: Sequence[str] = ()) -> list[GridPoint]:
     """Every point of the grid, in order (slice, seed, configuration): slices in file order, or in
     the order `only` lists them (so a user can put the slice they need first); within a slice every
@@ -125,7 +134,7 @@ def points(spec: dict, user_overrides: Sequence[str] = (), only: Sequence[str] =
             s["draw"]["space"], int(s["draw"]["n"]), int(s["draw"].get("seed", 0)), [*base, *user_overrides])
         for seed in s.get("seeds", spec.get("seeds", [0])):
             for conf in configs:
-                overrides = (*base, *conf, *user_overrides, f"seed={seed}", "gap.enabled=true")
+                overrides = point_overrides(spec, s, conf, seed, user_overrides)
                 try:
                     cfg = train_config(list(overrides))
                 except ConfigError as exc:
@@ -345,6 +354,7 @@ def status(study: optuna.Study, grid_points: Sequence[GridPoint], uri: str, expe
 
 
 def worker_command(overrides: Sequence[str], grid_overrides: Sequence[str]) -> list[str]:
+    """A worker process's command line: the overrides as given cross the process boundary as words."""
     kept = [o for o in grid_overrides if not o.lstrip("+").startswith("grid.workers=")]
     return [sys.executable, "-m", "opsd_platform.cli", "grid", *kept, *overrides, "grid.workers=0"]
 

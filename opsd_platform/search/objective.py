@@ -13,7 +13,7 @@ import optuna
 from optuna.trial import FrozenTrial, TrialState
 
 from opsd_platform import tracking
-from opsd_platform.config.compose import train_config
+from opsd_platform.config.compose import with_overrides
 from opsd_platform.errors import WorkerInterrupted
 from opsd_platform.law.names import CHAMPION
 from opsd_platform.search.pruner import (
@@ -47,12 +47,9 @@ class Objective:
         # A GRPO trial measures no gap: the law predicts OPSD only and never prunes it (pruner.py)
         algorithm = params.get("algorithm", h.base_values.get("algorithm", "opsd"))
         label = params.get("context", h.base_values["context"]) if algorithm == "opsd" else algorithm
-        extra = [f"gap.enabled={'true' if s.pruner == 'law' and algorithm == 'opsd' else 'false'}",
-                 f"tracking.run_name=trial-{trial.number}-{label}"]
-        if not any(o.lstrip("+").startswith("trainer.progress_bar=") for o in h.base_overrides):
-            extra.append("trainer.progress_bar=false")
-        trial.set_user_attr("overrides", overrides)
-        cfg = train_config([*h.base_overrides, *overrides, *extra])
+        trial.set_user_attr("overrides", overrides)  # as strings: what the dashboard and the report show
+        cfg = with_overrides(h.base.config, {**params, "gap.enabled": s.pruner == "law" and algorithm == "opsd",
+                                             "tracking.run_name": f"trial-{trial.number}-{label}"})
         trial.set_user_attr("algorithm", cfg.algorithm)
         tags = {"search.study": h.name, "search.trial": str(trial.number), "search.pruner": s.pruner}
         retry_of = trial.user_attrs.get("retry_of")

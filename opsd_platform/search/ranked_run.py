@@ -36,7 +36,7 @@ exists: a model or alias that is not there, or a law fitted on another world tha
 from __future__ import annotations
 
 import json
-from typing import Any, Callable, Sequence
+from typing import Any, Callable
 
 from opsd_platform.search.ranked import RankedPolicy, RankedSettings, Step, chosen_contexts, drive
 
@@ -125,22 +125,21 @@ class LiveSteps:
     def objective(self, trial: Any, phase: str, step: Step) -> float:
         import optuna
 
-        from opsd_platform.config.compose import train_config
+        from opsd_platform.config.compose import with_overrides
         from opsd_platform.runs.train import train
         from opsd_platform.search.gate import GapOnlyGate, SearchGate
         from opsd_platform.search.space import sample, to_overrides
 
         h = self.h
         if phase == INNER:  # the context is enqueued; the sampler draws the other keys
-            overrides = to_overrides(sample(trial, h.space, h.base_values))
+            params = sample(trial, h.space, h.base_values)
             context = trial.params["context"]
         else:  # the ranked phase: the context alone, the other keys at the base configuration's values
             context = trial.suggest_categorical("context", self.contexts)
-            overrides = [f"context={context}"]
-        trial.set_user_attr("overrides", overrides)
-        extra = [*overrides, f"gap.enabled={'true' if phase == GAP else 'false'}",
-                 f"tracking.run_name=trial-{trial.number}-{phase}-{context}", "trainer.progress_bar=false"]
-        cfg = train_config([*h.base_overrides, *extra])
+            params = {"context": context}
+        trial.set_user_attr("overrides", to_overrides(params))  # as strings: what the dashboard and the report show
+        cfg = with_overrides(h.base.config, {**params, "gap.enabled": phase == GAP, "trainer.progress_bar": False,
+                                             "tracking.run_name": f"trial-{trial.number}-{phase}-{context}"})
         tags = {"search.study": h.name, "search.trial": str(trial.number), "search.strategy": "ranked",
                 "ranked.phase": phase, "ranked.rule": step.rule, "ranked.law": str(step.law),
                 "ranked.reason": step.reason[:4000]}
@@ -199,20 +198,18 @@ def decisions_table(policy: RankedPolicy) -> list[dict[str, Any]]:
             for i, s in enumerate(policy.steps)]
 
 
-def run_ranked_search(base_overrides: Sequence[str], settings: Any, progress: Callable[[str], None] = print):
+def run_ranked_search(base: Any, settings: Any, progress: Callable[[str], None] = print):
     """One live ranked search to the end, reported like any search (a run.SearchResult, with the
     policy as ``.policy`` and the inner phase's trials as ``.inner``). Everything the prior needs is
     checked before the study and its parent run exist."""
     from mlflow.tracking import MlflowClient
 
-    from opsd_platform.config.compose import train_config
     from opsd_platform.search.run import SearchResult, finalize
     from opsd_platform.search.study import prepare
 
     contexts, _ = ranked_space(settings)
-    base_cfg = train_config(list(base_overrides))
-    prior = load_prior(settings, base_cfg.tracking.resolved_uri(), base_cfg.world.name)
-    handle = prepare(base_overrides, settings)
+    prior = load_prior(settings, base.config.tracking.resolved_uri(), base.config.world.name)
+    handle = prepare(base, settings)
     fit, check, label = prior if prior is not None else (None, None, "prior")
     policy = RankedPolicy([(c, c) for c in contexts], fit, check, label, RankedSettings(level=settings.level))
     progress(f"ranked search over {len(contexts)} contexts ({', '.join(contexts)}); {policy.notes[-1]}")

@@ -337,7 +337,7 @@ def write_report(handle) -> StudyReport:
         "parent MLflow run": handle.parent_run_id, "pruner": s.pruner, "sampler": f"{s.sampler} (seed {s.seed})",
         "n_trials": s.n_trials, "startup trials": s.n_startup_trials, "calibration rate": s.calibration_rate,
         "bar": "threshold %g" % s.threshold if s.threshold is not None else "best completed improvement",
-        "law": label, "base overrides": " ".join(handle.base_overrides) or "(none)",
+        "law": label, "base overrides": " ".join(handle.base.overrides) or "(none)",
     }
     page = out / "report.html"
     page.write_text(render_html(f"opsd search: {handle.name}", meta, frame, summary, refits, [law_png, compute_png]), encoding="utf-8")

@@ -8,7 +8,7 @@ import logging
 import math
 import time
 from dataclasses import dataclass
-from typing import Any, Callable, Sequence
+from typing import Any, Callable
 
 import optuna
 from optuna.trial import FrozenTrial, TrialState
@@ -17,7 +17,7 @@ from opsd_platform import tracking
 from opsd_platform.search.objective import LearningLoop, MlflowTrialCallback, Objective
 from opsd_platform.search.pruner import PRUNE, Decision
 from opsd_platform.search.settings import SearchConfig
-from opsd_platform.search.study import StudyHandle, prepare
+from opsd_platform.search.study import SearchBase, StudyHandle, prepare
 
 log = logging.getLogger(__name__)
 FINAL_STATES = (TrialState.COMPLETE, TrialState.PRUNED)
@@ -140,9 +140,9 @@ def finalize(handle: StudyHandle, progress: Callable[[str], None] = print):
     return report
 
 
-def run_search(base_overrides: Sequence[str], settings: SearchConfig, progress: Callable[[str], None] = print):
+def run_search(base: SearchBase, settings: SearchConfig, progress: Callable[[str], None] = print):
     """One study: prepare (or join) it, run trials until it is done, then report. Returns a SearchResult."""
-    handle = prepare(base_overrides, settings)
+    handle = prepare(base, settings)
     progress(f"study {handle.name!r} in {tracking.shown_url(handle.storage_url)}; parent MLflow run {handle.parent_run_id} "
              f"in {handle.tracking_uri}")
     if settings.prepare_only:

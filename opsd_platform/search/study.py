@@ -17,8 +17,8 @@ import optuna
 from optuna.trial import FrozenTrial
 
 from opsd_platform import tracking
-from opsd_platform.config import ConfigError, default_home, flatten
-from opsd_platform.config.compose import train_config
+from opsd_platform.config import ConfigError, TrainConfig, default_home, flatten
+from opsd_platform.config.compose import given_keys, train_config, with_overrides
 from opsd_platform.search.pruner import GapLawPruner
 from opsd_platform.search.settings import SearchConfig
 from opsd_platform.search.space import Param, TrialSeededSampler, load_space, space_path
@@ -101,13 +101,39 @@ class RetryDeadTrial:
         log.warning("trial #%d: %s; re-queued", trial.number, reason)
 
 
+@dataclass(frozen=True)
+class SearchBase:
+    """What every trial of a search starts from: the command line composed once (`search_base`)."""
+
+    config: TrainConfig  # a trial's config is this with its sampled keys set (compose.with_overrides)
+    # The training overrides as given, the sampled keys left out: a record, never composed again. The
+    # study keeps it (a worker process joining the study is checked against it) and the report shows it.
+    overrides: tuple[str, ...]
+
+
+def search_base(overrides: Sequence[str], settings: SearchConfig, composed: TrainConfig | None = None) -> SearchBase:
+    """The base config of a search: `composed` (the overrides' config, when the caller has it) unless
+    the overrides set keys the space samples, which are ignored (with a warning; `opsd search` has
+    checked their values): then the rest, composed once. A trial shows no progress bar unless the
+    overrides ask for one."""
+    sampled = {p.key for p in load_space(settings.space)}
+    dropped = given_keys(overrides, sampled)
+    if dropped:
+        log.warning("the search space samples these keys; ignored: %s", " ".join(dropped))
+    base = [o for o in overrides if o not in dropped]
+    config = composed if composed is not None and not dropped else train_config(base)
+    if not given_keys(base, {"trainer.progress_bar"}):
+        config = with_overrides(config, {"trainer.progress_bar": False})
+    return SearchBase(config, tuple(base))
+
+
 @dataclass
 class StudyHandle:
     """Everything a worker needs: the study and the settings it was created with."""
 
     study: optuna.Study
     settings: SearchConfig
-    base_overrides: list[str]
+    base: SearchBase
     space: list[Param]
     base_values: dict[str, Any]
     tracking_uri: str
@@ -180,16 +206,11 @@ SHARED_SETTINGS = ("space", "n_trials", "pruner", "sampler", "seed", "n_startup_
                    "threshold", "level", "law_name", "law_alias", "refit_every")
 
 
-def prepare(base_overrides: Sequence[str], settings: SearchConfig) -> StudyHandle:
+def prepare(search: SearchBase, settings: SearchConfig) -> StudyHandle:
     """Create (or open) the storage, the study and its parent MLflow run. Run it once before
     starting several workers (``search.prepare_only=true``); a single ``opsd search`` does it itself."""
     space = load_space(settings.space)
-    sampled = {p.key for p in space}
-    base = [o for o in base_overrides if o.split("=", 1)[0].lstrip("+") not in sampled]
-    dropped = [o for o in base_overrides if o not in base]
-    if dropped:
-        log.warning("the search space samples these keys; ignored: %s", " ".join(dropped))
-    base_cfg = train_config(base)
+    base, base_cfg = list(search.overrides), search.config
     uri, experiment = base_cfg.tracking.resolved_uri(), base_cfg.tracking.experiment
     client = tracking.init_store(uri)
     tracking.ensure_experiment(client, uri, experiment)
@@ -204,7 +225,7 @@ def prepare(base_overrides: Sequence[str], settings: SearchConfig) -> StudyHandl
         study.set_metric_names(["improvement"])
     shared = {k: v for k, v in asdict(settings).items() if k in SHARED_SETTINGS}
     attrs = study.user_attrs
-    if "opsd.parent_run_id" in attrs:
+    if "opsd.parent_run_id" in attrs:  # the overrides as strings: what worker processes compare, through the storage
         for key, mine in (("base_overrides", list(base)), ("settings", shared), ("tracking_uri", uri),
                           ("experiment", experiment)):
             theirs = attrs.get(f"opsd.{key}")
@@ -229,6 +250,6 @@ def prepare(base_overrides: Sequence[str], settings: SearchConfig) -> StudyHandl
             study.set_user_attr(f"opsd.{key}", value)
     out = Path(settings.out_dir).expanduser().resolve() if settings.out_dir else (
         (tracking.sqlite_path(uri).parent if tracking.sqlite_path(uri) else default_home()) / "search" / settings.study)
-    return StudyHandle(study, settings, list(base), space, flatten(base_cfg.to_dict()), uri, experiment, parent, url, out)
+    return StudyHandle(study, settings, search, space, flatten(base_cfg.to_dict()), uri, experiment, parent, url, out)
 
 

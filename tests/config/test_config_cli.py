@@ -195,3 +195,24 @@ def test_every_section_is_composed_by_hydra_from_its_dataclass():
         command_sections("search", ["search.n_trials=many"])
     law = command_sections("law", ["version=7", "force=true", "tracking.uri=sqlite:////tmp/x.db"])[0][""]  # the whole line
     assert (law.name, law.version, law.force, law.tracking.uri) == ("opsd-gap-law", "7", True, "sqlite:////tmp/x.db")
+
+
+def test_a_trial_is_the_composed_base_with_its_keys_set():
+    """compose.with_overrides (a search trial, a calibration point): the same config as composing the
+    command line with those keys again, typed and validated, and each problem one ConfigError line."""
+    from opsd_platform.config.compose import with_overrides
+
+    base = train_config(["model=tiny", "world=pyfunc"])
+    values = {"context": "reference", "optim.lr": 3e-5, "loss.divergence": "jsd", "loss.alpha": 0.3,
+              "rollout.samples_per_prompt": 2, "trainer.progress_bar": False}
+    composed = train_config(["model=tiny", "world=pyfunc", "context=reference", "optim.lr=3e-05", "loss.divergence=jsd",
+                             "loss.alpha=0.3", "rollout.samples_per_prompt=2", "trainer.progress_bar=false"])
+    trial = with_overrides(base, values)
+    assert trial == composed and config_hash(trial) == config_hash(composed)
+    assert base.context == "feedback"  # the base is left as it was
+    for bad, says in (({"optim.lr": -1.0}, "optim.lr: must be > 0"), ({"optim.lr": "fast"}, "key optim.lr"),
+                      ({"optim.rate": 1e-5}, "unknown key optim.rate"),
+                      ({"algorithm": "grpo", "rollout.samples_per_prompt": 1}, "needs >= 2 samples")):
+        with pytest.raises(ConfigError, match="config error") as err:
+            with_overrides(base, bad)
+        assert says in str(err.value) and "\n" not in str(err.value), str(err.value)

@@ -358,9 +358,10 @@ def test_fast_search_prunes_some_trials_trains_others_and_reports(law_uri, tmp_p
     assert len(optuna.load_study(study_name="fast", storage=storage).trials) == 6
     check_dashboard_shows(storage, "fast", study)
     with pytest.raises(ConfigError, match="was created with base_overrides"):
-        from opsd_platform.search import prepare
-        prepare([*FAST, "optim.lr=1e-3", f"tracking.uri={law_uri}"],
-                SearchConfig(study="fast", storage=storage, space=str(space), n_startup_trials=2, calibration_rate=0, n_trials=6))
+        from opsd_platform.search import prepare, search_base
+        settings = SearchConfig(study="fast", storage=storage, space=str(space), n_startup_trials=2, calibration_rate=0,
+                                n_trials=6)
+        prepare(search_base([*FAST, "optim.lr=1e-3", f"tracking.uri={law_uri}"], settings), settings)
 
 
 def check_dashboard_shows(storage: str, name: str, study: optuna.Study) -> None:
