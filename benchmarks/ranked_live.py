@@ -153,7 +153,8 @@ def cmd_compare(args: argparse.Namespace) -> int:
     for c in contexts:
         print(f"{c:<18} gap live {gaps[c]:+.3f} recorded {runs[c].gap:+.3f}; improvement live "
               f"{improvements.get(c, float('nan')):+.3f} recorded {runs[c].improvement:+.3f}")
-    print(f"the policy over the live measurements {'takes' if reproduces else 'does NOT take'} the live study's decisions")
+    verb = "takes" if reproduces else "does NOT take"
+    print(f"the policy over the live measurements {verb} the live study's decisions")
     print(f"decisions {'agree' if doc['decisions']['agree'] else 'DIFFER'}: live {live}\n  replay {decisions}")
     print(f"the live decisions at the recorded costs: {same.cpu:.0f} CPU-s ({same.cpu / none.cpu:.0%} of `none`'s)")
     print(f"cost: live {seconds:.0f} s; replay {ledger.cpu:.0f} recorded CPU-s ({ledger.cpu / none.cpu:.0%} of `none`'s "
