@@ -34,7 +34,7 @@ from benchmarks.ranked import prior_of
 from benchmarks.replay import Ledger, replay_settings
 from benchmarks.replay_table import TableError, load_table
 from opsd_platform.process import configure_process
-from opsd_platform.search.ranked import RankedPolicy, RankedSettings, drive
+from opsd_platform.search.ranked import RankedPolicy, RankedSettings, Step, drive
 
 
 def contexts_of(configs: list[list[str]]) -> list[str]:
@@ -48,6 +48,20 @@ def home_of(uri: str) -> Path:
     home = (sqlite_path(uri).parent if sqlite_path(uri) else default_home()) / "ranked-live"
     home.mkdir(parents=True, exist_ok=True)
     return home
+
+
+def recorded_cost(steps: list[Step], runs: dict) -> Ledger:
+    """What a sequence of the policy's decisions costs at the recorded runs' costs: a gap per
+    measured candidate, the validation and the training per trained one (trained fully)."""
+    ledger = Ledger()
+    for step in steps:
+        for key in step.keys if step.kind == "measure" else ():
+            ledger.gap(runs[key])
+        if step.kind == "train":
+            run = runs[step.keys[0]]
+            ledger.validation(run)
+            ledger.train(run, run.steps)
+    return ledger
 
 
 def cmd_run(args: argparse.Namespace) -> int:
@@ -109,36 +123,17 @@ def cmd_compare(args: argparse.Namespace) -> int:
         runs[c] = table.runs[ids[0]]
     settings = replay_settings(level=args.level)
     prior = prior_of(table, settings)
-    ledger = Ledger()
-
-    def measure(key: str, step) -> float:
-        ledger.gap(runs[key])
-        return runs[key].gap
-
-    def train(key: str, step) -> tuple[float, bool]:
-        ledger.validation(runs[key])
-        ledger.train(runs[key], runs[key].steps)
-        return runs[key].improvement, True
-
     replay = RankedPolicy([(c, c) for c in contexts], *prior, "prior (recorded law slice)", RankedSettings(level=args.level))
-    drive(replay, measure, train)
+    drive(replay, lambda key, step: runs[key].gap, lambda key, step: (runs[key].improvement, True))
     live_again = RankedPolicy([(c, c) for c in contexts], *prior, "prior (recorded law slice)", RankedSettings(level=args.level))
     drive(live_again, lambda key, step: gaps[key], lambda key, step: (improvements.get(key), key in improvements))
-    same = Ledger()  # the live decisions charged at the recorded costs (what the replay would pay for them)
-    for st in live_again.steps:
-        for key in st.keys if st.kind == "measure" else ():
-            same.gap(runs[key])
-        if st.kind == "train":
-            same.validation(runs[st.keys[0]])
-            same.train(runs[st.keys[0]], runs[st.keys[0]].steps)
+    ledger = recorded_cost(replay.steps, runs)
+    same = recorded_cost(live_again.steps, runs)  # the live decisions at the recorded costs
+    none = recorded_cost([Step("train", (c,)) for c in contexts], runs)  # every context trained, as `none` would
     trained_live = [r["context"] for r in rows if r["phase"] == "train"]
     measured_live = [r["context"] for r in rows if r["phase"] == "gap"]
     reproduces = (trained_live == [s.keys[0] for s in live_again.steps if s.kind == "train"]
                   and measured_live == [k for s in live_again.steps if s.kind == "measure" for k in s.keys])
-    none = Ledger()  # every context trained, as `none` would
-    for run in runs.values():
-        none.validation(run)
-        none.train(run, run.steps)
     decisions = [(s.kind, list(s.keys)) for s in replay.steps]
     live = [(s.kind, list(s.keys)) for s in live_again.steps]
     doc = {"study": args.study, "search_slice": args.search_slice, "law_slice": args.law_slice, "seed": args.seed,

@@ -98,15 +98,13 @@ def verdict(summary: dict, curves: dict, arm: str, transfer: bool, curve_alone: 
     return out
 
 
-def unrecorded(data: str, slices: tuple[str, ...]) -> list[str]:
-    """The slices of a scenario with no row in the table yet (a grid still recording)."""
+def recorded_slices(data: str) -> set[str] | None:
+    """The slices the table holds rows of (a grid still recording has some of them); None when
+    there is no table (load_table then names the missing file)."""
     import pandas as pd
 
     path = Path(data) / "runs.csv"
-    if not path.is_file():
-        return []  # load_table names the missing file
-    present = set(pd.read_csv(path, usecols=["slice"])["slice"])
-    return [s for s in slices if s not in present]
+    return set(pd.read_csv(path, usecols=["slice"])["slice"]) if path.is_file() else None
 
 
 def run_scenario(data: str, name: str, search: str, law: tuple[str, ...], transfer: bool, orders: int, jobs: int,
@@ -191,8 +189,9 @@ def main(argv: list[str] | None = None) -> int:
         print("error: --orders and --jobs must be >= 1", file=sys.stderr)
         return 2
     started, docs, curves, skipped = time.perf_counter(), [], [], []
+    present = recorded_slices(args.data)
     for name, search, law, transfer in scenarios:
-        missing = unrecorded(args.data, (search, *law))
+        missing = [] if present is None else [s for s in (search, *law) if s not in present]
         if missing:
             skipped.append(f"{name} ({', '.join(missing)})")
             print(f"\n== {name}: skipped, not recorded yet: {', '.join(missing)}")
