@@ -28,6 +28,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from benchmarks.provenance import git_commit
 from opsd_platform.gap.estimators import ESTIMATORS
 from opsd_platform.law import LawError, fit_law, leave_one_out
 from opsd_platform.law.pipeline import points_from_table
@@ -195,13 +196,8 @@ def provenance() -> dict:
     """Where and with what the report was made (the measurements' own CPU-s are in the cache)."""
     import datetime
     import platform
-    import subprocess
 
-    try:
-        commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
-                                check=True).stdout.strip()
-    except (OSError, subprocess.CalledProcessError):
-        commit = "unknown"
+    commit = git_commit()
     cpuinfo = Path("/proc/cpuinfo")
     cpu = next((line.split(":", 1)[1].strip() for line in cpuinfo.read_text().splitlines()
                 if line.startswith("model name")), platform.machine()) if cpuinfo.exists() else platform.machine()

@@ -24,13 +24,13 @@ import argparse
 import json
 import logging
 import math
-import subprocess
 import sys
 import time
 from pathlib import Path
 
 import numpy as np
 
+from benchmarks.provenance import git_commit
 from opsd_platform.config.compose import train_config
 from opsd_platform.gap.measure import bootstrap_means, teacher_messages
 from opsd_platform.process import configure_process
@@ -283,7 +283,7 @@ def main(argv: list[str] | None = None) -> None:
     results = [diagnose_slice(spec, s, args.problems, args.overrides, args.student_only, args.contexts,
                               args.graded_shares) for s in args.slice]
     name = args.out or f"{spec['name']}-{'-'.join(args.slice)}"
-    commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True).stdout.strip()
+    commit = git_commit()
     doc = {"command": "python -m benchmarks.diagnose " + " ".join(sys.argv[1:] if argv is None else argv),
            "commit": commit, "grid": spec["name"], "wall_s": time.time() - t0, "results": results}
     RESULTS.mkdir(exist_ok=True)

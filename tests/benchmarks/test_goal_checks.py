@@ -24,6 +24,20 @@ def test_none_drift_is_judged_against_twice_the_seed_std():
     assert none_drift(law, {})[0]["within"] is None  # no seed noise yet: no verdict
 
 
+def test_none_drift_has_a_sampling_bar_that_does_not_depend_on_the_other_contexts():
+    law = table([("none", None, 0, 0.0, 0.05), ("none", None, 1, 0.0, 0.07)])
+    law = law.assign(val_initial=0.5, val_final=[0.55, 0.57], **{"world.n_val": 64, "rollout.val_samples": 4})
+    [row] = none_drift(law, {"law-x": 0.3})
+    # per run: 0.25/256 + p1(1-p1)/256; the mean of two runs: sqrt(sum) / 2
+    expected = 2 * np.sqrt(0.25 / 256 * 2 + (0.55 * 0.45 + 0.57 * 0.43) / 256) / 2
+    assert row["sampling_bar"] == pytest.approx(expected)  # ~0.062
+    assert row["within"] is True and row["within_sampling"] is True  # 0.06 inside both
+    drifted = law.assign(improvement=[0.10, 0.12], val_final=[0.60, 0.62])
+    [row] = none_drift(drifted, {"law-x": 0.3})
+    assert row["within"] is True and row["within_sampling"] is False  # the wide seed bar hides a drift of 0.11
+    assert none_drift(table([("none", None, 0, 0.0, 0.05)]), {})[0]["within_sampling"] is None  # no sizes
+
+
 def test_graded_dial_is_monotone_only_when_the_gap_never_falls_with_the_share():
     shares = ((0.2, 0.0), (0.4, 0.1), (0.6, 0.2))
     rising = table([("graded", f, s, g + 0.01 * s, 0.1) for f, g in shares for s in (0, 1)])
