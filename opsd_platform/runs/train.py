@@ -65,6 +65,7 @@ from opsd_platform.training.resume import (
     relog_missing,
     reopen_run,
     resolve_resume,
+    restore_module,
 )
 from opsd_platform.training.rollout import engine_for
 from opsd_platform.worlds import make_world
@@ -354,7 +355,7 @@ def train(
         resume_ranks = None
         if ckpt is not None:
             meta, state = ckpt.meta(), ckpt.state()
-            module.load_training_state(state, meta)
+            restore_module(module, state, meta)
             resume_ranks = state["ranks"]
             if not worker:
                 module.skip_logging_through = relog_missing(uri, run_id, meta["pending_metrics"])

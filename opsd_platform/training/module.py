@@ -26,7 +26,7 @@ Where this departs from the sources:
 - A step whose loss is not finite is skipped (no optimizer step, no teacher update) and counted
   in ``train/skipped_nonfinite``; the run goes on.
 
-Checkpoints, held-back metrics and resume: resume.py. Several processes (``trainer.strategy=ddp``,
+Checkpoints, what they hold of this module, held-back metrics and resume: resume.py. Several processes (``trainer.strategy=ddp``,
 Lightning's DDP): distributed.py.
 """
 
@@ -99,7 +99,7 @@ class OPSDModule(L.LightningModule):
         self.pending_metrics: list[dict[str, float]] = []  # held back, each with its "step"
         self.start_step = 0  # steps done before this process (a resume)
         self.skip_logging_through = 0  # train steps already in the store (a resumed failed run)
-        self._optimizer_state: dict | None = None  # restored in on_train_start
+        self.optimizer_state_to_load: dict | None = None  # a resume's (resume.restore_module), loaded in on_train_start
         self.seen_problems: list[int] = []  # train problem indices this rank trained on
         self.rank_report: list[dict] | None = None  # per-rank digests (several processes)
 
@@ -143,58 +143,6 @@ class OPSDModule(L.LightningModule):
             for entry in pending:
                 step = int(entry["step"])
                 self.logger.log_metrics({k: v for k, v in entry.items() if k != "step"}, step=step)
-
-    # ------------------------------------------------------------------ checkpoint state
-
-    def _checkpoint_keys(self) -> set[str] | None:
-        """State-dict keys a checkpoint holds: the adapter's with LoRA (the base is rebuilt from the
-        model source), else all (None)."""
-        if not self.cfg.model.lora.enabled:
-            return None
-        return {n for n, p in self.policy.named_parameters() if p.requires_grad}
-
-    def training_state(self) -> dict:
-        """Weights (or adapter), EMA teacher and optimizer state: the tensors of a checkpoint."""
-        keys = self._checkpoint_keys()
-        return {
-            "policy": {k: v for k, v in self.policy.state_dict().items() if keys is None or k in keys},
-            "teacher": self.teacher.state_dict(keys) if self.teacher is not None else None,
-            "optimizer": self.trainer.optimizers[0].state_dict(),
-        }
-
-    def training_meta(self) -> dict:
-        """The JSON side of a checkpoint: counters, the initial validation, held-back metrics."""
-        init = self.initial_val
-        return {
-            "skipped_nonfinite": self.skipped_nonfinite,
-            "initial_val": None if init is None else {
-                "pass_rate": init.pass_rate, "reward_mean": init.reward_mean, "per_problem": init.per_problem,
-                "tokens": init.tokens, "prompt_tokens": init.prompt_tokens},
-            "pending_metrics": list(self.pending_metrics),
-            "cost_cpu_s": self.cost_cpu_s + (cpu_seconds() - self._cpu_start if self._cpu_start is not None else 0.0),
-            "val_tokens": self.val_tokens,
-        }
-
-    def load_training_state(self, state: dict, meta: dict) -> None:
-        """Restore what `training_state` / `training_meta` saved at step ``meta["step"]`` (before fit)."""
-        keys = self._checkpoint_keys()
-        missing, unexpected = self.policy.load_state_dict(state["policy"], strict=False)
-        lacking = (keys - set(state["policy"])) if keys is not None else set(missing)
-        if unexpected or lacking:
-            raise ValueError(f"checkpoint weights do not fit this model: missing {sorted(lacking)[:5]}, "
-                             f"unexpected {unexpected[:5]} (was it written with other model / LoRA settings?)")
-        if self.teacher is not None:
-            self.teacher.load_state_dict(state["teacher"])
-        self._optimizer_state = state["optimizer"]
-        self.start_step = int(meta["step"])
-        self.skipped_nonfinite = int(meta["skipped_nonfinite"])
-        self.cost_cpu_s = float(meta.get("cost_cpu_s", 0.0))
-        self.val_tokens = int(meta.get("val_tokens", 0))
-        if meta.get("initial_val"):
-            self.initial_val = Evaluation(**meta["initial_val"], texts=[], judgements=[])
-        sync = getattr(self.engine, "sync_weights", None)
-        if sync is not None:  # an engine with its own copy of the weights
-            sync(self.policy)
 
     # ------------------------------------------------------------------ validation
 
@@ -257,9 +205,9 @@ class OPSDModule(L.LightningModule):
                 held.model.to(self.device)
 
     def on_train_start(self) -> None:
-        if self._optimizer_state is not None:  # a resume: the optimizer exists only now
-            self.trainer.optimizers[0].load_state_dict(self._optimizer_state)
-            self._optimizer_state = None
+        if self.optimizer_state_to_load is not None:  # a resume: the optimizer exists only now
+            self.trainer.optimizers[0].load_state_dict(self.optimizer_state_to_load)
+            self.optimizer_state_to_load = None
         if self.world_size() > 1 and self.global_rank > 0:  # each rank samples its own rollouts
             rank_seed = self.cfg.seed + 1_000_003 * self.global_rank
             random.seed(rank_seed)

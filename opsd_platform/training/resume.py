@@ -3,7 +3,8 @@ the checks that the resumed config is the same, the MLflow run reopened (and wha
 unlogged logged again), the callback that writes a checkpoint and only then releases the metrics
 it covers, and how DDP ranks other than 0 find the run.
 
-What a checkpoint promises (the module's side: ``OPSDModule.training_state``, ``log_metrics``):
+What a checkpoint promises (the module's side: ``module_state``, ``module_meta`` and
+``restore_module`` below, ``OPSDModule.log_metrics``):
 - Metrics are held back and reach MLflow only once a checkpoint covering their step is on disk
   (and at the end of the run, finished or failed). A run killed with SIGKILL therefore has in its
   store exactly the steps its newest checkpoint covers; a resume re-runs the steps after it and
@@ -40,6 +41,7 @@ from opsd_platform.config import TrainConfig, config_hash, default_home, flatten
 from opsd_platform.errors import CheckpointError, RunInterrupted
 from opsd_platform.training import checkpoint
 from opsd_platform.training.checkpoint import Checkpoint
+from opsd_platform.training.evaluation import Evaluation
 from opsd_platform.training.module import OPSDModule
 
 log = logging.getLogger(__name__)
@@ -204,6 +206,66 @@ def relog_missing(uri: str, run_id: str, pending: list[dict]) -> int:
     return max(logged, default=0)
 
 
+# ----------------------------------------------------------------------------- what a checkpoint holds of the module
+
+
+def _checkpoint_keys(module: OPSDModule) -> set[str] | None:
+    """State-dict keys a checkpoint holds: the adapter's with LoRA (the base is rebuilt from the
+    model source), else all (None)."""
+    if not module.cfg.model.lora.enabled:
+        return None
+    return {n for n, p in module.policy.named_parameters() if p.requires_grad}
+
+
+def module_state(module: OPSDModule) -> dict:
+    """Weights (or adapter), EMA teacher and optimizer state: the tensors of a checkpoint."""
+    keys = _checkpoint_keys(module)
+    return {
+        "policy": {k: v for k, v in module.policy.state_dict().items() if keys is None or k in keys},
+        "teacher": module.teacher.state_dict(keys) if module.teacher is not None else None,
+        "optimizer": module.trainer.optimizers[0].state_dict(),
+    }
+
+
+def module_meta(module: OPSDModule) -> dict:
+    """The JSON side of a checkpoint: counters, the initial validation, held-back metrics."""
+    init = module.initial_val
+    return {
+        "skipped_nonfinite": module.skipped_nonfinite,
+        "initial_val": None if init is None else {
+            "pass_rate": init.pass_rate, "reward_mean": init.reward_mean, "per_problem": init.per_problem,
+            "tokens": init.tokens, "prompt_tokens": init.prompt_tokens},
+        "pending_metrics": list(module.pending_metrics),
+        "cost_cpu_s": module.training_cost()["cost/cpu_s"],
+        "val_tokens": module.val_tokens,
+    }
+
+
+def restore_module(module: OPSDModule, state: dict, meta: dict) -> None:
+    """Restore what `module_state` / `module_meta` saved at step ``meta["step"]`` (before fit)."""
+    keys = _checkpoint_keys(module)
+    missing, unexpected = module.policy.load_state_dict(state["policy"], strict=False)
+    lacking = (keys - set(state["policy"])) if keys is not None else set(missing)
+    if unexpected or lacking:
+        raise ValueError(f"checkpoint weights do not fit this model: missing {sorted(lacking)[:5]}, "
+                         f"unexpected {unexpected[:5]} (was it written with other model / LoRA settings?)")
+    if module.teacher is not None:
+        module.teacher.load_state_dict(state["teacher"])
+    module.optimizer_state_to_load = state["optimizer"]
+    module.start_step = int(meta["step"])
+    module.skipped_nonfinite = int(meta["skipped_nonfinite"])
+    module.cost_cpu_s = float(meta.get("cost_cpu_s", 0.0))
+    module.val_tokens = int(meta.get("val_tokens", 0))
+    if meta.get("initial_val"):
+        module.initial_val = Evaluation(**meta["initial_val"], texts=[], judgements=[])
+    sync = getattr(module.engine, "sync_weights", None)
+    if sync is not None:  # an engine with its own copy of the weights
+        sync(module.policy)
+
+
+# ----------------------------------------------------------------------------- the callback
+
+
 class Checkpointer(L.Callback):
     """Writes a checkpoint every `every` steps and at the last, then sends the metrics it covers;
     restores the RNG states of a resume just before the first resumed step."""
@@ -243,8 +305,8 @@ class Checkpointer(L.Callback):
             dist.all_gather_object(ranks, mine)
         if trainer.is_global_zero:
             meta = {"run_id": self.run_id, "config": self.config, "world_size": trainer.world_size,
-                    **module.training_meta()}
-            checkpoint.save(self.run_dir, step, {**module.training_state(), "ranks": ranks}, meta)
+                    **module_meta(module)}
+            checkpoint.save(self.run_dir, step, {**module_state(module), "ranks": ranks}, meta)
             checkpoint.prune(self.run_dir, self.keep)
             self.saved.append(step)
         module.flush_metrics()  # only now: a resume will not run these steps again
