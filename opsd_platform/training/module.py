@@ -26,8 +26,8 @@ Where this departs from the sources:
 - A step whose loss is not finite is skipped (no optimizer step, no teacher update) and counted
   in ``train/skipped_nonfinite``; the run goes on.
 
-Checkpoints, what they hold of this module, held-back metrics and resume: resume.py. Several processes (``trainer.strategy=ddp``,
-Lightning's DDP): distributed.py.
+Checkpoints, what they hold of this module, held-back metrics and resume: resume.py. Several
+processes (``trainer.strategy=ddp``, Lightning's DDP): distributed.py.
 """
 
 from __future__ import annotations
@@ -99,7 +99,7 @@ class OPSDModule(L.LightningModule):
         self.pending_metrics: list[dict[str, float]] = []  # held back, each with its "step"
         self.start_step = 0  # steps done before this process (a resume)
         self.skip_logging_through = 0  # train steps already in the store (a resumed failed run)
-        self.optimizer_state_to_load: dict | None = None  # a resume's (resume.restore_module), loaded in on_train_start
+        self.optimizer_state_to_load: dict | None = None  # a resume's (resume.restore_module); on_train_start loads it
         self.seen_problems: list[int] = []  # train problem indices this rank trained on
         self.rank_report: list[dict] | None = None  # per-rank digests (several processes)
 
