@@ -26,6 +26,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 import re
 import sys
 from collections import Counter
@@ -112,6 +113,7 @@ def main(argv=None) -> int:
     ap.add_argument("--data", type=Path, default=Path("benchmarks/data"))
     ap.add_argument("--tracking-uri", default=None, help="the store the runs live in (default: $OPSD_HOME's)")
     args = ap.parse_args(argv)
+    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")  # one bar per run read, else
     import mlflow
 
     uri = args.tracking_uri or TrackingConfig().resolved_uri()
