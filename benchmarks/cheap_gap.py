@@ -101,8 +101,9 @@ def check_student(student: StudentSamples, recorded: pd.DataFrame, n: int) -> di
         theirs = part["student_passes"].to_numpy(dtype=int)
         per_run.append({"run_id": run_id, "equal": bool(len(theirs) == len(ours) and (theirs == ours).all()),
                         "recorded_pass_rate": float(theirs.sum() / (n * len(theirs)))})
+    # None: no recorded run of this (slice, seed) yet to compare with (a seed still queued in the grid)
     return {"pass_rate": float(student.evaluation.pass_rate), "runs": per_run,
-            "all_equal": all(r["equal"] for r in per_run) and bool(per_run)}
+            "all_equal": all(r["equal"] for r in per_run) if per_run else None}
 
 
 def measure_seed(slice_name: str, seed: int, group: list, cache: Cache, recorded: pd.DataFrame,

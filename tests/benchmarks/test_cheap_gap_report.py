@@ -62,6 +62,8 @@ def test_check_student_compares_per_problem_passes():
     check = check_student(Student(), recorded, n=4)
     assert [r["equal"] for r in check["runs"]] == [True, False] and not check["all_equal"]
     assert np.isclose(check["runs"][1]["recorded_pass_rate"], 0.25)
+    nothing = check_student(Student(), recorded.iloc[0:0], n=4)  # no recorded run yet: no verdict
+    assert nothing["runs"] == [] and nothing["all_equal"] is None
 
 
 def test_an_unknown_slice_is_one_line_and_exit_2(capsys, tmp_path):
@@ -81,3 +83,13 @@ def test_another_grid_takes_its_own_law_slices_and_an_unknown_grid_is_one_line(c
     assert "bench-v2" in err and "law-arithmetic-v2" in err and len(err.splitlines()) == 1
     assert main(["--grid", "bench-v9", "--cache", str(tmp_path)]) == 2
     assert "bench-v9" in capsys.readouterr().err and not any(tmp_path.iterdir())
+
+
+def test_a_student_side_without_recorded_runs_is_not_counted_as_unequal():
+    from benchmarks.cheap_gap_report import student_sides_equal
+
+    recorded = {"runs": [{"run_id": "a", "equal": True}, {"run_id": "b", "equal": True}]}
+    queued = {"runs": []}  # a seed whose runs the grid has not recorded yet
+    assert student_sides_equal({"s/seed0": recorded, "s/seed2": queued}) is True
+    assert student_sides_equal({"s/seed0": {"runs": [{"run_id": "a", "equal": False}]}, "s/seed2": queued}) is False
+    assert student_sides_equal({"s/seed2": queued}) is None
