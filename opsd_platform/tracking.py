@@ -10,6 +10,10 @@ MLflow's schema migration run by two processes at once breaks the store; every o
 relies on the ``PRAGMA busy_timeout`` (20 s) MLflow sets on each SQLite session, which
 ``tests/search/test_concurrent.py`` shows to be enough (no "database is locked", nothing lost).
 
+Every run carries the code it ran (``code_tags``): the git commit of the package's checkout as
+MLflow's own ``mlflow.source.git.commit`` tag (the UI shows it), and ``opsd.code_dirty`` when the
+tracked files differ from that commit. An installed copy outside a checkout carries neither.
+
 A URI that cannot work fails once, early, as ``TrackingError`` naming ``tracking.uri`` and the
 cause: a relative or uncreatable SQLite path, a plain directory / ``file:`` URI (MLflow's file
 store, refused here), an unknown scheme, a tracking server that does not answer (checked with one
@@ -19,8 +23,10 @@ request instead of MLflow's minutes of retries), a database without its driver o
 from __future__ import annotations
 
 import contextlib
+import functools
 import logging
 import os
+import subprocess
 import tempfile
 import traceback
 from pathlib import Path
@@ -227,12 +233,31 @@ def ensure_experiment(client: MlflowClient, uri: str, name: str) -> str:
         return exp.experiment_id
 
 
+@functools.lru_cache(maxsize=1)
+def code_tags() -> dict[str, str]:
+    """The commit of the checkout this package runs from, and whether its tracked files differ
+    from it; {} outside a git checkout (an installed wheel, a container without .git)."""
+    here = Path(__file__).resolve().parent
+
+    def git(*args: str) -> str:
+        return subprocess.run(["git", "-C", str(here), *args], capture_output=True, text=True, check=True,
+                              timeout=10).stdout.strip()
+
+    try:
+        commit = git("rev-parse", "HEAD")
+        dirty = bool(git("status", "--porcelain", "--untracked-files=no"))
+    except (OSError, subprocess.SubprocessError):
+        return {}
+    return {"mlflow.source.git.commit": commit, "opsd.code_dirty": str(dirty).lower()}
+
+
 def start_run(uri: str, experiment: str, run_name: str | None, tags: dict[str, str],
               parent_run_id: str | None = None) -> str:
-    """Create a RUNNING run (nested under `parent_run_id` if given); return its id."""
+    """Create a RUNNING run (nested under `parent_run_id` if given), tagged with the code it runs
+    (`code_tags`); return its id."""
     client = init_store(uri)
     exp_id = ensure_experiment(client, uri, experiment)
-    tags = dict(tags)
+    tags = {**code_tags(), **tags}
     if parent_run_id:
         tags["mlflow.parentRunId"] = parent_run_id
     run = client.create_run(exp_id, run_name=run_name, tags=tags)
