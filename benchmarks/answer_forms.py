@@ -4,15 +4,16 @@
 
 bench-v2's arithmetic law slice showed improvements that swing by ~0.5 between seeds of one
 configuration while its gaps reproduce. The pass rate alone cannot say what happened; the answers
-can. Every run logs its first validation answers with their verdicts (`samples/val_initial.json`,
-`samples/val_final.json`: the first 24, training/module.py). This report reads them from the run's
+can. Every run logs its validation answers with their verdicts (`samples/val_initial.json`,
+`samples/val_final.json`, training/module.py: all of them from the code of Dec 7 on, the first 24
+before). This report reads them from the run's
 MLflow store (the store the table's run ids live in: `--tracking-uri`, default $OPSD_HOME's) and, per
 run, reduces them to their *form*: the text with every number replaced by `#` and whitespace
 collapsed (the "skeleton"). A student that learned to compute keeps a form such as `# + # = #`; one
 that learned the teacher's phrasing without its content settles on a form that carries no
 computation (`The answer is #`) or none at all. Per run:
 
-- `pass`: the share of the logged answers that pass (a sample of the run's pass rate);
+- `pass`: the share of the logged answers that pass (the run's pass rate when all are logged);
 - `top_form` and `top_share`: the most common skeleton and the share of answers that take it;
 - `forms`: distinct skeletons per answer (1.0: every answer different; 1/24: one form for all);
 - the same for the initial student (`top_share_initial`), and an example answer of the top form.
@@ -90,7 +91,7 @@ def run_rows(runs: pd.DataFrame) -> list[dict]:
 
 
 def markdown(rows: list[dict]) -> str:
-    columns = ["slice", "context", "seed", "improvement", "pass (24)", "top_share initial -> final", "forms",
+    columns = ["slice", "context", "seed", "improvement", "pass (logged)", "top_share initial -> final", "forms",
                "top form", "example"]
     lines = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
     for r in rows:

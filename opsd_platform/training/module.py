@@ -182,8 +182,9 @@ class OPSDModule(L.LightningModule):
             if batch_size is not None:
                 self.engine.batch_size = batch_size
 
-    def log_samples(self, name: str, evaluation: Evaluation, limit: int = 24) -> None:
-        """Validation answers with their verdicts as a run artifact: what the numbers are made of."""
+    def log_samples(self, name: str, evaluation: Evaluation) -> None:
+        """Every validation answer with its verdict as a run artifact: what the pass rate is made of
+        (their mean `passed` is the logged val/pass_rate; benchmarks/answer_forms.py reads them)."""
         if self.logger is None or not hasattr(self.logger, "run_id"):
             return
         k = self.cfg.rollout.val_samples
@@ -191,7 +192,7 @@ class OPSDModule(L.LightningModule):
             {"problem": self.val_problems[i // k].id, "prompt": self.val_problems[i // k].prompt, "response": text,
              "reward": j.reward, "passed": j.passed, "feedback": j.feedback}
             for i, (text, j) in enumerate(zip(evaluation.texts, evaluation.judgements))
-        ][:limit]
+        ]
         self.logger.experiment.log_dict(self.logger.run_id, rows, f"samples/{name}.json")
 
     def on_fit_start(self) -> None:

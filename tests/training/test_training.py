@@ -6,6 +6,7 @@ import subprocess
 import sys
 import time
 
+import mlflow
 import pytest
 import torch
 from mlflow.tracking import MlflowClient
@@ -117,6 +118,9 @@ def test_training_run_is_recorded_in_mlflow(tiny_overrides):
     assert "config.yaml" in [a.path for a in client.list_artifacts(result.run_id)]
     assert {a.path for a in client.list_artifacts(result.run_id, "samples")} == {
         "samples/val_initial.json", "samples/val_final.json"}
+    final = mlflow.artifacts.load_dict(f"{run.info.artifact_uri}/samples/val_final.json")
+    assert len(final) == cfg.world.n_val * cfg.rollout.val_samples  # every answer, not a sample of them
+    assert sum(r["passed"] for r in final) / len(final) == pytest.approx(val[1].value)
 
 
 def test_interrupted_run_ends_failed_with_reason(tiny_overrides, tmp_path):
