@@ -5,7 +5,7 @@
 bench-v2's arithmetic law slice showed improvements that swing by ~0.5 between seeds of one
 configuration while its gaps reproduce. The pass rate alone cannot say what happened; the answers
 can. Every run logs its validation answers with their verdicts (`samples/val_initial.json`,
-`samples/val_final.json`, training/module.py: all of them from the code of Dec 7 on, the first 24
+`samples/val_final.json`, training/module.py: all of them from commit 87181f6 on, the first 24
 before). This report reads them from the run's
 MLflow store (the store the table's run ids live in: `--tracking-uri`, default $OPSD_HOME's) and, per
 run, reduces them to their *form*: the text with every number replaced by `#` and whitespace
