@@ -52,16 +52,21 @@ from opsd_platform.training.contexts import context_label
 
 
 def seed_noise(runs: pd.DataFrame) -> pd.DataFrame:
-    """Per slice: within-configuration (seed) std of the improvement vs the std of configuration means."""
+    """Per slice: within-configuration (seed) std of the improvement vs the std of configuration means,
+    and the noise floor of a law fitted on configuration means: the RMSE by which even the true
+    law misses them, seed_std x sqrt(mean over configurations of 1 / seeds) (a mean of n seeds
+    carries seed_std / sqrt(n)). No LOO RMSE on this slice can be expected below it."""
     rows = []
     for name, part in runs.groupby("slice"):
         groups = [g["improvement"].to_numpy() for _, g in part.groupby("config") if len(g) >= 2]
         means = part.groupby("config")["improvement"].mean()
         within = math.sqrt(np.mean([np.var(g, ddof=1) for g in groups])) if groups else float("nan")
         f, p = stats.f_oneway(*groups) if len(groups) >= 2 else (float("nan"), float("nan"))
+        seeds = part.groupby("config").size().to_numpy(float)
         rows.append({"slice": name, "configs": int(part["config"].nunique()), "runs": len(part),
                      "seed_std": within,
                      "config_mean_std": float(means.std(ddof=1)) if len(means) > 1 else float("nan"),
+                     "noise_floor_rmse": within * math.sqrt(float(np.mean(1.0 / seeds))),
                      "anova_F": float(f), "anova_p": float(p)})
     return pd.DataFrame(rows)
 
