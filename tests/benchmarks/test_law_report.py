@@ -1,4 +1,5 @@
-"""benchmarks/law_report.py's pure parts on fixture tables (the whole report on an export: tests/search/test_grid.py)."""
+"""benchmarks/law_report.py's pure parts on fixture tables (the whole report on an export:
+tests/search/test_grid.py)."""
 
 import numpy as np
 import pandas as pd
