@@ -2,13 +2,11 @@
 
 from __future__ import annotations
 
-import subprocess
+from opsd_platform.tracking import code_tags
 
 
 def git_commit() -> str:
-    """The short hash of HEAD, or "unknown" outside a git checkout (a copy of the tree, a container)."""
-    try:
-        return subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
-                              check=True).stdout.strip()
-    except (OSError, subprocess.CalledProcessError):
-        return "unknown"
+    """The short hash of the checkout's HEAD, the commit runs are tagged with (tracking.code_tags), or
+    "unknown" outside a git checkout (a copy of the tree, a container)."""
+    commit = code_tags().get("mlflow.source.git.commit")
+    return commit[:7] if commit else "unknown"
