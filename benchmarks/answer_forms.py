@@ -55,9 +55,10 @@ def forms(samples: list[dict]) -> dict:
     """The form of a list of logged answers (rows with `response` and `passed`)."""
     if not samples:
         return {"n": 0}
-    shapes = Counter(skeleton(s["response"]) for s in samples)
+    each = [skeleton(s["response"]) for s in samples]
+    shapes = Counter(each)
     top, count = shapes.most_common(1)[0]
-    example = next(s["response"] for s in samples if skeleton(s["response"]) == top)
+    example = samples[each.index(top)]["response"]
     return {"n": len(samples), "pass": sum(bool(s["passed"]) for s in samples) / len(samples),
             "top_form": top, "top_share": count / len(samples), "forms": len(shapes) / len(samples),
             "example": example}
