@@ -196,7 +196,9 @@ class LossConfig:
     alpha: float = field(default=0.5, metadata={"help": "JSD mixing weight (0 = forward, 1 = reverse)"})
     support: str = field(default="topk", metadata={"help": "full vocabulary, student top-K + tail, or sampled token"})
     top_k: int = field(default=20, metadata={"help": "K for support=topk"})
-    token_clip: float | None = field(default=None, metadata={"help": "per-entry clip of the divergence (OPSD: 0.05)"})
+    token_clip: float | None = field(default=None, metadata={
+        "help": "per-entry clip of the divergence (OPSD: 0.05). Caution: a clipped sum is no longer minimal at "
+                "student = teacher; under reverse KL it sharpens the student (benchmarks/token_clip.py)"})
     is_clip: float = field(default=2.0, metadata={"help": "importance-ratio clip when a batch is reused"})
     # GRPO only (algorithm=grpo; losses.py names the paper of each). Under OPSD they must keep these
     # defaults, and config_hash leaves them out of OPSD configurations.
