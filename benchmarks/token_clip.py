@@ -11,7 +11,8 @@ terms are capped, the loss can fall below 0 by moving other terms negative, so t
 
 1. **tensors** (seconds, no model): free student logits start near a teacher's (a small random
    perturbation: what a few optimizer steps leave behind) and descend the loss with Adam, for each
-   divergence x support x clip form (none; ours: both signs; OPSD's reference code: upper only).
+   divergence x support x clip form (none; ours: both signs; OPSD's reference code: upper only; and a
+   candidate the library does not have: each position's summed divergence capped, which stays >= 0).
    Without a clip the student returns to the teacher (KL -> 0); with one it moves away (KL grows,
    the loss goes negative), and under reverse KL its entropy falls: it sharpens.
 2. **the recorded runs** of `--grid`: per slice, the share of runs whose training loss over the
@@ -43,7 +44,9 @@ from opsd_platform.training.losses import divergence_terms, support_index, suppo
 
 RESULTS = Path("benchmarks/results")
 CLIP = 0.05
-CLIP_FORMS = ("none", "both", "upper")  # no clip; ours (losses.divergence_on_support); OPSD's code: clamp(max=)
+# no clip; ours (losses.divergence_on_support); OPSD's code (clamp(max=) per entry); a candidate that is
+# not in the library: each position's summed divergence capped, min(D, clip), still >= 0 and 0 only at the teacher
+CLIP_FORMS = ("none", "both", "upper", "position")
 # (slice with the clip, slice that re-runs its points without it)
 PAIRED_SLICES = (("law-arithmetic-v2", "pilot-clip-arithmetic"),)
 
@@ -58,6 +61,8 @@ def clipped_loss(student: torch.Tensor, teacher: torch.Tensor, divergence: str, 
         terms = terms.clamp(-CLIP, CLIP)
     elif form == "upper":
         terms = terms.clamp(max=CLIP)
+    elif form == "position":
+        return terms.sum(-1).clamp(max=CLIP).mean()
     return terms.sum(-1).mean()
 
 

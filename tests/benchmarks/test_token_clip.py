@@ -27,3 +27,9 @@ def test_late_loss_is_the_mean_over_each_runs_second_half():
     late = late_loss(steps)
     assert late.loc["a", "loss_late"] == pytest.approx(-2.0) and bool(late.loc["a", "negative"])
     assert late.loc["b", "loss_late"] == pytest.approx(2.0) and not bool(late.loc["b", "negative"])
+
+
+def test_capping_each_positions_sum_keeps_the_teacher_the_minimum():
+    row = descend("reverse", "topk", "position", scale=2.0, noise=0.3, steps=150)
+    assert row["loss_end"] >= 0
+    assert row["kl_end"] < row["kl_start"]
