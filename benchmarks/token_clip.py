@@ -11,8 +11,8 @@ terms are capped, the loss can fall below 0 by moving other terms negative, so t
 
 1. **tensors** (seconds, no model): free student logits start near a teacher's (a small random
    perturbation: what a few optimizer steps leave behind) and descend the loss with Adam, for each
-   divergence x support x clip form (none; ours: both signs; OPSD's reference code: upper only; and a
-   candidate the library does not have: each position's summed divergence capped, which stays >= 0).
+   divergence x support x clip form (none; `loss.clip_mode=entry`: both signs; OPSD's reference code:
+   upper only; `loss.clip_mode=position`: each position's summed divergence capped, which stays >= 0).
    Without a clip the student returns to the teacher (KL -> 0); with one it moves away (KL grows,
    the loss goes negative), and under reverse KL its entropy falls: it sharpens.
 2. **the recorded runs** of `--grid`: per slice, the share of runs whose training loss over the
@@ -40,12 +40,12 @@ from opsd_platform.errors import ExportError
 from opsd_platform.law.export import only_grid, read_table
 from opsd_platform.process import configure_process
 from opsd_platform.training.contexts import context_label
-from opsd_platform.training.losses import divergence_terms, support_index, support_logprobs
+from opsd_platform.training.losses import divergence_on_support, divergence_terms, support_index, support_logprobs
 
 RESULTS = Path("benchmarks/results")
 CLIP = 0.05
-# no clip; ours (losses.divergence_on_support); OPSD's code (clamp(max=) per entry); a candidate that is
-# not in the library: each position's summed divergence capped, min(D, clip), still >= 0 and 0 only at the teacher
+# no clip; loss.clip_mode=entry (losses.divergence_on_support); OPSD's code (clamp(max=) per entry, not in
+# the library); loss.clip_mode=position: each position's summed divergence capped, still >= 0, 0 only at the teacher
 CLIP_FORMS = ("none", "both", "upper", "position")
 # (slice with the clip, slice that re-runs its points without it)
 PAIRED_SLICES = (("law-arithmetic-v2", "pilot-clip-arithmetic"),)
@@ -55,15 +55,12 @@ def clipped_loss(student: torch.Tensor, teacher: torch.Tensor, divergence: str, 
                  form: str) -> torch.Tensor:
     """The per-position OPSD loss (mean over positions) with the clip in one of CLIP_FORMS. [N, 1, V] logits."""
     index = support_index(student, student.argmax(-1), support, top_k=20)
-    terms = divergence_terms(support_logprobs(student, index, support), support_logprobs(teacher, index, support),
-                             divergence)
-    if form == "both":
-        terms = terms.clamp(-CLIP, CLIP)
-    elif form == "upper":
-        terms = terms.clamp(max=CLIP)
-    elif form == "position":
-        return terms.sum(-1).clamp(max=CLIP).mean()
-    return terms.sum(-1).mean()
+    log_s, log_t = support_logprobs(student, index, support), support_logprobs(teacher, index, support)
+    if form == "upper":  # OPSD's code: not an option of ours, so written out here
+        return divergence_terms(log_s, log_t, divergence).clamp(max=CLIP).sum(-1).mean()
+    clip = {"none": {"token_clip": None}, "both": {"token_clip": CLIP, "clip_mode": "entry"},
+            "position": {"token_clip": CLIP, "clip_mode": "position"}}[form]
+    return divergence_on_support(log_s, log_t, support=support, divergence=divergence, **clip).mean()
 
 
 def descend(divergence: str, support: str, form: str, *, scale: float, noise: float, steps: int,

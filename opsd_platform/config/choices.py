@@ -21,6 +21,8 @@ GRADINGS = ("lcb", "lenient")
 # training/losses.py
 DIVERGENCES = ("reverse", "forward", "jsd")
 SUPPORTS = ("full", "topk", "sampled")
+# entry: each support entry's term clipped (OPSD); position: each position's summed divergence capped
+CLIP_MODES = ("entry", "position")
 AGGREGATIONS = ("sequence", "token", "constant")
 # gap/sequential.py: when a sequential gap stops
 RULES = ("decision", "confident")

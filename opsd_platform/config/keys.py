@@ -69,6 +69,7 @@ ADDED: dict[str, Added] = {
     "rollout.stop": Added(6, []),  # no stop rule
     "gap.sampling": Added(6, "rollout"),  # the gap at the rollout temperature
     "model.template": Added(7, None),  # the model's own prompt form
+    "loss.clip_mode": Added(8, "entry"),  # the token clip per support entry (as every clip before it)
 }
 HASH_VERSION = max(a.version for a in ADDED.values())
 

@@ -14,6 +14,7 @@ from typing import Any
 
 from opsd_platform.config.choices import (
     AGGREGATIONS,
+    CLIP_MODES,
     CONTEXTS,
     DEFAULT_PRECISION,
     DIVERGENCES,
@@ -199,6 +200,9 @@ class LossConfig:
     token_clip: float | None = field(default=None, metadata={
         "help": "per-entry clip of the divergence (OPSD: 0.05). Caution: a clipped sum is no longer minimal at "
                 "student = teacher; under reverse KL it sharpens the student (benchmarks/token_clip.py)"})
+    clip_mode: str = field(default="entry", metadata={
+        "help": "what loss.token_clip bounds: entry (each support entry's term to [-clip, clip], as above) or "
+                "position (each position's summed divergence to at most clip: stays >= 0 and minimal at the teacher)"})
     is_clip: float = field(default=2.0, metadata={"help": "importance-ratio clip when a batch is reused"})
     # GRPO only (algorithm=grpo; losses.py names the paper of each). Under OPSD they must keep these
     # defaults, and config_hash leaves them out of OPSD configurations.
@@ -221,6 +225,9 @@ class LossConfig:
         _check(0.0 <= self.alpha <= 1.0, "loss.alpha", f"must be in [0, 1], got {self.alpha}")
         _check(self.top_k >= 1, "loss.top_k", f"must be >= 1, got {self.top_k}")
         _check(self.token_clip is None or self.token_clip > 0, "loss.token_clip", f"must be > 0 or null, got {self.token_clip}")
+        _one_of(self.clip_mode, CLIP_MODES, "loss.clip_mode")
+        _check(self.clip_mode == "entry" or self.token_clip is not None, "loss.clip_mode",
+               f"{self.clip_mode} bounds loss.token_clip, which is null: set loss.token_clip too")
         _check(self.is_clip > 0, "loss.is_clip", f"must be > 0, got {self.is_clip}")
         if self.support == "sampled":
             _check(self.divergence == "reverse", "loss.support", "'sampled' needs loss.divergence=reverse")

@@ -24,9 +24,14 @@ Departures from the sources, on purpose:
   ``JSD = alpha * KL(P_teacher || M) + (1 - alpha) * KL(P_student || M)``. Its value tends to 0 at
   both ends of alpha, so (as in TRL's GKD) ``alpha == 0`` means forward KL and ``alpha == 1``
   reverse KL exactly.
-- The per-entry token clip bounds each outcome's contribution to the divergence to
-  ``[-token_clip, token_clip]`` before summing, so a few "pivot" tokens cannot dominate (OPSD).
-  Clipping both signs keeps the clipped sum symmetric around the unclipped one.
+- The per-entry token clip (``clip_mode="entry"``) bounds each outcome's contribution to the
+  divergence to ``[-token_clip, token_clip]`` before summing, so a few "pivot" tokens cannot
+  dominate (OPSD; its code clips the upper side only). Clipping both signs keeps the clipped sum
+  symmetric around the unclipped one. Either way the clipped sum is no longer >= 0 nor minimal at
+  student = teacher, and under reverse KL descending it sharpens the student
+  (benchmarks/token_clip.py measured it, and bench-v2's runs). ``clip_mode="position"`` caps each
+  position's summed divergence instead, ``min(D, token_clip)``: still >= 0 and 0 only at the
+  teacher; a position above the cap gives no gradient (our option, not in the sources).
 """
 
 from __future__ import annotations
@@ -36,7 +41,7 @@ import math
 import torch
 import torch.nn.functional as F
 
-from opsd_platform.config.choices import DIVERGENCES, SUPPORTS
+from opsd_platform.config.choices import CLIP_MODES, DIVERGENCES, SUPPORTS
 
 
 def _kl_terms(log_p: torch.Tensor, log_q: torch.Tensor) -> torch.Tensor:
@@ -158,6 +163,7 @@ def divergence_on_support(
     divergence: str = "reverse",
     alpha: float = 0.5,
     token_clip: float | None = None,
+    clip_mode: str = "entry",
 ) -> torch.Tensor:  # [N, T] per-token loss
     """The per-token OPSD loss from both distributions restricted to a common support."""
     if support == "sampled":
@@ -165,12 +171,16 @@ def divergence_on_support(
             raise ValueError("support='sampled' is only defined for divergence='reverse'")
         lp_s, lp_t = log_s.squeeze(-1), log_t.squeeze(-1)
         return (lp_s - lp_t).detach() * lp_s
+    if clip_mode not in CLIP_MODES:
+        raise ValueError(f"unknown clip_mode {clip_mode!r}; valid: {', '.join(CLIP_MODES)}")
     terms = divergence_terms(log_s, log_t, divergence, alpha)
-    if token_clip is not None:
-        if token_clip <= 0:
-            raise ValueError(f"token_clip must be > 0 or None, got {token_clip}")
-        terms = terms.clamp(-token_clip, token_clip)
-    return terms.sum(-1)
+    if token_clip is None:
+        return terms.sum(-1)
+    if token_clip <= 0:
+        raise ValueError(f"token_clip must be > 0 or None, got {token_clip}")
+    if clip_mode == "position":
+        return terms.sum(-1).clamp(max=token_clip)
+    return terms.clamp(-token_clip, token_clip).sum(-1)
 
 
 def token_divergence(
@@ -183,6 +193,7 @@ def token_divergence(
     support: str = "full",
     top_k: int = 20,
     token_clip: float | None = None,
+    clip_mode: str = "entry",
 ) -> torch.Tensor:  # [N, T] per-token loss
     """The per-token OPSD loss between student and teacher next-token distributions."""
     if student_logits.shape != teacher_logits.shape:
@@ -196,7 +207,7 @@ def token_divergence(
     return divergence_on_support(
         support_logprobs(student_logits, index, support),
         support_logprobs(teacher_logits, index, support),
-        support=support, divergence=divergence, alpha=alpha, token_clip=token_clip,
+        support=support, divergence=divergence, alpha=alpha, token_clip=token_clip, clip_mode=clip_mode,
     )
 
 

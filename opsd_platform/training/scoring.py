@@ -43,6 +43,7 @@ class LossSettings:
     support: str = "topk"
     top_k: int = 20
     token_clip: float | None = None
+    clip_mode: str = "entry"
 
 
 @dataclass
@@ -78,7 +79,8 @@ def micro_batch_loss(
     teacher_seconds = time.perf_counter() - started
     log_s = support_logprobs_at(student.flat, student.where, index, loss.support)
     per_token = divergence_on_support(
-        log_s, log_t, support=loss.support, divergence=loss.divergence, alpha=loss.alpha, token_clip=loss.token_clip
+        log_s, log_t, support=loss.support, divergence=loss.divergence, alpha=loss.alpha, token_clip=loss.token_clip,
+        clip_mode=loss.clip_mode,
     )
     token_logp = None
     if need_token_logp:

@@ -43,6 +43,8 @@ def test_issue_style_overrides():
         ("loss.kl_beta=-1", "loss.kl_beta: must be >= 0"),
         ("loss.kl_beta=0.1", "loss.kl_beta: only used by algorithm=grpo; algorithm=opsd ignores it"),
         ("loss.clip_eps=1.5", "loss.clip_eps: must be in (0, 1)"),
+        ("loss.clip_mode=sum", "loss.clip_mode: unknown value 'sum'; valid: entry, position"),
+        ("loss.clip_mode=position", "loss.clip_mode: position bounds loss.token_clip, which is null"),
     ],
 )
 def test_bad_config_is_named(override, message):
@@ -87,10 +89,14 @@ def test_config_hash_ignores_how_a_run_is_computed_and_recorded(how):
     assert config_hash(train_config([*base, how])) == config_hash(train_config(base))
 
 
-@pytest.mark.parametrize("what", ["optim.lr=3e-5", "context=feedback", "trainer.max_steps=7", "gap.n_problems=8"])
+@pytest.mark.parametrize("what", ["optim.lr=3e-5", "context=feedback", "trainer.max_steps=7", "gap.n_problems=8",
+                                  "loss.token_clip=0.05", ["loss.token_clip=0.05", "loss.clip_mode=position"]])
 def test_config_hash_changes_with_what_is_trained_or_measured(what):
     base = ["world=arithmetic", "context=none", "gap.enabled=true"]
-    assert config_hash(train_config([*base, what])) != config_hash(train_config(base))
+    what = [what] if isinstance(what, str) else what
+    assert config_hash(train_config([*base, *what])) != config_hash(train_config(base))
+    if len(what) > 1:  # each word of a pair changes the hash on its own too
+        assert config_hash(train_config([*base, *what])) != config_hash(train_config([*base, *what[:-1]]))
 
 
 # Pinned: a benchmark grid keys its runs on these hashes. They were computed before

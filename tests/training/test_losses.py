@@ -123,6 +123,23 @@ def test_token_clip_moves_the_minimum_away_from_the_teacher():
         assert clipped < at_teacher - 0.01
 
 
+def test_position_clip_caps_each_positions_sum_and_keeps_the_teacher_the_minimum(logits):
+    s, t, tok = logits
+    for divergence in ("reverse", "forward", "jsd"):
+        whole = token_divergence(s, t, tok, divergence=divergence)
+        capped = token_divergence(s, t, tok, divergence=divergence, token_clip=0.05, clip_mode="position")
+        torch.testing.assert_close(capped, whole.clamp(max=0.05))
+        assert (capped >= 0).all() and (whole > 0.05).any()
+    teacher = torch.tensor([[[3.0, 1.0, 1.0, 0.0, 0.0]]])
+    sharper = torch.tensor([[[5.0, 1.0, 1.0, 0.0, 0.0]]])
+    tok1 = torch.zeros(1, 1, dtype=torch.long)
+    at_teacher = token_divergence(teacher, teacher, tok1, token_clip=0.05, clip_mode="position")
+    assert at_teacher.item() == pytest.approx(0.0, abs=1e-7)
+    assert token_divergence(sharper, teacher, tok1, token_clip=0.05, clip_mode="position").item() > 0
+    with pytest.raises(ValueError, match="unknown clip_mode 'sum'"):
+        token_divergence(s, t, tok, token_clip=0.05, clip_mode="sum")
+
+
 def test_gradient_matches_kl_div_gradient(logits):
     s, t, tok = logits
     a = s.clone().requires_grad_(True)
