@@ -57,7 +57,10 @@ def recipe_of(row: pd.Series) -> tuple:
 def choose(runs: pd.DataFrame) -> dict:
     """Per world: the pilot's table, each recipe's verdict, and the chosen OPSD and GRPO recipes."""
     out = {}
-    pilots = runs[runs["slice"].astype(str).str.startswith("pilot-")]
+    # the first pilot's slices only (`pilot-<world>`, `pilot-grpo-<world>`: 10 steps, one seed); the clip
+    # checks (`pilot-clip-*`, 20 steps, three seeds) are read by benchmarks/token_clip.py
+    name = runs["slice"].astype(str)
+    pilots = runs[(name == "pilot-" + runs["world"].astype(str)) | (name == "pilot-grpo-" + runs["world"].astype(str))]
     for world, part in pilots.groupby("world"):
         noise = seed_std(runs, world)
         bar = 2 * noise
