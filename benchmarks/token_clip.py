@@ -63,6 +63,12 @@ def clipped_loss(student: torch.Tensor, teacher: torch.Tensor, divergence: str, 
     return divergence_on_support(log_s, log_t, support=support, divergence=divergence, **clip).mean()
 
 
+def entropy(logits: torch.Tensor) -> float:
+    """Mean entropy (nats) of the distributions over the last axis."""
+    log_p = logits.log_softmax(-1)
+    return float(-(log_p.exp() * log_p).sum(-1).mean())
+
+
 def descend(divergence: str, support: str, form: str, *, scale: float, noise: float, steps: int,
             positions: int = 64, vocab: int = 50, seed: int = 0) -> dict:
     """Adam on free student logits that start at the teacher's plus noise; where they end up."""
@@ -71,23 +77,22 @@ def descend(divergence: str, support: str, form: str, *, scale: float, noise: fl
     student = (teacher + noise * torch.randn(teacher.shape, generator=g)).requires_grad_(True)
     opt = torch.optim.Adam([student], lr=0.02)
 
-    def kl_and_entropy() -> tuple[float, float]:
+    def kl_to_teacher() -> float:
         ls, lt = student.detach().log_softmax(-1), teacher.log_softmax(-1)
-        return float((ls.exp() * (ls - lt)).sum(-1).mean()), float(-(ls.exp() * ls).sum(-1).mean())
+        return float((ls.exp() * (ls - lt)).sum(-1).mean())
 
-    kl_start, _ = kl_and_entropy()
+    kl_start = kl_to_teacher()
     for _ in range(steps):
         loss = clipped_loss(student, teacher, divergence, support, form)
         opt.zero_grad()
         loss.backward()
         opt.step()
-    kl_end, entropy = kl_and_entropy()
-    lt = teacher.log_softmax(-1)
+    kl_end = kl_to_teacher()
     with torch.no_grad():
         loss_end = float(clipped_loss(student, teacher, divergence, support, form))
     return {"divergence": divergence, "support": support, "clip": form, "teacher_scale": scale, "noise": noise,
             "loss_end": loss_end, "kl_start": kl_start,
-            "kl_end": kl_end, "entropy_teacher": float(-(lt.exp() * lt).sum(-1).mean()), "entropy_student": entropy}
+            "kl_end": kl_end, "entropy_teacher": entropy(teacher), "entropy_student": entropy(student.detach())}
 
 
 def tensor_rows(steps: int) -> list[dict]:

@@ -107,13 +107,17 @@ def test_token_clip_bounds_each_entry(logits):
     assert not torch.allclose(clipped, token_divergence(s, t, tok))
 
 
+# One position's logits: a teacher, and a student sharper than it on the same top outcome.
+TEACHER = torch.tensor([[[3.0, 1.0, 1.0, 0.0, 0.0]]])
+SHARPER = torch.tensor([[[5.0, 1.0, 1.0, 0.0, 0.0]]])
+
+
 def test_token_clip_moves_the_minimum_away_from_the_teacher():
     # A divergence is >= 0 and 0 at student = teacher; a sum of per-entry clipped terms is not: a student
     # sharper than the teacher has its large positive term capped and keeps its negative ones, so its
     # clipped loss is below the teacher's 0, and descending it pulls the student away (sharper, under
     # reverse KL). bench-v2 measured this in training (benchmarks/token_clip.py); the test pins the cause.
-    teacher = torch.tensor([[[3.0, 1.0, 1.0, 0.0, 0.0]]])
-    sharper = torch.tensor([[[5.0, 1.0, 1.0, 0.0, 0.0]]])
+    teacher, sharper = TEACHER, SHARPER
     tok = torch.zeros(1, 1, dtype=torch.long)
     for support in ("full", "topk"):
         assert token_divergence(sharper, teacher, tok, support=support, top_k=3).item() > 0.05
@@ -130,8 +134,7 @@ def test_position_clip_caps_each_positions_sum_and_keeps_the_teacher_the_minimum
         capped = token_divergence(s, t, tok, divergence=divergence, token_clip=0.05, clip_mode="position")
         torch.testing.assert_close(capped, whole.clamp(max=0.05))
         assert (capped >= 0).all() and (whole > 0.05).any()
-    teacher = torch.tensor([[[3.0, 1.0, 1.0, 0.0, 0.0]]])
-    sharper = torch.tensor([[[5.0, 1.0, 1.0, 0.0, 0.0]]])
+    teacher, sharper = TEACHER, SHARPER
     tok1 = torch.zeros(1, 1, dtype=torch.long)
     at_teacher = token_divergence(teacher, teacher, tok1, token_clip=0.05, clip_mode="position")
     assert at_teacher.item() == pytest.approx(0.0, abs=1e-7)
