@@ -9,8 +9,10 @@ token clip held at 0.05; benchmarks/token_clip.py then showed that clip moves th
 off "student = teacher". Three clip forms were trained on the same contexts x seeds at the first
 pilot's lr and EMA rate (conf/grid/bench-v2.yaml): the per-entry clip (`law-arithmetic-v2`, whose
 points at these contexts are the pilot's), no clip (`pilot-clip-*`) and each position's summed
-divergence capped (`pilot-clipmode-*`, `loss.clip_mode=position`). Only the (context, seed) cells
-every recipe of a world has are compared, so the recipes are judged on the same draws.
+divergence capped (`pilot-clipmode-*`, `loss.clip_mode=position`); and a fourth recipe aimed at
+why `none` moves at all: no clip with AdamW's epsilon at 1e-5 (`pilot-eps-*`: Adam turns the
+float-noise gradient of a teacher equal to its student into full-size steps). Only the (context,
+seed) cells every recipe of a world has are compared, so the recipes are judged on the same draws.
 
 The rule (the issue's "none must not drift, then the contexts spread most", at several seeds):
 
@@ -52,20 +54,23 @@ from opsd_platform.law.export import read_table  # noqa: E402
 from opsd_platform.process import configure_process  # noqa: E402
 
 # per world: the slices holding the pilot's recipes (conf/grid/bench-v2.yaml)
-PILOT_SLICES = {"arithmetic": ("law-arithmetic-v2", "pilot-clip-arithmetic", "pilot-clipmode-arithmetic"),
+PILOT_SLICES = {"arithmetic": ("law-arithmetic-v2", "pilot-clip-arithmetic", "pilot-clipmode-arithmetic",
+                               "pilot-eps-arithmetic"),
                 "pyfunc": ("law-pyfunc-v2", "pilot-clip-pyfunc")}
 ANOVA_P = 0.05  # rule 2
 
 
+def missing(value) -> bool:
+    return value is None or (isinstance(value, float) and math.isnan(value))
+
+
 def recipe_label(row: pd.Series) -> str:
-    """"no clip", "entry 0.05" or "position 0.05": rows exported before `loss.clip_mode` existed
-    clipped per entry (the option's default)."""
-    clip = row.get("loss.token_clip")
-    if clip is None or (isinstance(clip, float) and math.isnan(clip)):
-        return "no clip"
-    mode = row.get("loss.clip_mode")
-    mode = "entry" if mode is None or (isinstance(mode, float) and math.isnan(mode)) else mode
-    return f"{mode} {float(clip):g}"
+    """"no clip", "entry 0.05" or "position 0.05", with ", eps 1e-05" where AdamW's epsilon is not
+    torch's default: rows exported before `loss.clip_mode` (`optim.eps`) existed clipped per entry
+    (used 1e-8), the options' defaults."""
+    clip, mode, eps = row.get("loss.token_clip"), row.get("loss.clip_mode"), row.get("optim.eps")
+    label = "no clip" if missing(clip) else f"{'entry' if missing(mode) else mode} {float(clip):g}"
+    return label if missing(eps) or float(eps) == 1e-8 else f"{label}, eps {float(eps):g}"
 
 
 def common_cells(part: pd.DataFrame) -> pd.DataFrame:

@@ -70,6 +70,7 @@ ADDED: dict[str, Added] = {
     "gap.sampling": Added(6, "rollout"),  # the gap at the rollout temperature
     "model.template": Added(7, None),  # the model's own prompt form
     "loss.clip_mode": Added(8, "entry"),  # the token clip per support entry (as every clip before it)
+    "optim.eps": Added(9, 1e-8),  # torch's AdamW default, which every run before it used
 }
 HASH_VERSION = max(a.version for a in ADDED.values())
 

@@ -258,6 +258,15 @@ class TeacherConfig:
 class OptimConfig:
     lr: float = field(default=1e-5, metadata={"help": "AdamW learning rate (constant)"})
     weight_decay: float = field(default=0.01, metadata={"help": "AdamW weight decay"})
+    eps: float = field(
+        default=1e-8,
+        metadata={"help": "AdamW's epsilon (torch's default 1e-8). Adam divides each gradient by its own running "
+                          "size, so a gradient of float noise moves every parameter by ~lr: under `context=none` "
+                          "(teacher = student, gradient norm ~1e-6 at step 1) the student then walks away from "
+                          "its teacher (norm ~1 by step 3). A larger eps (PPO implementations use 1e-5) damps "
+                          "updates whose per-parameter gradient is below it and leaves signal-sized ones as "
+                          "they were"},
+    )
     grad_clip: float = field(default=1.0, metadata={"help": "max gradient norm (0 = off)"})
     fused: bool = field(
         default=True,
@@ -269,6 +278,7 @@ class OptimConfig:
     def __post_init__(self) -> None:
         _check(self.lr > 0, "optim.lr", f"must be > 0, got {self.lr}")
         _check(self.weight_decay >= 0, "optim.weight_decay", f"must be >= 0, got {self.weight_decay}")
+        _check(self.eps > 0, "optim.eps", f"must be > 0, got {self.eps}")
         _check(self.grad_clip >= 0, "optim.grad_clip", f"must be >= 0, got {self.grad_clip}")
 
 

@@ -107,7 +107,8 @@ class OPSDModule(L.LightningModule):
 
     def configure_optimizers(self):
         params = [p for p in self.policy.parameters() if p.requires_grad]
-        return adamw(params, self.cfg.optim.lr, self.cfg.optim.weight_decay, self.cfg.optim.fused)
+        optim = self.cfg.optim
+        return adamw(params, optim.lr, optim.weight_decay, optim.fused, eps=optim.eps)
 
     def world_size(self) -> int:
         return self._trainer.world_size if self._trainer is not None else 1

@@ -33,6 +33,8 @@ def test_recipes_are_told_apart_by_clip_and_mode():
     assert recipe_label(pd.Series({"loss.token_clip": float("nan"), "loss.clip_mode": "entry"})) == "no clip"
     assert recipe_label(pd.Series({"loss.token_clip": 0.05, "loss.clip_mode": float("nan")})) == "entry 0.05"
     assert recipe_label(pd.Series({"loss.token_clip": 0.05, "loss.clip_mode": "position"})) == "position 0.05"
+    assert recipe_label(pd.Series({"loss.token_clip": None, "optim.eps": 1e-5})) == "no clip, eps 1e-05"
+    assert recipe_label(pd.Series({"loss.token_clip": None, "optim.eps": 1e-8})) == "no clip"
 
 
 def test_the_stable_informative_recipe_with_the_widest_spread_is_chosen():

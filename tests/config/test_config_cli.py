@@ -45,6 +45,7 @@ def test_issue_style_overrides():
         ("loss.clip_eps=1.5", "loss.clip_eps: must be in (0, 1)"),
         ("loss.clip_mode=sum", "loss.clip_mode: unknown value 'sum'; valid: entry, position"),
         ("loss.clip_mode=position", "loss.clip_mode: position bounds loss.token_clip, which is null"),
+        ("optim.eps=0", "optim.eps: must be > 0, got 0"),
     ],
 )
 def test_bad_config_is_named(override, message):
@@ -90,7 +91,8 @@ def test_config_hash_ignores_how_a_run_is_computed_and_recorded(how):
 
 
 @pytest.mark.parametrize("what", ["optim.lr=3e-5", "context=feedback", "trainer.max_steps=7", "gap.n_problems=8",
-                                  "loss.token_clip=0.05", ["loss.token_clip=0.05", "loss.clip_mode=position"]])
+                                  "loss.token_clip=0.05", ["loss.token_clip=0.05", "loss.clip_mode=position"],
+                                  "optim.eps=1e-5"])
 def test_config_hash_changes_with_what_is_trained_or_measured(what):
     base = ["world=arithmetic", "context=none", "gap.enabled=true"]
     what = [what] if isinstance(what, str) else what

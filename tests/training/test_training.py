@@ -159,3 +159,21 @@ def test_interrupted_run_ends_failed_with_reason(tiny_overrides, tmp_path):
     assert run.info.status == "FAILED", out[-2000:]
     assert "KeyboardInterrupt" in run.data.tags["failure_reason"]
     assert len(client.get_metric_history(run_id, "train/loss")) >= 1
+
+
+def test_adam_eps_damps_the_steps_a_noise_gradient_makes(tiny_overrides):
+    """Under `none` the teacher is the student, so the first gradient is float noise; Adam divides it
+    by its own size and moves the parameters by ~lr anyway (the drift bench-v2's `none` control
+    showed). `optim.eps` above the noise's per-parameter size damps that step."""
+    cfg = tiny_overrides + ["trainer.max_steps=1", "context=none", "optim.lr=1e-3", "optim.weight_decay=0",
+                            "trainer.validate=false", "teacher.kind=fixed"]
+    moved = {}
+    for eps in (1e-8, 1e-2):
+        before = {}
+        module = fit(train_config(cfg + [f"optim.eps={eps}"]),
+                     prepare=lambda m: before.update({k: v.detach().clone() for k, v in m.policy.named_parameters()}))
+        assert module.optimizers().optimizer.defaults["eps"] == eps
+        assert module.history[0]["train/grad_norm"] < 1e-3  # noise, not signal
+        moved[eps] = max((p.detach() - before[k]).abs().max().item() for k, p in module.policy.named_parameters())
+    assert moved[1e-8] > 1e-4  # ~lr: a full step on noise
+    assert moved[1e-2] < moved[1e-8] / 10
