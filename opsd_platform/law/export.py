@@ -49,6 +49,7 @@ STEP_COLUMNS = ["run_id", "step", "rollout_pass_rate", "val_pass_rate", "cpu_s",
 # step's samples, EOS included, over the samples); `tokens` / samples would not be: it is
 # cumulative and includes the validations' tokens.
 STEP_CURVES = {"rollout_response_len": "rollout/response_len", "train_loss": "train/loss",
+               "train_grad_norm": "train/grad_norm",  # before clipping: how Adam's noise steps grow (optim.eps)
                "rollout_reward_mean": "rollout/reward_mean", "grpo_advantage_std": "grpo/advantage_std",
                "grpo_zero_signal_frac": "grpo/zero_signal_frac", "grpo_clip_frac": "grpo/clip_frac"}
 GAP_COLUMNS = ["run_id", "problem", "student_passes", "teacher_passes", "samples"]
