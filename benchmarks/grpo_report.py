@@ -2,7 +2,7 @@
 
     python -m benchmarks.grpo_report [--data benchmarks/data] [--out benchmarks/results/grpo-report.json]
                                      [--plot docs/benchmark/opsd-vs-grpo.png] [--level 0.9]
-                                     [--worlds arithmetic pyfunc] [--grid bench-v2]
+                                     [--worlds arithmetic pyfunc] [--grid bench-v2] [--slices S ...]
 
 Per world, the GRPO rows (``algorithm=grpo`` in a ``grpo-*`` slice) against the OPSD law-slice rows
 (``law-*``: ``law-arithmetic`` in bench-v1, ``law-arithmetic-v2`` in bench-v2; same steps, samples
@@ -397,8 +397,20 @@ def plot(results: list[dict], runs_steps: pd.DataFrame, path: Path) -> Path:
     return path
 
 
-def report(data: Path, level: float, worlds, plot_path: Path | None, grid: str | None = None) -> dict:
-    runs = only_grid(read_table(data / "runs.csv"), grid, data / "runs.csv")
+def only_slices(runs: pd.DataFrame, slices, where: Path) -> pd.DataFrame:
+    """The rows of these slices (all rows when none are named); a named slice without rows is an error,
+    so a typo does not pass for a slice that has not landed yet."""
+    if not slices:
+        return runs
+    absent = sorted(set(slices) - set(runs["slice"].astype(str)))
+    if absent:
+        raise ExportError(f"{where}: no rows of slice(s) {', '.join(absent)}")
+    return runs[runs["slice"].isin(slices)]
+
+
+def report(data: Path, level: float, worlds, plot_path: Path | None, grid: str | None = None,
+           slices=()) -> dict:
+    runs = only_slices(only_grid(read_table(data / "runs.csv"), grid, data / "runs.csv"), slices, data / "runs.csv")
     steps = read_table(data / "steps.csv")
     steps = steps.reindex(columns=list(dict.fromkeys([*steps.columns, *STEP_CURVES])))  # an older export lacks them
     results = [compare_world(runs, steps, w, level) for w in worlds]
@@ -410,7 +422,7 @@ def report(data: Path, level: float, worlds, plot_path: Path | None, grid: str |
     for res in results:
         print(world_tables(res) + "\n")
     compared = [r for r in results if r["status"] == "compared"]
-    out = {"data": str(data), "grid": grid, "level": level, "runs": len(runs), "grpo_runs": grpo_rows,
+    out = {"data": str(data), "grid": grid, "slices": list(slices), "level": level, "runs": len(runs), "grpo_runs": grpo_rows,
            "difference_method": "Welch t interval over seeds (unequal variances, Welch-Satterthwaite df), unpaired",
            "paired_difference_method": "per seed on both sides, OPSD minus GRPO; "
                                        "mean with a Student-t interval, n - 1 df",
@@ -433,9 +445,11 @@ def main(argv=None) -> int:
     ap.add_argument("--level", type=float, default=0.9)
     ap.add_argument("--worlds", nargs="+", default=list(WORLDS))
     ap.add_argument("--grid", default=None, help="only this grid's rows (bench-v1, bench-v2); default: every row")
+    ap.add_argument("--slices", nargs="+", default=(),
+                    help="only these slices' rows (e.g. one recipe's law slice and the GRPO slice it faces)")
     args = ap.parse_args(argv)
     try:
-        out = report(args.data, args.level, args.worlds, args.plot, args.grid)
+        out = report(args.data, args.level, args.worlds, args.plot, args.grid, args.slices)
     except ExportError as exc:
         print(f"grpo_report: {exc}", file=sys.stderr)
         return 2

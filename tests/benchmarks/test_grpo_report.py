@@ -226,3 +226,16 @@ def test_an_unknown_grid_is_one_line_naming_the_file_and_the_grids_there(tmp_pat
     err = capsys.readouterr().err
     assert code == 2 and not (tmp_path / "r.json").exists()
     assert err == f"grpo_report: {data / 'runs.csv'}: no rows of grid 'bench-v9' (grids there: bench-v1, bench-v2)\n"
+
+
+def test_slices_keep_one_recipes_law_slice_and_name_a_slice_without_rows(tmp_path, capsys):
+    data = add_bench_v2(make_table(tmp_path / "data"))
+    runs = pd.read_csv(data / "runs.csv")
+    law, grpo = (sorted(s for s in runs[runs["grid"] == "bench-v2"]["slice"].unique() if s.startswith(k))[0]
+                 for k in ("law", "grpo"))
+    out = report(data, LEVEL, ["arithmetic"], None, grid="bench-v2", slices=[law, grpo])
+    assert set(runs[runs["slice"].isin([law, grpo])]["run_id"]) >= {r["run_id"] for r in out["worlds"][0]["per_run"]}
+    assert out["slices"] == [law, grpo] and out["runs"] == int(runs["slice"].isin([law, grpo]).sum())
+    code = main(["--data", str(data), "--slices", law, "law-typo", "--out", str(tmp_path / "r.json"),
+                 "--plot", str(tmp_path / "p.png")])
+    assert code == 2 and "no rows of slice(s) law-typo" in capsys.readouterr().err
