@@ -135,6 +135,23 @@ def choose(runs: pd.DataFrame) -> dict:
     return out
 
 
+def none_gradients(runs: pd.DataFrame, steps: pd.DataFrame, res: dict, shown=(1, 2, 3, 5, 10, 20)) -> dict:
+    """Per world and recipe: `none`'s gradient norm (before clipping) at a few steps, the median over its
+    seeds. Its teacher starts equal to the student, so the first gradient is float noise; how fast
+    the norm then grows is how fast the optimizer walks the student away (the `optim.eps` recipe)."""
+    if "train_grad_norm" not in steps:
+        return {}
+    out = {}
+    for world, w in res.items():
+        part = runs[runs["slice"].isin(w["slices"]) & (runs["world"] == world) & (runs["context"] == "none")]
+        part = part.assign(recipe=part.apply(recipe_label, axis=1))
+        curves = steps[steps["run_id"].isin(part["run_id"])].merge(part[["run_id", "recipe"]], on="run_id")
+        table = curves[curves["step"].isin(shown)].groupby(["recipe", "step"])["train_grad_norm"].median()
+        out[world] = {recipe: {int(s): float(v) for s, v in g.droplevel(0).items()}
+                      for recipe, g in table.groupby(level=0)}
+    return out
+
+
 def markdown(res: dict) -> str:
     lines = []
     for world, w in res.items():
@@ -149,6 +166,14 @@ def markdown(res: dict) -> str:
                          + " | ".join(f"{r['context_means'][c]:+.3f}" if c in r["context_means"] else ""
                                       for c in contexts) + f" | {r['spread']:.3f} |")
         lines += ["", f"Chosen: **{w['chosen']}**: {w['why']}.", ""]
+        grads = w.get("none_grad_norm") or {}
+        if grads:
+            steps = sorted({s for g in grads.values() for s in g})
+            lines += ["`none`'s gradient norm before clipping (median over seeds) at step:", "",
+                      "| recipe | " + " | ".join(map(str, steps)) + " |", "|---" * (1 + len(steps)) + "|"]
+            lines += [f"| {recipe} | " + " | ".join(f"{g[s]:.2g}" if s in g else "" for s in steps) + " |"
+                      for recipe, g in grads.items()]
+            lines.append("")
     return "\n".join(lines)
 
 
@@ -193,6 +218,9 @@ def main(argv=None) -> int:
         print(f"clip_pilot: {exc}", file=sys.stderr)
         return 2
     res = choose(runs)
+    steps = read_table(args.data / "steps.csv") if (args.data / "steps.csv").exists() else pd.DataFrame()
+    for world, grads in none_gradients(runs, steps, res).items():
+        res[world]["none_grad_norm"] = grads
     if not res:
         print(f"clip_pilot: {args.data / 'runs.csv'} has none of the slices {PILOT_SLICES}", file=sys.stderr)
         return 2

@@ -68,3 +68,17 @@ def test_a_world_with_one_seed_takes_the_clip_decided_elsewhere():
     res = choose(pd.concat([table(entry=NOISY, free=DRIFTS, position=STILL), pyfunc]))
     assert all(math.isnan(r["anova_p"]) for r in res["pyfunc"]["recipes"])
     assert res["pyfunc"]["chosen"] == "position 0.05" and "decided" in res["pyfunc"]["why"]
+
+
+def test_nones_gradient_norms_are_the_median_over_seeds_per_recipe_and_step():
+    from benchmarks.clip_pilot import none_gradients
+
+    runs = table(entry=NOISY, free=DRIFTS, position=STILL)
+    runs["run_id"] = [f"r{k}" for k in range(len(runs))]
+    none = runs[runs["context"] == "none"]
+    steps = pd.DataFrame([{"run_id": rid, "step": step, "train_grad_norm": (seed + 1) * 10.0 ** (step - 3)}
+                          for rid, seed in zip(none["run_id"], none["seed"]) for step in (1, 2, 3, 4)])
+    grads = none_gradients(runs, steps, choose(runs))["arithmetic"]
+    assert set(grads) == {"entry 0.05", "no clip", "position 0.05"}
+    assert grads["no clip"] == {1: 2e-2, 2: 2e-1, 3: 2.0}  # median of seeds 1x, 2x, 3x; step 4 is not shown
+    assert none_gradients(runs, steps.drop(columns="train_grad_norm"), {}) == {}
