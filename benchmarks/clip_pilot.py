@@ -47,7 +47,7 @@ import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 from scipy import stats  # noqa: E402
 
-from benchmarks.goal_checks import DRIFT_BAR_STDS, sampling_se  # noqa: E402
+from benchmarks.goal_checks import DRIFT_BAR_STDS, recipe_label, sampling_se  # noqa: E402
 from benchmarks.provenance import git_commit  # noqa: E402
 from opsd_platform.errors import ExportError  # noqa: E402
 from opsd_platform.law.export import read_table  # noqa: E402
@@ -58,19 +58,6 @@ PILOT_SLICES = {"arithmetic": ("law-arithmetic-v2", "pilot-clip-arithmetic", "pi
                                "pilot-eps-arithmetic"),
                 "pyfunc": ("law-pyfunc-v2", "pilot-clip-pyfunc")}
 ANOVA_P = 0.05  # rule 2
-
-
-def missing(value) -> bool:
-    return value is None or (isinstance(value, float) and math.isnan(value))
-
-
-def recipe_label(row: pd.Series) -> str:
-    """"no clip", "entry 0.05" or "position 0.05", with ", eps 1e-05" where AdamW's epsilon is not
-    torch's default: rows exported before `loss.clip_mode` (`optim.eps`) existed clipped per entry
-    (used 1e-8), the options' defaults."""
-    clip, mode, eps = row.get("loss.token_clip"), row.get("loss.clip_mode"), row.get("optim.eps")
-    label = "no clip" if missing(clip) else f"{'entry' if missing(mode) else mode} {float(clip):g}"
-    return label if missing(eps) or float(eps) == 1e-8 else f"{label}, eps {float(eps):g}"
 
 
 def common_cells(part: pd.DataFrame) -> pd.DataFrame:

@@ -34,6 +34,19 @@ CONTROLS = ("shuffled_reference", "retry")  # the contexts' form without their c
 DRIFT_BAR_STDS = 2.0  # `none` within this many seed std of 0 (the pilot's rule, benchmarks/pilot_report.py)
 
 
+def _missing(value) -> bool:
+    return value is None or (isinstance(value, float) and math.isnan(value))
+
+
+def recipe_label(row: pd.Series) -> str:
+    """"no clip", "entry 0.05" or "position 0.05", with ", eps 1e-05" where AdamW's epsilon is not
+    torch's default: rows exported before `loss.clip_mode` (`optim.eps`) existed clipped per entry
+    (used 1e-8), the options' defaults."""
+    clip, mode, eps = row.get("loss.token_clip"), row.get("loss.clip_mode"), row.get("optim.eps")
+    label = "no clip" if _missing(clip) else f"{'entry' if _missing(mode) else mode} {float(clip):g}"
+    return label if _missing(eps) or float(eps) == 1e-8 else f"{label}, eps {float(eps):g}"
+
+
 def sampling_se(none: pd.DataFrame) -> float:
     """The standard error of the mean improvement of these runs from the validation's sampling alone:
     improvement = val_final - val_initial, each a pass rate over n_val x val_samples draws. NaN when

@@ -41,7 +41,7 @@ import numpy as np
 import pandas as pd
 from scipy import stats
 
-from benchmarks.goal_checks import CONTROLS, controls_against_law, graded_dial, none_drift
+from benchmarks.goal_checks import CONTROLS, controls_against_law, graded_dial, none_drift, recipe_label
 from opsd_platform.errors import ExportError
 from opsd_platform.law import LawError, family_slopes, fit_law, grouped_holdout, leave_one_out
 from opsd_platform.law.export import only_grid, read_table
@@ -151,6 +151,10 @@ def covariate_points(runs: pd.DataFrame) -> pd.DataFrame:
         values = runs.get(col, pd.Series(default, index=runs.index)).fillna(default).astype(str).to_numpy()
         for level in sorted(set(values) - {default}):
             pts[f"{col.split('.')[-1]}_{level}"] = (values == level).astype(float)
+    # the loss's clip form and AdamW's epsilon (bench-v2's recipe pilots), against no clip at torch's eps
+    recipes = runs.apply(recipe_label, axis=1).to_numpy() if len(runs) else np.array([])
+    for level in sorted(set(recipes) - {"no clip"}):
+        pts[f"recipe: {level}"] = (recipes == level).astype(float)
     return pts
 
 
@@ -250,7 +254,7 @@ def report(data: Path, level: float, plots: Path | None, grid: str | None = None
     cov_rows = []
     if arith["slice"].nunique() > 1 or "optim.lr" in arith:
         cpts = covariate_points(arith)
-        extra = [c for c in cpts.columns if c == "log10_lr" or c.startswith(("divergence_", "kind_"))]
+        extra = [c for c in cpts.columns if c == "log10_lr" or c.startswith(("divergence_", "kind_", "recipe: "))]
         cov_rows.append(law_row("gap only", cpts, level))
         for c in extra:
             cov_rows.append(law_row(f"gap + {c}", cpts, level, [c]))

@@ -4,7 +4,8 @@ import math
 
 import pandas as pd
 
-from benchmarks.clip_pilot import choose, markdown, recipe_label
+from benchmarks.clip_pilot import choose, markdown
+from benchmarks.goal_checks import recipe_label
 
 # context -> improvement per seed (0, 1, 2), for each recipe's slice
 NOISY = {"none": (0.20, -0.10, 0.25), "reference": (0.3, -0.3, 0.2), "feedback": (-0.2, 0.2, 0.0)}
