@@ -36,9 +36,9 @@ TRAIN = "train model=tiny trainer.max_steps=1"
 CASES = [
     # ------------------------------------------------------------------ config keys, types, ranges
     Case("unknown config key", f"{TRAIN} optim.learning_rate=0.1",
-         "opsd train: config error: unknown key optim.learning_rate; valid keys here: lr, weight_decay, grad_clip, fused"),
+         "opsd train: config error: unknown key optim.learning_rate; valid keys here: lr, weight_decay, eps, grad_clip, fused"),
     Case("unknown config key (added with +)", f"{TRAIN} +optim.learning_rate=0.1",
-         "opsd train: config error: unknown key optim.learning_rate; valid keys here: lr, weight_decay, grad_clip, fused"),
+         "opsd train: config error: unknown key optim.learning_rate; valid keys here: lr, weight_decay, eps, grad_clip, fused"),
     Case("unknown config group option", f"{TRAIN} world=chess",
          "opsd train: bad config override: In 'train': Could not find 'world/chess' Available options in 'world': arithmetic code hidden_rule pyfunc"),
     Case("unknown key of law show", "law show version_name=1",
