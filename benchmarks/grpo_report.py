@@ -422,7 +422,8 @@ def report(data: Path, level: float, worlds, plot_path: Path | None, grid: str |
     for res in results:
         print(world_tables(res) + "\n")
     compared = [r for r in results if r["status"] == "compared"]
-    out = {"data": str(data), "grid": grid, "slices": list(slices), "level": level, "runs": len(runs), "grpo_runs": grpo_rows,
+    out = {"data": str(data), "grid": grid, "slices": list(slices), "level": level, "runs": len(runs),
+           "grpo_runs": grpo_rows,
            "difference_method": "Welch t interval over seeds (unequal variances, Welch-Satterthwaite df), unpaired",
            "paired_difference_method": "per seed on both sides, OPSD minus GRPO; "
                                        "mean with a Student-t interval, n - 1 df",
