@@ -47,7 +47,7 @@ import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 from scipy import stats  # noqa: E402
 
-from benchmarks.goal_checks import DRIFT_BAR_STDS, recipe_label, sampling_se  # noqa: E402
+from benchmarks.goal_checks import DRIFT_BAR_STDS, pooled_seed_std, recipe_label, sampling_se  # noqa: E402
 from benchmarks.provenance import git_commit  # noqa: E402
 from opsd_platform.errors import ExportError  # noqa: E402
 from opsd_platform.law.export import read_table  # noqa: E402
@@ -58,6 +58,12 @@ PILOT_SLICES = {"arithmetic": ("law-arithmetic-v2", "pilot-clip-arithmetic", "pi
                                "pilot-eps-arithmetic"),
                 "pyfunc": ("law-pyfunc-v2", "pilot-clip-pyfunc")}
 ANOVA_P = 0.05  # rule 2
+
+
+def pilot_rows(runs: pd.DataFrame, world: str, slices) -> pd.DataFrame:
+    """The world's rows of the pilot slices, each with its `recipe` label."""
+    part = runs[runs["slice"].isin(slices) & (runs["world"] == world)]
+    return part.assign(recipe=part.apply(recipe_label, axis=1) if len(part) else pd.Series(dtype=str))
 
 
 def common_cells(part: pd.DataFrame) -> pd.DataFrame:
@@ -74,7 +80,7 @@ def recipe_row(recipe: str, g: pd.DataFrame) -> dict:
     by_context = {c: h["improvement"].astype(float).to_numpy() for c, h in g.groupby("context")}
     means = {c: float(v.mean()) for c, v in by_context.items()}
     groups = [v for v in by_context.values() if len(v) >= 2]
-    seed_std = float(np.sqrt(np.mean([np.var(v, ddof=1) for v in groups]))) if groups else float("nan")
+    seed_std = pooled_seed_std(groups)
     anova_p = float(stats.f_oneway(*groups).pvalue) if len(groups) >= 2 else float("nan")
     none_mean = float(none["improvement"].mean()) if len(none) else float("nan")
     bar = DRIFT_BAR_STDS * sampling_se(none) if len(none) else float("nan")
@@ -107,10 +113,10 @@ def choose(runs: pd.DataFrame) -> dict:
     takes the clip chosen where it could."""
     out = {}
     for world, slices in PILOT_SLICES.items():
-        part = runs[runs["slice"].isin(slices) & (runs["world"] == world)]
+        part = pilot_rows(runs, world, slices)
         if part.empty:
             continue
-        part = common_cells(part.assign(recipe=part.apply(recipe_label, axis=1)))
+        part = common_cells(part)
         rows = [recipe_row(name, g) for name, g in part.groupby("recipe")]
         chosen, why = decide(rows)
         out[world] = {"slices": list(slices), "cells": int(len(part) / max(1, part["recipe"].nunique())),
@@ -130,8 +136,8 @@ def none_gradients(runs: pd.DataFrame, steps: pd.DataFrame, res: dict, shown=(1,
         return {}
     out = {}
     for world, w in res.items():
-        part = runs[runs["slice"].isin(w["slices"]) & (runs["world"] == world) & (runs["context"] == "none")]
-        part = part.assign(recipe=part.apply(recipe_label, axis=1))
+        part = pilot_rows(runs, world, w["slices"])
+        part = part[part["context"] == "none"]
         curves = steps[steps["run_id"].isin(part["run_id"])].merge(part[["run_id", "recipe"]], on="run_id")
         table = curves[curves["step"].isin(shown)].groupby(["recipe", "step"])["train_grad_norm"].median()
         out[world] = {recipe: {int(s): float(v) for s, v in g.droplevel(0).items()}
@@ -168,20 +174,18 @@ def plot(runs: pd.DataFrame, res: dict, path: Path) -> None:
     """Improvement per context, one panel per world, recipes side by side, seeds as dots."""
     fig, axes = plt.subplots(1, len(res), figsize=(6 * len(res), 4), squeeze=False)
     for ax, (world, w) in zip(axes[0], res.items()):
-        part = runs[runs["slice"].isin(w["slices"]) & (runs["world"] == world)]
-        part = common_cells(part.assign(recipe=part.apply(recipe_label, axis=1)))
+        part = common_cells(pilot_rows(runs, world, w["slices"]))
         contexts = sorted(part["context"].unique())
         recipes = [r["recipe"] for r in w["recipes"]]
         width = 0.8 / len(recipes)
         for k, recipe in enumerate(recipes):
             g = part[part["recipe"] == recipe]
-            x = np.array([contexts.index(c) for c in g["context"]]) + (k - (len(recipes) - 1) / 2) * width
+            offset = (k - (len(recipes) - 1) / 2) * width  # the recipe's place beside the others
+            x = np.array([contexts.index(c) for c in g["context"]]) + offset
             ax.scatter(x, g["improvement"], s=18, label=recipe + (" (chosen)" if recipe == w["chosen"] else ""))
             means = g.groupby("context")["improvement"].mean()
-            ax.hlines(means.to_numpy(), np.array([contexts.index(c) for c in means.index])
-                      + (k - (len(recipes) - 1) / 2) * width - width / 2,
-                      np.array([contexts.index(c) for c in means.index])
-                      + (k - (len(recipes) - 1) / 2) * width + width / 2, colors=f"C{k}")
+            centre = np.array([contexts.index(c) for c in means.index]) + offset
+            ax.hlines(means.to_numpy(), centre - width / 2, centre + width / 2, colors=f"C{k}")
         ax.axhline(0, color="grey", lw=0.6)
         ax.set_xticks(range(len(contexts)), contexts)
         ax.set_title(f"{world}: improvement by clip (dots: seeds, bars: means)")
@@ -205,12 +209,12 @@ def main(argv=None) -> int:
         print(f"clip_pilot: {exc}", file=sys.stderr)
         return 2
     res = choose(runs)
-    steps = read_table(args.data / "steps.csv") if (args.data / "steps.csv").exists() else pd.DataFrame()
-    for world, grads in none_gradients(runs, steps, res).items():
-        res[world]["none_grad_norm"] = grads
     if not res:
         print(f"clip_pilot: {args.data / 'runs.csv'} has none of the slices {PILOT_SLICES}", file=sys.stderr)
         return 2
+    steps = read_table(args.data / "steps.csv") if (args.data / "steps.csv").exists() else pd.DataFrame()
+    for world, grads in none_gradients(runs, steps, res).items():
+        res[world]["none_grad_norm"] = grads
     text = markdown(res)
     print(text)
     command = "python -m benchmarks.clip_pilot " + " ".join(sys.argv[1:] if argv is None else argv)

@@ -34,6 +34,13 @@ CONTROLS = ("shuffled_reference", "retry")  # the contexts' form without their c
 DRIFT_BAR_STDS = 2.0  # `none` within this many seed std of 0 (the pilot's rule, benchmarks/pilot_report.py)
 
 
+def pooled_seed_std(groups) -> float:
+    """The within-group std over seeds, pooled: sqrt of the mean sample variance (ddof 1) of the
+    groups (each a configuration's improvements) that have >= 2 seeds; NaN when none has."""
+    var = [np.var(np.asarray(v, dtype=float), ddof=1) for v in groups if len(v) >= 2]
+    return math.sqrt(float(np.mean(var))) if var else float("nan")
+
+
 def _missing(value) -> bool:
     return value is None or (isinstance(value, float) and math.isnan(value))
 

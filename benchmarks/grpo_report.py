@@ -53,6 +53,7 @@ import pandas as pd
 import statsmodels.formula.api as smf
 from scipy import stats
 
+from benchmarks.goal_checks import pooled_seed_std
 from opsd_platform.errors import ExportError
 from opsd_platform.law.export import STEP_CURVES, only_grid, read_table
 from opsd_platform.process import configure_process
@@ -130,8 +131,8 @@ def judged(welch: dict, paired: dict) -> dict:
 
 def seed_noise(runs: pd.DataFrame) -> dict:
     """Pooled within-configuration std of the improvement over seeds (configurations with >= 2 seeds)."""
-    var = [g.var(ddof=1) for _, g in runs.groupby("config")["improvement"] if len(g) >= 2]
-    return {"std": math.sqrt(float(np.mean(var))) if var else NAN, "configs": len(var)}
+    groups = [g.to_numpy() for _, g in runs.groupby("config")["improvement"]]
+    return {"std": pooled_seed_std(groups), "configs": sum(len(g) >= 2 for g in groups)}
 
 
 def law_pick(opsd: pd.DataFrame, level: float) -> dict:

@@ -41,7 +41,14 @@ import numpy as np
 import pandas as pd
 from scipy import stats
 
-from benchmarks.goal_checks import CONTROLS, controls_against_law, graded_dial, none_drift, recipe_label
+from benchmarks.goal_checks import (
+    CONTROLS,
+    controls_against_law,
+    graded_dial,
+    none_drift,
+    pooled_seed_std,
+    recipe_label,
+)
 from opsd_platform.errors import ExportError
 from opsd_platform.law import LawError, family_slopes, fit_law, grouped_holdout, leave_one_out
 from opsd_platform.law.export import only_grid, read_table
@@ -60,7 +67,7 @@ def seed_noise(runs: pd.DataFrame) -> pd.DataFrame:
     for name, part in runs.groupby("slice"):
         groups = [g["improvement"].to_numpy() for _, g in part.groupby("config") if len(g) >= 2]
         means = part.groupby("config")["improvement"].mean()
-        within = math.sqrt(np.mean([np.var(g, ddof=1) for g in groups])) if groups else float("nan")
+        within = pooled_seed_std(groups)
         f, p = stats.f_oneway(*groups) if len(groups) >= 2 else (float("nan"), float("nan"))
         seeds = part.groupby("config").size().to_numpy(float)
         rows.append({"slice": name, "configs": int(part["config"].nunique()), "runs": len(part),

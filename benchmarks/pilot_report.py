@@ -29,6 +29,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from benchmarks.goal_checks import pooled_seed_std
 from opsd_platform.errors import ExportError
 from opsd_platform.law.export import read_table
 from opsd_platform.process import configure_process
@@ -42,8 +43,7 @@ def seed_std(runs: pd.DataFrame, world: str) -> float:
     slice (SmolLM2): the noise a single pilot run is judged against."""
     part = runs[(runs["world"] == world) & (runs["grid"] == "bench-v1") & (runs["family"] == "smollm2")
                 & runs["slice"].astype(str).str.startswith("law")]
-    groups = [g["improvement"].to_numpy() for _, g in part.groupby("config") if len(g) >= 2]
-    return float(np.sqrt(np.mean([np.var(g, ddof=1) for g in groups]))) if groups else float("nan")
+    return pooled_seed_std(g["improvement"].to_numpy() for _, g in part.groupby("config"))
 
 
 def recipe_of(row: pd.Series) -> tuple:
