@@ -52,17 +52,30 @@ SCENARIOS_V1 = (  # (name, searched slice, law slices; () = every law-* slice no
     ("SmolLM2 arithmetic contexts, law from pyfunc", "law-arithmetic", ("law-pyfunc",), True),
     ("SmolLM2 pyfunc contexts, law from arithmetic", "law-pyfunc", ("law-arithmetic",), True),
 )
-# bench-v2: the same transfers inside v2 as its slices land, and v1's laws as priors from an earlier study
-# (same model and world, the v1 recipe and contexts: the prior check says whether they still predict).
+# bench-v2: the same transfers inside each v2 recipe as its slices land (the clipped `-v2` slices and the
+# `-v2b` ones at the chosen recipe), and earlier laws as priors from an earlier study (same model and
+# world, another recipe or v1's contexts: the prior check says whether they still predict).
+
+
+def v2_scenarios(suffix: str, tag: str) -> tuple:
+    """The transfers inside one bench-v2 recipe, whose slices end in `suffix` (`-v2`, `-v2b`)."""
+    arith, pyfunc, gemma = (f"law-arithmetic{suffix}", f"law-pyfunc{suffix}", f"law-gemma3-arithmetic{suffix}")
+    return (
+        (f"{tag} search slice, law from every {tag} law slice", f"search-arithmetic{suffix}", (arith, pyfunc, gemma),
+         False),
+        (f"{tag} SmolLM2 arithmetic contexts, law from {tag} Gemma-3", arith, (gemma,), True),
+        (f"{tag} Gemma-3 arithmetic contexts, law from {tag} SmolLM2", gemma, (arith,), True),
+        (f"{tag} SmolLM2 pyfunc contexts, law from {tag} arithmetic", pyfunc, (arith,), True),
+        (f"{tag} SmolLM2 arithmetic contexts, law from v1 SmolLM2 (earlier study)", arith, ("law-arithmetic",), True),
+        (f"{tag} SmolLM2 arithmetic contexts, law from v1 Gemma-3", arith, ("law-gemma3-arithmetic",), True),
+    )
+
+
 SCENARIOS_V2 = (
-    ("v2 search slice, law from every v2 law slice",
-     "search-arithmetic-v2", ("law-arithmetic-v2", "law-pyfunc-v2", "law-gemma3-arithmetic-v2"), False),
-    ("v2 SmolLM2 arithmetic contexts, law from v2 Gemma-3", "law-arithmetic-v2", ("law-gemma3-arithmetic-v2",), True),
-    ("v2 Gemma-3 arithmetic contexts, law from v2 SmolLM2", "law-gemma3-arithmetic-v2", ("law-arithmetic-v2",), True),
-    ("v2 SmolLM2 pyfunc contexts, law from v2 arithmetic", "law-pyfunc-v2", ("law-arithmetic-v2",), True),
-    ("v2 SmolLM2 arithmetic contexts, law from v1 SmolLM2 (earlier study)",
-     "law-arithmetic-v2", ("law-arithmetic",), True),
-    ("v2 SmolLM2 arithmetic contexts, law from v1 Gemma-3", "law-arithmetic-v2", ("law-gemma3-arithmetic",), True),
+    *v2_scenarios("-v2", "v2"),
+    *v2_scenarios("-v2b", "v2b"),
+    ("v2b SmolLM2 arithmetic contexts, law from v2 SmolLM2 (the clipped recipe)",
+     "law-arithmetic-v2b", ("law-arithmetic-v2",), True),
 )
 GRIDS = {"benchmark": ("bench-v1", SCENARIOS_V1, "benchmarks/results/ranked-v1.json", "docs/ranked-anytime.png"),
          "bench-v2": ("bench-v2", SCENARIOS_V2, "benchmarks/results/ranked-v2.json",
