@@ -12,7 +12,8 @@ about how it was measured. Three of those checks read the recorded trainings (th
   does not depend on the other contexts: 2 standard errors of `none`'s mean improvement from the
   validation's sampling alone (each pass rate a mean of n_val x val_samples draws, taken as
   independent: answers to one problem are correlated, so this bar is, if anything, too tight);
-- **the graded dial is monotone**: on the initial model, the gap grows with the revealed share;
+- **the graded dial is monotone**: on the initial model, the gap grows with the revealed share (and,
+  beside that strict check, whether its largest fall is within the gap's sampling noise);
 - **the controls sit where their gap puts them**: `shuffled_reference` and `retry` have the form
   of a context without its content. Each is predicted by the law fitted on the slice's other
   contexts; a control far above its interval means the improvement came from the form, which the
@@ -32,6 +33,8 @@ from opsd_platform.law.pipeline import points_from_runs
 
 CONTROLS = ("shuffled_reference", "retry")  # the contexts' form without their content (bench-v2)
 DRIFT_BAR_STDS = 2.0  # `none` within this many seed std of 0 (the pilot's rule, benchmarks/pilot_report.py)
+DIAL_FALL_SES = 2.0  # a fall of the graded dial's gap within this many standard errors is noise
+GAP_LEVEL = 0.95  # the gap's interval level when the table has no `gap.level` (the config's default)
 
 
 def pooled_seed_std(groups) -> float:
@@ -86,21 +89,44 @@ def none_drift(law: pd.DataFrame, seed_std: dict[str, float]) -> list[dict]:
     return rows
 
 
+def gap_se(part: pd.DataFrame) -> pd.Series:
+    """Each run's gap standard error, read off its bootstrap interval over problems (`gap_lower`,
+    `gap_upper`, at `gap.level`, 0.95 unless the table says otherwise) as a normal interval's."""
+    level = part["gap.level"].astype(float) if "gap.level" in part else GAP_LEVEL
+    z = stats.norm.ppf((1 + level) / 2)
+    return (part["gap_upper"].astype(float) - part["gap_lower"].astype(float)) / (2 * z)
+
+
 def graded_dial(law: pd.DataFrame) -> list[dict]:
     """Per law slice with >= 2 graded shares: the mean gap (and improvement) at each share, whether
-    the gap never falls as the share grows, and Spearman's rho of gap against share."""
+    the gap never falls as the share grows, and Spearman's rho of gap against share.
+
+    A measured gap is noisy (32 problems x 4 samples a side: about +-0.06 a seed), so beside the
+    strict check: the largest fall between neighbouring shares, its standard error (each share's
+    mean gap over seeds from the runs' bootstrap intervals, the two shares taken as independent:
+    an approximation, they share the student's measurement) and `monotone_within_noise`: no fall
+    larger than 2 of its standard errors."""
     rows = []
-    for name, part in law[law["context"] == "graded"].groupby("slice"):
-        by_share = part.groupby(part["graded_fraction"].astype(float)).agg(gap=("gap", "mean"),
-                                                                           improvement=("improvement", "mean"))
+    graded = law[law["context"] == "graded"]
+    graded = graded.assign(gap_se=gap_se(graded)) if {"gap_lower", "gap_upper"} <= set(graded.columns) \
+        else graded.assign(gap_se=float("nan"))
+    for name, part in graded.groupby("slice"):
+        by_share = part.groupby(part["graded_fraction"].astype(float)).agg(
+            gap=("gap", "mean"), improvement=("improvement", "mean"),
+            se=("gap_se", lambda v: float(np.sqrt(np.sum(np.square(v.to_numpy())))) / len(v)))
         if len(by_share) < 2:
             continue
-        gaps = by_share["gap"].to_numpy()
+        gaps, se = by_share["gap"].to_numpy(), by_share["se"].to_numpy()
+        falls, fall_se = gaps[:-1] - gaps[1:], np.sqrt(se[:-1] ** 2 + se[1:] ** 2)
+        worst = int(np.argmax(falls))
         rho = stats.spearmanr(by_share.index.to_numpy(), gaps).statistic if len(by_share) >= 3 else float("nan")
         rows.append({"slice": name, "shares": " / ".join(f"{s:g}" for s in by_share.index),
                      "gap": " / ".join(f"{g:+.3f}" for g in gaps),
                      "improvement": " / ".join(f"{v:+.3f}" for v in by_share["improvement"]),
-                     "monotone": bool(np.all(np.diff(gaps) >= 0)), "spearman_rho": float(rho)})
+                     "monotone": bool(np.all(np.diff(gaps) >= 0)), "spearman_rho": float(rho),
+                     "largest_fall": float(max(falls[worst], 0.0)), "fall_se": float(fall_se[worst]),
+                     "monotone_within_noise": bool(np.all(falls <= DIAL_FALL_SES * fall_se))
+                     if not np.isnan(fall_se).any() else None})
     return rows
 
 

@@ -305,7 +305,8 @@ def goal_section(law: pd.DataFrame, noise: pd.DataFrame, level: float) -> dict:
                                         "within_sampling"]))
     if goal["graded_dial"]:
         print()
-        print(markdown(goal["graded_dial"], ["slice", "shares", "gap", "improvement", "monotone", "spearman_rho"]))
+        print(markdown(goal["graded_dial"], ["slice", "shares", "gap", "improvement", "monotone", "spearman_rho",
+                                             "largest_fall", "fall_se", "monotone_within_noise"]))
     if goal["controls"]:
         print(f"\nControls against the law fitted on the slice's other contexts ({level:.0%} prediction interval):\n")
         print(markdown(goal["controls"], ["slice", "control", "seeds", "gap", "improvement", "none_improvement",
