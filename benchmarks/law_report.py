@@ -165,6 +165,18 @@ def covariate_points(runs: pd.DataFrame) -> pd.DataFrame:
     return pts
 
 
+def one_run_per_point(runs: pd.DataFrame) -> tuple[pd.DataFrame, dict]:
+    """The rows with each (configuration, seed) once, the first recorded kept. A slice may repeat
+    another's point (bench-v2's `law-arithmetic-v2b` repeats the eps pilot's 12): the same
+    training, so a fit that pools slices would count it twice. Returns the rows and how many
+    repeats were dropped, and how many of those differ from the kept run's improvement."""
+    first = runs.drop_duplicates(["config", "seed"], keep="first")
+    kept = first.set_index(["config", "seed"])["improvement"]
+    dropped = runs[~runs.index.isin(first.index)]
+    differ = sum(not np.isclose(r.improvement, kept[(r.config, r.seed)]) for r in dropped.itertuples())
+    return first, {"dropped": len(dropped), "differ": int(differ)}
+
+
 def points_from_table_frame(runs: pd.DataFrame) -> pd.DataFrame:
     """The law's points of these rows, in the rows' order (OPSD rows only)."""
     pts = points_from_runs(runs).set_index("run_id")
@@ -259,7 +271,9 @@ def report(data: Path, level: float, plots: Path | None, grid: str | None = None
     searched = runs.loc[runs["slice"].astype(str).str.startswith("search"), "family"].unique()
     arith = runs[(runs["world"] == "arithmetic") & (runs["family"].isin(searched) if len(searched) else True)]
     cov_rows = []
+    cov_repeats = {"dropped": 0, "differ": 0}
     if arith["slice"].nunique() > 1 or "optim.lr" in arith:
+        arith, cov_repeats = one_run_per_point(arith)
         cpts = covariate_points(arith)
         extra = [c for c in cpts.columns if c == "log10_lr" or c.startswith(("divergence_", "kind_", "recipe: "))]
         cov_rows.append(law_row("gap only", cpts, level))
@@ -271,6 +285,9 @@ def report(data: Path, level: float, plots: Path | None, grid: str | None = None
         print(f"\n## Hyper-parameters as covariates (arithmetic, every slice of {families})\n")
         print(markdown(cov_rows, ["fit", "configs", "slope", "slope_lo", "slope_hi", "r2", "loo_rmse", "loo_coverage",
                                   "error"]))
+        if cov_repeats["dropped"]:
+            print(f"\n{cov_repeats['dropped']} runs repeat a (configuration, seed) of another slice and are counted "
+                  f"once; {cov_repeats['differ']} of them differ from the kept run's improvement.")
 
     if plots is not None:
         from opsd_platform.law.plot import plot_law
@@ -289,7 +306,8 @@ def report(data: Path, level: float, plots: Path | None, grid: str | None = None
                                            controls=CONTROLS))
     strip = lambda rows: [{k: v for k, v in r.items() if not k.startswith("_")} for r in rows]  # noqa: E731
     out.update({"fits": strip(fits), "grouped_holdout": grouped, "equal_slopes": eq, "equal_slopes_by_scope": eqs,
-                "family_holdout": family_rows, "covariates": strip(cov_rows), "robustness": robustness, "goal": goal})
+                "family_holdout": family_rows, "covariates": strip(cov_rows), "covariate_repeats": cov_repeats,
+                "robustness": robustness, "goal": goal})
     return out
 
 

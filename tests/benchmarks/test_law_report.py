@@ -20,3 +20,17 @@ def test_seed_noise_states_the_floor_no_law_on_configuration_means_can_beat():
     assert row["anova_p"] == pytest.approx(stats.f_oneway(*imps.values()).pvalue)
     one_seed = seed_noise(runs.drop_duplicates("config"))  # no configuration with two seeds: no noise known
     assert np.isnan(one_seed["seed_std"][0]) and np.isnan(one_seed["noise_floor_rmse"][0])
+
+
+def test_a_point_repeated_in_another_slice_is_counted_once_and_a_differing_repeat_is_reported():
+    from benchmarks.law_report import one_run_per_point
+
+    runs = pd.DataFrame({"run_id": ["a", "b", "c", "d"], "slice": ["pilot", "pilot", "law", "law"],
+                         "config": ["x", "y", "x", "z"], "seed": [0, 0, 0, 0],
+                         "improvement": [0.1, 0.2, 0.1, 0.3]})
+    kept, repeats = one_run_per_point(runs)
+    assert list(kept["run_id"]) == ["a", "b", "d"] and repeats == {"dropped": 1, "differ": 0}
+    _, repeats = one_run_per_point(runs.assign(improvement=[0.1, 0.2, 0.15, 0.3]))
+    assert repeats == {"dropped": 1, "differ": 1}  # a repeat that did not reproduce is said, not hidden
+    _, repeats = one_run_per_point(runs.assign(seed=[0, 0, 1, 0]))
+    assert repeats["dropped"] == 0  # another seed of the same configuration is no repeat
