@@ -59,11 +59,13 @@ vllm-env: .venv-vllm/.opsd-installed
 
 # bench-v2's reports, regenerated from the committed table (benchmarks/data): no training, about a
 # minute in all. docs/results.md quotes them; a slice not recorded yet is skipped with a line.
-# The pyfunc comparison at the chosen recipe: add `--slices law-pyfunc-v2b grpo-pyfunc-v2` once both land.
+# OPSD vs GRPO compares one recipe's law slice with the GRPO slice it faces (a named slice with no rows
+# is an error): add the pyfunc pairs (law-pyfunc-v2 / -v2b with grpo-pyfunc-v2) once grpo-pyfunc-v2 lands.
 V2 := benchmarks/results
 reports-v2: setup
 	$(BIN)/python -m benchmarks.law_report --grid bench-v2 --out $(V2)/law-report-v2.json --plots docs/benchmark/v2 > $(V2)/law-report-v2.md
-	$(BIN)/python -m benchmarks.grpo_report --grid bench-v2 --out $(V2)/grpo-report-v2.json --plot docs/benchmark/v2/opsd-vs-grpo.png > $(V2)/grpo-report-v2.md
+	$(BIN)/python -m benchmarks.grpo_report --grid bench-v2 --slices law-arithmetic-v2 grpo-arithmetic-v2 \
+		--out $(V2)/grpo-report-v2.json --plot docs/benchmark/v2/opsd-vs-grpo.png > $(V2)/grpo-report-v2.md
 	$(BIN)/python -m benchmarks.grpo_report --grid bench-v2 --slices law-arithmetic-v2b grpo-arithmetic-v2 \
 		--out $(V2)/grpo-report-v2b.json --plot docs/benchmark/v2/opsd-vs-grpo-v2b.png > $(V2)/grpo-report-v2b.md
 	$(BIN)/python -m benchmarks.clip_pilot
