@@ -47,7 +47,6 @@ def test_graded_dial_is_monotone_only_when_the_gap_never_falls_with_the_share():
     assert graded_dial(dip)[0]["monotone"] is False
 
 
-
 def test_a_dial_fall_within_two_standard_errors_of_the_gaps_is_noise_and_a_larger_one_is_not():
     z = 1.959963984540054  # the 0.95 interval's half width in standard errors
     dip = table([("graded", 0.2, 0, 0.10, 0.0), ("graded", 0.4, 0, 0.05, 0.0), ("graded", 0.6, 0, 0.30, 0.0)])
@@ -62,6 +61,7 @@ def test_a_dial_fall_within_two_standard_errors_of_the_gaps_is_noise_and_a_large
     two = pd.concat([wide, wide.assign(seed=1)])
     assert graded_dial(two)[0]["fall_se"] == pytest.approx(0.05)
     assert graded_dial(dip)[0]["monotone_within_noise"] is None  # no intervals in the table: no verdict
+
 
 def test_a_control_far_above_the_law_of_the_other_contexts_is_outside_its_interval():
     rng = np.random.default_rng(0)
